@@ -1,0 +1,146 @@
+"""The one error tree of SimpleVector.
+
+Every error a caller can see derives from :class:`SimpleVectorError`. Each class has a
+stable ``code`` (sent by the server, used by the client to rebuild the same class), an
+``http_status`` and, where a fix is known, a ``hint``. Messages name the bad value and
+what was expected.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SimpleVectorError",
+    "InvalidInput",
+    "DimensionMismatch",
+    "FilterError",
+    "NamespaceNotFound",
+    "NamespaceExists",
+    "VersionNotFound",
+    "ReadOnlyError",
+    "ClosedError",
+    "StorageError",
+    "LockedError",
+    "CorruptionError",
+    "FormatVersionError",
+    "ChangeFeedGap",
+    "error_class_for_code",
+]
+
+
+class SimpleVectorError(Exception):
+    """Root of every SimpleVector error."""
+
+    code = "simplevector_error"
+    http_status = 500
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} (hint: {self.hint})"
+        return self.message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class InvalidInput(SimpleVectorError, ValueError):
+    """An argument has the wrong type, shape or value."""
+
+    code = "invalid_input"
+    http_status = 400
+
+
+class DimensionMismatch(InvalidInput):
+    """A vector's length differs from the namespace's dim."""
+
+    code = "dimension_mismatch"
+    http_status = 400
+
+
+class FilterError(InvalidInput):
+    """A ``where`` filter is malformed; the message names the offending part."""
+
+    code = "filter_error"
+    http_status = 400
+
+
+class NamespaceNotFound(SimpleVectorError, KeyError):
+    code = "namespace_not_found"
+    http_status = 404
+    hint = "list namespaces with db.list_namespaces() or `simplevector ns list`"
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return SimpleVectorError.__str__(self)
+
+
+class VersionNotFound(NamespaceNotFound):
+    code = "version_not_found"
+    http_status = 404
+    hint = "list versions with `simplevector ns versions NAME`"
+
+
+class NamespaceExists(SimpleVectorError):
+    code = "namespace_exists"
+    http_status = 409
+
+
+class ReadOnlyError(SimpleVectorError):
+    code = "read_only"
+    http_status = 403
+    hint = "open the database without readonly=True to write"
+
+
+class ClosedError(SimpleVectorError):
+    code = "closed"
+    http_status = 503
+    hint = "open the database again with simplevector.open(path)"
+
+
+class StorageError(SimpleVectorError):
+    """The storage layer failed (I/O, lock, LMDB); the cause is kept as __cause__."""
+
+    code = "storage_error"
+    http_status = 500
+
+
+class LockedError(StorageError):
+    code = "locked"
+    http_status = 423
+    hint = "another process has this database open for writing; open it with readonly=True"
+
+
+class CorruptionError(StorageError):
+    code = "corruption"
+    http_status = 500
+
+
+class FormatVersionError(StorageError):
+    code = "format_version"
+    http_status = 500
+
+
+class ChangeFeedGap(StorageError):
+    """The change feed no longer holds the requested LSN (the WAL was truncated)."""
+
+    code = "change_feed_gap"
+    http_status = 410
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+def error_class_for_code(code: str) -> type[SimpleVectorError]:
+    """The error class whose ``code`` is *code* (the root class when unknown)."""
+    for cls in _all_subclasses(SimpleVectorError):
+        if cls.code == code:
+            return cls
+    return SimpleVectorError

@@ -1,0 +1,1 @@
+"""numba kernels: one module per concern, arrays and scalars in, arrays out."""

@@ -1,0 +1,1 @@
+"""Watching and maintaining the engine (histograms, health, probes). Imports engine only."""
