@@ -1,6 +1,35 @@
-"""SimpleVector: an embedded vector engine built for day 2."""
+"""SimpleVector: an embedded vector engine built for day 2.
+
+    import simplevector as sv
+    with sv.open("./data") as db:
+        docs = db.create_namespace("docs", dim=384, metric="cosine")
+        docs.upsert(ids=["a"], vectors=X[:1])
+        hits = docs.query(X[0], k=10)
+"""
+from simplevector.engine.database import Database
 from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
+from simplevector.engine.namespace import Namespace
+from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
 __version__ = "0.1.0"
-__all__ = list(_errors_all)
+
+
+def open(path, *, durability: str = "sync", readonly: bool = False,
+         checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20) -> Database:
+    """Open (creating if missing) the database directory at ``path``.
+
+    durability="sync": a write returns only after its WAL record is on disk (fdatasync,
+    shared by concurrent writers). "async": the write returns after the WAL write() and is
+    synced by the checkpointer; an OS crash can lose the last writes, never corrupt.
+    readonly=True: a second process may read a database another process writes; it sees
+    every committed write, and raises ReadOnlyError on writes.
+    checkpoint_interval: seconds between background checkpoints (0 turns them off).
+    wal_keep_bytes: WAL kept for the change feed after a checkpoint.
+    """
+    return Database(path, durability=durability, readonly=readonly,
+                    checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes)
+
+
+__all__ = ["open", "Database", "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo",
+           "Change", *_errors_all]

@@ -1,0 +1,258 @@
+"""Applying one WAL record to LMDB and to the in-memory state.
+
+The same code runs for a live write, for WAL replay at recovery, and (with
+``persist=False``) for a read-only process that tails the WAL to stay current. Every
+function here is deterministic in (state, record): replaying a record on the state it was
+first applied to gives the same rowids and the same result.
+
+Record payloads (msgpack maps), all with ``op``, ``ns`` (name) and ``v`` (version):
+
+| op                 | other fields                                              |
+|--------------------|-----------------------------------------------------------|
+| create_namespace   | ``config`` (VersionConfig as a map, live=True)           |
+| create_version     | ``config`` (live=False)                                  |
+| promote            | ``vid`` of the new live version                          |
+| drop_namespace     | ``vids`` dropped                                         |
+| upsert             | ``vid``, ``ids``, ``vec`` (float32 LE bytes), ``meta``, ``docs`` |
+| delete             | ``vid``, ``ids``                                         |
+"""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+
+from . import schema
+from .errors import CorruptionError
+from .state import VersionState
+from .types import VersionConfig
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(raw: bytes):
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+
+
+class Applier:
+    """Owns the catalog and version states of a database and applies records to them."""
+
+    def __init__(self, store):
+        self.store = store
+        self.configs: dict[int, VersionConfig] = {}
+        self.states: dict[int, VersionState] = {}
+        self.next_vid = 1
+        self.applied_lsn = 0
+        self._handlers = {
+            "create_namespace": self._create,
+            "create_version": self._create,
+            "promote": self._promote,
+            "drop_namespace": self._drop,
+            "upsert": self._upsert,
+            "delete": self._delete,
+        }
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self):
+        """Rebuild the catalog and every version's state from one LMDB snapshot."""
+        dbs = self.store.dbs
+        with self.store.read() as txn:
+            raw = txn.get(schema.META_APPLIED_LSN, db=dbs[b"meta"])
+            self.applied_lsn = unpack(raw) if raw else 0
+            raw = txn.get(schema.META_NEXT_VID, db=dbs[b"meta"])
+            self.next_vid = unpack(raw) if raw else 1
+            self.configs.clear()
+            self.states.clear()
+            for _key, value in txn.cursor(db=dbs[b"catalog"]):
+                config = VersionConfig.from_msg(unpack(value))
+                self.configs[config.vid] = config
+            for vid, config in self.configs.items():
+                self.states[vid] = self._load_version(txn, config)
+
+    def _load_version(self, txn, config: VersionConfig) -> VersionState:
+        dbs = self.store.dbs
+        vid = config.vid
+        raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
+        state = VersionState(config, schema.unpack_u64(raw) if raw else 0)
+        prefix = schema.vid_prefix(vid)
+        keys, blobs, ids, metas = [], [], [], []
+        vcur = txn.cursor(db=dbs[b"vectors"])
+        if vcur.set_range(prefix):
+            for key, value in vcur:
+                if not key.startswith(prefix):
+                    break
+                keys.append(key)
+                blobs.append(value)
+        rcur = txn.cursor(db=dbs[b"records"])
+        if rcur.set_range(prefix):
+            i = 0
+            for key, value in rcur:
+                if not key.startswith(prefix):
+                    break
+                if i >= len(keys) or keys[i] != key:
+                    raise CorruptionError(
+                        f"namespace {config.name!r} v{config.version}: record row "
+                        f"{schema.rowid_of_key(key)} has no vector (LMDB sub-databases disagree)"
+                    )
+                extid, md, _doc = unpack(value)
+                ids.append(extid)
+                metas.append(md)
+                i += 1
+        if len(ids) != len(keys):
+            raise CorruptionError(
+                f"namespace {config.name!r} v{config.version}: {len(keys)} vectors but "
+                f"{len(ids)} records (LMDB sub-databases disagree)"
+            )
+        if keys:
+            rowids = np.fromiter((schema.rowid_of_key(k) for k in keys), np.int64, len(keys))
+            vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), config.dim)
+            next_rowid = state.next_rowid
+            state.load_rows(rowids, vectors.astype(np.float32, copy=False), ids, metas)
+            state.next_rowid = max(next_rowid, int(rowids[-1]) + 1)
+        return state
+
+    # -- applying ----------------------------------------------------------------------------
+    def apply(self, lsn: int, op: dict, *, persist: bool = True):
+        """Apply one record; returns the operation's result (e.g. rows deleted)."""
+        handler = self._handlers.get(op.get("op"))
+        if handler is None:
+            raise CorruptionError(f"WAL record {lsn} has unknown op {op.get('op')!r}")
+        result = handler(lsn, op, persist)
+        self.applied_lsn = lsn
+        return result
+
+    def _meta_puts(self, txn, lsn: int):
+        txn.put(schema.META_APPLIED_LSN, pack(lsn), db=self.store.dbs[b"meta"])
+
+    def _write(self, lsn: int, fn):
+        def run(txn):
+            fn(txn)
+            self._meta_puts(txn, lsn)
+        self.store.write_with_retry(run)
+
+    def _create(self, lsn: int, op: dict, persist: bool):
+        config = VersionConfig.from_msg(op["config"])
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            txn.put(schema.catalog_key(config.vid), pack(config.to_msg()), db=dbs[b"catalog"])
+            txn.put(schema.META_NEXT_VID, pack(max(self.next_vid, config.vid + 1)),
+                    db=dbs[b"meta"])
+            txn.put(schema.counter_key(config.vid), schema.pack_u64(0), db=dbs[b"counters"])
+
+        if persist:
+            self._write(lsn, txn_fn)
+        self.configs[config.vid] = config
+        self.states[config.vid] = VersionState(config)
+        self.next_vid = max(self.next_vid, config.vid + 1)
+        return config
+
+    def _promote(self, lsn: int, op: dict, persist: bool):
+        new_vid = op["vid"]
+        target = self.configs[new_vid]
+        changed = {}
+        for vid, config in self.configs.items():
+            if config.name != target.name:
+                continue
+            want = vid == new_vid
+            if config.live != want:
+                changed[vid] = VersionConfig.from_msg({**config.to_msg(), "live": want})
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            for vid, config in changed.items():
+                txn.put(schema.catalog_key(vid), pack(config.to_msg()), db=dbs[b"catalog"])
+
+        if persist:
+            self._write(lsn, txn_fn)
+        for vid, config in changed.items():
+            self.configs[vid] = config
+            self.states[vid].config = config
+        return self.configs[new_vid]
+
+    def _drop(self, lsn: int, op: dict, persist: bool):
+        vids = [v for v in op["vids"] if v in self.configs]
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            for vid in vids:
+                txn.delete(schema.catalog_key(vid), db=dbs[b"catalog"])
+                txn.delete(schema.counter_key(vid), db=dbs[b"counters"])
+                prefix = schema.vid_prefix(vid)
+                for name in (b"ids", b"vectors", b"records"):
+                    cur = txn.cursor(db=dbs[name])
+                    if cur.set_range(prefix):
+                        while cur.key().startswith(prefix):
+                            if not cur.delete():
+                                break
+
+        if persist:
+            self._write(lsn, txn_fn)
+        for vid in vids:
+            self.configs.pop(vid, None)
+            self.states.pop(vid, None)
+        return len(vids)
+
+    def _upsert(self, lsn: int, op: dict, persist: bool):
+        state = self.states.get(op["vid"])
+        if state is None:   # the version was dropped after this record was validated
+            if persist:
+                self._write(lsn, lambda txn: None)
+            return 0
+        vid = state.config.vid
+        ids = op["ids"]
+        m = len(ids)
+        vectors = np.frombuffer(op["vec"], dtype="<f4").reshape(m, state.dim)
+        metas = op.get("meta") or [None] * m
+        docs = op.get("docs") or [None] * m
+        old, rowids = state.plan_upsert(ids)
+        view = state.view()
+        old_rowids = [int(view.rowids[o]) for o in old if o >= 0]
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            for old_rowid in old_rowids:
+                key = schema.row_key(vid, old_rowid)
+                txn.delete(key, db=dbs[b"vectors"])
+                txn.delete(key, db=dbs[b"records"])
+            row_keys = [schema.row_key(vid, r) for r in rowids]
+            txn.cursor(db=dbs[b"ids"]).putmulti(
+                [(schema.id_key(vid, extid), schema.pack_u64(r)) for extid, r in zip(ids, rowids)])
+            raw = vectors.astype("<f4", copy=False)
+            txn.cursor(db=dbs[b"vectors"]).putmulti(
+                [(row_keys[i], raw[i].tobytes()) for i in range(m)])
+            txn.cursor(db=dbs[b"records"]).putmulti(
+                [(row_keys[i], pack([ids[i], metas[i], docs[i]])) for i in range(m)])
+            txn.put(schema.counter_key(vid), schema.pack_u64(rowids[-1] + 1),
+                    db=dbs[b"counters"])
+
+        if persist:
+            self._write(lsn, txn_fn)
+        state.apply_upsert(ids, vectors, metas, old, rowids)
+        return m
+
+    def _delete(self, lsn: int, op: dict, persist: bool):
+        state = self.states.get(op["vid"])
+        if state is None:
+            if persist:
+                self._write(lsn, lambda txn: None)
+            return 0
+        vid = state.config.vid
+        positions = [state.position_of(extid) for extid in op["ids"]]
+        view = state.view()
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            for extid, pos in zip(op["ids"], positions):
+                if pos is None:
+                    continue
+                key = schema.row_key(vid, int(view.rowids[pos]))
+                txn.delete(schema.id_key(vid, extid), db=dbs[b"ids"])
+                txn.delete(key, db=dbs[b"vectors"])
+                txn.delete(key, db=dbs[b"records"])
+
+        if persist:
+            self._write(lsn, txn_fn)
+        return state.apply_delete(positions)

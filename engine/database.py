@@ -1,0 +1,493 @@
+"""The database: one directory, one LMDB store, one write-ahead log, many namespaces.
+
+Directory layout::
+
+    <path>/LOCK          flock()ed by the one writer process
+    <path>/lmdb/         LMDB environment (materialised state + applied LSN)
+    <path>/wal/          write-ahead log segments, named by first LSN
+
+Write pipeline (DESIGN.md "Durability"): validate -> assign LSN and append the WAL record
+(under the sequence lock) -> fdatasync shared with concurrent writers (group commit) ->
+apply to LMDB and memory in LSN order -> acknowledge. Catalog changes (create, promote,
+drop) hold the sequence lock until applied, so every later validation sees them.
+
+If applying a record that is already in the WAL fails (an I/O error, a full disk), the
+database stops accepting writes: the record will be applied by recovery on the next open,
+and acknowledging anything more in between could reorder history.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+
+from . import schema, validate
+from .apply import Applier, pack, unpack
+from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
+                     NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
+from .kernels.distances import resolve_metric
+from .namespace import Namespace
+from .store import Store
+from .types import Change, NamespaceInfo, VersionConfig, VersionInfo
+from .wal import WriteAheadLog
+
+DURABILITY_MODES = ("sync", "async")
+INDEX_SPECS = ("auto", "flat")
+
+
+def _index_spec(index) -> str:
+    if not isinstance(index, str) or index.lower() not in INDEX_SPECS:
+        raise InvalidInput(
+            f"index {index!r} is not supported; expected 'auto' or 'Flat' "
+            "(IVF-PQ specs arrive with the IVF-PQ index)"
+        )
+    return "auto" if index.lower() == "auto" else "Flat"
+
+
+class Database:
+    """A SimpleVector database directory. Thread-safe; use as a context manager."""
+
+    def __init__(self, path, *, durability: str = "sync", readonly: bool = False,
+                 checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20):
+        if durability not in DURABILITY_MODES:
+            raise InvalidInput(f"durability {durability!r} is not valid; expected 'sync' or 'async'")
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInput(f"path {path!r} is not a path; expected a str or os.PathLike")
+        if (isinstance(checkpoint_interval, bool)
+                or not isinstance(checkpoint_interval, (int, float)) or checkpoint_interval < 0):
+            raise InvalidInput(f"checkpoint_interval {checkpoint_interval!r} is not valid; "
+                               "expected seconds >= 0 (0 turns the checkpointer off)")
+        self.path = os.path.abspath(os.fspath(path))
+        self.durability = durability
+        self.readonly = bool(readonly)
+        self.wal_keep_bytes = int(wal_keep_bytes)
+        self._closed = False
+        self._failed: Exception | None = None
+        self._lock_fd = None
+        self._seq_lock = threading.Lock()
+        self._apply_cond = threading.Condition(threading.Lock())
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._checkpointer = None
+        self.checkpoint_lsn = 0
+        self.checkpoint_time = None
+        self.replayed_records = 0
+        self._open_dirs()
+        try:
+            self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
+            self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly)
+            self._applier = Applier(self._store)
+            self._applier.load()
+            self._recover()
+        except BaseException:
+            self._release_handles()
+            raise
+        if checkpoint_interval and not self.readonly:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(float(checkpoint_interval),),
+                name="simplevector-checkpointer", daemon=True)
+            self._checkpointer.start()
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open_dirs(self):
+        if self.readonly:
+            if not os.path.isdir(os.path.join(self.path, "lmdb")):
+                raise StorageError(f"no SimpleVector database at {self.path}",
+                                   hint="create it by opening it once without readonly=True")
+            return
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot create the database directory {self.path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise LockedError(f"the database at {self.path} is locked by another writer process"
+                              ) from e
+        self._lock_fd = fd
+
+    def _recover(self):
+        """Replay WAL records after LMDB's applied LSN (writer), then note the positions."""
+        applier = self._applier
+        if not self.readonly:
+            for lsn, payload in self._wal.iter_records(applier.applied_lsn):
+                applier.apply(lsn, unpack(payload))
+                self.replayed_records += 1
+        with self._store.read() as txn:
+            raw = txn.get(schema.META_CHECKPOINT_LSN, db=self._store.dbs[b"meta"])
+            self.checkpoint_lsn = unpack(raw) if raw else 0
+        self._last_lsn = max(applier.applied_lsn, self._wal.last_lsn or 0)
+        self._applied_lsn = applier.applied_lsn if self.readonly else self._last_lsn
+
+    def _release_handles(self):
+        for name in ("_wal", "_store"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = None
+
+    # -- state checks ------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise ClosedError(f"the database at {self.path} is closed")
+
+    def _check_writable(self):
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"the database at {self.path} is open read-only")
+        if self._failed is not None:
+            raise StorageError(
+                f"the database at {self.path} stopped accepting writes after a failed apply: "
+                f"{self._failed}", hint="close and reopen it; recovery replays the WAL")
+
+    # -- catalog lookups -------------------------------------------------------------------------
+    def _versions_of(self, name: str) -> list[VersionConfig]:
+        return sorted((c for c in self._applier.configs.values() if c.name == name),
+                      key=lambda c: c.version)
+
+    def _resolve(self, name: str, version=None) -> VersionConfig:
+        versions = self._versions_of(name)
+        if not versions:
+            raise NamespaceNotFound(f"namespace {name!r} does not exist")
+        if version is None:
+            for config in versions:
+                if config.live:
+                    return config
+            raise NamespaceNotFound(f"namespace {name!r} has no live version")
+        for config in versions:
+            if config.version == version:
+                return config
+        raise VersionNotFound(
+            f"namespace {name!r} has no version {version}; it has versions "
+            f"{[c.version for c in versions]}")
+
+    def _state(self, vid: int):
+        state = self._applier.states.get(vid)
+        if state is None:
+            raise NamespaceNotFound(f"namespace version {vid} was dropped")
+        return state
+
+    # -- the write pipeline -------------------------------------------------------------------
+    def _commit(self, build_op, *, ddl: bool = False):
+        """Validate (``build_op`` runs under the sequence lock), log, sync, apply in order."""
+        self._check_writable()
+        self._seq_lock.acquire()
+        held = True
+        try:
+            self._check_writable()
+            op = build_op()
+            lsn = self._last_lsn + 1
+            try:
+                self._wal.append(lsn, pack(op))
+            except Exception as e:
+                # a partial frame may be on disk: nothing more may follow it in this process
+                self._fail(e)
+                if isinstance(e, StorageError):
+                    raise
+                raise StorageError(f"cannot append to the WAL at {self.path}: {e}") from e
+            self._last_lsn = lsn
+            if not ddl:
+                self._seq_lock.release()
+                held = False
+            return self._finish(lsn, op)
+        finally:
+            if held:
+                self._seq_lock.release()
+
+    def _finish(self, lsn: int, op: dict):
+        try:
+            if self.durability == "sync":
+                self._wal.sync(lsn)
+        except Exception as e:
+            self._fail(e)
+            raise
+        with self._apply_cond:
+            while self._applied_lsn != lsn - 1 and self._failed is None:
+                self._apply_cond.wait()
+            if self._failed is not None:
+                raise StorageError(f"write {lsn} was logged but not applied: {self._failed}")
+            try:
+                result = self._applier.apply(lsn, op)
+            except Exception as e:
+                self._failed = e
+                self._apply_cond.notify_all()
+                raise
+            self._applied_lsn = lsn
+            self._apply_cond.notify_all()
+        return lsn, result
+
+    def _fail(self, exc: Exception):
+        with self._apply_cond:
+            self._failed = exc
+            self._apply_cond.notify_all()
+
+    # -- namespaces -----------------------------------------------------------------------------
+    def create_namespace(self, name, *, dim, metric="cosine", model=None, index="auto") -> Namespace:
+        """Create ``name`` with version 1 live. Raises NamespaceExists if the name is taken."""
+        validate.namespace_name(name)
+        dim = validate.dim_value(dim)
+        metric = resolve_metric(metric).name
+        model = validate.model_value(model)
+        index = _index_spec(index)
+
+        def build():
+            if self._versions_of(name):
+                raise NamespaceExists(f"namespace {name!r} already exists",
+                                      hint="use db.create_version() for a new version")
+            config = VersionConfig(name=name, version=1, vid=self._applier.next_vid, dim=dim,
+                                   metric=metric, model=model, index=index, live=True,
+                                   created_lsn=self._last_lsn + 1)
+            return {"op": "create_namespace", "ns": name, "v": 1, "config": config.to_msg()}
+
+        self._commit(build, ddl=True)
+        return Namespace(self, name)
+
+    def create_version(self, name, *, dim=None, metric=None, model=None, index=None) -> Namespace:
+        """The next version of ``name``, not live, inheriting whatever is not given."""
+        validate.namespace_name(name)
+        dim = None if dim is None else validate.dim_value(dim)
+        metric = None if metric is None else resolve_metric(metric).name
+        model = validate.model_value(model)
+        index = None if index is None else _index_spec(index)
+        created = {}
+
+        def build():
+            versions = self._versions_of(name)
+            if not versions:
+                raise NamespaceNotFound(f"namespace {name!r} does not exist")
+            base = next((c for c in versions if c.live), versions[-1])
+            version = versions[-1].version + 1
+            config = VersionConfig(
+                name=name, version=version, vid=self._applier.next_vid,
+                dim=dim if dim is not None else base.dim,
+                metric=metric if metric is not None else base.metric,
+                model=model if model is not None else base.model,
+                index=index if index is not None else base.index,
+                live=False, created_lsn=self._last_lsn + 1)
+            created["version"] = version
+            return {"op": "create_version", "ns": name, "v": version, "config": config.to_msg()}
+
+        self._commit(build, ddl=True)
+        return Namespace(self, name, created["version"])
+
+    def promote(self, name, version) -> None:
+        """Point the alias ``name`` at ``version`` (atomic: a query sees old or new)."""
+        validate.namespace_name(name)
+        version = validate.version_number(version)
+
+        def build():
+            config = self._resolve(name, version)
+            return {"op": "promote", "ns": name, "v": version, "vid": config.vid}
+
+        self._commit(build, ddl=True)
+
+    def drop_namespace(self, name, version=None) -> None:
+        """Drop the namespace and all its versions, or one version that is not live."""
+        validate.namespace_name(name)
+        version = None if version is None else validate.version_number(version)
+
+        def build():
+            if version is None:
+                versions = self._versions_of(name)
+                if not versions:
+                    raise NamespaceNotFound(f"namespace {name!r} does not exist")
+                vids = [c.vid for c in versions]
+            else:
+                config = self._resolve(name, version)
+                if config.live:
+                    raise InvalidInput(
+                        f"version {version} of {name!r} is live; promote another version "
+                        "first, or drop the whole namespace")
+                vids = [config.vid]
+            return {"op": "drop_namespace", "ns": name, "v": version, "vids": vids}
+
+        self._commit(build, ddl=True)
+
+    def namespace(self, name, version=None) -> Namespace:
+        """A handle on ``name``: the live version (follows promotions) or a fixed one."""
+        self._check_open()
+        validate.namespace_name(name)
+        if version is not None:
+            version = validate.version_number(version)
+        self.refresh()
+        self._resolve(name, version)
+        return Namespace(self, name, version)
+
+    def list_namespaces(self) -> list[NamespaceInfo]:
+        self._check_open()
+        self.refresh()
+        out = {}
+        for config in sorted(self._applier.configs.values(), key=lambda c: (c.name, c.version)):
+            info = out.setdefault(config.name, NamespaceInfo(config.name, None, []))
+            state = self._applier.states.get(config.vid)
+            if config.live:
+                info.live_version = config.version
+            info.versions.append(VersionInfo(
+                version=config.version, dim=config.dim, metric=config.metric,
+                model=config.model, index=config.index,
+                count=state.live if state is not None else 0, live=config.live))
+        return list(out.values())
+
+    # -- the log ------------------------------------------------------------------------------------
+    @property
+    def lsn(self) -> int:
+        """The last committed (applied and acknowledged) LSN."""
+        self._check_open()
+        self.refresh()
+        return self._applied_lsn
+
+    def changes(self, since: int = 0):
+        """Iterate committed changes with LSN > ``since``, read from the WAL."""
+        self._check_open()
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise InvalidInput(f"since {since!r} is not valid; expected an LSN (int >= 0)")
+        self.refresh()
+        upto = self._applied_lsn
+        first = self._wal.first_lsn
+        if since < upto and (first is None or first > since + 1):
+            raise ChangeFeedGap(
+                f"the change feed starts at LSN {first if first is not None else upto + 1}; "
+                f"changes after {since} were truncated at a checkpoint",
+                hint="raise wal_keep_bytes, or resynchronise from a full export")
+        return self._iter_changes(since, upto)
+
+    def _iter_changes(self, since: int, upto: int):
+        for lsn, payload in self._wal.iter_records(since):
+            if lsn > upto:
+                break
+            op = unpack(payload)
+            yield Change(lsn=lsn, op=op["op"], namespace=op.get("ns"), version=op.get("v"),
+                         ids=tuple(op.get("ids") or ()))
+
+    # -- read-only processes follow the writer through the WAL ------------------------------------
+    def refresh(self) -> None:
+        """In a read-only process, catch up with what the writer has committed since."""
+        if not self.readonly or self._closed:
+            return
+        with self._store.read() as txn:
+            raw = txn.get(schema.META_APPLIED_LSN, db=self._store.dbs[b"meta"])
+        target = unpack(raw) if raw else 0
+        if target <= self._applied_lsn:
+            return
+        with self._refresh_lock:
+            if target <= self._applied_lsn:
+                return
+            first = self._wal.first_lsn
+            if first is None or first > self._applied_lsn + 1:
+                self._applier.load()           # the WAL no longer reaches back: reload
+            else:
+                for lsn, payload in self._wal.iter_records(self._applied_lsn, upto_lsn=target):
+                    self._applier.apply(lsn, unpack(payload), persist=False)
+            self._applied_lsn = self._last_lsn = self._applier.applied_lsn
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Flush LMDB, record the checkpoint LSN, drop WAL segments nobody needs. Returns it."""
+        self._check_writable()
+        with self._apply_cond:
+            applied = self._applied_lsn
+        self._wal.sync(self._last_lsn)
+        self._store.sync()
+
+        def txn_fn(txn):
+            txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=self._store.dbs[b"meta"])
+        self._store.write_with_retry(txn_fn)
+        self._store.sync()
+        self.checkpoint_lsn = applied
+        self.checkpoint_time = time.time()
+        self._truncate_wal(applied)
+        return applied
+
+    def _truncate_wal(self, checkpoint_lsn: int):
+        """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any
+        record after the checkpoint (recovery needs those)."""
+        segments = self._wal.segments()
+        sizes = [os.path.getsize(p) for p, _ in segments]
+        total = sum(sizes)
+        cut = None
+        for i in range(1, len(segments)):
+            if total <= self.wal_keep_bytes:
+                break
+            first_of_next = segments[i][1]
+            if first_of_next > checkpoint_lsn + 1:
+                break
+            total -= sizes[i - 1]
+            cut = first_of_next
+        if cut is not None:
+            self._wal.truncate_before(cut)
+
+    def _checkpoint_loop(self, interval: float):
+        while not self._stop.wait(interval):
+            try:
+                if self.durability == "async":
+                    self._wal.sync(self._last_lsn)
+                self.checkpoint()
+            except Exception:   # the next write reports a failing store; keep the loop alive
+                continue
+
+    def info(self) -> dict:
+        """Positions and sizes, for `simplevector info` and the ops layer."""
+        self._check_open()
+        self.refresh()
+        out = {
+            "path": self.path,
+            "format_version": schema.FORMAT_VERSION,
+            "readonly": self.readonly,
+            "durability": self.durability,
+            "lsn": self._applied_lsn,
+            "checkpoint_lsn": self.checkpoint_lsn,
+            "wal_first_lsn": self._wal.first_lsn,
+            "wal_bytes": self._wal.size_bytes(),
+            "wal_segments": len(self._wal.segments()),
+            "namespaces": len({c.name for c in self._applier.configs.values()}),
+        }
+        out.update(self._store.map_info())
+        return out
+
+    # -- closing ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Checkpoint (writer), stop background work, release files. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        with self._seq_lock:
+            if not self.readonly and self._failed is None:
+                try:
+                    self.checkpoint()
+                except Exception:
+                    pass
+            self._closed = True
+            self._release_handles()
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed and self._lock_fd is not None:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("readonly" if self.readonly else "open")
+        return f"<simplevector.Database {self.path!r} {state}>"

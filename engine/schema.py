@@ -1,0 +1,83 @@
+"""Every LMDB sub-database, its key layout, and the on-disk format version, in one place.
+
+Keys are built only by the helpers below so that the layout is written down once.
+
+| sub-db    | key                                  | value                                      |
+|-----------|--------------------------------------|--------------------------------------------|
+| meta      | ascii name                           | msgpack scalar (format, applied LSN, ...)  |
+| catalog   | b"v" + vid (u32 BE)                  | msgpack version config                     |
+| ids       | vid + encoded external id            | rowid (u64 BE)                             |
+| vectors   | vid + rowid (u64 BE)                 | raw little-endian float32, dim values      |
+| records   | vid + rowid                          | msgpack [external id, metadata, document]  |
+| counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
+
+A namespace alias (name -> live version) is part of each version's config (``live``),
+so promotion rewrites two catalog rows in one transaction.
+"""
+
+from __future__ import annotations
+
+import struct
+
+FORMAT_VERSION = 1
+
+SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters")
+
+META_FORMAT = b"format_version"
+META_APPLIED_LSN = b"applied_lsn"
+META_CHECKPOINT_LSN = b"checkpoint_lsn"
+META_NEXT_VID = b"next_vid"
+META_CREATED = b"created"
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+#: Longest external string id, in UTF-8 bytes (LMDB keys are at most 511 bytes).
+MAX_ID_BYTES = 480
+
+
+def vid_prefix(vid: int) -> bytes:
+    return _U32.pack(vid)
+
+
+def catalog_key(vid: int) -> bytes:
+    return b"v" + _U32.pack(vid)
+
+
+def encode_id(extid) -> bytes:
+    """Order-preserving, type-tagged encoding of an external id (str or int)."""
+    if isinstance(extid, str):
+        return b"s" + extid.encode("utf-8")
+    # ints: flip the sign bit so that byte order equals numeric order
+    return b"i" + _U64.pack(extid + (1 << 63))
+
+
+def decode_id(raw: bytes):
+    if raw[:1] == b"s":
+        return bytes(raw[1:]).decode("utf-8")
+    return _U64.unpack(bytes(raw[1:9]))[0] - (1 << 63)
+
+
+def id_key(vid: int, extid) -> bytes:
+    return _U32.pack(vid) + encode_id(extid)
+
+
+def row_key(vid: int, rowid: int) -> bytes:
+    return _U32.pack(vid) + _U64.pack(rowid)
+
+
+def rowid_of_key(key: bytes) -> int:
+    return _U64.unpack(bytes(key[4:12]))[0]
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(raw: bytes) -> int:
+    return _U64.unpack(bytes(raw))[0]
+
+
+def counter_key(vid: int) -> bytes:
+    return b"rowid" + _U32.pack(vid)

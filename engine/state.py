@@ -1,0 +1,162 @@
+"""In-memory state of one namespace version: derived entirely from LMDB + WAL replay.
+
+Rows live at dense positions ``0..n-1`` in append order. A delete, or an upsert of an id
+that exists, leaves a tombstone at the old position (``alive[pos] = False``); an upsert
+appends the new row at a fresh position with a fresh rowid. Rows therefore never change in
+place, so a concurrent query sees each row either before or after a write, never torn.
+Reopening rebuilds the arrays densely from LMDB, which drops the tombstones.
+
+Writes are serialised by the database (one apply at a time, in LSN order); readers take a
+:class:`View` (array references and a row count) and need no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fieldindex import FieldIndex
+from .kernels.distances import resolve_metric
+from .types import VersionConfig
+
+_MIN_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class View:
+    """A consistent snapshot of the searchable arrays for one query."""
+
+    X: np.ndarray          # (n, dim) float32, unit rows for cosine
+    xnorm2: np.ndarray     # (n,) float32 squared norms of X rows
+    alive: np.ndarray      # (n,) bool
+    rowids: np.ndarray     # (n,) int64
+    n: int
+    live: int
+
+
+class VersionState:
+    """Vectors, ids, tombstones and field indexes of one version, in memory."""
+
+    def __init__(self, config: VersionConfig, next_rowid: int = 0):
+        self.config = config
+        self.metric = resolve_metric(config.metric)
+        self.dim = config.dim
+        self.next_rowid = next_rowid
+        self.n = 0
+        self.live = 0
+        self._X = np.zeros((0, self.dim), np.float32)
+        self._xnorm2 = np.zeros(0, np.float32)
+        self._alive = np.zeros(0, np.bool_)
+        self._rowids = np.zeros(0, np.int64)
+        self.extids: list = []
+        self.metas: list = []
+        self.id_to_pos: dict = {}
+        self.fields = FieldIndex()
+        self._lock = threading.Lock()   # guards array swaps on growth
+
+    # -- reading ---------------------------------------------------------------------
+    def view(self) -> View:
+        with self._lock:
+            n = self.n
+            return View(self._X[:n], self._xnorm2[:n], self._alive[:n], self._rowids[:n], n,
+                        self.live)
+
+    def position_of(self, extid):
+        return self.id_to_pos.get((type(extid), extid))
+
+    @property
+    def tombstones(self) -> int:
+        return self.n - self.live
+
+    # -- writing (called in LSN order by the database) -------------------------------------
+    def _reserve(self, extra: int):
+        need = self.n + extra
+        cap = self._X.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(_MIN_CAPACITY, cap * 2, need)
+        X = np.zeros((new_cap, self.dim), np.float32)
+        X[: self.n] = self._X[: self.n]
+        xn = np.zeros(new_cap, np.float32)
+        xn[: self.n] = self._xnorm2[: self.n]
+        alive = np.zeros(new_cap, np.bool_)
+        alive[: self.n] = self._alive[: self.n]
+        rowids = np.full(new_cap, -1, np.int64)
+        rowids[: self.n] = self._rowids[: self.n]
+        with self._lock:
+            self._X, self._xnorm2, self._alive, self._rowids = X, xn, alive, rowids
+
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors as the index stores them (unit rows for cosine)."""
+        if self.metric.normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+            return (vectors / norms[:, None]).astype(np.float32)
+        return vectors
+
+    def plan_upsert(self, ids: list) -> tuple[list, list]:
+        """Old positions (or -1) and the new rowids an upsert of ``ids`` will use.
+
+        Deterministic in the state, so WAL replay assigns exactly the same rowids.
+        """
+        old = []
+        for extid in ids:
+            pos = self.id_to_pos.get((type(extid), extid))
+            old.append(-1 if pos is None else pos)
+        rowids = list(range(self.next_rowid, self.next_rowid + len(ids)))
+        return old, rowids
+
+    def apply_upsert(self, ids: list, vectors: np.ndarray, metas: list, old: list,
+                     rowids: list):
+        m = len(ids)
+        for pos in old:
+            if pos >= 0:
+                self._kill(pos)
+        self._reserve(m)
+        start = self.n
+        stored = self.prepare(vectors)
+        self._X[start:start + m] = stored
+        self._xnorm2[start:start + m] = np.einsum("ij,ij->i", stored, stored)
+        self._rowids[start:start + m] = rowids
+        for i, extid in enumerate(ids):
+            pos = start + i
+            self.extids.append(extid)
+            self.metas.append(metas[i])
+            self.id_to_pos[(type(extid), extid)] = pos
+            if metas[i]:
+                self.fields.add(pos, metas[i])
+        self._alive[start:start + m] = True
+        self.next_rowid = rowids[-1] + 1 if rowids else self.next_rowid
+        with self._lock:
+            self.n = start + m
+            self.live += m
+
+    def _kill(self, pos: int):
+        if not self._alive[pos]:
+            return
+        self._alive[pos] = False
+        md = self.metas[pos]
+        if md:
+            self.fields.remove(pos, md)
+        self.metas[pos] = None
+        extid = self.extids[pos]
+        key = (type(extid), extid)
+        if self.id_to_pos.get(key) == pos:
+            del self.id_to_pos[key]
+        self.live -= 1
+
+    def apply_delete(self, positions: list) -> int:
+        killed = 0
+        for pos in positions:
+            if pos is not None and pos >= 0 and self._alive[pos]:
+                self._kill(pos)
+                killed += 1
+        return killed
+
+    def load_rows(self, rowids: np.ndarray, vectors: np.ndarray, ids: list, metas: list):
+        """Bulk load at open (rows in rowid order, all alive)."""
+        m = len(ids)
+        if m == 0:
+            return
+        self.apply_upsert(ids, vectors, metas, [-1] * m, list(map(int, rowids)))
