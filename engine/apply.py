@@ -15,15 +15,19 @@ Record payloads (msgpack maps), all with ``op``, ``ns`` (name) and ``v`` (versio
 | drop_namespace     | ``vids`` dropped                                         |
 | upsert             | ``vid``, ``ids``, ``vec`` (float32 LE bytes), ``meta``, ``docs`` |
 | delete             | ``vid``, ``ids``                                         |
+| set_index          | ``vid``, ``index`` (spec string)                         |
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 
-from . import schema
+from . import schema, segments
 from .errors import CorruptionError
+from .indexspec import IndexSpec
 from .state import VersionState
 from .types import VersionConfig
 
@@ -52,6 +56,7 @@ class Applier:
             "drop_namespace": self._drop,
             "upsert": self._upsert,
             "delete": self._delete,
+            "set_index": self._set_index,
         }
 
     # -- loading ---------------------------------------------------------------------------
@@ -70,6 +75,36 @@ class Applier:
                 self.configs[config.vid] = config
             for vid, config in self.configs.items():
                 self.states[vid] = self._load_version(txn, config)
+
+    def snapshot_lsn(self):
+        """The LSN of the last checkpoint's segments, or None."""
+        with self.store.read() as txn:
+            raw = txn.get(schema.META_SNAPSHOT, db=self.store.dbs[b"meta"])
+        return None if raw is None else unpack(raw)["lsn"]
+
+    def load_snapshot(self) -> bool:
+        """Load every version from the last checkpoint's segments (False when incomplete).
+
+        Leaves ``applied_lsn`` at the snapshot's LSN: the caller replays the WAL after it.
+        """
+        dbs = self.store.dbs
+        with self.store.read() as txn:
+            raw = txn.get(schema.META_SNAPSHOT, db=dbs[b"meta"])
+            if raw is None:
+                return False
+            snap = unpack(raw)
+            configs = [VersionConfig.from_msg(c) for c in snap["configs"]]
+            states = {}
+            for config in configs:
+                named = segments.read(txn, dbs, config.vid)
+                if "state.meta" not in named:
+                    return False
+                states[config.vid] = VersionState.restore(config, segments.unflatten(named))
+        self.configs = {c.vid: c for c in configs}
+        self.states = states
+        self.next_vid = snap["next_vid"]
+        self.applied_lsn = snap["lsn"]
+        return True
 
     def _load_version(self, txn, config: VersionConfig) -> VersionState:
         dbs = self.store.dbs
@@ -180,6 +215,7 @@ class Applier:
             for vid in vids:
                 txn.delete(schema.catalog_key(vid), db=dbs[b"catalog"])
                 txn.delete(schema.counter_key(vid), db=dbs[b"counters"])
+                segments.delete(txn, dbs, vid)
                 prefix = schema.vid_prefix(vid)
                 for name in (b"ids", b"vectors", b"records"):
                     cur = txn.cursor(db=dbs[name])
@@ -256,3 +292,28 @@ class Applier:
         if persist:
             self._write(lsn, txn_fn)
         return state.apply_delete(positions)
+
+    def _set_index(self, lsn: int, op: dict, persist: bool):
+        vid = op["vid"]
+        config = self.configs.get(vid)
+        if config is None:
+            if persist:
+                self._write(lsn, lambda txn: None)
+            return None
+        new = replace(config, index=op["index"])
+        dbs = self.store.dbs
+
+        def txn_fn(txn):
+            txn.put(schema.catalog_key(vid), pack(new.to_msg()), db=dbs[b"catalog"])
+
+        if persist:
+            self._write(lsn, txn_fn)
+        self.configs[vid] = new
+        state = self.states[vid]
+        with state.mutate_lock:
+            state.config = new
+            state.spec = IndexSpec.parse(new.index)
+            if state.spec.kind == "flat":
+                state.index = None
+            state.mutations += 1
+        return new

@@ -23,10 +23,11 @@ import os
 import threading
 import time
 
-from . import schema, validate
+from . import indexer, schema, segments, validate
 from .apply import Applier, pack, unpack
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
+from .indexspec import AUTO_THRESHOLD, IndexSpec
 from .kernels.distances import resolve_metric
 from .namespace import Namespace
 from .store import Store
@@ -34,23 +35,18 @@ from .types import Change, NamespaceInfo, VersionConfig, VersionInfo
 from .wal import WriteAheadLog
 
 DURABILITY_MODES = ("sync", "async")
-INDEX_SPECS = ("auto", "flat")
 
 
-def _index_spec(index) -> str:
-    if not isinstance(index, str) or index.lower() not in INDEX_SPECS:
-        raise InvalidInput(
-            f"index {index!r} is not supported; expected 'auto' or 'Flat' "
-            "(IVF-PQ specs arrive with the IVF-PQ index)"
-        )
-    return "auto" if index.lower() == "auto" else "Flat"
+def _index_spec(index, dim: int) -> str:
+    return str(IndexSpec.parse(index).check_dim(dim))
 
 
 class Database:
     """A SimpleVector database directory. Thread-safe; use as a context manager."""
 
     def __init__(self, path, *, durability: str = "sync", readonly: bool = False,
-                 checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20):
+                 checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
+                 auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD):
         if durability not in DURABILITY_MODES:
             raise InvalidInput(f"durability {durability!r} is not valid; expected 'sync' or 'async'")
         if not isinstance(path, (str, os.PathLike)):
@@ -73,13 +69,18 @@ class Database:
         self._checkpointer = None
         self.checkpoint_lsn = 0
         self.checkpoint_time = None
-        self.replayed_records = 0
+        self.replayed_records = 0           # WAL records applied to LMDB at open
+        self.memory_replayed_records = 0    # WAL records applied on top of checkpoint segments
+        self.auto_index = bool(auto_index)
+        self.auto_index_threshold = int(auto_index_threshold)
+        self._trainers: list[threading.Thread] = []
+        self._checkpoint_lock = threading.Lock()
+        self.query_stats = {"queries": 0, "short": 0, "plans": {}}
         self._open_dirs()
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
             self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly)
             self._applier = Applier(self._store)
-            self._applier.load()
             self._recover()
         except BaseException:
             self._release_handles()
@@ -89,6 +90,8 @@ class Database:
                 target=self._checkpoint_loop, args=(float(checkpoint_interval),),
                 name="simplevector-checkpointer", daemon=True)
             self._checkpointer.start()
+        for vid in list(self._applier.states):
+            self._maybe_train(vid)
 
     # -- opening -----------------------------------------------------------------------------
     def _open_dirs(self):
@@ -111,8 +114,26 @@ class Database:
         self._lock_fd = fd
 
     def _recover(self):
-        """Replay WAL records after LMDB's applied LSN (writer), then note the positions."""
+        """Load the last checkpoint's segments and replay the WAL after them up to LMDB's
+        applied LSN in memory (or rebuild from the LMDB rows when the segments cannot be
+        used), then replay the WAL after LMDB's applied LSN into LMDB (writer only)."""
         applier = self._applier
+        with self._store.read() as txn:
+            raw = txn.get(schema.META_APPLIED_LSN, db=self._store.dbs[b"meta"])
+        lmdb_lsn = unpack(raw) if raw else 0
+        snap_lsn = applier.snapshot_lsn()
+        loaded = False
+        if snap_lsn is not None and snap_lsn <= lmdb_lsn:
+            first = self._wal.first_lsn
+            covered = snap_lsn == lmdb_lsn or (first is not None and first <= snap_lsn + 1)
+            if covered and applier.load_snapshot():
+                for lsn, payload in self._wal.iter_records(snap_lsn, upto_lsn=lmdb_lsn):
+                    applier.apply(lsn, unpack(payload), persist=False)
+                    self.memory_replayed_records += 1
+                loaded = applier.applied_lsn == lmdb_lsn
+        if not loaded:
+            self.memory_replayed_records = 0
+            applier.load()
         if not self.readonly:
             for lsn, payload in self._wal.iter_records(applier.applied_lsn):
                 applier.apply(lsn, unpack(payload))
@@ -241,7 +262,7 @@ class Database:
         dim = validate.dim_value(dim)
         metric = resolve_metric(metric).name
         model = validate.model_value(model)
-        index = _index_spec(index)
+        index = _index_spec(index, dim)
 
         def build():
             if self._versions_of(name):
@@ -261,7 +282,7 @@ class Database:
         dim = None if dim is None else validate.dim_value(dim)
         metric = None if metric is None else resolve_metric(metric).name
         model = validate.model_value(model)
-        index = None if index is None else _index_spec(index)
+        index = None if index is None else str(IndexSpec.parse(index))
         created = {}
 
         def build():
@@ -270,6 +291,8 @@ class Database:
                 raise NamespaceNotFound(f"namespace {name!r} does not exist")
             base = next((c for c in versions if c.live), versions[-1])
             version = versions[-1].version + 1
+            _index_spec(index if index is not None else base.index,
+                        dim if dim is not None else base.dim)
             config = VersionConfig(
                 name=name, version=version, vid=self._applier.next_vid,
                 dim=dim if dim is not None else base.dim,
@@ -341,6 +364,48 @@ class Database:
                 count=state.live if state is not None else 0, live=config.live))
         return list(out.values())
 
+    # -- indexes ---------------------------------------------------------------------------------------
+    def _set_index(self, config: VersionConfig, spec: str) -> None:
+        def build():
+            current = self._resolve(config.name, config.version)
+            return {"op": "set_index", "ns": config.name, "v": config.version,
+                    "vid": current.vid, "index": spec}
+        self._commit(build, ddl=True)
+
+    def _build_index(self, vid: int, *, wait: bool):
+        state = self._state(vid)
+        if wait:
+            return indexer.build(state, should_stop=self._stop.is_set)
+        thread = threading.Thread(target=self._train_in_background, args=(state,),
+                                  name=f"simplevector-train-{vid}", daemon=True)
+        self._trainers = [t for t in self._trainers if t.is_alive()] + [thread]
+        state.training = True       # claimed before the thread starts: one build at a time
+        thread.start()
+        return None
+
+    def _train_in_background(self, state):
+        try:
+            indexer.build(state, should_stop=self._stop.is_set)
+        except Exception as e:      # reported by index_info / health; queries stay exact
+            state.training_error = f"{type(e).__name__}: {e}"
+        finally:
+            state.training = False
+
+    def _maybe_train(self, vid: int):
+        """Start a background build when a version has grown past its training threshold."""
+        if not self.auto_index or self.readonly or self._closed:
+            return
+        state = self._applier.states.get(vid)
+        if state is not None and indexer.wants_training(state, self.auto_index_threshold):
+            self._build_index(vid, wait=False)
+
+    def _record_query(self, plan) -> None:
+        stats = self.query_stats
+        stats["queries"] += 1
+        stats["plans"][plan.index] = stats["plans"].get(plan.index, 0) + 1
+        if plan.short:
+            stats["short"] += plan.short
+
     # -- the log ------------------------------------------------------------------------------------
     @property
     def lsn(self) -> int:
@@ -395,20 +460,35 @@ class Database:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def checkpoint(self) -> int:
-        """Flush LMDB, record the checkpoint LSN, drop WAL segments nobody needs. Returns it."""
+        """Persist the in-memory state as segments at one LSN, flush LMDB, and drop WAL
+        segments nobody needs any more. Returns the checkpoint LSN."""
         self._check_writable()
-        with self._apply_cond:
-            applied = self._applied_lsn
-        self._wal.sync(self._last_lsn)
-        self._store.sync()
+        with self._checkpoint_lock:
+            with self._apply_cond:
+                applied = self._applied_lsn
+                snapshot = {"lsn": applied, "next_vid": self._applier.next_vid,
+                            "configs": [c.to_msg() for c in self._applier.configs.values()]}
+                dirty = {vid: (st.mutations, st.capture())
+                         for vid, st in self._applier.states.items()
+                         if st.mutations != st.checkpointed_mutations}
+            self._wal.sync(self._last_lsn)
+            named = {vid: segments.flatten(cap) for vid, (_, cap) in dirty.items()}
+            dbs = self._store.dbs
 
-        def txn_fn(txn):
-            txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=self._store.dbs[b"meta"])
-        self._store.write_with_retry(txn_fn)
-        self._store.sync()
-        self.checkpoint_lsn = applied
-        self.checkpoint_time = time.time()
-        self._truncate_wal(applied)
+            def txn_fn(txn):
+                for vid, values in named.items():
+                    segments.write(txn, dbs, vid, values)
+                txn.put(schema.META_SNAPSHOT, pack(snapshot), db=dbs[b"meta"])
+                txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=dbs[b"meta"])
+            self._store.write_with_retry(txn_fn)
+            self._store.sync()
+            for vid, (mutations, _) in dirty.items():
+                state = self._applier.states.get(vid)
+                if state is not None:
+                    state.checkpointed_mutations = mutations
+            self.checkpoint_lsn = applied
+            self.checkpoint_time = time.time()
+            self._truncate_wal(applied)
         return applied
 
     def _truncate_wal(self, checkpoint_lsn: int):
@@ -465,6 +545,8 @@ class Database:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        for thread in self._trainers:
+            thread.join()
         with self._seq_lock:
             if not self.readonly and self._failed is None:
                 try:

@@ -6,6 +6,9 @@ so a promotion takes effect for the next call and a call sees one version throug
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 
 from . import schema, validate
@@ -18,6 +21,32 @@ from .types import Hit, Record
 #: Below this fraction of matching rows, a filtered flat search gathers the matching rows
 #: and scans only those; above it, it scans everything with the filter as a row mask.
 SUBSET_FRACTION = 0.25
+#: A filtered IVF query switches to exact search over the matching rows when the probed
+#: lists are expected to hold fewer than this many times k*refine matching rows.
+IVF_FILTER_MARGIN = 2.0
+
+
+@dataclass
+class Plan:
+    """What a query did (``query(..., explain=True)`` returns it beside the hits).
+
+    index: "flat", "flat-subset" (exact over the rows matching a selective filter), "ivf"
+        or "ivf+exact-fallback" (the lists could not yield k matches, so the query went exact).
+    """
+
+    index: str = "flat"
+    spec: str = "Flat"
+    nprobe: int = 0
+    refine: int = 1
+    candidates: int = 0
+    rows: int = 0
+    matched: int | None = None
+    selectivity: float | None = None
+    short: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Namespace:
@@ -94,6 +123,7 @@ class Namespace:
             return op
 
         lsn, _ = db._commit(build)
+        db._maybe_train(vid)
         return lsn
 
     def delete(self, ids=None, where=None) -> int:
@@ -167,15 +197,22 @@ class Namespace:
         return cls(id=extid, metadata=md if "metadata" in include else None,
                    document=doc if "documents" in include else None, vector=vec, **extra)
 
-    def query(self, vectors, k: int = 10, where=None, include=("metadata",)):
+    def query(self, vectors, k: int = 10, where=None, include=("metadata",), *,
+              nprobe: int | None = None, refine: int | None = None, explain: bool = False):
         """The k nearest rows: ``list[Hit]`` for one vector, ``list[list[Hit]]`` for a matrix.
 
         With ``where``, exactly the k nearest among matching rows; fewer than k only when
-        fewer rows match.
+        fewer rows match. ``nprobe`` and ``refine`` override the IVF spec's defaults for
+        this call. ``explain=True`` returns ``(hits, Plan)``.
         """
+        t0 = time.perf_counter()
         config = self._config()
         k = validate.k_value(k)
         include = validate.include_value(include)
+        if nprobe is not None:
+            nprobe = validate.positive_int(nprobe, "nprobe")
+        if refine is not None:
+            refine = validate.positive_int(refine, "refine")
         single = np.ndim(vectors) == 1
         Q = validate.vector_matrix(vectors, config.dim, what="query vectors",
                                    zero_ok=config.metric != "cosine")
@@ -184,21 +221,100 @@ class Namespace:
         view = state.view()
         Q = state.prepare(Q)
         code = state.metric.code
-        if view.live == 0:
-            results = [([], []) for _ in range(len(Q))]
-        elif node is None:
-            results = self._search(view, Q, code, k, view.alive, None)
+        plan = Plan(rows=view.live)
+        t1 = time.perf_counter()
+        mask, positions = view.alive, None
+        if node is not None:
+            mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
+            plan.matched = int(mask.sum())
+            plan.selectivity = plan.matched / view.live if view.live else 0.0
+        t2 = time.perf_counter()
+        matched = view.live if plan.matched is None else plan.matched
+        index = state.index
+        if matched == 0:
+            results = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(Q))]
+        elif index is not None:
+            results = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
+                                       refine, plan)
         else:
-            allowed = state.fields.evaluate(node, view.n, view.alive) & view.alive
-            matched = int(allowed.sum())
-            if matched == 0:
-                results = [([], []) for _ in range(len(Q))]
-            elif matched < SUBSET_FRACTION * view.n:
-                results = self._search(view, Q, code, k, None, np.flatnonzero(allowed))
-            else:
-                results = self._search(view, Q, code, k, allowed, None)
+            if node is not None and matched < SUBSET_FRACTION * view.n:
+                positions = np.flatnonzero(mask)
+                plan.index = "flat-subset"
+                mask = None
+            plan.candidates = matched
+            results = self._search(view, Q, code, k, mask, positions)
+        t3 = time.perf_counter()
         hits = self._hits(state, view, results, include)
-        return hits[0] if single else hits
+        want = min(k, matched)
+        plan.short = sum(1 for h in hits if len(h) < want)
+        plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2,
+                        "fetch": time.perf_counter() - t3}
+        self._db._record_query(plan)
+        out = hits[0] if single else hits
+        return (out, plan) if explain else out
+
+    def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan):
+        spec = index.spec
+        nprobe = min(nprobe or spec.default_nprobe(), index.nlist)
+        refine = refine or spec.refine
+        plan.spec, plan.nprobe, plan.refine = str(spec), nprobe, refine
+        kk = max(k, k * refine) if index.m else k
+        expected = matched * nprobe / index.nlist
+        if plan.matched is not None and (matched <= kk or expected < IVF_FILTER_MARGIN * kk):
+            plan.index = "flat-subset"
+            plan.candidates = matched
+            return self._search(view, Q, code, k, None, np.flatnonzero(mask))
+        plan.index = "ivf"
+        plan.candidates = kk
+        if len(Q) == 1:
+            d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask)
+            results = [(d, p)]
+        else:
+            results = index.search_batch(view.X, Q, k, nprobe, refine, mask)
+        want = min(k, matched)
+        short = [i for i, (d, _) in enumerate(results) if len(d) < want]
+        if short:
+            # the probed lists could not yield k matches: go exact for those queries
+            plan.index = "ivf+exact-fallback"
+            if plan.matched is not None:
+                exact = self._search(view, Q[short], code, k, None, np.flatnonzero(mask))
+            else:
+                exact = self._search(view, Q[short], code, k, mask, None)
+            for i, res in zip(short, exact):
+                results[i] = res
+        return results
+
+    # -- index management ---------------------------------------------------------------------
+    def build_index(self, spec=None) -> dict:
+        """Train (or re-train with a new spec) now; returns when the new index is live.
+
+        Reads and writes from other threads continue meanwhile; the swap is atomic. With
+        ``spec=None`` the version's configured spec is used ("auto" picks nlist/m/refine for
+        the current size). A new spec is recorded in the catalog (through the WAL).
+        Returns ``index_info()``.
+        """
+        db = self._db
+        db._check_writable()
+        config = self._config()
+        from .indexspec import IndexSpec
+        if spec is not None:
+            parsed = IndexSpec.parse(spec).check_dim(config.dim)
+            if str(parsed) != config.index:
+                db._set_index(config, str(parsed))
+        db._build_index(config.vid, wait=True)
+        return self.index_info()
+
+    def index_info(self) -> dict:
+        """The spec, training time, list sizes and code size of the live index."""
+        config = self._config()
+        state = self._db._state(config.vid)
+        index = state.index
+        info = {"configured": config.index, "active": "Flat" if index is None else str(index.spec),
+                "rows": state.live, "tombstones": state.tombstones, "training": state.training,
+                "training_error": state.training_error}
+        if index is not None:
+            info.update(index.info())
+        return info
 
     @staticmethod
     def _search(view, Q, code, k, mask, positions):

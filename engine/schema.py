@@ -10,6 +10,7 @@ Keys are built only by the helpers below so that the layout is written down once
 | vectors   | vid + rowid (u64 BE)                 | raw little-endian float32, dim values      |
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
+| segments  | vid + b":" + segment name            | one array or msgpack blob of a checkpoint  |
 
 A namespace alias (name -> live version) is part of each version's config (``live``),
 so promotion rewrites two catalog rows in one transaction.
@@ -21,13 +22,15 @@ import struct
 
 FORMAT_VERSION = 1
 
-SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters")
+SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters", b"segments")
 
 META_FORMAT = b"format_version"
 META_APPLIED_LSN = b"applied_lsn"
 META_CHECKPOINT_LSN = b"checkpoint_lsn"
 META_NEXT_VID = b"next_vid"
 META_CREATED = b"created"
+#: msgpack {lsn, next_vid, configs}: the catalog as of the last checkpoint's segments
+META_SNAPSHOT = b"snapshot"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -81,3 +84,7 @@ def unpack_u64(raw: bytes) -> int:
 
 def counter_key(vid: int) -> bytes:
     return b"rowid" + _U32.pack(vid)
+
+
+def segment_key(vid: int, name: str) -> bytes:
+    return _U32.pack(vid) + b":" + name.encode("ascii")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fieldindex import FieldIndex
+from .indexspec import IndexSpec
 from .kernels.distances import resolve_metric
 from .types import VersionConfig
 
@@ -53,8 +54,33 @@ class VersionState:
         self.extids: list = []
         self.metas: list = []
         self.id_to_pos: dict = {}
-        self.fields = FieldIndex()
+        self._fields: FieldIndex | None = FieldIndex()
         self._lock = threading.Lock()   # guards array swaps on growth
+        # held while a write mutates this state; an index build takes it to catch up and swap
+        self.mutate_lock = threading.RLock()
+        self.spec = IndexSpec.parse(config.index)
+        self.index = None               # an IVFIndex once trained
+        self.training = False
+        self.build_lock = threading.Lock()
+        self.training_error = None
+        self.mutations = 0              # bumps on every write (checkpoints skip clean states)
+        self.checkpointed_mutations = -1
+
+    @property
+    def fields(self) -> FieldIndex:
+        """The metadata field indexes, built from the rows' metadata on first use."""
+        fields = self._fields
+        if fields is None:
+            with self.mutate_lock:
+                if self._fields is None:
+                    built = FieldIndex()
+                    alive = self._alive
+                    for pos, md in enumerate(self.metas):
+                        if md and alive[pos]:
+                            built.add(pos, md)
+                    self._fields = built
+                fields = self._fields
+        return fields
 
     # -- reading ---------------------------------------------------------------------
     def view(self) -> View:
@@ -108,14 +134,20 @@ class VersionState:
         return old, rowids
 
     def apply_upsert(self, ids: list, vectors: np.ndarray, metas: list, old: list,
-                     rowids: list):
+                     rowids: list, *, stored: np.ndarray | None = None):
+        with self.mutate_lock:
+            self._apply_upsert(ids, vectors, metas, old, rowids, stored)
+
+    def _apply_upsert(self, ids, vectors, metas, old, rowids, stored):
         m = len(ids)
+        self.mutations += 1
         for pos in old:
             if pos >= 0:
                 self._kill(pos)
         self._reserve(m)
         start = self.n
-        stored = self.prepare(vectors)
+        if stored is None:
+            stored = self.prepare(vectors)
         self._X[start:start + m] = stored
         self._xnorm2[start:start + m] = np.einsum("ij,ij->i", stored, stored)
         self._rowids[start:start + m] = rowids
@@ -124,21 +156,26 @@ class VersionState:
             self.extids.append(extid)
             self.metas.append(metas[i])
             self.id_to_pos[(type(extid), extid)] = pos
-            if metas[i]:
-                self.fields.add(pos, metas[i])
+            if metas[i] and self._fields is not None:
+                self._fields.add(pos, metas[i])
         self._alive[start:start + m] = True
         self.next_rowid = rowids[-1] + 1 if rowids else self.next_rowid
         with self._lock:
             self.n = start + m
             self.live += m
+        index = self.index
+        if index is not None:
+            lists, codes = index.encode(stored)
+            index.add(np.arange(start, start + m, dtype=np.int64), lists, codes,
+                      alive=self._alive[: self.n])
 
     def _kill(self, pos: int):
         if not self._alive[pos]:
             return
         self._alive[pos] = False
         md = self.metas[pos]
-        if md:
-            self.fields.remove(pos, md)
+        if md and self._fields is not None:
+            self._fields.remove(pos, md)
         self.metas[pos] = None
         extid = self.extids[pos]
         key = (type(extid), extid)
@@ -148,10 +185,12 @@ class VersionState:
 
     def apply_delete(self, positions: list) -> int:
         killed = 0
-        for pos in positions:
-            if pos is not None and pos >= 0 and self._alive[pos]:
-                self._kill(pos)
-                killed += 1
+        with self.mutate_lock:
+            self.mutations += 1
+            for pos in positions:
+                if pos is not None and pos >= 0 and self._alive[pos]:
+                    self._kill(pos)
+                    killed += 1
         return killed
 
     def load_rows(self, rowids: np.ndarray, vectors: np.ndarray, ids: list, metas: list):
@@ -160,3 +199,50 @@ class VersionState:
         if m == 0:
             return
         self.apply_upsert(ids, vectors, metas, [-1] * m, list(map(int, rowids)))
+
+    # -- checkpoint segments ---------------------------------------------------------------------
+    def capture(self) -> dict:
+        """A consistent copy of this state for a checkpoint (the caller holds writes off).
+
+        Rows never change in place, so the row arrays are shared, not copied; the alive
+        mask and the lists are copied.
+        """
+        with self.mutate_lock:
+            n = self.n
+            out = {
+                "meta": {"n": n, "live": self.live, "next_rowid": self.next_rowid,
+                         "spec": str(self.spec), "mutations": self.mutations},
+                "X": self._X[:n],
+                "alive": self._alive[:n].copy(),
+                "rowids": self._rowids[:n],
+                "extids": list(self.extids[:n]),
+                "metas": list(self.metas[:n]),
+            }
+            if self.index is not None:
+                out["ivf"] = self.index.to_arrays()
+        return out
+
+    @classmethod
+    def restore(cls, config: VersionConfig, seg: dict) -> "VersionState":
+        """Rebuild from checkpoint segments (positions, tombstones and lists as they were)."""
+        meta = seg["meta"]
+        state = cls(config, meta["next_rowid"])
+        n = meta["n"]
+        state._reserve(n)
+        X = seg["X"].reshape(n, config.dim)
+        state._X[:n] = X
+        state._xnorm2[:n] = np.einsum("ij,ij->i", X, X)
+        state._alive[:n] = seg["alive"]
+        state._rowids[:n] = seg["rowids"]
+        state.extids = list(seg["extids"])
+        state.metas = list(seg["metas"])
+        alive = seg["alive"]
+        state.id_to_pos = {(type(e), e): p for p, e in enumerate(state.extids) if alive[p]}
+        state.n, state.live = n, meta["live"]
+        state._fields = None            # built from metas on first filtered query
+        state.mutations = state.checkpointed_mutations = 0
+        if "ivf" in seg:
+            from .ivf import IVFIndex
+            ivf_meta, arrays = seg["ivf"]
+            state.index = IVFIndex.from_arrays(ivf_meta, arrays)
+        return state

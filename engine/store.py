@@ -97,9 +97,10 @@ class Store:
         try:
             self.dbs = {}
             if readonly:
-                with self.env.begin() as txn:
-                    for name in schema.SUBDBS:
-                        self.dbs[name] = self.env.open_db(name, txn=txn, create=False)
+                # no explicit txn: py-lmdb drops a handle opened inside a read-only txn when
+                # that txn ends, so every later read failed with EINVAL
+                for name in schema.SUBDBS:
+                    self.dbs[name] = self.env.open_db(name, create=False)
             else:
                 for name in schema.SUBDBS:
                     self.dbs[name] = self.env.open_db(name)

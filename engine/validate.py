@@ -161,7 +161,8 @@ def vector_matrix(vectors, dim: int, *, what: str = "vectors", zero_ok: bool = T
         raise DimensionMismatch(
             f"{what} have dimension {arr.shape[1]}; this namespace expects dim={dim}"
         )
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):   # out-of-range values are reported below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(out)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
@@ -277,3 +278,9 @@ def document_list(documents, n: int) -> list:
         if doc is not None and not isinstance(doc, str):
             raise InvalidInput(f"documents[{row}] = {_short(doc)} is not a str (or None)")
     return items
+
+
+def positive_int(value, what: str, *, upper: int = 1_000_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= upper:
+        raise InvalidInput(f"{what} {_short(value)} is not valid; expected an int in 1..{upper}")
+    return int(value)

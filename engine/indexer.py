@@ -1,0 +1,78 @@
+"""Training an IVF index for a version while reads and writes continue.
+
+The build snapshots the row arrays, trains and encodes outside any lock, then takes the
+version's mutate lock only to encode the rows written meanwhile and swap the index in:
+a query sees the old index or the new one, and no committed write is missed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidInput
+from .indexspec import IndexSpec, auto_spec
+
+
+def effective_spec(state) -> IndexSpec | None:
+    """The IVF spec a build of this version would use now (None for "Flat")."""
+    spec = state.spec
+    if spec.kind == "flat":
+        return None
+    if spec.kind == "auto":
+        return auto_spec(state.live, state.dim)
+    return spec
+
+
+def wants_training(state, auto_threshold: int) -> bool:
+    """Whether a version without an index has grown enough to train one by itself."""
+    if state.index is not None or state.training:
+        return False
+    spec = state.spec
+    if spec.kind == "auto":
+        return state.live >= auto_threshold
+    if spec.kind == "ivf":
+        return state.live >= spec.min_train_rows
+    return False
+
+
+def build(state, *, seed: int = 0, should_stop=lambda: False):
+    """Train and install the version's index; returns it (None for a flat spec)."""
+    from .ivf import IVFIndex
+    with state.build_lock:
+        state.training = True
+        try:
+            spec = effective_spec(state)
+            if spec is None:
+                with state.mutate_lock:
+                    state.index = None
+                    state.mutations += 1
+                return None
+            spec.check_dim(state.dim)
+            view = state.view()
+            positions = np.flatnonzero(view.alive)
+            if len(positions) < spec.min_train_rows:
+                raise InvalidInput(
+                    f"index '{spec}' needs at least {spec.min_train_rows} rows to train "
+                    f"(nlist x 39); namespace {state.config.name!r} has {len(positions)}",
+                    hint="use fewer lists (IVF<n>) or add rows first; queries stay exact until then")
+            X = np.ascontiguousarray(view.X[positions])
+            index = IVFIndex.train(spec, X, state.metric.code, seed=seed)
+            lists, codes = index.encode(X)
+            index.load_lists(positions.astype(np.int64), lists, codes)
+            del X
+            with state.mutate_lock:
+                if should_stop():
+                    return None
+                now = state.view()
+                if now.n > view.n:
+                    new = np.arange(view.n, now.n, dtype=np.int64)
+                    new = new[now.alive[new]]
+                    if len(new):
+                        nl, nc = index.encode(np.ascontiguousarray(now.X[new]))
+                        index.add(new, nl, nc)
+                index.seal(now.alive)
+                state.index = index
+                state.mutations += 1
+            return index
+        finally:
+            state.training = False

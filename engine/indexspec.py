@@ -1,0 +1,144 @@
+"""Index specs: one FAISS-like string parsed to a dataclass and printed back.
+
+    "auto"                      flat while small, IVF-PQ trained online past a threshold
+    "Flat"                      exact search only
+    "IVF1024,Flat"              inverted lists of full vectors (exact distances in the lists)
+    "IVF1024,PQ16x8"            inverted lists of 16 8-bit product-quantizer codes
+    "IVF1024,PQ16x8,Refine4"    ... then re-rank the top k*4 candidates exactly
+
+``IndexSpec.parse(text)`` and ``str(spec)`` round-trip.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .errors import InvalidInput
+
+_IVF_RE = re.compile(r"^IVF(\d+)$", re.I)
+_PQ_RE = re.compile(r"^PQ(\d+)(?:x(\d+))?$", re.I)
+_REFINE_RE = re.compile(r"^Refine(\d+)$", re.I)
+
+#: "auto" stays flat below this many live rows, then trains IVF-PQ in the background.
+AUTO_THRESHOLD = 50_000
+#: k-means needs this many training points per list (FAISS warns below 39).
+TRAIN_POINTS_PER_LIST = 39
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How a namespace version indexes its vectors.
+
+    kind: "auto", "flat" or "ivf".
+    nlist: number of inverted lists (coarse k-means centroids). More lists scan fewer
+        vectors per probe (faster) but need more training data and more probes for recall.
+    pq_m: product-quantizer sub-vectors per code (0 = lists hold full vectors, "Flat").
+        Larger m is more accurate and costs m bytes a vector; dim must divide by m.
+    pq_bits: bits per sub-code; only 8 is supported (256 centroids per sub-space).
+    refine: re-rank the best k*refine ADC candidates with exact distances from the stored
+        float32 vectors (1 = no re-ranking). Refine 4 recovers most of PQ's recall loss.
+    nprobe: lists probed per query by default (search-time; override per call).
+    """
+
+    kind: str = "auto"
+    nlist: int = 0
+    pq_m: int = 0
+    pq_bits: int = 8
+    refine: int = 1
+    nprobe: int = 0
+
+    @classmethod
+    def parse(cls, text) -> "IndexSpec":
+        if isinstance(text, IndexSpec):
+            return text
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"index spec {text!r} is not valid; expected 'auto', 'Flat' or "
+                               "e.g. 'IVF1024,PQ16x8,Refine4'")
+        s = text.strip()
+        if s.lower() == "auto":
+            return cls(kind="auto")
+        if s.lower() == "flat":
+            return cls(kind="flat")
+        parts = [p.strip() for p in s.split(",")]
+        m = _IVF_RE.match(parts[0])
+        if not m:
+            raise InvalidInput(f"index spec {text!r}: {parts[0]!r} is not valid; expected "
+                               "'IVF<nlist>' first, e.g. 'IVF1024,PQ16x8'")
+        nlist = int(m.group(1))
+        if not 1 <= nlist <= 65536:
+            raise InvalidInput(f"index spec {text!r}: nlist {nlist} is not in 1..65536")
+        if len(parts) < 2:
+            raise InvalidInput(f"index spec {text!r} needs a list encoding after {parts[0]}: "
+                               "'Flat' or 'PQ<m>x8'")
+        pq_m, bits = 0, 8
+        if parts[1].lower() != "flat":
+            pm = _PQ_RE.match(parts[1])
+            if not pm:
+                raise InvalidInput(f"index spec {text!r}: {parts[1]!r} is not valid; expected "
+                                   "'Flat' or 'PQ<m>x8'")
+            pq_m = int(pm.group(1))
+            bits = int(pm.group(2) or 8)
+            if bits != 8:
+                raise InvalidInput(f"index spec {text!r}: PQ with {bits} bits is not "
+                                   "supported; expected 8")
+            if not 1 <= pq_m <= 1024:
+                raise InvalidInput(f"index spec {text!r}: PQ m={pq_m} is not in 1..1024")
+        refine = 1
+        for extra in parts[2:]:
+            rm = _REFINE_RE.match(extra)
+            if not rm or not 1 <= int(rm.group(1)) <= 1000:
+                raise InvalidInput(f"index spec {text!r}: {extra!r} is not valid; expected "
+                                   "'Refine<factor>' with factor in 1..1000")
+            refine = int(rm.group(1))
+        if len(parts) > 3:
+            raise InvalidInput(f"index spec {text!r} has too many parts")
+        return cls(kind="ivf", nlist=nlist, pq_m=pq_m, pq_bits=bits, refine=refine)
+
+    def __str__(self) -> str:
+        if self.kind == "auto":
+            return "auto"
+        if self.kind == "flat":
+            return "Flat"
+        text = f"IVF{self.nlist}," + (f"PQ{self.pq_m}x{self.pq_bits}" if self.pq_m else "Flat")
+        if self.refine > 1:
+            text += f",Refine{self.refine}"
+        return text
+
+    def check_dim(self, dim: int) -> "IndexSpec":
+        if self.kind == "ivf" and self.pq_m and dim % self.pq_m:
+            raise InvalidInput(f"index spec '{self}': dim {dim} is not divisible by PQ m="
+                               f"{self.pq_m}; choose m among the divisors of {dim}")
+        return self
+
+    @property
+    def min_train_rows(self) -> int:
+        """Live rows needed before an IVF spec trains: max(nlist * 39, 256 for PQ)."""
+        if self.kind != "ivf":
+            return 0
+        need = self.nlist * TRAIN_POINTS_PER_LIST
+        return max(need, 256) if self.pq_m else need
+
+    def default_nprobe(self) -> int:
+        if self.nprobe:
+            return self.nprobe
+        return max(1, min(self.nlist, max(8, self.nlist // 16)))
+
+
+def auto_spec(n: int, dim: int) -> IndexSpec:
+    """The IVF-PQ spec "auto" trains for ``n`` rows of ``dim``: about 4*sqrt(n) lists (a
+    power of two, 64..4096), sub-vectors of 2 dims (4 when dim > 64), refine 4."""
+    nlist = 2 ** int(round(math.log2(max(64.0, min(4096.0, 4 * math.sqrt(max(n, 1)))))))
+    while nlist > 64 and nlist * TRAIN_POINTS_PER_LIST > n:
+        nlist //= 2
+    sub = 2 if dim <= 64 else 4
+    m = dim // sub
+    while m > 1 and dim % m:
+        m -= 1
+    return IndexSpec(kind="ivf", nlist=nlist, pq_m=max(1, m), refine=4)
+
+
+def with_nprobe(spec: IndexSpec, nprobe: Optional[int]) -> IndexSpec:
+    return spec if nprobe is None else replace(spec, nprobe=nprobe)

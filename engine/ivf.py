@@ -1,0 +1,282 @@
+"""IVF and IVF-PQ indexes over one version's rows.
+
+Inverted lists are kept as a sealed CSR (``offsets``, ``codes``, ``pos``, sorted by list)
+plus a small unsorted delta that new rows are appended to as they are written, so the
+index reflects every committed write at once. When the delta grows past a fraction of the
+sealed part it is merged (``seal``), dropping tombstoned rows; the merge builds new arrays
+and swaps a reference, so a concurrent query sees the old lists or the new, never a mix.
+
+Rows are identified by their position in the version's in-memory matrix. Tombstones are
+skipped inside the scan through the ``alive`` mask; filters use the same mask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .indexspec import IndexSpec
+from .kernels import ivfscan, kmeans as kmeans_k, pq as pq_k
+from .kernels.distances import IP
+
+#: k-means trains on at most this many points per list (FAISS's default is 256).
+MAX_TRAIN_POINTS_PER_LIST = 64
+#: Merge the delta into the sealed lists once it holds this share of the sealed rows.
+SEAL_FRACTION = 0.1
+MIN_SEAL_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class _Lists:
+    offsets: np.ndarray   # int64 (nlist + 1)
+    codes: np.ndarray     # uint8 (N, m) or (N, 0) for IVF-Flat
+    pos: np.ndarray       # int64 (N,)
+
+
+@dataclass(frozen=True)
+class _Delta:
+    codes: np.ndarray
+    pos: np.ndarray
+    lists: np.ndarray     # int32
+    n: int
+
+
+class IVFIndex:
+    """Coarse quantizer + (optional) product quantizer + inverted lists."""
+
+    def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
+                 codebooks: np.ndarray | None, *, train_seconds: float = 0.0,
+                 trained_rows: int = 0, train_error: float = 0.0):
+        self.spec = spec
+        self.dim = dim
+        self.metric = metric
+        self.centroids = np.ascontiguousarray(centroids, np.float32)
+        self.codebooks = None if codebooks is None else np.ascontiguousarray(codebooks, np.float32)
+        self.m = 0 if codebooks is None else codebooks.shape[0]
+        self.train_seconds = train_seconds
+        self.trained_rows = trained_rows
+        self.train_error = train_error
+        self._lock = threading.Lock()
+        nlist = self.centroids.shape[0]
+        self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
+                             np.zeros(0, np.int64))
+        self._delta = _Delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
+                             np.zeros(0, np.int32), 0)
+
+    @property
+    def nlist(self) -> int:
+        return self.centroids.shape[0]
+
+    # -- training and encoding ---------------------------------------------------------------
+    @classmethod
+    def train(cls, spec: IndexSpec, X: np.ndarray, metric: int, *, seed: int = 0) -> "IVFIndex":
+        """Train the coarse quantizer (and PQ codebooks on residuals) on rows of X."""
+        t0 = time.perf_counter()
+        X = np.ascontiguousarray(X, np.float32)
+        max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
+        centroids = kmeans_k.kmeans(X, spec.nlist, niter=20, seed=seed, max_points=max_points)
+        codebooks = None
+        error = 0.0
+        if spec.pq_m:
+            rng = np.random.default_rng(seed + 1)
+            sample = X if len(X) <= 65536 else X[np.sort(rng.choice(len(X), 65536, replace=False))]
+            labels, _ = kmeans_k.assign(sample, centroids, 0)
+            residuals = np.ascontiguousarray(sample - centroids[labels])
+            codebooks = pq_k.pq_train(residuals, spec.pq_m, seed=seed)
+            recon = pq_k.pq_decode(pq_k.pq_encode(residuals, codebooks), codebooks)
+            error = float(np.mean(np.sum((residuals - recon) ** 2, axis=1)))
+        index = cls(spec, X.shape[1], metric, centroids, codebooks,
+                    train_seconds=time.perf_counter() - t0, trained_rows=len(X),
+                    train_error=error)
+        return index
+
+    def encode(self, X: np.ndarray):
+        """Lists (int32) and PQ codes (uint8 (n, m)) for rows X as the index stores them."""
+        X = np.ascontiguousarray(X, np.float32)
+        labels, _ = kmeans_k.assign(X, self.centroids, 0 if self.metric != IP else IP)
+        if self.m:
+            residuals = np.ascontiguousarray(X - self.centroids[labels])
+            codes = pq_k.pq_encode(residuals, self.codebooks)
+        else:
+            codes = np.zeros((len(X), 0), np.uint8)
+        return labels.astype(np.int32), codes
+
+    def quantization_error(self, X: np.ndarray) -> float:
+        """Mean squared reconstruction error of rows X (drift: compare with train_error)."""
+        if not self.m or len(X) == 0:
+            return 0.0
+        lists, codes = self.encode(X)
+        recon = self.centroids[lists] + pq_k.pq_decode(codes, self.codebooks)
+        return float(np.mean(np.sum((X - recon) ** 2, axis=1)))
+
+    # -- lists ---------------------------------------------------------------------------------
+    def load_lists(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray):
+        """Replace the sealed lists with these rows (used after training and on reopen)."""
+        order, offsets = ivfscan.build_csr(lists.astype(np.int64), self.nlist)
+        sealed = _Lists(offsets, np.ascontiguousarray(codes[order]),
+                        np.ascontiguousarray(positions[order].astype(np.int64)))
+        with self._lock:
+            self._lists = sealed
+            self._delta = _Delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
+                                 np.zeros(0, np.int32), 0)
+
+    def add(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray, alive=None):
+        """Append encoded rows to the delta (writes are serialised by the caller)."""
+        d = self._delta
+        m = len(positions)
+        need = d.n + m
+        if need > len(d.pos):
+            cap = max(1024, 2 * len(d.pos), need)
+            dc = np.zeros((cap, self.m), np.uint8)
+            dp = np.full(cap, -1, np.int64)
+            dl = np.zeros(cap, np.int32)
+            dc[: d.n] = d.codes[: d.n]
+            dp[: d.n] = d.pos[: d.n]
+            dl[: d.n] = d.lists[: d.n]
+        else:
+            dc, dp, dl = d.codes, d.pos, d.lists
+        dc[d.n:need] = codes
+        dp[d.n:need] = positions
+        dl[d.n:need] = lists
+        with self._lock:
+            self._delta = _Delta(dc, dp, dl, need)
+        if alive is not None and need > max(MIN_SEAL_ROWS, SEAL_FRACTION * len(self._lists.pos)):
+            self.seal(alive)
+
+    def seal(self, alive: np.ndarray):
+        """Merge the delta into the sealed lists, dropping rows that are no longer alive."""
+        with self._lock:
+            sealed, d = self._lists, self._delta
+        sizes = np.diff(sealed.offsets)
+        lists = np.concatenate([np.repeat(np.arange(self.nlist, dtype=np.int64), sizes),
+                                d.lists[: d.n].astype(np.int64)])
+        pos = np.concatenate([sealed.pos, d.pos[: d.n]])
+        codes = np.concatenate([sealed.codes, d.codes[: d.n]])
+        keep = alive[pos] if len(pos) else np.zeros(0, bool)
+        self.load_lists(pos[keep], lists[keep], codes[keep])
+
+    def snapshot(self):
+        with self._lock:
+            return self._lists, self._delta
+
+    def sizes(self) -> np.ndarray:
+        sealed, d = self.snapshot()
+        sizes = np.diff(sealed.offsets).copy()
+        if d.n:
+            sizes += np.bincount(d.lists[: d.n], minlength=self.nlist)
+        return sizes
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, X, q, k: int, nprobe: int, refine: int, mask):
+        """Top-k (distance, position) for one query, exact distances for what is returned.
+
+        Returns (dist, pos, scanned_candidates).
+        """
+        nprobe = min(nprobe, self.nlist)
+        kk = max(k * refine, k)
+        sealed, d = self.snapshot()
+        probes = ivfscan.probe_lists(q, self.centroids, nprobe, self.metric)
+        if self.m:
+            dist, pos = ivfscan.adc_search(q, self.centroids, self.codebooks, probes,
+                                           sealed.offsets, sealed.codes, sealed.pos, d.codes,
+                                           d.pos, d.lists, d.n, mask, self.metric, kk)
+            dist, pos = _rerank(X, q, pos, self.metric, k)
+        else:
+            dist, pos = ivfscan.ivfflat_search(q, X, self.centroids, probes, sealed.offsets,
+                                               sealed.pos, d.pos, d.lists, d.n, mask,
+                                               self.metric, k)
+        return dist, pos, kk
+
+    def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask):
+        nprobe = min(nprobe, self.nlist)
+        kk = max(k * refine, k)
+        sealed, d = self.snapshot()
+        probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.metric)
+        out = []
+        if self.m:
+            D, I = ivfscan.adc_search_batch(Q, self.centroids, self.codebooks, probes,
+                                            sealed.offsets, sealed.codes, sealed.pos, d.codes,
+                                            d.pos, d.lists, d.n, mask, self.metric, kk)
+            for i in range(len(Q)):
+                cand = I[i][I[i] >= 0]
+                out.append(_rerank(X, Q[i], cand, self.metric, k))
+        else:
+            D, I = ivfscan.ivfflat_search_batch(Q, X, self.centroids, probes, sealed.offsets,
+                                                sealed.pos, d.pos, d.lists, d.n, mask,
+                                                self.metric, k)
+            for i in range(len(Q)):
+                keep = I[i] >= 0
+                out.append((D[i][keep], I[i][keep]))
+        return out
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_arrays(self) -> tuple[dict, dict]:
+        """(meta, arrays) for a checkpoint segment; the delta is folded into the lists."""
+        sealed, d = self.snapshot()
+        sizes = np.diff(sealed.offsets)
+        lists = np.concatenate([np.repeat(np.arange(self.nlist, dtype=np.int64), sizes),
+                                d.lists[: d.n].astype(np.int64)])
+        meta = {"spec": str(self.spec), "dim": self.dim, "metric": self.metric,
+                "train_seconds": self.train_seconds, "trained_rows": self.trained_rows,
+                "train_error": self.train_error, "m": self.m}
+        arrays = {"centroids": self.centroids,
+                  "lists": lists,
+                  "pos": np.concatenate([sealed.pos, d.pos[: d.n]]),
+                  "codes": np.concatenate([sealed.codes, d.codes[: d.n]])}
+        if self.m:
+            arrays["codebooks"] = self.codebooks
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict) -> "IVFIndex":
+        index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
+                    arrays["centroids"], arrays.get("codebooks"),
+                    train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],
+                    train_error=meta["train_error"])
+        m = meta["m"]
+        codes = arrays["codes"].reshape(-1, m) if m else np.zeros((len(arrays["pos"]), 0), np.uint8)
+        index.load_lists(arrays["pos"], arrays["lists"], codes)
+        return index
+
+    def info(self) -> dict:
+        sizes = self.sizes()
+        mean = float(sizes.mean()) if len(sizes) else 0.0
+        return {
+            "spec": str(self.spec),
+            "nlist": self.nlist,
+            "pq_m": self.m,
+            "code_bytes": self.m,
+            "refine": self.spec.refine,
+            "default_nprobe": self.spec.default_nprobe(),
+            "train_seconds": round(self.train_seconds, 3),
+            "trained_rows": self.trained_rows,
+            "train_error": self.train_error,
+            "rows_in_lists": int(sizes.sum()),
+            "list_size_min": int(sizes.min()) if len(sizes) else 0,
+            "list_size_max": int(sizes.max()) if len(sizes) else 0,
+            "list_size_mean": round(mean, 2),
+            "list_imbalance": round(float(sizes.max()) / mean, 3) if mean else 0.0,
+            "empty_lists": int((sizes == 0).sum()),
+        }
+
+
+def _rerank(X, q, cand, metric: int, k: int):
+    """Exact distances for candidate positions; the k nearest, ascending (ties by position)."""
+    cand = np.asarray(cand, np.int64)
+    cand = cand[cand >= 0]
+    if len(cand) == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    rows = X[cand]
+    if metric == 0:
+        diff = rows - q
+        dist = np.einsum("ij,ij->i", diff, diff)
+    elif metric == IP:
+        dist = -(rows @ q)
+    else:
+        dist = 1.0 - rows @ q
+    dist = dist.astype(np.float32)
+    order = np.lexsort((cand, dist))[:k]
+    return dist[order], cand[order]

@@ -1,0 +1,781 @@
+"""The write-ahead log: SimpleVector's durable record, in front of LMDB.
+
+On disk the log is a directory of append-only segment files named ``{first_lsn:020d}.wal``
+so that they sort by LSN. A segment is created whole (``name.tmp``, fsync, rename, fsync the
+directory) and starts with a 14-byte header::
+
+    magic b"SVWAL" | format version u8 (=1) | first LSN u64
+
+followed by records, each framed (little-endian)::
+
+    length u32 | crc32 u32 | lsn u64 | flags u8 | payload
+
+``length`` counts the bytes after the crc field (``9 + len(payload)``); ``crc32`` is
+``zlib.crc32`` over those same bytes (lsn, flags, payload). Flag bit 0 means the payload is
+zstd-compressed; payloads larger than ``compress_above`` bytes are compressed when that makes
+them smaller, and are decompressed transparently when read. The first record of a segment
+has the segment's first LSN; LSNs strictly increase across the whole log.
+
+Recovery (done when a :class:`WriteAheadLog` is constructed; ``WriteAheadLog.open`` is the
+same thing as a classmethod) verifies every record. A bad or incomplete frame in the last
+segment with no valid frame after it is a torn tail: a writer cuts it off (truncate, fsync),
+a reader ignores it. Anything else - a bad frame with a valid frame after it, a bad frame in
+an earlier segment, an LSN that does not increase - raises :class:`CorruptionError` naming the
+segment file and byte offset.
+
+Writes go through :meth:`WriteAheadLog.append` (``os.writev``, no sync) and become durable
+with :meth:`WriteAheadLog.sync`, where concurrent callers share one ``fdatasync`` (group
+commit). A separate read-only instance (``readonly=True``), in this or another process, can
+:meth:`~WriteAheadLog.iter_records` while a writer appends; it stops quietly at a frame that
+is still being written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import zstandard
+
+from simplevector.engine.errors import (
+    ChangeFeedGap,
+    ClosedError,
+    CorruptionError,
+    FormatVersionError,
+    InvalidInput,
+    ReadOnlyError,
+    StorageError,
+)
+
+__all__ = ["WriteAheadLog", "MAGIC", "FORMAT_VERSION", "SEGMENT_SUFFIX"]
+
+MAGIC = b"SVWAL"
+FORMAT_VERSION = 1
+SEGMENT_SUFFIX = ".wal"
+_TMP_SUFFIX = ".tmp"
+
+_HEADER = struct.Struct("<5sBQ")  # magic, version, first lsn
+_FRAME = struct.Struct("<IIQB")  # length, crc32, lsn, flags
+_LEN_CRC = 8  # bytes of the frame before what length and crc32 cover
+_BODY_FIXED = _FRAME.size - _LEN_CRC  # lsn + flags
+_FLAG_ZSTD = 0x01
+_MAX_LSN = (1 << 64) - 1
+_MAX_PAYLOAD = 0xFFFFFFFF - _BODY_FIXED
+_ZSTD_LEVEL = 1  # the WAL is short-lived: favour speed over ratio
+_PROBE_ABOVE = 64 << 10  # payloads larger than this are probed before compressing
+_PROBE_SLICE = 8 << 10
+_SCAN_CHUNK = 1 << 20
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+# zstd contexts are not thread-safe: one compressor and one decompressor per thread.
+_tls = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_tls, "cctx", None)
+    if c is None:
+        c = _tls.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_tls, "dctx", None)
+    if d is None:
+        d = _tls.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def _storage_error(action: str, path: str, e: OSError) -> StorageError:
+    return StorageError(f"WAL could not {action} {path}: {e.strerror or e}")
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _storage_error("fsync directory", path, e) from e
+
+
+def _segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}{SEGMENT_SUFFIX}"
+
+
+def _list_segments(directory: str) -> list[tuple[str, int]]:
+    """(path, first_lsn) of every segment in *directory*, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise _storage_error("list", directory, e) from e
+    out = []
+    for name in names:
+        stem = name[: -len(SEGMENT_SUFFIX)]
+        if name.endswith(SEGMENT_SUFFIX) and len(stem) == 20 and stem.isdigit():
+            out.append((os.path.join(directory, name), int(stem)))
+    out.sort(key=lambda s: s[1])
+    return out
+
+
+def _maybe_compress(raw) -> bytes | None:
+    """The zstd form of *raw* when it is smaller, else None. A large payload is probed
+    first (three slices): float vectors save well under 1/8 yet cost about as much to
+    compress as an fdatasync, so they are stored raw."""
+    cctx = _compressor()
+    n = len(raw)
+    if n > _PROBE_ABOVE:
+        view = memoryview(raw)
+        mid = n // 2
+        sample = b"".join((view[:_PROBE_SLICE], view[mid : mid + _PROBE_SLICE], view[-_PROBE_SLICE:]))
+        if len(cctx.compress(sample)) > len(sample) - len(sample) // 8:
+            return None
+    packed = cctx.compress(raw)
+    return packed if len(packed) < n else None
+
+
+def _decode(flags: int, body: bytes) -> bytes:
+    return _decompressor().decompress(body) if flags & _FLAG_ZSTD else body
+
+
+class _Stop:
+    """Where a scan of one segment stopped: clean end (reason None) or a bad frame."""
+
+    __slots__ = ("offset", "reason", "size", "prev_lsn")
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.reason: str | None = None
+        self.size = 0
+        self.prev_lsn = 0
+
+
+def _read_header(f, path: str, name_lsn: int, size: int) -> bool:
+    """Check a segment header; False when the file is shorter than a header."""
+    if size < _HEADER.size:
+        return False
+    f.seek(0)
+    magic, version, first_lsn = _HEADER.unpack(f.read(_HEADER.size))
+    if magic != MAGIC:
+        raise CorruptionError(f"WAL segment {path} does not start with {MAGIC!r} (found {magic!r})")
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"WAL segment {path} has format version {version}; this build reads {FORMAT_VERSION}"
+        )
+    if first_lsn != name_lsn:
+        raise CorruptionError(
+            f"WAL segment {path} header says first LSN {first_lsn}, its name says {name_lsn}"
+        )
+    return True
+
+
+def _frames(f, path, offset, size, prev_lsn, expect_lsn, stop):
+    """Yield ``(lsn, flags, body, end_offset)`` for each whole, valid frame from *offset*
+    up to *size*. At a frame that is incomplete or fails verification, fill *stop* and end.
+    A valid frame whose LSN does not increase raises CorruptionError."""
+    stop.size = size
+    f.seek(offset)
+    while True:
+        stop.offset, stop.prev_lsn = offset, prev_lsn
+        if offset >= size:
+            return
+        head = f.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            stop.reason = "is incomplete"
+            return
+        length, crc, lsn, flags = _FRAME.unpack(head)
+        if length < _BODY_FIXED:
+            stop.reason = f"has an invalid length {length}"
+            return
+        if offset + _LEN_CRC + length > size:
+            stop.reason = "is incomplete"
+            return
+        need = length - _BODY_FIXED
+        body = f.read(need)
+        if len(body) < need:
+            stop.reason = "is incomplete"
+            return
+        if zlib.crc32(body, zlib.crc32(head[_LEN_CRC:])) != crc:
+            stop.reason = "fails its checksum"
+            return
+        if flags & ~_FLAG_ZSTD:
+            stop.reason = f"has unknown flags {flags:#x}"
+            return
+        if lsn <= prev_lsn:
+            raise CorruptionError(
+                f"WAL record at {path} offset {offset} has LSN {lsn}, not above the previous "
+                f"LSN {prev_lsn}; LSNs must strictly increase"
+            )
+        if expect_lsn is not None and lsn != expect_lsn:
+            raise CorruptionError(
+                f"WAL record at {path} offset {offset} has LSN {lsn}; the first record of "
+                f"this segment must have LSN {expect_lsn}"
+            )
+        expect_lsn = None
+        offset += _LEN_CRC + length
+        prev_lsn = lsn
+        yield lsn, flags, body, offset
+
+
+def _find_valid_frame_after(path: str, start: int, end: int, prev_lsn: int) -> int | None:
+    """Offset of the first valid frame (whole, crc ok, LSN above *prev_lsn*) starting in
+    ``[start, end)`` of *path*, else None. Candidates are filtered with numpy, so a long
+    damaged region costs a few passes over memory, not a Python step per byte."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(max(0, end - start))
+    except OSError as e:
+        raise _storage_error("read", path, e) from e
+    n = len(data)
+    last_start = n - _FRAME.size  # last offset where a frame header fits
+    if last_start < 0:
+        return None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    for c0 in range(0, last_start + 1, _SCAN_CHUNK):
+        c1 = min(c0 + _SCAN_CHUNK, last_start + 1)
+        length = buf[c0:c1].astype(np.int64)
+        for k in (1, 2, 3):
+            length |= buf[c0 + k : c1 + k].astype(np.int64) << (8 * k)
+        offs = np.arange(c0, c1, dtype=np.int64)
+        ok = (length >= _BODY_FIXED) & (offs + _LEN_CRC + length <= n) & (buf[c0 + 16 : c1 + 16] <= 1)
+        for j in np.flatnonzero(ok):
+            o = int(c0 + j)
+            length_o, crc, lsn, _flags = _FRAME.unpack_from(data, o)
+            if lsn <= prev_lsn:
+                continue
+            body = memoryview(data)[o + _LEN_CRC : o + _LEN_CRC + length_o]
+            if zlib.crc32(body) == crc:
+                return start + o
+    return None
+
+
+class WriteAheadLog:
+    """Segmented write-ahead log in *directory*; recovery runs in the constructor.
+
+    Writer mode (default) creates the directory, sweeps stray ``*.tmp`` files, cuts a torn
+    tail and holds the last segment open for appending; one writer per directory (the engine's
+    database lock guarantees this). ``readonly=True`` opens nothing for writing, modifies no
+    file, ignores a torn tail, and can iterate while a writer in another process appends.
+
+    Thread-safe. Methods raise :class:`ClosedError` after :meth:`close`; OS failures are
+    :class:`StorageError` (cause kept); after a failed ``fdatasync`` or an unrepairable failed
+    write the log refuses further writes until reopened (the page cache can no longer be
+    trusted to match the file).
+    """
+
+    def __init__(self, directory, *, segment_bytes: int = 64 << 20, compress_above: int = 4096,
+                 readonly: bool = False):
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or \
+                segment_bytes < _HEADER.size + _FRAME.size + 1:
+            raise InvalidInput(
+                f"segment_bytes must be an int of at least {_HEADER.size + _FRAME.size + 1}, "
+                f"got {segment_bytes!r}"
+            )
+        if isinstance(compress_above, bool) or not isinstance(compress_above, int) or compress_above < 0:
+            raise InvalidInput(f"compress_above must be an int >= 0, got {compress_above!r}")
+        self._dir = os.fspath(directory)
+        self._segment_bytes = segment_bytes
+        self._compress_above = compress_above
+        self._readonly = bool(readonly)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._closed = False
+        self._failed: str | None = None  # why writes are refused, after an I/O failure
+        self._segs: list[tuple[str, int]] = []  # writer: retained segments, oldest first
+        self._fd: int | None = None  # writer: active (last) segment, open for writing
+        self._retired: list[int] = []  # rolled-over fds a running sync may still be using
+        self._pos = 0  # writer: end offset of the active segment
+        self._seg_records = 0  # writer: records in the active segment
+        self._last_lsn = 0
+        self._synced_lsn = 0
+        self._sync_count = 0
+        self._syncing = False
+        if not self._readonly:
+            try:
+                os.makedirs(self._dir, exist_ok=True)
+            except OSError as e:
+                raise _storage_error("create directory", self._dir, e) from e
+            self._sweep_tmp()
+        try:
+            self._recover()
+        except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            raise
+
+    @classmethod
+    def open(cls, directory, **kwargs) -> "WriteAheadLog":
+        """Open (and recover) the log in *directory*; same as the constructor."""
+        return cls(directory, **kwargs)
+
+    # ---- recovery -------------------------------------------------------------------------
+
+    def _sweep_tmp(self) -> None:
+        removed = False
+        try:
+            for name in os.listdir(self._dir):
+                if name.endswith(_TMP_SUFFIX):
+                    os.unlink(os.path.join(self._dir, name))
+                    removed = True
+        except OSError as e:
+            raise _storage_error("sweep temporary files in", self._dir, e) from e
+        if removed:
+            _fsync_dir(self._dir)
+
+    def _recover(self) -> None:
+        segs = _list_segments(self._dir)
+        prev = 0
+        ends: list[int] = []  # end of the last whole frame, per segment
+        counts: list[int] = []  # whole records, per segment
+        torn = False  # the last segment has bytes after its last whole frame
+        for i, (path, first) in enumerate(segs):
+            is_last = i == len(segs) - 1
+            stop = _Stop()
+            count, end = 0, 0
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if not _read_header(f, path, first, size):
+                        if not is_last:
+                            raise CorruptionError(f"WAL segment {path} is shorter than its header")
+                        ends.append(0)
+                        counts.append(0)
+                        break
+                    if first <= prev:
+                        raise CorruptionError(
+                            f"WAL segment {path} starts at LSN {first}, not above the previous "
+                            f"LSN {prev}; LSNs must strictly increase"
+                        )
+                    end = _HEADER.size
+                    for lsn, _flags, _body, end in _frames(f, path, end, size, prev, first, stop):
+                        prev = lsn
+                        count += 1
+            except OSError as e:
+                raise _storage_error("read", path, e) from e
+            if stop.reason is not None:
+                if not is_last:
+                    raise CorruptionError(
+                        f"WAL record at {path} offset {stop.offset} {stop.reason}; later segment "
+                        f"{segs[i + 1][0]} exists, so this is not a torn tail"
+                    )
+                later = _find_valid_frame_after(path, stop.offset + 1, size, prev)
+                if later is not None:
+                    raise CorruptionError(
+                        f"WAL record at {path} offset {stop.offset} {stop.reason}; records after "
+                        f"it exist (a valid record at offset {later}), so this is not a torn tail"
+                    )
+                torn = True
+            ends.append(end)
+            counts.append(count)
+        self._last_lsn = self._synced_lsn = prev
+        if self._readonly or not segs:
+            return
+        if counts[-1] == 0:  # a last segment without a whole record: remove it
+            path = segs.pop()[0]
+            try:
+                os.unlink(path)
+            except OSError as e:
+                raise _storage_error("remove empty segment", path, e) from e
+            _fsync_dir(self._dir)
+            ends.pop()
+            counts.pop()
+            torn = False
+            if not segs:
+                return
+        self._segs = segs
+        path, end = segs[-1][0], ends[-1]
+        try:
+            self._fd = os.open(path, os.O_WRONLY | _O_CLOEXEC)
+            if torn:
+                os.ftruncate(self._fd, end)
+            os.lseek(self._fd, end, os.SEEK_SET)
+            _fdatasync(self._fd)  # what a crashed writer left in the page cache is now durable
+        except OSError as e:
+            raise _storage_error("recover", path, e) from e
+        self._pos, self._seg_records = end, counts[-1]
+
+    # ---- state ----------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_lsn(self) -> int:
+        """LSN of the newest record (0 when empty). Writer: the last appended; reader: the
+        last seen at open or by a later complete :meth:`iter_records`."""
+        return self._last_lsn
+
+    @property
+    def synced_lsn(self) -> int:
+        """Every record with an LSN at or below this is on disk."""
+        return self._synced_lsn
+
+    @property
+    def sync_count(self) -> int:
+        """``fdatasync`` calls made by :meth:`sync`, rollover and :meth:`close` since open."""
+        return self._sync_count
+
+    @property
+    def first_lsn(self) -> int | None:
+        """LSN of the oldest retained record, or None when the log holds none."""
+        self._check_open()
+        if not self._readonly:
+            with self._lock:
+                return self._segs[0][1] if self._segs else None
+        for lsn, _ in self._iter(0, None, decode=False):
+            return lsn
+        return None
+
+    def segments(self) -> list[tuple[str, int]]:
+        """``(path, first_lsn)`` of each retained segment, oldest first."""
+        self._check_open()
+        if not self._readonly:
+            with self._lock:
+                return list(self._segs)
+        return _list_segments(self._dir)
+
+    def size_bytes(self) -> int:
+        """Total size in bytes of the retained segment files."""
+        total = 0
+        for path, _ in self.segments():
+            try:
+                total += os.path.getsize(path)
+            except FileNotFoundError:
+                pass  # removed by a concurrent truncate_before
+            except OSError as e:
+                raise _storage_error("stat", path, e) from e
+        return total
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"WAL {self._dir} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._readonly:
+            raise ReadOnlyError(f"WAL {self._dir} was opened readonly")
+        if self._failed is not None:
+            raise StorageError(
+                f"WAL {self._dir} refuses writes after an earlier I/O failure ({self._failed})",
+                hint="close and reopen the database; recovery will verify the log",
+            )
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def append(self, lsn: int, payload) -> int:
+        """Append one record (no sync) and return its end offset in its segment file.
+
+        *lsn* must be above every LSN appended before; *payload* is bytes-like."""
+        if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 < lsn <= _MAX_LSN:
+            raise InvalidInput(f"lsn must be an int in 1..2**64-1, got {lsn!r}")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"payload must be bytes-like, got {type(payload).__name__}")
+        raw = memoryview(payload).cast("B") if isinstance(payload, memoryview) else payload
+        flags = 0
+        body = raw
+        if len(raw) > self._compress_above:
+            packed = _maybe_compress(raw)
+            if packed is not None:
+                body, flags = packed, _FLAG_ZSTD
+        if len(body) > _MAX_PAYLOAD:
+            raise InvalidInput(f"payload of {len(body)} bytes exceeds the WAL limit of {_MAX_PAYLOAD}")
+        tail = struct.pack("<QB", lsn, flags)
+        crc = zlib.crc32(body, zlib.crc32(tail))
+        head = struct.pack("<II", _BODY_FIXED + len(body), crc) + tail
+        frame_len = len(head) + len(body)
+        with self._cond:
+            self._check_writable()
+            if lsn <= self._last_lsn:
+                raise InvalidInput(
+                    f"lsn {lsn} is not above the last appended LSN {self._last_lsn}"
+                )
+            if self._fd is not None and self._seg_records and self._pos + frame_len > self._segment_bytes:
+                self._roll_over()
+            if self._fd is None:
+                self._create_segment(lsn)
+            self._write(head, body, frame_len)
+            self._pos += frame_len
+            self._seg_records += 1
+            self._last_lsn = lsn
+            return self._pos
+
+    def _write(self, head: bytes, body, frame_len: int) -> None:
+        fd, path = self._fd, self._segs[-1][0]
+        try:
+            n = os.writev(fd, [head, body])
+            while n < frame_len:  # a short write: finish it, or fail with the reason
+                rest = (head + bytes(body))[n:]
+                k = os.write(fd, rest)
+                if k == 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                n += k
+        except OSError as e:
+            self._undo_write(fd, path)
+            raise _storage_error("append to", path, e) from e
+
+    def _undo_write(self, fd: int, path: str) -> None:
+        """Cut a failed write back to the last whole frame, so later appends stay valid."""
+        try:
+            os.ftruncate(fd, self._pos)
+            os.lseek(fd, self._pos, os.SEEK_SET)
+            if self._seg_records == 0:  # the segment was created for this record: drop it
+                os.close(fd)
+                self._fd = None
+                os.unlink(path)
+                self._segs.pop()
+                _fsync_dir(self._dir)
+        except (OSError, StorageError) as e:
+            self._failed = f"could not undo a failed write to {path}: {e}"
+
+    def _create_segment(self, first_lsn: int) -> None:
+        path = os.path.join(self._dir, _segment_name(first_lsn))
+        tmp = path + _TMP_SUFFIX
+        fd = None
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+            header = _HEADER.pack(MAGIC, FORMAT_VERSION, first_lsn)
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.EIO, "short write of segment header")
+            os.fsync(fd)
+            os.rename(tmp, path)
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise _storage_error("create segment", path, e) from e
+        self._fd = fd  # the descriptor follows the file through the rename
+        self._segs.append((path, first_lsn))
+        self._pos, self._seg_records = _HEADER.size, 0
+        try:
+            _fsync_dir(self._dir)
+        except StorageError as e:
+            self._failed = str(e)  # a new segment of unknown durability: stop here
+            raise
+
+    def _roll_over(self) -> None:
+        """Make the full active segment durable and retire it (lock held throughout, so
+        no other append can slip in between the checks and the write)."""
+        fd, path = self._fd, self._segs[-1][0]
+        try:
+            _fdatasync(fd)
+        except OSError as e:
+            self._failed = f"fdatasync of {path} failed: {e.strerror or e}"
+            raise _storage_error("fdatasync", path, e) from e
+        self._sync_count += 1
+        self._synced_lsn = self._last_lsn
+        self._cond.notify_all()
+        self._fd = None
+        self._retired.append(fd)
+        if not self._syncing:  # else the syncer, which may be using fd, closes it
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            try:
+                os.close(self._retired.pop())
+            except OSError:
+                pass  # already fdatasync'ed; nothing is lost
+
+    def sync(self, upto_lsn: int | None = None) -> None:
+        """Return once every record with an LSN at or below *upto_lsn* (default: all
+        appended) is on disk. Concurrent callers share one ``fdatasync``: while one runs the
+        others wait; then each either is covered or becomes the next syncer, whose
+        ``fdatasync`` covers everything appended so far. An *upto_lsn* beyond the last
+        appended LSN is clamped to it."""
+        with self._cond:
+            self._check_writable()
+            target = self._last_lsn if upto_lsn is None else min(upto_lsn, self._last_lsn)
+            while True:
+                if self._synced_lsn >= target:
+                    return
+                self._check_writable()
+                if not self._syncing:
+                    break
+                self._cond.wait()
+            self._syncing = True
+            fd, covers = self._fd, self._last_lsn
+            path = self._segs[-1][0] if self._segs else self._dir
+        err = None
+        if fd is not None:
+            try:
+                _fdatasync(fd)
+            except OSError as e:
+                err = e
+        with self._cond:
+            self._syncing = False
+            self._close_retired()
+            if fd is not None:
+                self._sync_count += 1
+            if err is not None:
+                self._failed = f"fdatasync of {path} failed: {err.strerror or err}"
+            else:
+                self._synced_lsn = max(self._synced_lsn, covers)
+            self._cond.notify_all()
+        if err is not None:
+            raise _storage_error("fdatasync", path, err) from err
+
+    def truncate_before(self, lsn: int) -> int:
+        """Remove whole segments all of whose records have an LSN below *lsn* (never the
+        active segment); return how many were removed."""
+        if isinstance(lsn, bool) or not isinstance(lsn, int):
+            raise InvalidInput(f"lsn must be an int, got {lsn!r}")
+        with self._cond:
+            self._check_writable()
+            removed = 0
+            # segment i holds LSNs below segment i+1's first LSN
+            while len(self._segs) >= 2 and self._segs[1][1] <= lsn:
+                path = self._segs[0][0]
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise _storage_error("remove segment", path, e) from e
+                self._segs.pop(0)
+                removed += 1
+            if removed:
+                _fsync_dir(self._dir)
+            return removed
+
+    def close(self) -> None:
+        """Sync everything appended and close; calling it again does nothing."""
+        with self._cond:
+            if self._closed:
+                return
+            while self._syncing:
+                self._cond.wait()
+            self._close_retired()
+            fd, self._fd = self._fd, None
+            self._closed = True
+            self._cond.notify_all()
+            if fd is None:
+                return
+            path = self._segs[-1][0]
+            try:
+                if self._failed is None and self._synced_lsn < self._last_lsn:
+                    _fdatasync(fd)
+                    self._sync_count += 1
+                    self._synced_lsn = self._last_lsn
+            except OSError as e:
+                raise _storage_error("fdatasync", path, e) from e
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # synced above, or the log had already failed: nothing more to lose
+
+    def __enter__(self) -> "WriteAheadLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self._readonly else "writer"
+        state = "closed" if self._closed else f"last_lsn={self._last_lsn}"
+        return f"<WriteAheadLog {self._dir} {mode} {state}>"
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def iter_records(self, since_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(lsn, payload)`` for retained records with ``since_lsn < lsn <= upto_lsn``,
+        in LSN order, reading the segment files. Stops quietly at a frame that is still being
+        written (or a torn tail); raises CorruptionError for damage before the tail and
+        ChangeFeedGap if a segment it needs is removed while it reads."""
+        self._check_open()
+        if isinstance(since_lsn, bool) or not isinstance(since_lsn, int):
+            raise InvalidInput(f"since_lsn must be an int, got {since_lsn!r}")
+        return self._iter(since_lsn, upto_lsn, decode=True)
+
+    def _iter(self, since: int, upto: int | None, *, decode: bool):
+        segs = _list_segments(self._dir)
+        i = 0
+        while i + 1 < len(segs) and segs[i + 1][1] <= since + 1:
+            i += 1  # every record of segs[i] is below segs[i + 1]'s first LSN
+        prev = None
+        while i < len(segs):
+            path, first = segs[i]
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError as e:
+                raise ChangeFeedGap(
+                    f"WAL segment {path} was removed (truncated) while reading records after "
+                    f"LSN {since}"
+                ) from e
+            except OSError as e:
+                raise _storage_error("read", path, e) from e
+            with f:
+                p = first - 1 if prev is None else prev
+                offset, retried = None, False
+                while True:
+                    try:
+                        size = os.fstat(f.fileno()).st_size
+                        if offset is None:
+                            if not _read_header(f, path, first, size):
+                                if i < len(segs) - 1:
+                                    raise CorruptionError(f"WAL segment {path} is shorter than its header")
+                                return  # being created, or empty after a crash
+                            offset = _HEADER.size
+                        stop = _Stop()
+                        expect = first if offset == _HEADER.size else None
+                        for lsn, flags, body, offset in _frames(f, path, offset, size, p, expect, stop):
+                            p = lsn
+                            if upto is not None and lsn > upto:
+                                return
+                            if lsn > since:
+                                yield lsn, (_decode(flags, body) if decode else None)
+                    except OSError as e:
+                        raise _storage_error("read", path, e) from e
+                    if i < len(segs) - 1:  # a later segment existed before this read
+                        if stop.reason is not None:
+                            raise CorruptionError(
+                                f"WAL record at {path} offset {stop.offset} {stop.reason}; later "
+                                f"segment {segs[i + 1][0]} exists, so this is not a torn tail"
+                            )
+                        break
+                    newer = [s for s in _list_segments(self._dir) if s[1] > first]
+                    if newer:  # the writer rolled over: this segment is complete now
+                        segs = segs[: i + 1] + newer
+                        continue
+                    if stop.reason is None:
+                        break
+                    if not retried:  # maybe a frame in flight: look once more
+                        retried = True
+                        continue
+                    later = _find_valid_frame_after(path, stop.offset + 1, stop.size, p)
+                    if later is not None:
+                        raise CorruptionError(
+                            f"WAL record at {path} offset {stop.offset} {stop.reason}; records "
+                            f"after it exist (a valid record at offset {later}), so this is not "
+                            f"a torn tail"
+                        )
+                    break  # torn or in-flight tail: stop quietly
+            prev = p
+            i += 1
+        if self._readonly and prev is not None and upto is None:
+            with self._lock:
+                self._last_lsn = max(self._last_lsn, prev)
