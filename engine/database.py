@@ -76,6 +76,8 @@ class Database:
         self._trainers: list[threading.Thread] = []
         self._checkpoint_lock = threading.Lock()
         self.query_stats = {"queries": 0, "short": 0, "plans": {}}
+        # totals since open, for the ops layer's counters
+        self.counters = {"vectors_written": 0, "vectors_deleted": 0, "writes": 0}
         self._open_dirs()
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
@@ -210,6 +212,7 @@ class Database:
         try:
             self._check_writable()
             op = build_op()
+            op["ts"] = time.time()
             lsn = self._last_lsn + 1
             try:
                 self._wal.append(lsn, pack(op))
@@ -248,6 +251,12 @@ class Database:
                 raise
             self._applied_lsn = lsn
             self._apply_cond.notify_all()
+            kind = op["op"]
+            if kind == "upsert":
+                self.counters["vectors_written"] += len(op["ids"])
+            elif kind == "delete":
+                self.counters["vectors_deleted"] += result
+            self.counters["writes"] += 1
         return lsn, result
 
     def _fail(self, exc: Exception):
@@ -399,7 +408,10 @@ class Database:
         if state is not None and indexer.wants_training(state, self.auto_index_threshold):
             self._build_index(vid, wait=False)
 
-    def _record_query(self, plan) -> None:
+    def _observe(self, op: str, namespace: str, seconds: float, ok: bool) -> None:
+        """Called after every public data operation; the ops layer overrides it."""
+
+    def _record_query(self, namespace: str, plan, queries=None) -> None:
         stats = self.query_stats
         stats["queries"] += 1
         stats["plans"][plan.index] = stats["plans"].get(plan.index, 0) + 1
@@ -435,7 +447,7 @@ class Database:
                 break
             op = unpack(payload)
             yield Change(lsn=lsn, op=op["op"], namespace=op.get("ns"), version=op.get("v"),
-                         ids=tuple(op.get("ids") or ()))
+                         ids=tuple(op.get("ids") or ()), ts=op.get("ts"))
 
     # -- read-only processes follow the writer through the WAL ------------------------------------
     def refresh(self) -> None:
@@ -489,7 +501,37 @@ class Database:
             self.checkpoint_lsn = applied
             self.checkpoint_time = time.time()
             self._truncate_wal(applied)
+        self._on_checkpoint()
         return applied
+
+    def _on_checkpoint(self) -> None:
+        """Called after each checkpoint; the ops layer persists its totals here."""
+
+    # -- a small key/value area for the ops layer (sub-database "ops") ----------------------
+    def _ops_put(self, key: str, value) -> None:
+        self._check_writable()
+        raw = pack(value)
+        self._store.write_with_retry(
+            lambda txn: txn.put(key.encode("utf-8"), raw, db=self._store.dbs[b"ops"]))
+
+    def _ops_get(self, key: str, default=None):
+        self._check_open()
+        with self._store.read() as txn:
+            raw = txn.get(key.encode("utf-8"), db=self._store.dbs[b"ops"])
+        return default if raw is None else unpack(raw)
+
+    def _ops_items(self, prefix: str = "") -> list:
+        self._check_open()
+        p = prefix.encode("utf-8")
+        out = []
+        with self._store.read() as txn:
+            cur = txn.cursor(db=self._store.dbs[b"ops"])
+            if cur.set_range(p):
+                for key, value in cur:
+                    if not key.startswith(p):
+                        break
+                    out.append((bytes(key).decode("utf-8"), unpack(value)))
+        return out
 
     def _truncate_wal(self, checkpoint_lsn: int):
         """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any

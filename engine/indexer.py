@@ -71,6 +71,7 @@ def build(state, *, seed: int = 0, should_stop=lambda: False):
                         nl, nc = index.encode(np.ascontiguousarray(now.X[new]))
                         index.add(new, nl, nc)
                 index.seal(now.alive)
+                index.trained_upto = view.n   # rows at positions >= this came after training
                 state.index = index
                 state.mutations += 1
             return index

@@ -59,6 +59,7 @@ class IVFIndex:
         self.train_seconds = train_seconds
         self.trained_rows = trained_rows
         self.train_error = train_error
+        self.trained_upto = 0
         self._lock = threading.Lock()
         nlist = self.centroids.shape[0]
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
@@ -79,18 +80,15 @@ class IVFIndex:
         max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
         centroids = kmeans_k.kmeans(X, spec.nlist, niter=20, seed=seed, max_points=max_points)
         codebooks = None
-        error = 0.0
+        rng = np.random.default_rng(seed + 1)
+        sample = X if len(X) <= 65536 else X[np.sort(rng.choice(len(X), 65536, replace=False))]
         if spec.pq_m:
-            rng = np.random.default_rng(seed + 1)
-            sample = X if len(X) <= 65536 else X[np.sort(rng.choice(len(X), 65536, replace=False))]
             labels, _ = kmeans_k.assign(sample, centroids, 0)
             residuals = np.ascontiguousarray(sample - centroids[labels])
             codebooks = pq_k.pq_train(residuals, spec.pq_m, seed=seed)
-            recon = pq_k.pq_decode(pq_k.pq_encode(residuals, codebooks), codebooks)
-            error = float(np.mean(np.sum((residuals - recon) ** 2, axis=1)))
         index = cls(spec, X.shape[1], metric, centroids, codebooks,
-                    train_seconds=time.perf_counter() - t0, trained_rows=len(X),
-                    train_error=error)
+                    train_seconds=time.perf_counter() - t0, trained_rows=len(X))
+        index.train_error = index.quantization_error(sample)
         return index
 
     def encode(self, X: np.ndarray):
@@ -105,11 +103,16 @@ class IVFIndex:
         return labels.astype(np.int32), codes
 
     def quantization_error(self, X: np.ndarray) -> float:
-        """Mean squared reconstruction error of rows X (drift: compare with train_error)."""
-        if not self.m or len(X) == 0:
+        """Mean squared error of rows X against their encoding (nearest centroid plus the
+        decoded PQ residual; the centroid alone for IVF-Flat). Drift: compare with
+        ``train_error``, the same measure on the training sample."""
+        if len(X) == 0:
             return 0.0
+        X = np.ascontiguousarray(X, np.float32)
         lists, codes = self.encode(X)
-        recon = self.centroids[lists] + pq_k.pq_decode(codes, self.codebooks)
+        recon = self.centroids[lists]
+        if self.m:
+            recon = recon + pq_k.pq_decode(codes, self.codebooks)
         return float(np.mean(np.sum((X - recon) ** 2, axis=1)))
 
     # -- lists ---------------------------------------------------------------------------------
@@ -221,7 +224,7 @@ class IVFIndex:
                                 d.lists[: d.n].astype(np.int64)])
         meta = {"spec": str(self.spec), "dim": self.dim, "metric": self.metric,
                 "train_seconds": self.train_seconds, "trained_rows": self.trained_rows,
-                "train_error": self.train_error, "m": self.m}
+                "train_error": self.train_error, "m": self.m, "trained_upto": self.trained_upto}
         arrays = {"centroids": self.centroids,
                   "lists": lists,
                   "pos": np.concatenate([sealed.pos, d.pos[: d.n]]),
@@ -236,6 +239,7 @@ class IVFIndex:
                     arrays["centroids"], arrays.get("codebooks"),
                     train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],
                     train_error=meta["train_error"])
+        index.trained_upto = meta.get("trained_upto", 0)
         m = meta["m"]
         codes = arrays["codes"].reshape(-1, m) if m else np.zeros((len(arrays["pos"]), 0), np.uint8)
         index.load_lists(arrays["pos"], arrays["lists"], codes)
@@ -254,6 +258,7 @@ class IVFIndex:
             "train_seconds": round(self.train_seconds, 3),
             "trained_rows": self.trained_rows,
             "train_error": self.train_error,
+            "trained_upto": self.trained_upto,
             "rows_in_lists": int(sizes.sum()),
             "list_size_min": int(sizes.min()) if len(sizes) else 0,
             "list_size_max": int(sizes.max()) if len(sizes) else 0,

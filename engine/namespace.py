@@ -6,6 +6,7 @@ so a promotion takes effect for the next call and a call sees one version throug
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -47,6 +48,23 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _observed(op: str):
+    """Time a public data operation and report it to the database's observer hook."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def timed(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            ok = False
+            try:
+                out = fn(self, *args, **kwargs)
+                ok = True
+                return out
+            finally:
+                self._db._observe(op, self.name, time.perf_counter() - t0, ok)
+        return timed
+    return wrap
 
 
 class Namespace:
@@ -96,6 +114,7 @@ class Namespace:
         return self._config().live
 
     # -- writes ---------------------------------------------------------------------------
+    @_observed("upsert")
     def upsert(self, ids, vectors, metadata=None, documents=None) -> int:
         """Insert or replace rows; returns the LSN of the write. All-or-nothing."""
         db = self._db
@@ -126,6 +145,7 @@ class Namespace:
         db._maybe_train(vid)
         return lsn
 
+    @_observed("delete")
     def delete(self, ids=None, where=None) -> int:
         """Delete by ids, by filter, or both (ids that match the filter). Returns how many."""
         db = self._db
@@ -165,6 +185,7 @@ class Namespace:
         """Rows stored (tombstones not counted)."""
         return self._db._state(self._config().vid).live
 
+    @_observed("get")
     def get(self, ids, include=("metadata", "documents")) -> list:
         """Records for ``ids`` in the same order; ``None`` where an id is not stored."""
         config = self._config()
@@ -197,13 +218,16 @@ class Namespace:
         return cls(id=extid, metadata=md if "metadata" in include else None,
                    document=doc if "documents" in include else None, vector=vec, **extra)
 
+    @_observed("query")
     def query(self, vectors, k: int = 10, where=None, include=("metadata",), *,
-              nprobe: int | None = None, refine: int | None = None, explain: bool = False):
+              nprobe: int | None = None, refine: int | None = None, explain: bool = False,
+              exact: bool = False):
         """The k nearest rows: ``list[Hit]`` for one vector, ``list[list[Hit]]`` for a matrix.
 
         With ``where``, exactly the k nearest among matching rows; fewer than k only when
         fewer rows match. ``nprobe`` and ``refine`` override the IVF spec's defaults for
-        this call. ``explain=True`` returns ``(hits, Plan)``.
+        this call. ``exact=True`` bypasses the IVF index (the recall reference).
+        ``explain=True`` returns ``(hits, Plan)``.
         """
         t0 = time.perf_counter()
         config = self._config()
@@ -230,7 +254,7 @@ class Namespace:
             plan.selectivity = plan.matched / view.live if view.live else 0.0
         t2 = time.perf_counter()
         matched = view.live if plan.matched is None else plan.matched
-        index = state.index
+        index = None if exact else state.index
         if matched == 0:
             results = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(Q))]
         elif index is not None:
@@ -249,7 +273,7 @@ class Namespace:
         plan.short = sum(1 for h in hits if len(h) < want)
         plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2,
                         "fetch": time.perf_counter() - t3}
-        self._db._record_query(plan)
+        self._db._record_query(self.name, plan, Q)
         out = hits[0] if single else hits
         return (out, plan) if explain else out
 
@@ -283,6 +307,17 @@ class Namespace:
             for i, res in zip(short, exact):
                 results[i] = res
         return results
+
+    def sample(self, n: int, *, seed: int = 0):
+        """Up to ``n`` stored rows chosen at random: (ids, vectors as the index holds them,
+        i.e. unit rows for cosine). For recall probes and drift checks."""
+        n = validate.positive_int(n, "n")
+        state = self._db._state(self._config().vid)
+        view = state.view()
+        alive = np.flatnonzero(view.alive)
+        rng = np.random.default_rng(seed)
+        pick = alive if len(alive) <= n else np.sort(rng.choice(alive, n, replace=False))
+        return [state.extids[p] for p in pick], np.array(view.X[pick])
 
     # -- index management ---------------------------------------------------------------------
     def build_index(self, spec=None) -> dict:

@@ -11,6 +11,7 @@ Keys are built only by the helpers below so that the layout is written down once
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
 | segments  | vid + b":" + segment name            | one array or msgpack blob of a checkpoint  |
+| ops       | utf-8 key chosen by the ops layer    | msgpack (histogram totals, alert events)   |
 
 A namespace alias (name -> live version) is part of each version's config (``live``),
 so promotion rewrites two catalog rows in one transaction.
@@ -22,7 +23,7 @@ import struct
 
 FORMAT_VERSION = 1
 
-SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters", b"segments")
+SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters", b"segments", b"ops")
 
 META_FORMAT = b"format_version"
 META_APPLIED_LSN = b"applied_lsn"

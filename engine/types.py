@@ -104,7 +104,8 @@ class Change:
     namespace: str
     version: Optional[int]
     ids: tuple = ()
+    ts: Optional[float] = None      # wall-clock time of the write (seconds since the epoch)
 
     def to_dict(self) -> dict:
         return {"lsn": self.lsn, "op": self.op, "namespace": self.namespace,
-                "version": self.version, "ids": list(self.ids)}
+                "version": self.version, "ids": list(self.ids), "ts": self.ts}
