@@ -587,8 +587,10 @@ class Database:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        # a background build notices the stop flag before it swaps its index in; it is not
+        # waited for (training is derived state: the next open trains again if needed)
         for thread in self._trainers:
-            thread.join()
+            thread.join(timeout=0.05)
         with self._seq_lock:
             if not self.readonly and self._failed is None:
                 try:

