@@ -1,0 +1,73 @@
+"""Smoke test of bench/engine_speed.py: it runs end to end at tiny sizes, writes every figure
+to the JSON and finds flat search exact. No timing assertions (STYLE.md, Tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+try:
+    from bench import engine_speed
+except ImportError:  # bench/ is not an installed package; it lives at the repository root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import engine_speed
+
+INGEST_RUNS = ("simplevector_sync", "simplevector_async", "lmdb_sync", "lmdb_nosync")
+INGEST_RATIOS = ("simplevector_sync_over_lmdb_sync", "simplevector_sync_over_lmdb_nosync",
+                 "simplevector_async_over_lmdb_nosync")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "engine_speed.json"
+    engine_speed.main(["--n", "2000", "--dim", "16", "--batch", "500", "--queries", "10",
+                       "--repeats", "1", "--dir", str(tmp / "dbs"), "--out", str(out),
+                       "--quiet"])
+    with open(out) as f:
+        data = json.load(f)
+    return tmp, data
+
+
+def test_engine_speed_json_has_machine_versions_and_params(result):
+    _, data = result
+    assert {"cpu_model", "cores", "mem_total_bytes", "bench_dir_fs"} <= set(data["machine"])
+    assert {"python", "numpy", "numba", "lmdb", "simplevector"} <= set(data["versions"])
+    assert data["params"]["n"] == 2000 and data["params"]["dim"] == 16
+    assert data["params"]["batch"] == 500 and data["params"]["queries"] == 10
+
+
+def test_engine_speed_json_has_every_ingest_figure(result):
+    _, data = result
+    runs = data["ingest"]["runs"]
+    for name in INGEST_RUNS:
+        assert runs[name]["vectors_per_s"] > 0
+        assert len(runs[name]["samples_vectors_per_s"]) == 1
+    for name in INGEST_RATIOS:
+        assert data["ingest"]["ratios"][name]["ratio"] > 0
+    assert isinstance(data["ingest"]["goal"]["met"], bool)
+
+
+def test_engine_speed_json_has_every_query_figure(result):
+    _, data = result
+    query = data["query"]
+    for mode in ("single", "batch"):
+        for who in ("simplevector", "numpy"):
+            assert {"p50_ms", "p95_ms", "qps"} <= set(query[mode][who])
+        assert query[mode]["qps_ratio_simplevector_over_numpy"] > 0
+
+
+def test_engine_speed_flat_query_recall_is_exact(result):
+    _, data = result
+    recall = data["query"]["recall"]
+    assert recall["single"]["recall_at_k"] == 1.0
+    assert recall["batch"]["recall_at_k"] == 1.0
+    assert recall["recall_at_k"] == 1.0
+
+
+def test_engine_speed_leaves_no_database_directories(result):
+    tmp, _ = result
+    assert os.listdir(tmp / "dbs") == []
