@@ -6,7 +6,7 @@
         docs.upsert(ids=["a"], vectors=X[:1])
         hits = docs.query(X[0], k=10)
 """
-from simplevector.engine.database import Database
+from simplevector.ops.database import ObservedDatabase as Database  # engine Database + ops layer
 from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
 from simplevector.engine.namespace import Namespace
@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 
 
 def open(path, *, durability: str = "sync", readonly: bool = False,
-         checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20) -> Database:
+         checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
+         auto_index: bool = True, **ops_options) -> Database:
     """Open (creating if missing) the database directory at ``path``.
 
     durability="sync": a write returns only after its WAL record is on disk (fdatasync,
@@ -26,9 +27,14 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     every committed write, and raises ReadOnlyError on writes.
     checkpoint_interval: seconds between background checkpoints (0 turns them off).
     wal_keep_bytes: WAL kept for the change feed after a checkpoint.
+    auto_index: train an IVF index in the background once a namespace grows past its
+    spec's threshold ("auto": 50,000 rows).
+    ops_options: the ops layer's options (probe_interval, alert_interval, alert_rules,
+    memory_budget, thresholds), see simplevector.ops.database.ObservedDatabase.
     """
     return Database(path, durability=durability, readonly=readonly,
-                    checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes)
+                    checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes,
+                    auto_index=auto_index, **ops_options)
 
 
 __all__ = ["open", "Database", "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo",

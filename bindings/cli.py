@@ -148,7 +148,7 @@ def ns():
 @click.option("--dim", type=int, required=True, help="Vector length.")
 @click.option("--metric", default="cosine", show_default=True, help="cosine, l2 or ip.")
 @click.option("--model", default=None, help="Embedding model as name@x.y.z.")
-@click.option("--index", default="auto", show_default=True, help="Index spec: auto or Flat.")
+@click.option("--index", default="auto", show_default=True, help="Index spec: auto, Flat, IVF<n>,Flat, IVF<n>,PQ<m>x8[,Refine<r>].")
 @db_option()
 @output_option
 def ns_create(name, dim, metric, model, index, db_path, as_json):
@@ -564,6 +564,49 @@ def demo(db_path, limit, fresh):
     """Load GloVe 6B 50-d word vectors and show queries, a filter, an analogy and a reopen."""
     from simplevector import demo as demo_module
     demo_module.run(db_path, limit=limit, fresh=fresh)
+
+
+# -- indexes -----------------------------------------------------------------------------------
+@main.group(context_settings=CONTEXT_SETTINGS)
+def index():
+    """Build and inspect a namespace's index (Flat, IVF, IVF-PQ)."""
+
+
+@index.command("build", context_settings=CONTEXT_SETTINGS)
+@click.argument("namespace")
+@click.option("--spec", default=None,
+              help="Index spec, e.g. IVF1024,PQ25x8,Refine4 (default: the configured one; "
+                   "'auto' picks nlist/m/refine for the size).")
+@version_option
+@db_option()
+@output_option
+def index_build(namespace, spec, version, db_path, as_json):
+    """Train NAMESPACE's index now and persist it (reads continue meanwhile)."""
+    t0 = time.perf_counter()
+    with open_db(db_path) as db:
+        info = db.namespace(namespace, version).build_index(spec)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    emit(info, as_json)
+
+
+@index.command("info", context_settings=CONTEXT_SETTINGS)
+@click.argument("namespace")
+@version_option
+@db_option()
+@output_option
+def index_info(namespace, version, db_path, as_json):
+    """The configured and active index spec, training time, list sizes, code size."""
+    with open_db(db_path, readonly=True) as db:
+        info = db.namespace(namespace, version).index_info()
+    emit(info, as_json)
+
+
+def _register_ops_commands():
+    from simplevector.cli_ops import register
+    register(main)
+
+
+_register_ops_commands()
 
 
 if __name__ == "__main__":      # pragma: no cover

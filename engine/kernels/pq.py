@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ..errors import InvalidInput
 from .distances import check_float32, readonly_view
-from .kmeans import kmeans
+from .kmeans import argmin_first, kmeans
 
 __all__ = [
     "pq_train",
@@ -31,32 +31,39 @@ __all__ = [
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _l2_sub(x, off, cw):
-    s = np.float32(0.0)
-    for t in range(cw.shape[0]):
-        u = x[off + t] - cw[t]
-        s += u * u
-    return s
+def _sub_l2_scores(x, off, cbT, acc):
+    """acc[t] = ||x[off:off+dsub] - codeword t||^2 with cbT = one codebook transposed
+    (dsub, ksub): the codeword loop is innermost so it vectorises."""
+    dsub, ksub = cbT.shape
+    for t in range(ksub):
+        acc[t] = 0.0
+    for u in range(dsub):
+        xu = x[off + u]
+        cu = cbT[u]
+        for t in range(ksub):
+            v = xu - cu[t]
+            acc[t] += v * v
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _encode_kernel(R, codebooks):
     n = R.shape[0]
     m, ksub, dsub = codebooks.shape
+    cbT = np.empty((m, dsub, ksub), np.float32)
+    for j in range(m):
+        for t in range(ksub):
+            for u in range(dsub):
+                cbT[j, u, t] = codebooks[j, t, u]
     codes = np.empty((n, m), np.uint8)
-    for i in prange(n):
-        x = R[i]
-        for j in range(m):
-            off = j * dsub
-            cb = codebooks[j]
-            best = _l2_sub(x, off, cb[0])
-            bc = 0
-            for c in range(1, ksub):
-                v = _l2_sub(x, off, cb[c])
-                if v < best:
-                    best = v
-                    bc = c
-            codes[i, j] = bc
+    chunk = 256
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        acc = np.empty(ksub, np.float32)
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            x = R[i]
+            for j in range(m):
+                _sub_l2_scores(x, j * dsub, cbT[j], acc)
+                codes[i, j] = argmin_first(acc)[0]
     return codes
 
 

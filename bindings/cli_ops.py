@@ -1,0 +1,216 @@
+"""Ops commands for the ``simplevector`` CLI: latency, metrics, health, alerts, events, probe.
+
+Plain click commands; :func:`register` adds them to a click group (the main CLI does so).
+Each takes ``--db PATH`` (env SIMPLEVECTOR_DB). Reading commands open the database
+read-only, so they work while a server or another writer holds the lock; ``alerts`` and
+``probe`` open it as the writer to record events and results, and fall back to read-only
+(nothing recorded) when another process holds the lock.
+
+Latency recorded by a CLI process dies with it except for the lifetime totals persisted at
+checkpoints, so ``latency`` shows those totals (plus this process's, i.e. none); windows
+(--window) are only meaningful inside a long-running process such as the server.
+
+``health`` exits 0 / 1 / 2 for ok / warning / critical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import click
+
+import simplevector as sv
+from simplevector._output import dumps, emit, format_table, output_option
+
+CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"])
+DEFAULT_DB = "./simplevector-data"
+OPS = ("query", "upsert", "get", "delete")
+
+db_option = click.option(
+    "--db", "db_path", default=DEFAULT_DB, envvar="SIMPLEVECTOR_DB", show_default=True,
+    show_envvar=True, type=click.Path(file_okay=False, dir_okay=True),
+    help="Database directory.")
+
+
+@contextlib.contextmanager
+def _open(path: str, *, write: bool = False):
+    """The database at ``path``: read-only, or the writer (read-only if it is locked)."""
+    if not os.path.isdir(os.path.join(path, "lmdb")):
+        raise sv.StorageError(f"no SimpleVector database at {os.path.abspath(path)}",
+                              hint="create one with `simplevector init --db PATH`")
+    db = None
+    if write:
+        try:
+            db = sv.open(path, checkpoint_interval=0)
+        except sv.LockedError:
+            click.echo("note: the database is locked by another writer; opened read-only, "
+                       "nothing will be recorded", err=True)
+    if db is None:
+        db = sv.open(path, readonly=True, checkpoint_interval=0)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _errors(fn):
+    """Library errors as one line on stderr and exit 1 (when run outside the main group)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except sv.SimpleVectorError as e:
+            if os.environ.get("SIMPLEVECTOR_DEBUG"):
+                raise
+            raise click.ClickException(" ".join(str(e).split())) from e
+    return wrapper
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1e3, 3)
+
+
+def text_histogram(h, width: int = 40) -> str:
+    """One line per power-of-two range of the histogram: range, count and a bar."""
+    rows = {}
+    for lo, _, n in h.nonzero():
+        octave = int(math.floor(math.log2(max(lo, 1e-6) * 1e6) + 1e-9))
+        rows[octave] = rows.get(octave, 0) + n
+    if not rows:
+        return "(no operations recorded)"
+    top = max(rows.values())
+    lines = []
+    for octave in range(min(rows), max(rows) + 1):
+        n = rows.get(octave, 0)
+        lo, hi = (1 << octave) / 1e3, (1 << (octave + 1)) / 1e3
+        bar = "#" * (max(1, round(width * n / top)) if n else 0)
+        lines.append(f"{lo:>10.3f} - {hi:<10.3f} ms {n:>8}  {bar}")
+    return "\n".join(lines)
+
+
+@click.command("latency", context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option("--namespace", "-n", default=None, help="Only this namespace.")
+@click.option("--op", type=click.Choice(OPS), default=None, help="Only this operation.")
+@click.option("--window", default=None,
+              help="1m, 5m, 1h or seconds (default: lifetime totals).")
+@output_option
+@_errors
+def latency_cmd(db_path, namespace, op, window, as_json):
+    """Latency per namespace and operation (ms) and a text histogram."""
+    with _open(db_path) as db:
+        rows = db.latency(namespace=namespace, op=op, window=window)
+        if as_json:
+            click.echo(dumps([r.to_dict() for r in rows], indent=2))
+            return
+        if not rows:
+            click.echo("no operations recorded")
+            return
+        table = [{"namespace": r.namespace, "op": r.op, "count": r.count, "errors": r.errors,
+                  "p50_ms": _ms(r.p50), "p95_ms": _ms(r.p95), "p99_ms": _ms(r.p99),
+                  "p999_ms": _ms(r.p999), "max_ms": _ms(r.max)} for r in rows]
+        click.echo(format_table(table, list(table[0])))
+        click.echo("")
+        click.echo(text_histogram(db.latency_histogram(namespace, op, window)))
+
+
+@click.command("metrics", context_settings=CONTEXT_SETTINGS)
+@click.argument("path", required=False, type=click.Path(file_okay=False, dir_okay=True))
+@db_option
+@_errors
+def metrics_cmd(path, db_path):
+    """Print the Prometheus text exposition of the database at PATH (or --db)."""
+    with _open(path or db_path) as db:
+        click.echo(db.metrics_text(), nl=False)
+
+
+@click.command("health", context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option("--all", "show_all", is_flag=True, help="Also list the checks that are ok.")
+@output_option
+@_errors
+def health_cmd(db_path, show_all, as_json):
+    """Health report; exit code 0 ok, 1 warning, 2 critical."""
+    with _open(db_path) as db:
+        report = db.health()
+    if as_json:
+        click.echo(dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"status: {report.status}")
+        shown = [f for f in report.findings if show_all or f.severity != "ok"]
+        if shown:
+            emit([{"severity": f.severity, "check": f.check, "namespace": f.namespace,
+                   "value": f.value, "threshold": f.threshold, "message": f.message,
+                   "runbook": f.runbook} for f in shown], False,
+                 columns=["severity", "check", "namespace", "value", "threshold", "message",
+                          "runbook"])
+    raise SystemExit({"ok": 0, "warning": 1, "critical": 2}[report.status])
+
+
+@click.command("alerts", context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, exists=True),
+              default=None, help="A TOML file of extra [[rule]] tables.")
+@click.option("--all", "show_all", is_flag=True, help="Also list rules that are not firing.")
+@output_option
+@_errors
+def alerts_cmd(db_path, rules_path, show_all, as_json):
+    """Evaluate the alert rules now and record state changes."""
+    with _open(db_path, write=True) as db:
+        if rules_path:
+            db.load_alert_rules(rules_path)
+        alerts = db.alerts()
+    shown = [a for a in alerts if show_all or a.state == "firing"]
+    emit([a.to_dict() for a in shown], as_json,
+         columns=["state", "severity", "rule", "namespace", "value", "threshold", "message"],
+         empty="no alerts firing")
+
+
+@click.command("events", context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option("--since", type=float, default=None, help="Only events after this epoch time.")
+@output_option
+@_errors
+def events_cmd(db_path, since, as_json):
+    """Recorded alert state changes (firing, resolved), oldest first."""
+    with _open(db_path) as db:
+        events = db.alert_events(since)
+    emit(events, as_json,
+         columns=["ts", "state", "severity", "rule", "namespace", "value", "message"],
+         empty="no alert events")
+
+
+@click.command("probe", context_settings=CONTEXT_SETTINGS)
+@click.argument("namespace")
+@db_option
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Query vectors to probe with.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Recall@k.")
+@output_option
+@_errors
+def probe_cmd(namespace, db_path, samples, k, as_json):
+    """Measure recall@k of NAMESPACE's live index against exact search."""
+    with _open(db_path, write=True) as db:
+        result = db.probe_recall(namespace, samples=samples, k=k)
+    data = result.to_dict()
+    if as_json:
+        click.echo(dumps(data, indent=2))
+        return
+    emit({key: data[key] for key in ("namespace", "version", "index", "recall", "ci_low",
+                                     "ci_high", "samples", "k", "source", "seconds", "worst")},
+         False)
+
+
+COMMANDS = (latency_cmd, metrics_cmd, health_cmd, alerts_cmd, events_cmd, probe_cmd)
+
+
+def register(group: click.Group) -> click.Group:
+    """Add the ops commands to ``group`` (the main ``simplevector`` CLI)."""
+    for command in COMMANDS:
+        group.add_command(command)
+    return group

@@ -1,0 +1,180 @@
+"""Prometheus text exposition of the ops metrics, through prometheus_client.
+
+A custom collector reads our own histograms and the engine's figures at scrape time and
+yields metric families; :func:`metrics_text` renders them with ``generate_latest`` on a
+private ``CollectorRegistry`` (nothing is registered globally, so several databases in one
+process do not collide).
+
+Latency histograms are exported in seconds with ``le`` bounds at powers of two of
+microseconds (1 us .. 67 s), which are bucket edges of our log-linear histograms, so the
+cumulative counts are exact. Counters come from this process (the engine's counters
+restart at open; Prometheus handles counter resets), except the operation and short
+result counts, which include the totals persisted before this process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from . import capacity
+from .health import drift_ratio
+from .histogram import OCTAVES
+
+PREFIX = "simplevector"
+LE_BOUNDS = [(1 << e) * 1e-6 for e in range(OCTAVES + 1)]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class OpsCollector:
+    """Yields every SimpleVector metric family for one database at collect time."""
+
+    def __init__(self, db, *, drift_sample: int = 1000):
+        self.db = db
+        self.drift_sample = drift_sample
+
+    def describe(self):
+        return []       # collected lazily; no duplicate-name checks needed at registration
+
+    def collect(self):
+        db = self.db
+        yield from self._operations(db)
+        yield from self._versions(db)
+        yield from self._storage(db)
+
+    def _operations(self, db):
+        hist = HistogramMetricFamily(
+            f"{PREFIX}_operation_duration_seconds",
+            "Latency of public data operations (errors included), seconds.",
+            labels=["namespace", "op"])
+        ops = CounterMetricFamily(f"{PREFIX}_operations",
+                                  "Public data operations, including failed ones.",
+                                  labels=["namespace", "op"])
+        errors = CounterMetricFamily(f"{PREFIX}_operation_errors",
+                                     "Public data operations that raised an error.",
+                                     labels=["namespace", "op"])
+        for ns, op, n_ok, n_err, ok, err in db.operation_counts():
+            h = ok.copy().merge(err)
+            cum = h.cumulative(LE_BOUNDS)
+            buckets = [(_le(b), c) for b, c in zip(LE_BOUNDS, cum)] + [("+Inf", h.count)]
+            hist.add_metric([ns, op], buckets, h.sum)
+            ops.add_metric([ns, op], n_ok + n_err)
+            errors.add_metric([ns, op], n_err)
+        yield hist
+        yield ops
+        yield errors
+        short = CounterMetricFamily(
+            f"{PREFIX}_short_results",
+            "Queries that returned fewer than k hits while more rows matched their filter.",
+            labels=["namespace"])
+        for ns, n in sorted(db.short_results().items()):
+            short.add_metric([ns], n)
+        yield short
+        for key, help_ in (("vectors_written", "Vectors written (upserted) since open."),
+                           ("vectors_deleted", "Vectors deleted since open."),
+                           ("writes", "Write batches committed since open.")):
+            c = CounterMetricFamily(f"{PREFIX}_{key}", help_)
+            c.add_metric([], db.counters.get(key, 0))
+            yield c
+        q = CounterMetricFamily(f"{PREFIX}_queries", "Queries since open (engine count).")
+        q.add_metric([], db.query_stats.get("queries", 0))
+        yield q
+
+    def _versions(self, db):
+        labels = ["namespace", "version", "model", "live"]
+        rows = GaugeMetricFamily(f"{PREFIX}_vectors", "Rows stored (live).", labels=labels)
+        tomb = GaugeMetricFamily(f"{PREFIX}_tombstones", "Tombstoned positions.", labels=labels)
+        ratio = GaugeMetricFamily(f"{PREFIX}_tombstone_ratio",
+                                  "Tombstones over all positions.", labels=labels)
+        imb = GaugeMetricFamily(f"{PREFIX}_index_list_imbalance",
+                                "Largest IVF list over the mean list.", labels=labels)
+        empty = GaugeMetricFamily(f"{PREFIX}_index_empty_lists", "Empty IVF lists.",
+                                  labels=labels)
+        drift = GaugeMetricFamily(
+            f"{PREFIX}_index_drift_ratio",
+            "Quantization error of rows added since training over the training error.",
+            labels=labels)
+        for config in sorted(db._applier.configs.values(), key=lambda c: (c.name, c.version)):
+            state = db._applier.states.get(config.vid)
+            if state is None:
+                continue
+            lv = [config.name, str(config.version), str(config.model or ""),
+                  "true" if config.live else "false"]
+            rows.add_metric(lv, state.live)
+            tomb.add_metric(lv, state.tombstones)
+            ratio.add_metric(lv, state.tombstones / state.n if state.n else 0.0)
+            if state.index is not None:
+                info = state.index.info()
+                imb.add_metric(lv, info["list_imbalance"])
+                empty.add_metric(lv, info["empty_lists"])
+                value, _ = drift_ratio(state, self.drift_sample)
+                if value is not None:
+                    drift.add_metric(lv, value)
+        yield from (rows, tomb, ratio, imb, empty, drift)
+        recall = GaugeMetricFamily(f"{PREFIX}_recall",
+                                   "Recall@k measured by the latest probe.",
+                                   labels=["namespace", "version", "k"])
+        low = GaugeMetricFamily(f"{PREFIX}_recall_ci_low",
+                                "Lower end of the recall probe's 95% interval.",
+                                labels=["namespace", "version", "k"])
+        age = GaugeMetricFamily(f"{PREFIX}_recall_probe_age_seconds",
+                                "Seconds since the latest recall probe.",
+                                labels=["namespace", "version", "k"])
+        now = time.time()
+        for ns, p in sorted(db.latest_probes().items()):
+            lv = [ns, str(p.version), str(p.k)]
+            recall.add_metric(lv, p.recall)
+            low.add_metric(lv, p.ci_low)
+            age.add_metric(lv, max(0.0, now - p.at))
+        yield from (recall, low, age)
+
+    def _storage(self, db):
+        info = db.info()
+        lag = max(0, db._last_lsn - db.checkpoint_lsn)
+        total, free = capacity.disk_usage(db.path)
+        fc = capacity.forecast(db)
+        gauges = [
+            ("lsn", "Last committed log sequence number.", info["lsn"]),
+            ("checkpoint_lsn", "LSN of the last checkpoint.", info["checkpoint_lsn"]),
+            ("wal_bytes", "Bytes in WAL segment files.", info["wal_bytes"]),
+            ("wal_segments", "WAL segment files.", info["wal_segments"]),
+            ("wal_records_since_checkpoint",
+             "WAL records not yet in a checkpoint (replayed on open).", lag),
+            ("checkpoint_age_seconds", "Seconds since the last checkpoint of this process.",
+             None if db.checkpoint_time is None else time.time() - db.checkpoint_time),
+            ("map_size_bytes", "LMDB map size.", info["map_size"]),
+            ("map_used_bytes", "LMDB map bytes in use.", info["map_used"]),
+            ("disk_total_bytes", "Size of the disk holding the database.", total),
+            ("disk_free_bytes", "Free bytes on the disk holding the database.", free),
+            ("memory_vectors_bytes", "Bytes of in-memory row arrays.", fc.memory_used),
+            ("growth_vectors_per_day", "Net vectors added per day (write history).",
+             fc.vectors_per_day),
+            ("growth_bytes_per_day", "Estimated disk bytes added per day.", fc.bytes_per_day),
+        ]
+        for name, help_, value in gauges:
+            if value is None:
+                continue
+            g = GaugeMetricFamily(f"{PREFIX}_{name}", help_)
+            g.add_metric([], float(value))
+            yield g
+        days = GaugeMetricFamily(f"{PREFIX}_days_until_full",
+                                 "Projected days until a resource is full at current growth.",
+                                 labels=["resource"])
+        for resource, value in (("map", fc.days_until_map_full),
+                                ("disk", fc.days_until_disk_full),
+                                ("memory", fc.days_until_memory_full)):
+            if value is not None:
+                days.add_metric([resource], value)
+        yield days
+
+
+def metrics_text(db) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OpsCollector(db))
+    return generate_latest(registry).decode("utf-8")
