@@ -112,7 +112,7 @@ class Applier:
         raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
         state = VersionState(config, schema.unpack_u64(raw) if raw else 0)
         prefix = schema.vid_prefix(vid)
-        keys, blobs, ids, metas = [], [], [], []
+        keys, blobs = [], []
         vcur = txn.cursor(db=dbs[b"vectors"])
         if vcur.set_range(prefix):
             for key, value in vcur:
@@ -120,26 +120,33 @@ class Applier:
                     break
                 keys.append(key)
                 blobs.append(value)
+        extid_of = {}                   # rowid -> external id, from the "ids" sub-db
+        icur = txn.cursor(db=dbs[b"ids"])
+        if icur.set_range(prefix):
+            for key, value in icur:
+                if not key.startswith(prefix):
+                    break
+                extid_of[schema.unpack_u64(value)] = schema.decode_id(key[4:])
+        meta_of = {}
         rcur = txn.cursor(db=dbs[b"records"])
         if rcur.set_range(prefix):
-            i = 0
             for key, value in rcur:
                 if not key.startswith(prefix):
                     break
-                if i >= len(keys) or keys[i] != key:
-                    raise CorruptionError(
-                        f"namespace {config.name!r} v{config.version}: record row "
-                        f"{schema.rowid_of_key(key)} has no vector (LMDB sub-databases disagree)"
-                    )
-                extid, md, _doc = unpack(value)
-                ids.append(extid)
-                metas.append(md)
-                i += 1
-        if len(ids) != len(keys):
+                meta_of[schema.rowid_of_key(key)] = unpack(value)[1]
+        ids, metas = [], []
+        for key in keys:
+            rowid = schema.rowid_of_key(key)
+            if rowid not in extid_of:
+                raise CorruptionError(
+                    f"namespace {config.name!r} v{config.version}: row {rowid} has a vector "
+                    "but no id (LMDB sub-databases disagree)")
+            ids.append(extid_of[rowid])
+            metas.append(meta_of.get(rowid))
+        if len(extid_of) != len(keys):
             raise CorruptionError(
                 f"namespace {config.name!r} v{config.version}: {len(keys)} vectors but "
-                f"{len(ids)} records (LMDB sub-databases disagree)"
-            )
+                f"{len(extid_of)} ids (LMDB sub-databases disagree)")
         if keys:
             rowids = np.fromiter((schema.rowid_of_key(k) for k in keys), np.int64, len(keys))
             vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), config.dim)
@@ -248,19 +255,24 @@ class Applier:
         old_rowids = [int(view.rowids[o]) for o in old if o >= 0]
         dbs = self.store.dbs
 
+        # a row has a record only when it has metadata or a document; its id lives in "ids"
+        with_record = [i for i in range(m) if metas[i] is not None or docs[i] is not None]
+
         def txn_fn(txn):
             for old_rowid in old_rowids:
                 key = schema.row_key(vid, old_rowid)
                 txn.delete(key, db=dbs[b"vectors"])
                 txn.delete(key, db=dbs[b"records"])
-            row_keys = [schema.row_key(vid, r) for r in rowids]
+            keys = schema.row_keys(vid, rowids)
             txn.cursor(db=dbs[b"ids"]).putmulti(
-                [(schema.id_key(vid, extid), schema.pack_u64(r)) for extid, r in zip(ids, rowids)])
-            raw = vectors.astype("<f4", copy=False)
+                list(zip(schema.id_keys(vid, ids), schema.u64_values(rowids))))
+            raw = memoryview(vectors.astype("<f4", copy=False).tobytes())
+            rb = 4 * state.dim
             txn.cursor(db=dbs[b"vectors"]).putmulti(
-                [(row_keys[i], raw[i].tobytes()) for i in range(m)])
-            txn.cursor(db=dbs[b"records"]).putmulti(
-                [(row_keys[i], pack([ids[i], metas[i], docs[i]])) for i in range(m)])
+                list(zip(keys, [raw[i:i + rb] for i in range(0, rb * m, rb)])))
+            if with_record:
+                txn.cursor(db=dbs[b"records"]).putmulti(
+                    [(keys[i], pack([ids[i], metas[i], docs[i]])) for i in with_record])
             txn.put(schema.counter_key(vid), schema.pack_u64(rowids[-1] + 1),
                     db=dbs[b"counters"])
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 FORMAT_VERSION = 1
 
 SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters", b"segments", b"ops")
@@ -89,3 +91,27 @@ def counter_key(vid: int) -> bytes:
 
 def segment_key(vid: int, name: str) -> bytes:
     return _U32.pack(vid) + b":" + name.encode("ascii")
+
+
+_ROWKEY = np.dtype([("vid", ">u4"), ("rowid", ">u8")])
+
+
+def row_keys(vid: int, rowids) -> list:
+    """Keys of consecutive rows, built in one numpy pass (memoryview slices, no copies)."""
+    arr = np.empty(len(rowids), _ROWKEY)
+    arr["vid"] = vid
+    arr["rowid"] = rowids
+    mv = memoryview(arr.tobytes())
+    return [mv[i:i + 12] for i in range(0, 12 * len(arr), 12)]
+
+
+def u64_values(values) -> list:
+    mv = memoryview(np.asarray(values, dtype=">u8").tobytes())
+    return [mv[i:i + 8] for i in range(0, 8 * len(values), 8)]
+
+
+def id_keys(vid: int, ids: list) -> list:
+    prefix = _U32.pack(vid)
+    ps, pi = prefix + b"s", prefix + b"i"
+    pack = _U64.pack
+    return [ps + e.encode("utf-8") if type(e) is str else pi + pack(e + (1 << 63)) for e in ids]

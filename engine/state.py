@@ -90,7 +90,9 @@ class VersionState:
                         self.live)
 
     def position_of(self, extid):
-        return self.id_to_pos.get((type(extid), extid))
+        # ids are str or int only (bools and floats are rejected at the boundary), so the
+        # id itself is the key: 1 and "1" are different keys
+        return self.id_to_pos.get(extid)
 
     @property
     def tombstones(self) -> int:
@@ -126,10 +128,8 @@ class VersionState:
 
         Deterministic in the state, so WAL replay assigns exactly the same rowids.
         """
-        old = []
-        for extid in ids:
-            pos = self.id_to_pos.get((type(extid), extid))
-            old.append(-1 if pos is None else pos)
+        get = self.id_to_pos.get
+        old = [get(extid, -1) for extid in ids]
         rowids = list(range(self.next_rowid, self.next_rowid + len(ids)))
         return old, rowids
 
@@ -151,13 +151,14 @@ class VersionState:
         self._X[start:start + m] = stored
         self._xnorm2[start:start + m] = np.einsum("ij,ij->i", stored, stored)
         self._rowids[start:start + m] = rowids
-        for i, extid in enumerate(ids):
-            pos = start + i
-            self.extids.append(extid)
-            self.metas.append(metas[i])
-            self.id_to_pos[(type(extid), extid)] = pos
-            if metas[i] and self._fields is not None:
-                self._fields.add(pos, metas[i])
+        self.extids.extend(ids)
+        self.metas.extend(metas)
+        self.id_to_pos.update(zip(ids, range(start, start + m)))
+        fields = self._fields
+        if fields is not None:
+            for i, md in enumerate(metas):
+                if md:
+                    fields.add(start + i, md)
         self._alive[start:start + m] = True
         self.next_rowid = rowids[-1] + 1 if rowids else self.next_rowid
         with self._lock:
@@ -178,9 +179,8 @@ class VersionState:
             self._fields.remove(pos, md)
         self.metas[pos] = None
         extid = self.extids[pos]
-        key = (type(extid), extid)
-        if self.id_to_pos.get(key) == pos:
-            del self.id_to_pos[key]
+        if self.id_to_pos.get(extid) == pos:
+            del self.id_to_pos[extid]
         self.live -= 1
 
     def apply_delete(self, positions: list) -> int:
@@ -237,7 +237,12 @@ class VersionState:
         state.extids = list(seg["extids"])
         state.metas = list(seg["metas"])
         alive = seg["alive"]
-        state.id_to_pos = {(type(e), e): p for p, e in enumerate(state.extids) if alive[p]}
+        live_pos = np.flatnonzero(alive).tolist()
+        ext = state.extids
+        if len(live_pos) == n:
+            state.id_to_pos = dict(zip(ext, range(n)))
+        else:
+            state.id_to_pos = dict(zip([ext[p] for p in live_pos], live_pos))
         state.n, state.live = n, meta["live"]
         state._fields = None            # built from metas on first filtered query
         state.mutations = state.checkpointed_mutations = 0

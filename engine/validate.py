@@ -117,23 +117,49 @@ def id_list(ids, *, allow_duplicates: bool = False) -> list:
         ids = [ids]
     if ids is None:
         raise InvalidInput("ids is None; expected a list of str or int ids")
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and ids.ndim == 1:
+        ids = ids.tolist()
     try:
         raw = list(ids)
     except TypeError:
         raise InvalidInput(f"ids {_short(ids)} is not a list of str or int ids") from None
     if not raw:
         raise InvalidInput("ids is empty; expected at least one id")
-    out = [_one_id(v, i) for i, v in enumerate(raw)]
-    if not allow_duplicates:
+    if not _fast_ids_ok(raw):
+        raw = [_one_id(v, i) for i, v in enumerate(raw)]
+    if not allow_duplicates and len(set(raw)) != len(raw):
         seen = {}
-        for i, v in enumerate(out):
-            key = (type(v), v)
-            if key in seen:
+        for i, v in enumerate(raw):     # ids are str or int: 1 and "1" are distinct keys
+            if v in seen:
                 raise InvalidInput(
-                    f"ids[{i}] = {v!r} repeats ids[{seen[key]}]; ids in one batch must be unique"
+                    f"ids[{i}] = {v!r} repeats ids[{seen[v]}]; ids in one batch must be unique"
                 )
-            seen[key] = i
-    return out
+            seen[v] = i
+    return raw
+
+
+def _fast_ids_ok(raw: list) -> bool:
+    """True when every id is already canonical (all plain str of sane length, or all plain
+    int in range); otherwise the slow path checks each id and names the bad one."""
+    first = type(raw[0])
+    if first is str:
+        if not all(type(v) is str for v in raw):
+            return False
+        # a str of at most MAX_ID_BYTES // 4 characters always fits in MAX_ID_BYTES
+        return "" not in raw and max(map(len, raw)) <= schema.MAX_ID_BYTES // 4 and all(
+            v.isascii() or _utf8_ok(v) for v in raw)
+    if first is int:
+        return (all(type(v) is int for v in raw)
+                and _INT64_MIN <= min(raw) and max(raw) <= _INT64_MAX)
+    return False
+
+
+def _utf8_ok(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 # -- vectors -----------------------------------------------------------------------------
