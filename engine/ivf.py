@@ -78,12 +78,16 @@ class IVFIndex:
         t0 = time.perf_counter()
         X = np.ascontiguousarray(X, np.float32)
         max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
-        centroids = kmeans_k.kmeans(X, spec.nlist, niter=20, seed=seed, max_points=max_points)
+        # ip trains like FAISS's ip quantizer (unit-norm centroids, assignment by inner
+        # product); l2 and cosine (unit rows) use plain L2 k-means
+        coarse_metric = IP if metric == IP else 0
+        centroids = kmeans_k.kmeans(X, spec.nlist, niter=20, seed=seed, max_points=max_points,
+                                    metric=coarse_metric)
         codebooks = None
         rng = np.random.default_rng(seed + 1)
         sample = X if len(X) <= 65536 else X[np.sort(rng.choice(len(X), 65536, replace=False))]
         if spec.pq_m:
-            labels, _ = kmeans_k.assign(sample, centroids, 0)
+            labels, _ = kmeans_k.assign(sample, centroids, coarse_metric)
             residuals = np.ascontiguousarray(sample - centroids[labels])
             codebooks = pq_k.pq_train(residuals, spec.pq_m, seed=seed)
         index = cls(spec, X.shape[1], metric, centroids, codebooks,

@@ -139,7 +139,9 @@ def pq_encode(R, codebooks):
 
 def _check_codes(codes, m):
     if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:
-        got = f"{codes.dtype} {codes.ndim}-D array" if isinstance(codes, np.ndarray) else type(codes)
+        got = type(codes)
+        if isinstance(codes, np.ndarray):
+            got = f"{codes.dtype} {codes.ndim}-D array"
         raise InvalidInput(f"codes is {got}; expected a 2-D uint8 array")
     if codes.shape[1] != m:
         raise InvalidInput(f"codes have {codes.shape[1]} columns; expected m={m}")

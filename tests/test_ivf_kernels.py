@@ -1,0 +1,416 @@
+"""IVF kernels (k-means, PQ, ADC / IVF-Flat scans) against their numpy references.
+
+Comparisons are tie-aware: distances must agree within a float32 tolerance, and among
+entries whose distances are (nearly) equal any choice is accepted, as long as every entry
+clearly nearer than the last result is present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simplevector.engine.errors import InvalidInput
+from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
+from simplevector.engine.kernels.ivfscan import (
+    adc_search,
+    adc_search_batch,
+    adc_search_ref,
+    build_csr,
+    build_csr_ref,
+    ivfflat_search,
+    ivfflat_search_batch,
+    ivfflat_search_ref,
+    probe_lists,
+    probe_lists_batch,
+    probe_lists_ref,
+)
+from simplevector.engine.kernels.kmeans import (
+    assign,
+    assign_ref,
+    kmeans,
+    kmeans_objective,
+    kmeans_ref,
+)
+from simplevector.engine.kernels.pq import (
+    pq_decode,
+    pq_decode_ref,
+    pq_encode,
+    pq_encode_ref,
+    pq_train,
+)
+
+ALL_METRICS = [L2, IP, COSINE]
+
+
+def read_only(a):
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+def clustered(seed, n, dim, nclusters=20, spread=0.3):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((nclusters, dim), dtype=np.float32) * 3
+    labels = rng.integers(0, nclusters, n)
+    return (centers[labels] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- kmeans
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+@pytest.mark.parametrize("dim", [2, 50])  # direct numba path and BLAS path
+def test_assign_matches_reference(metric, dim):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, dim), dtype=np.float32)
+    C = rng.standard_normal((97, dim), dtype=np.float32)
+    if metric == COSINE:
+        X, C = normalize_rows(X), normalize_rows(C)
+    labels, dist = assign(X, C, metric)
+    ref_labels, ref_dist = assign_ref(X, C, metric)
+    assert labels.dtype == np.int64 and dist.dtype == np.float32
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-3)
+    # a different label only where the two centroids are (nearly) tied
+    diff = labels != ref_labels
+    assert diff.mean() < 0.01
+    if diff.any():
+        Xd = X[diff].astype(np.float64)
+        if metric == IP:
+            alt = -(Xd * C[labels[diff]]).sum(1)
+        else:
+            alt = ((Xd - C[labels[diff]]) ** 2).sum(1)
+        np.testing.assert_allclose(alt, ref_dist[diff], rtol=1e-4, atol=1e-3)
+
+
+def test_assign_in_small_blocks_equals_one_block(monkeypatch):
+    from simplevector.engine.kernels import kmeans as km
+
+    X = clustered(2, 2000, 32)
+    C = X[:50].copy()
+    whole = assign(X, C)
+    monkeypatch.setattr(km, "ASSIGN_BLOCK_ELEMENTS", 50 * 230)
+    blocked = assign(X, C)
+    assert (whole[0] != blocked[0]).mean() < 0.01  # BLAS may round blocks differently
+    np.testing.assert_allclose(whole[1], blocked[1], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dim", [4, 32])
+def test_kmeans_has_no_empty_clusters_and_right_shape(dim):
+    X = clustered(3, 4000, dim, nclusters=10)  # far fewer true clusters than k
+    C = kmeans(X, 64, niter=10, seed=5)
+    assert C.shape == (64, dim) and C.dtype == np.float32
+    labels, _ = assign(X, C)
+    assert np.bincount(labels, minlength=64).min() > 0
+
+
+def test_kmeans_objective_decreases_and_is_close_to_numpy_lloyd():
+    X = clustered(4, 5000, 24, nclusters=40, spread=1.0)
+    k = 50
+    obj = [kmeans_objective(X, kmeans(X, k, niter=it, seed=7)) for it in (0, 2, 10)]
+    assert obj[0] > obj[1] > obj[2]
+    ref = kmeans_objective(X, kmeans_ref(X, k, niter=10, seed=7))
+    assert abs(obj[2] - ref) <= 0.03 * ref
+
+
+def test_kmeans_is_deterministic_for_a_seed_and_differs_across_seeds():
+    X = clustered(5, 3000, 16)
+    a = kmeans(X, 32, niter=5, seed=11)
+    b = kmeans(X, 32, niter=5, seed=11)
+    c = kmeans(X, 32, niter=5, seed=12)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_kmeans_max_points_trains_on_a_sample():
+    X = clustered(6, 6000, 8)
+    C = kmeans(X, 16, niter=5, seed=0, max_points=1000)
+    assert C.shape == (16, 8)
+    np.testing.assert_array_equal(C, kmeans(X, 16, niter=5, seed=0, max_points=1000))
+
+
+def test_kmeans_ip_gives_unit_norm_centroids():
+    X = normalize_rows(clustered(7, 3000, 16))
+    C = kmeans(X, 20, niter=5, metric=IP)
+    np.testing.assert_allclose(np.linalg.norm(C, axis=1), 1.0, rtol=1e-5)
+
+
+def test_kmeans_splits_empty_clusters_on_duplicate_heavy_data():
+    rng = np.random.default_rng(8)
+    X = np.repeat(rng.standard_normal((5, 6), dtype=np.float32), 200, axis=0)
+    X = X + 1e-3 * rng.standard_normal(X.shape).astype(np.float32)
+    C = kmeans(X, 40, niter=10)
+    assert np.isfinite(C).all()
+    labels, _ = assign(X, C)
+    assert np.bincount(labels, minlength=40).min() > 0
+
+
+def test_kmeans_fewer_rows_than_k_raises_invalid_input():
+    X = np.zeros((10, 4), np.float32)
+    with pytest.raises(InvalidInput, match="10 training rows"):
+        kmeans(X, 11)
+
+
+# --------------------------------------------------------------------------- pq
+
+
+@pytest.fixture(scope="module")
+def pq_data():
+    R = clustered(9, 3000, 16, nclusters=30, spread=0.5)
+    codebooks = pq_train(R, 4, ksub=64, niter=8, seed=1)
+    return R, codebooks
+
+
+def test_pq_train_shapes(pq_data):
+    _, codebooks = pq_data
+    assert codebooks.shape == (4, 64, 4) and codebooks.dtype == np.float32
+
+
+def test_pq_encode_decode_match_reference(pq_data):
+    R, codebooks = pq_data
+    codes = pq_encode(R, codebooks)
+    ref = pq_encode_ref(R, codebooks)
+    assert codes.dtype == np.uint8 and codes.shape == (3000, 4)
+    assert (codes != ref).mean() < 1e-3  # only float ties may differ
+    np.testing.assert_array_equal(pq_decode(codes, codebooks), pq_decode_ref(codes, codebooks))
+
+
+def test_pq_reconstruction_beats_random_codebooks(pq_data):
+    R, codebooks = pq_data
+    rng = np.random.default_rng(3)
+    random_cb = np.ascontiguousarray(
+        R[rng.choice(R.shape[0], 64, replace=False)].reshape(64, 4, 4).transpose(1, 0, 2)
+    )
+    err = np.mean((pq_decode(pq_encode(R, codebooks), codebooks) - R) ** 2)
+    base = np.mean((pq_decode(pq_encode(R, random_cb), random_cb) - R) ** 2)
+    assert err < 0.7 * base
+
+
+def test_pq_train_dim_not_divisible_raises_invalid_input():
+    with pytest.raises(InvalidInput, match="not divisible"):
+        pq_train(np.zeros((300, 10), np.float32), 3, ksub=16)
+
+
+def test_pq_train_too_few_rows_names_how_many_are_needed():
+    with pytest.raises(InvalidInput, match="at least ksub=256"):
+        pq_train(np.zeros((100, 8), np.float32), 2)
+
+
+# --------------------------------------------------------------------------- csr / probes
+
+
+def test_build_csr_is_a_stable_counting_sort():
+    rng = np.random.default_rng(10)
+    lists = rng.integers(0, 17, 1000).astype(np.int32)
+    order, offsets = build_csr(lists, 20)
+    ref_order, ref_offsets = build_csr_ref(lists, 20)
+    np.testing.assert_array_equal(order, ref_order)
+    np.testing.assert_array_equal(offsets, ref_offsets)
+    assert offsets[-1] == 1000 and offsets[-2] == offsets[-4]  # empty lists 17..19
+
+
+def test_build_csr_list_out_of_range_raises_invalid_input():
+    with pytest.raises(InvalidInput, match="lists span"):
+        build_csr(np.array([0, 5]), 5)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+def test_probe_lists_single_and_batch_match_reference(metric):
+    rng = np.random.default_rng(11)
+    C = rng.standard_normal((200, 12), dtype=np.float32)
+    Q = rng.standard_normal((30, 12), dtype=np.float32)
+    B = probe_lists_batch(Q, C, 7, metric)
+    assert B.shape == (30, 7) and B.dtype == np.int64
+    for i in range(30):
+        ref = probe_lists_ref(Q[i], C, 7, metric)
+        np.testing.assert_array_equal(probe_lists(Q[i], C, 7, metric), ref)
+        np.testing.assert_array_equal(B[i], ref)
+    assert probe_lists(Q[0], C, 500, metric).shape == (200,)
+
+
+# --------------------------------------------------------------------------- ADC scans
+
+
+def make_ivf(seed, metric, n=3000, dim=16, nlist=24, m=4, ksub=32, ndelta=300):
+    """Random IVF-PQ layout: sealed CSR of n - ndelta rows plus a delta of ndelta rows
+    (held in arrays with spare rows past dn)."""
+    X = clustered(seed, n, dim, nclusters=nlist)
+    if metric == COSINE:
+        X = normalize_rows(X)
+    C = kmeans(X, nlist, niter=5, seed=seed, metric=IP if metric == IP else L2)
+    lists, _ = assign(X, C, IP if metric == IP else L2)
+    R = X - C[lists]
+    codebooks = pq_train(R, m, ksub=ksub, niter=5, seed=seed)
+    codes = pq_encode(R, codebooks)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    sealed, delta = perm[: n - ndelta], perm[n - ndelta :]
+    order, offsets = build_csr(lists[sealed], nlist)
+    sealed = sealed[order]
+    spare = 5
+    dcodes = np.zeros((ndelta + spare, m), np.uint8)
+    dpos = np.zeros(ndelta + spare, np.int64)
+    dlist = np.zeros(ndelta + spare, np.int32)
+    dcodes[:ndelta], dpos[:ndelta], dlist[:ndelta] = codes[delta], delta, lists[delta]
+    ivf = dict(centroids=C, codebooks=codebooks, offsets=offsets,
+               codes=np.ascontiguousarray(codes[sealed]), pos=sealed.astype(np.int64),
+               dcodes=dcodes, dpos=dpos, dlist=dlist, dn=ndelta)
+    Q = clustered(seed + 100, 8, dim, nclusters=nlist)
+    if metric == COSINE:
+        Q = normalize_rows(Q)
+    return X, Q, ivf
+
+
+def adc_args(q, ivf, probes, mask, metric, kk):
+    return (q, ivf["centroids"], ivf["codebooks"], probes, ivf["offsets"], ivf["codes"],
+            ivf["pos"], ivf["dcodes"], ivf["dpos"], ivf["dlist"], ivf["dn"], mask, metric, kk)
+
+
+def flat_args(q, X, ivf, probes, mask, metric, kk):
+    return (q, X, ivf["centroids"], probes, ivf["offsets"], ivf["pos"], ivf["dpos"],
+            ivf["dlist"], ivf["dn"], mask, metric, kk)
+
+
+def assert_same_topk(dist, pos, ref_dist, ref_pos):
+    """Tie-aware: same length, distances close, and every reference entry clearly nearer
+    than the last result present."""
+    assert dist.dtype == np.float32 and pos.dtype == np.int64
+    assert dist.shape == ref_dist.shape == pos.shape
+    if dist.size == 0:
+        return
+    tol = 1e-4 * max(1.0, float(np.abs(ref_dist).max()))
+    np.testing.assert_allclose(dist, ref_dist, rtol=0, atol=tol)
+    assert len(set(pos.tolist())) == pos.size
+    clear = ref_pos[ref_dist < ref_dist[-1] - tol]
+    assert set(clear.tolist()) <= set(pos.tolist())
+    assert np.all(np.diff(dist) >= 0)
+
+
+MASKS = ["none", "half", "sparse"]
+
+
+def make_mask(kind, n, seed):
+    if kind == "none":
+        return None
+    rng = np.random.default_rng(seed)
+    return rng.random(n) < (0.5 if kind == "half" else 0.02)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_adc_search_matches_reference_with_delta_and_mask(metric, mask_kind):
+    X, Q, ivf = make_ivf(12, metric)
+    mask = make_mask(mask_kind, X.shape[0], 1)
+    for i, q in enumerate(Q):
+        probes = probe_lists(q, ivf["centroids"], 3 + i, metric)
+        got = adc_search(*adc_args(q, ivf, probes, mask, metric, 20))
+        ref = adc_search_ref(*adc_args(q, ivf, probes, mask, metric, 20))
+        assert_same_topk(*got, *ref)
+        if mask is not None:
+            assert mask[got[1]].all()
+
+
+def test_adc_search_scans_the_delta_rows_of_probed_lists_only():
+    X, Q, ivf = make_ivf(13, L2)
+    q = Q[0]
+    probes = probe_lists(q, ivf["centroids"], 2, L2)
+    _, pos = adc_search(*adc_args(q, ivf, probes, None, L2, X.shape[0]))
+    delta = ivf["dpos"][: ivf["dn"]]
+    in_probe = np.isin(ivf["dlist"][: ivf["dn"]], probes)
+    assert set(delta[in_probe].tolist()) <= set(pos.tolist())
+    assert not set(delta[~in_probe].tolist()) & set(pos.tolist())
+    # rows past dn are ignored even if they name a probed list
+    ivf["dlist"][ivf["dn"]:] = probes[0]
+    _, pos2 = adc_search(*adc_args(q, ivf, probes, None, L2, X.shape[0]))
+    np.testing.assert_array_equal(np.sort(pos), np.sort(pos2))
+
+
+def test_adc_search_kk_larger_than_allowed_returns_all_allowed():
+    X, Q, ivf = make_ivf(14, IP)
+    mask = np.zeros(X.shape[0], bool)
+    mask[ivf["pos"][:3]] = True
+    probes = np.arange(ivf["centroids"].shape[0])
+    dist, pos = adc_search(*adc_args(Q[0], ivf, probes, mask, IP, 50))
+    assert sorted(pos.tolist()) == sorted(ivf["pos"][:3].tolist())
+    dist, pos = adc_search(*adc_args(Q[0], ivf, probes, None, IP, 0))
+    assert dist.shape == pos.shape == (0,)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+def test_adc_search_batch_equals_single_query_loop(metric):
+    X, Q, ivf = make_ivf(15, metric)
+    mask = make_mask("half", X.shape[0], 2)
+    P = probe_lists_batch(Q, ivf["centroids"], 4, metric)
+    D, I = adc_search_batch(*adc_args(Q, ivf, P, mask, metric, 3000))
+    assert D.shape == I.shape == (Q.shape[0], 3000)
+    for i in range(Q.shape[0]):
+        d, p = adc_search(*adc_args(Q[i], ivf, P[i], mask, metric, 3000))
+        np.testing.assert_array_equal(D[i, : d.size], d)
+        np.testing.assert_array_equal(I[i, : p.size], p)
+        assert np.all(np.isinf(D[i, d.size :])) and np.all(I[i, p.size :] == -1)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_ivfflat_search_matches_reference(metric, mask_kind):
+    X, Q, ivf = make_ivf(16, metric)
+    mask = make_mask(mask_kind, X.shape[0], 3)
+    for i, q in enumerate(Q):
+        probes = probe_lists(q, ivf["centroids"], 2 + i, metric)
+        got = ivfflat_search(*flat_args(q, X, ivf, probes, mask, metric, 15))
+        ref = ivfflat_search_ref(*flat_args(q, X, ivf, probes, mask, metric, 15))
+        assert_same_topk(*got, *ref)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+def test_ivfflat_search_batch_equals_single_query_loop(metric):
+    X, Q, ivf = make_ivf(17, metric)
+    P = probe_lists_batch(Q, ivf["centroids"], 3, metric)
+    D, I = ivfflat_search_batch(*flat_args(Q, X, ivf, P, None, metric, 4000))
+    for i in range(Q.shape[0]):
+        d, p = ivfflat_search(*flat_args(Q[i], X, ivf, P[i], None, metric, 4000))
+        np.testing.assert_array_equal(D[i, : d.size], d)
+        np.testing.assert_array_equal(I[i, : p.size], p)
+        assert np.all(I[i, p.size :] == -1)
+
+
+def test_ivfflat_with_every_list_probed_equals_exact_search():
+    X, Q, ivf = make_ivf(18, L2)
+    probes = np.arange(ivf["centroids"].shape[0])
+    dist, pos = ivfflat_search(*flat_args(Q[0], X, ivf, probes, None, L2, 10))
+    exact = ((X.astype(np.float64) - Q[0]) ** 2).sum(1)
+    np.testing.assert_allclose(dist, np.sort(exact)[:10], rtol=1e-4, atol=1e-3)
+
+
+def test_every_entry_point_accepts_read_only_arrays():
+    X, Q, ivf = make_ivf(19, L2)
+    X, Q = read_only(X), read_only(Q)
+    ivf = {k: read_only(v) if isinstance(v, np.ndarray) else v for k, v in ivf.items()}
+    mask = read_only(np.ones(X.shape[0], bool))
+    C = ivf["centroids"]
+    assign(X, C)
+    kmeans(X, 8, niter=2)
+    cb = pq_train(X, 4, ksub=16, niter=2)
+    pq_decode(read_only(pq_encode(X, read_only(cb))), read_only(cb))
+    probes = read_only(probe_lists(Q[0], C, 3, L2))
+    P = read_only(probe_lists_batch(Q, C, 3, L2))
+    assert adc_search(*adc_args(Q[0], ivf, probes, mask, L2, 5))[0].size == 5
+    assert adc_search_batch(*adc_args(Q, ivf, P, mask, L2, 5))[0].shape == (8, 5)
+    assert ivfflat_search(*flat_args(Q[0], X, ivf, probes, mask, L2, 5))[0].size == 5
+    assert ivfflat_search_batch(*flat_args(Q, X, ivf, P, mask, L2, 5))[0].shape == (8, 5)
+    build_csr(read_only(ivf["dlist"]), C.shape[0])
+
+
+def test_adc_search_bad_inputs_raise_invalid_input_naming_the_value():
+    X, Q, ivf = make_ivf(20, L2)
+    probes = probe_lists(Q[0], ivf["centroids"], 3, L2)
+    with pytest.raises(InvalidInput, match="probes span"):
+        adc_search(*adc_args(Q[0], ivf, np.array([0, 999]), None, L2, 5))
+    with pytest.raises(InvalidInput, match="dn is"):
+        adc_search(*adc_args(Q[0], ivf | {"dn": 10_000}, probes, None, L2, 5))
+    with pytest.raises(InvalidInput, match="query has dim"):
+        adc_search(*adc_args(Q[0, :8].copy(), ivf, probes, None, L2, 5))
+    with pytest.raises(InvalidInput, match="metric code"):
+        adc_search(*adc_args(Q[0], ivf, probes, None, 7, 5))
+    with pytest.raises(InvalidInput, match="nprobe"):
+        probe_lists(Q[0], ivf["centroids"], 0, L2)
