@@ -49,7 +49,7 @@ __all__ = [
 
 # A scan of fewer elements (rows x dim) than this runs on one thread: waking the pool costs
 # more than it saves.
-PARALLEL_MIN_ELEMENTS = 1 << 18
+PARALLEL_MIN_ELEMENTS = 1 << 21
 # Rows per chunk of a parallel scan, at least; the scan is cut in ~4 chunks per thread.
 MIN_CHUNK_ROWS = 2048
 # search_batch: rows of X per BLAS block, and the bound on one block of distances.
