@@ -37,7 +37,7 @@ def wants_training(state, auto_threshold: int) -> bool:
 
 def build(state, *, seed: int = 0, should_stop=lambda: False):
     """Train and install the version's index; returns it (None for a flat spec)."""
-    from .ivf import IVFIndex
+    from .ivf import IVFIndex, TrainingCancelled
     with state.build_lock:
         state.training = True
         try:
@@ -56,7 +56,13 @@ def build(state, *, seed: int = 0, should_stop=lambda: False):
                     f"(nlist x 39); namespace {state.config.name!r} has {len(positions)}",
                     hint="use fewer lists (IVF<n>) or add rows first; queries stay exact until then")
             X = np.ascontiguousarray(view.X[positions])
-            index = IVFIndex.train(spec, X, state.metric.code, seed=seed)
+            try:
+                index = IVFIndex.train(spec, X, state.metric.code, seed=seed,
+                                       should_stop=should_stop)
+            except TrainingCancelled:
+                return None
+            if should_stop():
+                return None
             lists, codes = index.encode(X)
             index.load_lists(positions.astype(np.int64), lists, codes)
             del X

@@ -21,6 +21,7 @@ import numpy as np
 
 from .indexspec import IndexSpec
 from .kernels import ivffused, ivfscan, kmeans as kmeans_k, pq as pq_k
+from .kernels.threads import single_threaded
 from .kernels.distances import COSINE, IP, L2
 
 #: k-means trains on at most this many points per list (FAISS's default is 256).
@@ -31,12 +32,19 @@ MAX_TRAIN_POINTS_PER_LIST = 64
 COARSE_NITER = 10
 PQ_NITER = 15
 PQ_TRAIN_POINTS = 32768
+HELD_OUT_POINTS = 8192
 #: Merge the delta into the sealed lists once it holds this share of the sealed rows.
 SEAL_FRACTION = 0.1
 MIN_SEAL_ROWS = 16384
 #: A single query that is expected to scan more codes than this splits its probed lists
 #: across the numba threads; smaller scans stay on one thread (waking the pool costs more).
 PARALLEL_SCAN_CODES = 40_000
+#: Encodes of at most this many rows (a write batch) run on one thread.
+SMALL_ENCODE_ROWS = 16384
+
+
+class TrainingCancelled(Exception):
+    """A background build noticed that its database is closing."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,18 @@ class IVFIndex:
 
     # -- training and encoding ---------------------------------------------------------------
     @classmethod
-    def train(cls, spec: IndexSpec, X: np.ndarray, metric: int, *, seed: int = 0) -> "IVFIndex":
-        """Train the coarse quantizer (and PQ codebooks on residuals) on rows of X."""
+    def train(cls, spec: IndexSpec, X: np.ndarray, metric: int, *, seed: int = 0,
+              should_stop=None) -> "IVFIndex":
+        """Train the coarse quantizer (and PQ codebooks on residuals) on rows of X.
+
+        ``should_stop()`` is checked between stages; when it turns true the build raises
+        :class:`TrainingCancelled` (a database closing does not wait for a whole build).
+        ``train_error`` is measured on rows held out of PQ training, so that data from the
+        training distribution scores about 1x it (the drift baseline).
+        """
+        def check():
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled()
         t0 = time.perf_counter()
         X = np.ascontiguousarray(X, np.float32)
         max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
@@ -105,22 +123,39 @@ class IVFIndex:
         coarse_metric = IP if metric == IP else 0
         centroids = kmeans_k.kmeans(X, spec.nlist, niter=COARSE_NITER, seed=seed,
                                     max_points=max_points, metric=coarse_metric)
+        check()
         codebooks = None
         rng = np.random.default_rng(seed + 1)
-        sample = X if len(X) <= 65536 else X[np.sort(rng.choice(len(X), 65536, replace=False))]
+        take = min(len(X), PQ_TRAIN_POINTS + HELD_OUT_POINTS)
+        sample = X[np.sort(rng.choice(len(X), take, replace=False))] if take < len(X) else X
+        sample = sample[rng.permutation(len(sample))]
+        fit, held = sample[:PQ_TRAIN_POINTS], sample[PQ_TRAIN_POINTS:]
+        if len(held) < 256:             # small data: no rows to spare, measure on the fit
+            held = fit
         if spec.pq_m:
-            labels, _ = kmeans_k.assign(sample, centroids, IP if metric in (IP, COSINE) else L2)
-            residuals = np.ascontiguousarray(sample - centroids[labels])
+            labels, _ = kmeans_k.assign(fit, centroids, IP if metric in (IP, COSINE) else L2)
+            residuals = np.ascontiguousarray(fit - centroids[labels])
             codebooks = pq_k.pq_train(residuals, spec.pq_m, niter=PQ_NITER, seed=seed,
                                       max_points=PQ_TRAIN_POINTS)
+            check()
         index = cls(spec, X.shape[1], metric, centroids, codebooks,
                     train_seconds=time.perf_counter() - t0, trained_rows=len(X))
-        index.train_error = index.quantization_error(sample)
+        index.train_error = index.quantization_error(np.ascontiguousarray(held))
         return index
 
     def encode(self, X: np.ndarray):
-        """Lists (int32) and PQ codes (uint8 (n, m)) for rows X as the index stores them."""
+        """Lists (int32) and PQ codes (uint8 (n, m)) for rows X as the index stores them.
+
+        A write-sized batch runs on one thread (see kernels/threads.py); bulk encodes
+        (training, re-indexing) use every thread.
+        """
         X = np.ascontiguousarray(X, np.float32)
+        if len(X) <= SMALL_ENCODE_ROWS:
+            with single_threaded():
+                return self._encode(X)
+        return self._encode(X)
+
+    def _encode(self, X: np.ndarray):
         labels, _ = kmeans_k.assign(X, self.centroids, self.list_metric)
         if self.m:
             residuals = np.ascontiguousarray(X - self.centroids[labels])
