@@ -330,6 +330,7 @@ class IVFIndex:
             "train_error": self.train_error,
             "trained_upto": self.trained_upto,
             "rows_in_lists": int(sizes.sum()),
+            "delta_rows": self.snapshot()[1].n,
             "list_size_min": int(sizes.min()) if len(sizes) else 0,
             "list_size_max": int(sizes.max()) if len(sizes) else 0,
             "list_size_mean": round(mean, 2),

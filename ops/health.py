@@ -40,9 +40,9 @@ class HealthThresholds:
     tombstone_critical: float = 0.50
     imbalance_warning: float = 5.0          # largest list / mean list
     empty_lists_warning: float = 0.10       # share of lists that are empty
-    # new-row quantization error / training error. train_error is measured in-sample (on the
-    # rows it was trained on), so rows from the same distribution already score ~1.3-2x on
-    # small training sets: warn at 3x, not at the first excess.
+    # new-row quantization error / training error. train_error is measured on rows held out
+    # of PQ training, but small training sets still vary by ~1.3-2x between samples: warn
+    # at 3x, not at the first excess.
     drift_warning: float = 3.0
     drift_critical: float = 10.0
     drift_min_rows: int = 32                # rows added since training before drift counts
