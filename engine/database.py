@@ -397,6 +397,7 @@ class Database:
             indexer.build(state, should_stop=self._stop.is_set)
         except Exception as e:      # reported by index_info / health; queries stay exact
             state.training_error = f"{type(e).__name__}: {e}"
+            state.failed_at_rows = state.live
         finally:
             state.training = False
 

@@ -24,12 +24,21 @@ def effective_spec(state) -> IndexSpec | None:
 
 
 def wants_training(state, auto_threshold: int) -> bool:
-    """Whether a version without an index has grown enough to train one by itself."""
-    if state.index is not None or state.training:
+    """Whether a version should start a build by itself: it has no index yet and has grown
+    past its threshold, or its configured IVF spec differs from the active index's (a new
+    spec that could not train when it was set) and it now has rows enough for it."""
+    if state.training:
         return False
+    if state.training_error is not None and state.live < 1.1 * state.failed_at_rows:
+        return False                    # a failed build retries after 10% more rows
     spec = state.spec
+    if state.index is not None:
+        active = state.index.spec
+        return (spec.kind == "ivf" and (spec.nlist, spec.pq_m, spec.refine)
+                != (active.nlist, active.pq_m, active.refine)
+                and state.live >= spec.min_train_rows)
     if spec.kind == "auto":
-        return state.live >= auto_threshold
+        return state.live >= max(auto_threshold, 256)
     if spec.kind == "ivf":
         return state.live >= spec.min_train_rows
     return False
@@ -79,6 +88,7 @@ def build(state, *, seed: int = 0, should_stop=lambda: False):
                 index.seal(now.alive)
                 index.trained_upto = view.n   # rows at positions >= this came after training
                 state.index = index
+                state.training_error = None
                 state.mutations += 1
             return index
         finally:

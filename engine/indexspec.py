@@ -129,10 +129,11 @@ class IndexSpec:
 
 def auto_spec(n: int, dim: int) -> IndexSpec:
     """The IVF-PQ spec "auto" trains for ``n`` rows of ``dim``: about 4*sqrt(n) lists (a
-    power of two, 64..4096), sub-vectors of 2 dims (4 when dim > 64), refine 4."""
+    power of two, 64..4096, fewer when n < 64 * 39 rows), sub-vectors of 2 dims (4 when
+    dim > 64), refine 4."""
     nlist = 2 ** int(round(math.log2(max(64.0, min(4096.0, 4 * math.sqrt(max(n, 1)))))))
-    while nlist > 64 and nlist * TRAIN_POINTS_PER_LIST > n:
-        nlist //= 2
+    while nlist > 1 and nlist * TRAIN_POINTS_PER_LIST > n:
+        nlist //= 2     # small namespaces (a low auto threshold): fewer lists, still trainable
     sub = 2 if dim <= 64 else 4
     m = dim // sub
     while m > 1 and dim % m:

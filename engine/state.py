@@ -63,6 +63,7 @@ class VersionState:
         self.training = False
         self.build_lock = threading.Lock()
         self.training_error = None
+        self.failed_at_rows = 0
         self.mutations = 0              # bumps on every write (checkpoints skip clean states)
         self.checkpointed_mutations = -1
 

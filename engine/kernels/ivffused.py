@@ -10,6 +10,9 @@ their numpy references) are in :mod:`.ivfscan`; the tests compare the two.
 - The parallel single-query forms split the probed lists across threads (interleaved, so
   big and small lists spread evenly), one heap per thread, then merge: worth it only when a
   query scans many codes (the caller decides).
+- ``scan_metric`` is the ADC distance (cosine indexes scan with l2 tables over their unit
+  rows, which ranks like cosine with a smaller quantization error than inner-product
+  tables); ``metric`` is the exact distance the re-rank computes and returns.
 - Re-ranking computes exact distances from X for the ADC candidates and keeps the k best;
   results are ascending by (distance, position).
 """
@@ -55,18 +58,19 @@ def _merge(HD, HI, sizes, kk):
 
 @njit(cache=True, nogil=True)
 def pq_search_serial(q, X, centroids, cbT, nprobe, probe_metric, offsets, codes, pos,
-                     dcodes, dpos, dorder, doffsets, mask, use_mask, metric, kk, k):
+                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
     probes = _probe_kernel(q, centroids, nprobe, probe_metric)
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
     size = _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorder,
-                    doffsets, mask, use_mask, metric, hd, hi)
+                    doffsets, mask, use_mask, scan_metric, hd, hi)
     return _rerank(X, q, metric, hd, hi, size, k)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_parallel(q, X, centroids, cbT, nprobe, probe_metric, offsets, codes, pos,
-                       dcodes, dpos, dorder, doffsets, mask, use_mask, metric, kk, k, nchunks):
+                       dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk,
+                       k, nchunks):
     probes = _probe_kernel(q, centroids, nprobe, probe_metric)
     HD = np.empty((nchunks, kk), np.float32)
     HI = np.empty((nchunks, kk), np.int64)
@@ -74,14 +78,14 @@ def pq_search_parallel(q, X, centroids, cbT, nprobe, probe_metric, offsets, code
     for c in prange(nchunks):
         sub = np.ascontiguousarray(probes[c::nchunks])
         sizes[c] = _adc_one(q, centroids, cbT, sub, offsets, codes, pos, dcodes, dpos,
-                            dorder, doffsets, mask, use_mask, metric, HD[c], HI[c])
+                            dorder, doffsets, mask, use_mask, scan_metric, HD[c], HI[c])
     hd, hi, size = _merge(HD, HI, sizes, kk)
     return _rerank(X, q, metric, hd, hi, size, k)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_batch(Q, X, centroids, cbT, probes2d, offsets, codes, pos, dcodes, dpos,
-                    dorder, doffsets, mask, use_mask, metric, kk, k):
+                    dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
     """Every query in parallel; (nq, k) results padded with +inf / -1."""
     nq = Q.shape[0]
     D = np.full((nq, k), np.inf, np.float32)
@@ -90,7 +94,7 @@ def pq_search_batch(Q, X, centroids, cbT, probes2d, offsets, codes, pos, dcodes,
         hd = np.empty(kk, np.float32)
         hi = np.empty(kk, np.int64)
         size = _adc_one(Q[r], centroids, cbT, probes2d[r], offsets, codes, pos, dcodes, dpos,
-                        dorder, doffsets, mask, use_mask, metric, hd, hi)
+                        dorder, doffsets, mask, use_mask, scan_metric, hd, hi)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]

@@ -10,6 +10,8 @@ Inverted lists are kept as CSR plus a small unsorted delta:
   nlist)) so every probed list is scanned with one lookup table, sealed rows then delta rows.
 - ``mask`` bool/uint8[n_rows] (or None = all allowed): entries whose position is not allowed
   are skipped inside the scan, so k results come back whenever k allowed entries exist.
+  Entries at positions past the mask (rows written after the caller took its row
+  snapshot) are skipped too.
 
 Distances (lower is nearer), with r the decoded PQ residual of an entry of list l:
 
@@ -197,7 +199,7 @@ def _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorde
             base = np.float32(1.0) - _dot(q, centroids[l])
         for r in range(offsets[l], offsets[l + 1]):
             pr = pos[r]
-            if use_mask and not mask[pr]:
+            if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
             d = base + _adc(T, codes[r])
             if d > worst:
@@ -208,7 +210,7 @@ def _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorde
         for t in range(doffsets[l], doffsets[l + 1]):
             r = dorder[t]
             pr = dpos[r]
-            if use_mask and not mask[pr]:
+            if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
             d = base + _adc(T, dcodes[r])
             if d > worst:
@@ -230,7 +232,7 @@ def _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask
         l = probes[p]
         for r in range(offsets[l], offsets[l + 1]):
             pr = pos[r]
-            if use_mask and not mask[pr]:
+            if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
             d = distance(X[pr], q, metric)
             if d > worst:
@@ -240,7 +242,7 @@ def _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask
                 worst = hd[0]
         for t in range(doffsets[l], doffsets[l + 1]):
             pr = dpos[dorder[t]]
-            if use_mask and not mask[pr]:
+            if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
             d = distance(X[pr], q, metric)
             if d > worst:
