@@ -178,8 +178,10 @@ class Database:
 
     # -- catalog lookups -------------------------------------------------------------------------
     def _versions_of(self, name: str) -> list[VersionConfig]:
-        return sorted((c for c in self._applier.configs.values() if c.name == name),
-                      key=lambda c: c.version)
+        configs = list(self._applier.configs.values())   # one C-level copy: no torn reads
+        if len(configs) == 1:               # the common case, without a sort
+            return configs if configs[0].name == name else []
+        return sorted((c for c in configs if c.name == name), key=lambda c: c.version)
 
     def _resolve(self, name: str, version=None) -> VersionConfig:
         versions = self._versions_of(name)

@@ -76,6 +76,7 @@ class IVFIndex:
                  codebooks: np.ndarray | None, *, train_seconds: float = 0.0,
                  trained_rows: int = 0, train_error: float = 0.0):
         self.spec = spec
+        self.spec_text = str(spec)
         self.dim = dim
         self.metric = metric
         self.centroids = np.ascontiguousarray(centroids, np.float32)
@@ -250,8 +251,8 @@ class IVFIndex:
         if self.m:
             kk = max(k * refine, k)
             expected = nprobe * (len(sealed.pos) + d.n) / self.nlist
-            threads = numba.get_num_threads()
-            if threads > 1 and expected > PARALLEL_SCAN_CODES:
+            threads = numba.get_num_threads() if expected > PARALLEL_SCAN_CODES else 1
+            if threads > 1:
                 dist, pos = ivffused.pq_search_parallel(
                     q, X, self.centroids, self._cbT, nprobe, self.list_metric, sealed.offsets,
                     sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, True,

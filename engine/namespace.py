@@ -281,7 +281,7 @@ class Namespace:
         spec = index.spec
         nprobe = min(nprobe or spec.default_nprobe(), index.nlist)
         refine = refine or spec.refine
-        plan.spec, plan.nprobe, plan.refine = str(spec), nprobe, refine
+        plan.spec, plan.nprobe, plan.refine = index.spec_text, nprobe, refine
         kk = max(k, k * refine) if index.m else k
         expected = matched * nprobe / index.nlist
         if plan.matched is not None and (matched <= kk or expected < IVF_FILTER_MARGIN * kk):
@@ -380,17 +380,17 @@ class Namespace:
             ctx = self._db._store.read()
             txn = ctx.__enter__()
         try:
+            extids = state.extids
             for dist, pos in results:
+                pos = pos.tolist()
+                dist = dist.tolist()
+                if not need_lmdb:
+                    out.append([Hit(extids[p], d) for d, p in zip(dist, pos)])
+                    continue
                 hits = []
                 for d, p in zip(dist, pos):
-                    p = int(p)
-                    extid = state.extids[p]
-                    if need_lmdb:
-                        key = schema.row_key(vid, int(view.rowids[p]))
-                        hits.append(self._record(txn, key, extid, include, Hit,
-                                                 distance=float(d)))
-                    else:
-                        hits.append(Hit(id=extid, distance=float(d)))
+                    key = schema.row_key(vid, int(view.rowids[p]))
+                    hits.append(self._record(txn, key, extids[p], include, Hit, distance=d))
                 out.append(hits)
         finally:
             if need_lmdb:

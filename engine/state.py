@@ -12,6 +12,7 @@ Writes are serialised by the database (one apply at a time, in LSN order); reade
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -120,6 +121,9 @@ class VersionState:
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors as the index stores them (unit rows for cosine)."""
         if self.metric.normalize:
+            if vectors.shape[0] == 1:
+                v = vectors[0].astype(np.float64)
+                return (v / math.sqrt(v @ v)).astype(np.float32).reshape(1, -1)
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
             return (vectors / norms[:, None]).astype(np.float32)
         return vectors

@@ -165,6 +165,12 @@ def _utf8_ok(value: str) -> bool:
 # -- vectors -----------------------------------------------------------------------------
 def vector_matrix(vectors, dim: int, *, what: str = "vectors", zero_ok: bool = True) -> np.ndarray:
     """(n, dim) C-contiguous float32; rejects wrong shape, NaN/inf and (if asked) zero rows."""
+    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 1
+            and vectors.shape[0] == dim and vectors.flags.c_contiguous):
+        # the single-query fast path: one finiteness check, no conversion
+        dot = float(np.dot(vectors, vectors))
+        if math.isfinite(dot) and (zero_ok or dot > 0.0):
+            return vectors.reshape(1, dim)
     if vectors is None:
         raise InvalidInput(f"{what} is None; expected an array of shape (n, {dim})")
     try:
