@@ -341,4 +341,3 @@ class IVFIndex:
             "list_imbalance": round(float(sizes.max()) / mean, 3) if mean else 0.0,
             "empty_lists": int((sizes == 0).sum()),
         }
-

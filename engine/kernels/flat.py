@@ -317,4 +317,3 @@ def search_batch_ref(X, xnorm2, Q, metric, k, mask=None):
         D[r, : d.shape[0]] = d
         I[r, : p.shape[0]] = p
     return D, I
-

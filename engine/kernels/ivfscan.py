@@ -42,7 +42,8 @@ from .distances import (
     distances_to_ref,
     readonly_view,
 )
-from .pq import check_codebooks, pq_decode_ref
+from .distances import _dot, _l2sq
+from .pq import check_codebooks, pq_decode_ref, transpose_codebooks
 from .topk import heap_offer, heap_sort, topk_rows
 
 __all__ = [
@@ -85,23 +86,6 @@ def _csr_kernel(lists, nlist):
     return order, offsets
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def _dot(x, y):
-    s = np.float32(0.0)
-    for t in range(x.shape[0]):
-        s += x[t] * y[t]
-    return s
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _l2sq(x, y):
-    s = np.float32(0.0)
-    for t in range(x.shape[0]):
-        u = x[t] - y[t]
-        s += u * u
-    return s
-
-
 @njit(cache=True, nogil=True)
 def _probe_kernel(q, centroids, nprobe, metric):
     hd = np.empty(nprobe, np.float32)
@@ -122,16 +106,7 @@ def _probe_kernel(q, centroids, nprobe, metric):
     return hi[:size].copy()
 
 
-@njit(cache=True, nogil=True)
-def _transpose_codebooks(codebooks):
-    """(m, dsub, ksub) copy of the codebooks: table loops run over codewords innermost."""
-    m, ksub, dsub = codebooks.shape
-    cbT = np.empty((m, dsub, ksub), np.float32)
-    for j in range(m):
-        for t in range(ksub):
-            for u in range(dsub):
-                cbT[j, u, t] = codebooks[j, t, u]
-    return cbT
+_transpose_codebooks = transpose_codebooks
 
 
 @njit(cache=True, nogil=True, fastmath=True)

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInput
-from .distances import IP, check_float32, check_metric_code, readonly_view
+from .distances import IP, _l2sq, check_float32, check_metric_code, readonly_view
 
 __all__ = [
     "kmeans",
@@ -47,23 +47,6 @@ SPLIT_EPS = 1.0 / 1024.0
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _l2sq(x, c):
-    s = np.float32(0.0)
-    for t in range(c.shape[0]):
-        u = x[t] - c[t]
-        s += u * u
-    return s
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _dot(x, c):
-    s = np.float32(0.0)
-    for t in range(c.shape[0]):
-        s += x[t] * c[t]
-    return s
 
 
 # --------------------------------------------------------------------------- kernels

@@ -45,15 +45,23 @@ def _sub_l2_scores(x, off, cbT, acc):
             acc[t] += v * v
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _encode_kernel(R, codebooks):
-    n = R.shape[0]
+@njit(cache=True, nogil=True)
+def transpose_codebooks(codebooks):
+    """(m, dsub, ksub) copy of the codebooks: table loops run over codewords innermost."""
     m, ksub, dsub = codebooks.shape
     cbT = np.empty((m, dsub, ksub), np.float32)
     for j in range(m):
         for t in range(ksub):
             for u in range(dsub):
                 cbT[j, u, t] = codebooks[j, t, u]
+    return cbT
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _encode_kernel(R, codebooks):
+    n = R.shape[0]
+    m, ksub, dsub = codebooks.shape
+    cbT = transpose_codebooks(codebooks)
     codes = np.empty((n, m), np.uint8)
     chunk = 256
     nchunks = (n + chunk - 1) // chunk
