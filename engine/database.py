@@ -261,6 +261,12 @@ class Database:
             self.counters["writes"] += 1
         return lsn, result
 
+    def _wait_applied(self):
+        """Wait until every logged write is applied (call with the sequence lock held)."""
+        with self._apply_cond:
+            while self._applied_lsn < self._last_lsn and self._failed is None:
+                self._apply_cond.wait()
+
     def _fail(self, exc: Exception):
         with self._apply_cond:
             self._failed = exc

@@ -155,27 +155,34 @@ class Namespace:
             raise InvalidInput("delete needs ids, where, or both; got neither")
         if ids is not None:
             ids = validate.id_list(ids)
-        if where is not None:
-            node = compile_filter(where)
-            state = db._state(config.vid)
+        node = compile_filter(where) if where is not None else None
+        vid = config.vid
+
+        def resolve_ids():
+            if node is None:
+                return ids
+            state = db._state(vid)
             view = state.view()
             mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
             matched = [state.extids[p] for p in np.flatnonzero(mask)]
             if ids is not None:
-                keep = {(type(i), i) for i in ids}
-                matched = [m for m in matched if (type(m), m) in keep]
-            ids = matched
-        if not ids:
+                keep = set(ids)             # str and int ids are distinct keys
+                matched = [m for m in matched if m in keep]
+            return matched
+
+        if not resolve_ids():               # nothing matches: nothing to log
             return 0
-        vid = config.vid
 
         def build():
             current = db._resolve(self.name, self._version)
             if current.vid != vid:
                 raise InvalidInput(
                     f"namespace {self.name!r} changed version while deleting; retry")
+            # the filter is evaluated again here, under the sequence lock and after every
+            # earlier write is applied, so the delete is exactly "what matched at its LSN"
+            db._wait_applied()
             return {"op": "delete", "ns": self.name, "v": current.version, "vid": vid,
-                    "ids": ids}
+                    "ids": resolve_ids()}
 
         _, deleted = db._commit(build)
         return deleted
