@@ -266,10 +266,8 @@ class Applier:
             keys = schema.row_keys(vid, rowids)
             txn.cursor(db=dbs[b"ids"]).putmulti(
                 list(zip(schema.id_keys(vid, ids), schema.u64_values(rowids))))
-            raw = memoryview(vectors.astype("<f4", copy=False).tobytes())
-            rb = 4 * state.dim
-            txn.cursor(db=dbs[b"vectors"]).putmulti(
-                list(zip(keys, [raw[i:i + rb] for i in range(0, rb * m, rb)])))
+            raw = np.ascontiguousarray(vectors, dtype="<f4")
+            txn.cursor(db=dbs[b"vectors"]).putmulti(list(zip(keys, schema.rows_as_bytes(raw))))
             if with_record:
                 txn.cursor(db=dbs[b"records"]).putmulti(
                     [(keys[i], pack([ids[i], metas[i], docs[i]])) for i in with_record])

@@ -135,9 +135,9 @@ class Namespace:
                     f"namespace {self.name!r} changed version while writing; retry the write")
             op = {"op": "upsert", "ns": self.name, "v": current.version, "vid": vid,
                   "ids": ids, "vec": X.astype("<f4", copy=False).tobytes()}
-            if any(m is not None for m in metas):
+            if metas.count(None) != len(metas):
                 op["meta"] = metas
-            if any(d is not None for d in docs):
+            if docs.count(None) != len(docs):
                 op["docs"] = docs
             return op
 

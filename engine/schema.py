@@ -97,20 +97,33 @@ _ROWKEY = np.dtype([("vid", ">u4"), ("rowid", ">u8")])
 
 
 def row_keys(vid: int, rowids) -> list:
-    """Keys of consecutive rows, built in one numpy pass (memoryview slices, no copies)."""
+    """Keys of many rows as bytes, built in numpy (a void-dtype ``tolist`` makes the bytes
+    objects in C and, unlike the "S" dtype, keeps trailing zero bytes)."""
     arr = np.empty(len(rowids), _ROWKEY)
     arr["vid"] = vid
     arr["rowid"] = rowids
-    mv = memoryview(arr.tobytes())
-    return [mv[i:i + 12] for i in range(0, 12 * len(arr), 12)]
+    return arr.view("V12").tolist()
 
 
 def u64_values(values) -> list:
-    mv = memoryview(np.asarray(values, dtype=">u8").tobytes())
-    return [mv[i:i + 8] for i in range(0, 8 * len(values), 8)]
+    return np.asarray(values, dtype=">u8").view("V8").tolist()
+
+
+def rows_as_bytes(matrix: np.ndarray) -> list:
+    """One bytes object per row of a C-contiguous 2-D array."""
+    return matrix.view(np.dtype(("V", matrix.shape[1] * matrix.itemsize))).reshape(-1).tolist()
+
+
+_INTKEY = np.dtype([("vid", ">u4"), ("tag", "S1"), ("id", ">u8")])
 
 
 def id_keys(vid: int, ids: list) -> list:
+    if ids and type(ids[0]) is int and set(map(type, ids)) == {int}:
+        arr = np.empty(len(ids), _INTKEY)
+        arr["vid"] = vid
+        arr["tag"] = b"i"
+        arr["id"] = np.asarray(ids, dtype=np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+        return arr.view("V13").tolist()
     prefix = _U32.pack(vid)
     ps, pi = prefix + b"s", prefix + b"i"
     pack = _U64.pack

@@ -143,13 +143,13 @@ def _fast_ids_ok(raw: list) -> bool:
     int in range); otherwise the slow path checks each id and names the bad one."""
     first = type(raw[0])
     if first is str:
-        if not all(type(v) is str for v in raw):
+        if set(map(type, raw)) != {str}:
             return False
         # a str of at most MAX_ID_BYTES // 4 characters always fits in MAX_ID_BYTES
         return "" not in raw and max(map(len, raw)) <= schema.MAX_ID_BYTES // 4 and all(
             v.isascii() or _utf8_ok(v) for v in raw)
     if first is int:
-        return (all(type(v) is int for v in raw)
+        return (set(map(type, raw)) == {int}
                 and _INT64_MIN <= min(raw) and max(raw) <= _INT64_MAX)
     return False
 
