@@ -22,6 +22,10 @@ from .types import Hit, Record
 #: Below this fraction of matching rows, a filtered flat search gathers the matching rows
 #: and scans only those; above it, it scans everything with the filter as a row mask.
 SUBSET_FRACTION = 0.25
+#: An unfiltered (or mask-filtered) exact single query over at least this many values
+#: (rows x dim) takes its scores from one BLAS product; smaller scans use the fused numba
+#: scan (no temporary array, no BLAS thread wake-up).
+BLAS_SCAN_ELEMENTS = 1 << 20
 #: A filtered IVF query switches to exact search over the matching rows when the probed
 #: lists are expected to hold fewer than this many times k*refine matching rows.
 IVF_FILTER_MARGIN = 2.0
@@ -273,6 +277,8 @@ class Namespace:
                 plan.index = "flat-subset"
                 mask = None
             plan.candidates = matched
+            if node is None and view.live == view.n:
+                mask = None                 # no tombstones, no filter: nothing to skip
             results = self._search(view, Q, code, k, mask, positions)
         t3 = time.perf_counter()
         hits = self._hits(state, view, results, include)
@@ -365,6 +371,8 @@ class Namespace:
         if len(Q) == 1:
             if positions is not None:
                 d, p = flat.search_subset(view.X, view.xnorm2, Q[0], code, k, positions)
+            elif view.X.size >= BLAS_SCAN_ELEMENTS:
+                d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
             else:
                 d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)
             return [(d, p)]
