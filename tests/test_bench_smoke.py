@@ -71,3 +71,13 @@ def test_engine_speed_flat_query_recall_is_exact(result):
 def test_engine_speed_leaves_no_database_directories(result):
     tmp, _ = result
     assert os.listdir(tmp / "dbs") == []
+
+
+def test_ivf_ingest_script_runs_on_a_small_slice(tmp_path):
+    from bench import ivf_ingest
+
+    X = ivf_ingest.load_glove()[:6000]
+    res = ivf_ingest.measure(X, train=3000, batch=500, spec="IVF16,PQ25x8,Refine4",
+                             workdir=str(tmp_path))
+    assert res["reopened_index"] == "IVF16,PQ25x8,Refine4"
+    assert res["simplevector_vectors_per_s"] > 0 and res["reopen_to_first_answer_seconds"] > 0
