@@ -603,6 +603,7 @@ class Database:
         with self._seq_lock:
             if not self.readonly and self._failed is None:
                 try:
+                    self._wait_applied()        # writes already logged finish first
                     self.checkpoint()
                 except Exception:
                     pass
