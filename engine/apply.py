@@ -49,6 +49,7 @@ class Applier:
         self.states: dict[int, VersionState] = {}
         self.next_vid = 1
         self.applied_lsn = 0
+        self._prepared = None
         self._handlers = {
             "create_namespace": self._create,
             "create_version": self._create,
@@ -156,12 +157,19 @@ class Applier:
         return state
 
     # -- applying ----------------------------------------------------------------------------
-    def apply(self, lsn: int, op: dict, *, persist: bool = True):
-        """Apply one record; returns the operation's result (e.g. rows deleted)."""
+    def apply(self, lsn: int, op: dict, *, persist: bool = True, prepared=None):
+        """Apply one record; returns the operation's result (e.g. rows deleted).
+
+        ``prepared``: for a live upsert, (index, stored vectors, future of their encoding)
+        computed while the record was being logged; replay passes nothing."""
         handler = self._handlers.get(op.get("op"))
         if handler is None:
             raise CorruptionError(f"WAL record {lsn} has unknown op {op.get('op')!r}")
-        result = handler(lsn, op, persist)
+        self._prepared = prepared
+        try:
+            result = handler(lsn, op, persist)
+        finally:
+            self._prepared = None
         self.applied_lsn = lsn
         return result
 
@@ -276,7 +284,13 @@ class Applier:
 
         if persist:
             self._write(lsn, txn_fn)
-        state.apply_upsert(ids, vectors, metas, old, rowids)
+        prepared = self._prepared
+        if prepared is not None:
+            index, stored, encoding = prepared
+            state.apply_upsert(ids, vectors, metas, old, rowids, stored=stored,
+                               encoded=(index, encoding))
+        else:
+            state.apply_upsert(ids, vectors, metas, old, rowids)
         return m
 
     def _delete(self, lsn: int, op: dict, persist: bool):

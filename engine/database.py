@@ -18,6 +18,7 @@ and acknowledging anything more in between could reorder history.
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import os
 import threading
@@ -74,6 +75,7 @@ class Database:
         self.auto_index = bool(auto_index)
         self.auto_index_threshold = int(auto_index_threshold)
         self._trainers: list[threading.Thread] = []
+        self._encoder_pool = None
         self._checkpoint_lock = threading.Lock()
         self.query_stats = {"queries": 0, "short": 0, "plans": {}}
         # totals since open, for the ops layer's counters
@@ -206,7 +208,16 @@ class Database:
         return state
 
     # -- the write pipeline -------------------------------------------------------------------
-    def _commit(self, build_op, *, ddl: bool = False):
+    def _encoder(self):
+        """One worker thread that PQ-encodes write batches while their WAL record syncs."""
+        if self._encoder_pool is None:
+            with self._refresh_lock:
+                if self._encoder_pool is None:
+                    self._encoder_pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix="simplevector-encode")
+        return self._encoder_pool
+
+    def _commit(self, build_op, *, ddl: bool = False, prepared=None):
         """Validate (``build_op`` runs under the sequence lock), log, sync, apply in order."""
         self._check_writable()
         self._seq_lock.acquire()
@@ -228,12 +239,12 @@ class Database:
             if not ddl:
                 self._seq_lock.release()
                 held = False
-            return self._finish(lsn, op)
+            return self._finish(lsn, op, prepared)
         finally:
             if held:
                 self._seq_lock.release()
 
-    def _finish(self, lsn: int, op: dict):
+    def _finish(self, lsn: int, op: dict, prepared=None):
         try:
             if self.durability == "sync":
                 self._wal.sync(lsn)
@@ -246,7 +257,7 @@ class Database:
             if self._failed is not None:
                 raise StorageError(f"write {lsn} was logged but not applied: {self._failed}")
             try:
-                result = self._applier.apply(lsn, op)
+                result = self._applier.apply(lsn, op, prepared=prepared)
             except Exception as e:
                 self._failed = e
                 self._apply_cond.notify_all()
@@ -600,6 +611,8 @@ class Database:
         # waited for (training is derived state: the next open trains again if needed)
         for thread in self._trainers:
             thread.join(timeout=0.05)
+        if self._encoder_pool is not None:
+            self._encoder_pool.shutdown(wait=True)
         with self._seq_lock:
             if not self.readonly and self._failed is None:
                 try:

@@ -131,6 +131,15 @@ class Namespace:
         metas = validate.metadata_list(metadata, len(ids))
         docs = validate.document_list(documents, len(ids))
         vid = config.vid
+        # with a trained index, encoding the batch starts now on the encoder thread and
+        # overlaps the WAL append, the fsync and the LMDB write; the apply picks it up (or
+        # encodes again if the index was swapped meanwhile)
+        state = db._state(vid)
+        prepared = None
+        index = state.index
+        if index is not None:
+            stored = state.prepare(X)
+            prepared = (index, stored, db._encoder().submit(index.encode, stored))
 
         def build():
             current = db._resolve(self.name, self._version)
@@ -145,7 +154,7 @@ class Namespace:
                 op["docs"] = docs
             return op
 
-        lsn, _ = db._commit(build)
+        lsn, _ = db._commit(build, prepared=prepared)
         db._maybe_train(vid)
         return lsn
 

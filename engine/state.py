@@ -139,16 +139,19 @@ class VersionState:
         return old, rowids
 
     def apply_upsert(self, ids: list, vectors: np.ndarray, metas: list, old: list,
-                     rowids: list, *, stored: np.ndarray | None = None):
+                     rowids: list, *, stored: np.ndarray | None = None, encoded=None):
+        """``encoded``: (index, future of index.encode(stored)) started before the write was
+        logged; used only if that index is still the live one."""
         with self.mutate_lock:
-            self._apply_upsert(ids, vectors, metas, old, rowids, stored)
+            self._apply_upsert(ids, vectors, metas, old, rowids, stored, encoded)
 
-    def _apply_upsert(self, ids, vectors, metas, old, rowids, stored):
+    def _apply_upsert(self, ids, vectors, metas, old, rowids, stored, encoded=None):
         m = len(ids)
         self.mutations += 1
-        for pos in old:
-            if pos >= 0:
-                self._kill(pos)
+        if old and max(old) >= 0:          # some ids existed: their old rows die
+            for pos in old:
+                if pos >= 0:
+                    self._kill(pos)
         self._reserve(m)
         start = self.n
         if stored is None:
@@ -171,7 +174,10 @@ class VersionState:
             self.live += m
         index = self.index
         if index is not None:
-            lists, codes = index.encode(stored)
+            if encoded is not None and encoded[0] is index:
+                lists, codes = encoded[1].result()
+            else:
+                lists, codes = index.encode(stored)
             index.add(np.arange(start, start + m, dtype=np.int64), lists, codes,
                       alive=self._alive[: self.n])
 
