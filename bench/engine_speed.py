@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from .env import proc_field
+
 K = 10
 #: Every namespace is created with index="flat": from 50k rows the default "auto" starts
 #: training an IVF index in a background thread, which competes for the cores with the
@@ -49,17 +51,6 @@ LMDB_MAP_SLACK = 64 << 20
 
 
 # ----------------------------------------------------------------------------- environment
-def _read_first(path: str, prefix: str):
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(prefix):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def _fs_type(path: str):
     """The file system type of the mount holding ``path`` (fsync cost depends on it)."""
     path = os.path.realpath(path)
@@ -79,10 +70,10 @@ def _fs_type(path: str):
 
 
 def machine_info(bench_dir: str) -> dict:
-    mem = _read_first("/proc/meminfo", "MemTotal")
+    mem = proc_field("/proc/meminfo", "MemTotal")
     mem_bytes = int(mem.split()[0]) * 1024 if mem else None
     return {
-        "cpu_model": _read_first("/proc/cpuinfo", "model name") or platform.processor(),
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor(),
         "cores": os.cpu_count(),
         "mem_total_bytes": mem_bytes,
         "mem_total_gib": round(mem_bytes / 2**30, 1) if mem_bytes else None,

