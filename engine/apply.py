@@ -49,7 +49,6 @@ class Applier:
         self.states: dict[int, VersionState] = {}
         self.next_vid = 1
         self.applied_lsn = 0
-        self._prepared = None
         self._handlers = {
             "create_namespace": self._create,
             "create_version": self._create,
@@ -165,11 +164,10 @@ class Applier:
         handler = self._handlers.get(op.get("op"))
         if handler is None:
             raise CorruptionError(f"WAL record {lsn} has unknown op {op.get('op')!r}")
-        self._prepared = prepared
-        try:
+        if prepared is not None:
+            result = handler(lsn, op, persist, prepared=prepared)
+        else:
             result = handler(lsn, op, persist)
-        finally:
-            self._prepared = None
         self.applied_lsn = lsn
         return result
 
@@ -246,7 +244,7 @@ class Applier:
             self.states.pop(vid, None)
         return len(vids)
 
-    def _upsert(self, lsn: int, op: dict, persist: bool):
+    def _upsert(self, lsn: int, op: dict, persist: bool, prepared=None):
         state = self.states.get(op["vid"])
         if state is None:   # the version was dropped after this record was validated
             if persist:
@@ -284,7 +282,6 @@ class Applier:
 
         if persist:
             self._write(lsn, txn_fn)
-        prepared = self._prepared
         if prepared is not None:
             index, stored, encoding = prepared
             state.apply_upsert(ids, vectors, metas, old, rowids, stored=stored,

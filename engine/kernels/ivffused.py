@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .distances import distance
-from .ivfscan import _adc_one, _flat_one, _probe_kernel
+from .ivfscan import _adc_one, _flat_batch_kernel, _flat_search_kernel, _probe_kernel
 from .topk import heap_offer, heap_sort
 
 
@@ -106,27 +106,9 @@ def pq_search_batch(Q, X, centroids, cbT, probes2d, offsets, codes, pos, dcodes,
 def flat_lists_serial(q, X, centroids, nprobe, probe_metric, offsets, pos, dpos, dorder,
                       doffsets, mask, use_mask, metric, k):
     probes = _probe_kernel(q, centroids, nprobe, probe_metric)
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
-    size = _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask,
-                     metric, hd, hi)
-    heap_sort(hd, hi, size)
-    return hd[:size].copy(), hi[:size].copy()
+    return _flat_search_kernel(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask,
+                               use_mask, metric, k)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def flat_lists_batch(Q, X, probes2d, offsets, pos, dpos, dorder, doffsets, mask, use_mask,
-                     metric, k):
-    nq = Q.shape[0]
-    D = np.full((nq, k), np.inf, np.float32)
-    I = np.full((nq, k), -1, np.int64)
-    for r in prange(nq):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        size = _flat_one(Q[r], X, probes2d[r], offsets, pos, dpos, dorder, doffsets, mask,
-                         use_mask, metric, hd, hi)
-        heap_sort(hd, hi, size)
-        for j in range(size):
-            D[r, j] = hd[j]
-            I[r, j] = hi[j]
-    return D, I
+#: IVF-Flat batches need no fusing: probes come from BLAS, then one parallel scan.
+flat_lists_batch = _flat_batch_kernel
