@@ -60,7 +60,7 @@ def clustered(seed, n, dim, nclusters=20, spread=0.3):
 
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
-@pytest.mark.parametrize("dim", [2, 50])  # direct numba path and BLAS path
+@pytest.mark.parametrize("dim", [2, 13, 50])  # direct numba path (2, 13) and BLAS path
 def test_assign_matches_reference(metric, dim):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((3000, dim), dtype=np.float32)

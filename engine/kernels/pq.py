@@ -15,8 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInput
-from .distances import check_float32, readonly_view
-from .kmeans import argmin_first, kmeans
+from .distances import L2, check_float32, readonly_view
+from .kmeans import DIRECT_BLOCK_ROWS, kmeans, nearest_direct_block
 
 __all__ = [
     "pq_train",
@@ -28,21 +28,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- kernels
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _sub_l2_scores(x, off, cbT, acc):
-    """acc[t] = ||x[off:off+dsub] - codeword t||^2 with cbT = one codebook transposed
-    (dsub, ksub): the codeword loop is innermost so it vectorises."""
-    dsub, ksub = cbT.shape
-    for t in range(ksub):
-        acc[t] = 0.0
-    for u in range(dsub):
-        xu = x[off + u]
-        cu = cbT[u]
-        for t in range(ksub):
-            v = xu - cu[t]
-            acc[t] += v * v
 
 
 @njit(cache=True, nogil=True)
@@ -59,19 +44,25 @@ def transpose_codebooks(codebooks):
 
 @njit(cache=True, nogil=True, parallel=True)
 def _encode_kernel(R, codebooks):
+    """Blocks of rows in parallel; per block and sub-space, the nearest codeword of every
+    row by :func:`..kmeans.nearest_direct_block` (rows innermost, so it vectorises)."""
     n = R.shape[0]
     m, ksub, dsub = codebooks.shape
     cbT = transpose_codebooks(codebooks)
     codes = np.empty((n, m), np.uint8)
-    chunk = 256
-    nchunks = (n + chunk - 1) // chunk
-    for c in prange(nchunks):
-        acc = np.empty(ksub, np.float32)
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            x = R[i]
-            for j in range(m):
-                _sub_l2_scores(x, j * dsub, cbT[j], acc)
-                codes[i, j] = argmin_first(acc)[0]
+    B = DIRECT_BLOCK_ROWS
+    nblocks = (n + B - 1) // B
+    for b in prange(nblocks):
+        xs = np.empty((dsub, B), np.float32)
+        acc = np.empty(B, np.float32)
+        best = np.empty(B, np.float32)
+        arg = np.empty(B, np.int32)
+        s = b * B
+        e = min(n, s + B)
+        for j in range(m):
+            nearest_direct_block(R, s, e, j * dsub, cbT[j], L2, xs, acc, best, arg)
+            for i in range(e - s):
+                codes[s + i, j] = arg[i]
     return codes
 
 
