@@ -1,6 +1,7 @@
 """Durable ingest into a trained IVF-PQ namespace, and reopen time, against FAISS's add.
 
     python -m bench.ivf_ingest [--train 100000] [--batch 1000] [--spec IVF1024,PQ25x8,Refine4]
+                               [--no-build-all]
 
 GloVe 6B 50-d (cosine): a namespace is filled with the first ``--train`` words and its
 index trained; the remaining words are then upserted in batches of ``--batch`` with
@@ -8,6 +9,11 @@ index trained; the remaining words are then upserted in batches of ``--batch`` w
 In the same run, FAISS ``IndexIVFPQ`` trained on the same rows ``add``s the same remaining
 words in the same batches (in memory, nothing durable): the baseline. Last, the database is
 closed (checkpoint) and reopened, and the time to the first answer is measured.
+
+Training on every row (``--build-all``, on by default): a second namespace holding all the
+words builds the same spec with ``build_index()``; FAISS, in the same run, trains the same
+index on all the rows and adds them, once as ``index_factory`` makes it (with polysemous
+training) and once without polysemous training.
 """
 
 from __future__ import annotations
@@ -83,6 +89,43 @@ def measure(X: np.ndarray, train: int, batch: int, spec: str, workdir: str | Non
     return out
 
 
+def measure_build_all(X: np.ndarray, spec: str, workdir: str | None) -> dict:
+    import simplevector as sv
+    from simplevector.engine.indexspec import IndexSpec
+
+    parsed = IndexSpec.parse(spec)
+    out = {"build_all_rows": len(X)}
+    d = tempfile.mkdtemp(prefix="sv-ivf-build-", dir=workdir)
+    try:
+        db = sv.open(d, durability="async", checkpoint_interval=0, auto_index=False)
+        ns = db.create_namespace("g", dim=X.shape[1], metric="cosine", index=spec)
+        for s in range(0, len(X), 10_000):
+            ns.upsert(list(range(s, min(s + 10_000, len(X)))), X[s:s + 10_000])
+        t = time.perf_counter()
+        ns.build_index()
+        out["simplevector_build_index_all_seconds"] = time.perf_counter() - t
+        db.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        import faiss
+    except ImportError:
+        return out
+    Xn = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    factory = f"IVF{parsed.nlist},PQ{parsed.pq_m}"
+    for label, polysemous in (("faiss_train_add_polysemous_seconds", True),
+                              ("faiss_train_add_seconds", False)):
+        index = faiss.index_factory(X.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = polysemous
+        t = time.perf_counter()
+        index.train(Xn)
+        index.add(Xn)
+        out[label] = time.perf_counter() - t
+    out["ratio_build_all_over_faiss"] = (out["simplevector_build_index_all_seconds"]
+                                         / out["faiss_train_add_seconds"])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ivf_ingest", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,11 +135,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="use the first n GloVe words")
     ap.add_argument("--dir", default=None, help="parent of the temporary database")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--no-build-all", dest="build_all", action="store_false",
+                    help="skip training on every row (against FAISS train + add)")
     args = ap.parse_args(argv)
     X = load_glove()
     if args.n:
         X = X[: args.n]
     res = measure(X, args.train, args.batch, args.spec, args.dir)
+    if args.build_all:
+        res.update(measure_build_all(X, args.spec, args.dir))
     for key, value in res.items():
         print(f"{key:36s} {value:,.3f}" if isinstance(value, float) else f"{key:36s} {value}")
     if args.out:

@@ -83,6 +83,72 @@ def test_assign_matches_reference(metric, dim):
         np.testing.assert_allclose(alt, ref_dist[diff], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("metric", [L2, IP])
+def test_threaded_assign_matches_reference_and_serial(metric, monkeypatch):
+    """From THREADED_ASSIGN_ROWS rows the blocks run on worker threads with one BLAS
+    thread each; labels must match the reference and the one-thread result."""
+    import numba
+
+    from simplevector.engine.kernels import kmeans as km
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((km.THREADED_ASSIGN_ROWS * 2 + 37, 50), dtype=np.float32)
+    C = rng.standard_normal((300, 50), dtype=np.float32)
+    monkeypatch.setattr(km, "ASSIGN_BLOCK_ELEMENTS", 300 * 1000)  # several blocks
+    threaded = assign(X, C, metric)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        serial = assign(X, C, metric)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(threaded[0], serial[0])
+    np.testing.assert_array_equal(threaded[1], serial[1])
+    ref_labels, ref_dist = assign_ref(X, C, metric)
+    assert (threaded[0] != ref_labels).mean() < 0.001
+    np.testing.assert_allclose(threaded[1], ref_dist, rtol=1e-4, atol=1e-3)
+
+
+def test_one_blas_thread_is_shared_by_nested_and_concurrent_users():
+    """The BLAS limit is process-wide: it holds while any user is inside and the original
+    count comes back only when the last one leaves, in whatever order they leave."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from simplevector.engine.kernels.threads import _blas_controller, one_blas_thread
+
+    # an OpenMP-threaded BLAS (faiss-cpu bundles one) keeps its count per thread; numpy's
+    # pthreads OpenBLAS has one process-wide pool, the one the limit is for
+    controlled = {lib.filepath for lib in _blas_controller().lib_controllers
+                  if lib.user_api == "blas" and lib.threading_layer != "openmp"}
+
+    def blas_threads():
+        return sorted({p["num_threads"] for p in threadpool_info()
+                       if p["user_api"] == "blas" and p["filepath"] in controlled})
+
+    before = blas_threads()
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def other():
+        with one_blas_thread():
+            inside.set()
+            release.wait(10)
+        done.set()
+
+    with one_blas_thread():
+        t = threading.Thread(target=other)
+        t.start()
+        assert inside.wait(10)
+        assert blas_threads() in ([1], [])
+    # the first user left while the other is still inside: still one thread
+    assert blas_threads() in ([1], [])
+    release.set()
+    t.join(10)
+    assert done.is_set()
+    assert blas_threads() == before
+
+
 def test_assign_in_small_blocks_equals_one_block(monkeypatch):
     from simplevector.engine.kernels import kmeans as km
 

@@ -22,11 +22,13 @@ distance for l2/cosine and ``-ip`` for ip. The whole run is deterministic for a 
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInput
 from .distances import IP, _l2sq, check_float32, check_metric_code, readonly_view
+from .threads import one_blas_thread, worker_pool
 
 __all__ = [
     "kmeans",
@@ -43,6 +45,9 @@ SEED_POINTS_PER_CENTROID = 32
 BLAS_MIN_DIM = 24
 # assign(): bound on one block of BLAS distances (16 MiB of float32).
 ASSIGN_BLOCK_ELEMENTS = 1 << 22
+# assign(): from this many rows (and more than one numba thread), blocks of rows run on
+# several Python threads with one BLAS thread each (see kernels/threads.py).
+THREADED_ASSIGN_ROWS = 4096
 # Relative perturbation used when splitting a cluster to refill an empty one (FAISS: 1/1024).
 SPLIT_EPS = 1.0 / 1024.0
 
@@ -53,7 +58,7 @@ SPLIT_EPS = 1.0 / 1024.0
 # --------------------------------------------------------------------------- kernels
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _kmeanspp_kernel(X, first, u):
     """k-means++ seeding: centroid 0 is X[first], then each next one is drawn with
     probability proportional to the squared distance to the nearest chosen centroid, using
@@ -85,7 +90,7 @@ def _kmeanspp_kernel(X, first, u):
             if pick < 0:  # rounding at the top end of the cumulative sum
                 pick = last
         C[c] = X[pick]
-        for i in range(n):
+        for i in prange(n):  # each row on its own: the same result on any thread count
             dd = _l2sq(X[i], C[c])
             if dd < mind[i]:
                 mind[i] = dd
@@ -188,13 +193,14 @@ def _assign_direct(X, CT, metric, labels, dist):
             dist[s + i] = best[i]
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _argmin_block(G, cn2, xn2, metric, labels, dist):
     """Best centroid per row of the inner-product block G (rows, k), overwritten with the
     scores: l2 uses ||c||^2 - 2 x.c (dist adds ||x||^2, clamped at 0); ip uses -x.c.
-    Scores, then their minimum, then its first index: three loops that vectorise."""
+    Scores, then their minimum, then its first index: three loops that vectorise. Serial:
+    the caller runs blocks on several threads (see :func:`_assign_unchecked`)."""
     nb, k = G.shape
-    for r in prange(nb):
+    for r in range(nb):
         g = G[r]
         if metric == IP:
             for j in range(k):
@@ -291,13 +297,26 @@ def _assign_unchecked(X, C, metric):
         return labels, dist
     cn2 = np.einsum("ij,ij->i", C, C).astype(np.float32, copy=False)
     CT = C.T
+    threads = numba.get_num_threads()
     block = max(1, min(n, ASSIGN_BLOCK_ELEMENTS // k))
-    for s in range(0, n, block):
+    if threads > 1 and n >= THREADED_ASSIGN_ROWS:
+        block = min(block, -(-n // threads))
+
+    def run(s):
         e = min(n, s + block)
         Xb = X[s:e]
         G = Xb @ CT
         xn2 = np.einsum("ij,ij->i", Xb, Xb).astype(np.float32, copy=False)
         _argmin_block(G, cn2, xn2, metric, labels[s:e], dist[s:e])
+
+    starts = range(0, n, block)
+    if threads > 1 and len(starts) > 1:
+        with one_blas_thread():
+            for _ in worker_pool().map(run, starts):
+                pass
+    else:
+        for s in starts:
+            run(s)
     return labels, dist
 
 
