@@ -50,13 +50,39 @@ def _common(f):
     return f
 
 
-def _go(datasets, systems, *, name, n=None, queries=None, k, single_queries, batch_repeats,
-        out_dir, workdir, cache_dir, timeout, in_process, target_recall, no_report):
+# adapters that take the IVF parameters, and their own names for them
+_IVF_KEYS = {
+    "simplevector-ivfpq": ("nlist", "pq_m"),
+    "faiss-ivfpq": ("nlist", "pq_m"),
+    "faiss-ivfflat": ("nlist", None),
+    "lancedb-ivfpq": ("num_partitions", "num_sub_vectors"),
+}
+
+
+def _ivf_configs(names, nlist, pq_m) -> dict:
+    configs = {}
+    for name in names:
+        keys = _IVF_KEYS.get(name)
+        if keys is None:
+            continue
+        config = {}
+        if nlist is not None:
+            config[keys[0]] = nlist
+        if pq_m is not None and keys[1] is not None:
+            config[keys[1]] = pq_m
+        if config:
+            configs[name] = config
+    return configs
+
+
+def _go(datasets, systems, *, name, n=None, queries=None, configs=None, k, single_queries,
+        batch_repeats, out_dir, workdir, cache_dir, timeout, in_process, target_recall,
+        no_report):
     from . import report, runner
     path = runner.run(datasets, systems, name=name, n=n, queries=queries, k=k,
                       single_queries=single_queries, batch_repeats=batch_repeats,
                       out_dir=out_dir, workdir=workdir, cache_dir=cache_dir, timeout=timeout,
-                      isolate=not in_process, target_recall=target_recall,
+                      isolate=not in_process, target_recall=target_recall, configs=configs,
                       argv=["python", "-m", "bench", *sys.argv[1:]])
     click.echo(f"results: {path}", err=True)
     if not no_report:
@@ -111,8 +137,12 @@ def full(n, **opts):
 @click.option("--n", type=click.IntRange(1), default=None, help="Cut the base to n rows.")
 @click.option("--queries", type=click.IntRange(1), default=None,
               help="Number of queries (held out / generated).")
+@click.option("--nlist", type=click.IntRange(1), default=None,
+              help="Inverted lists for every IVF system (default: the harness's rule).")
+@click.option("--pq-m", type=click.IntRange(1), default=None,
+              help="PQ sub-vectors for every IVF-PQ system; must divide the dim.")
 @_common
-def run(dataset_specs, systems, n, queries, **opts):
+def run(dataset_specs, systems, n, queries, nlist, pq_m, **opts):
     """Run chosen systems on chosen datasets."""
     from .systems import REGISTRY
     names = _systems(systems)
@@ -122,7 +152,8 @@ def run(dataset_specs, systems, n, queries, **opts):
                                  f"{', '.join(REGISTRY)}", param_hint="--systems")
     opts["name"] = opts["name"] or "run"
     try:
-        _go(list(dataset_specs), names, n=n, queries=queries, **opts)
+        _go(list(dataset_specs), names, n=n, queries=queries,
+            configs=_ivf_configs(names, nlist, pq_m), **opts)
     except ValueError as e:
         raise click.ClickException(str(e))
 

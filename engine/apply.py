@@ -88,15 +88,16 @@ class Applier:
         Leaves ``applied_lsn`` at the snapshot's LSN: the caller replays the WAL after it.
         """
         dbs = self.store.dbs
-        with self.store.read() as txn:
+        with self.store.read(buffers=True) as txn:
             raw = txn.get(schema.META_SNAPSHOT, db=dbs[b"meta"])
             if raw is None:
                 return False
-            snap = unpack(raw)
+            snap = unpack(bytes(raw))
             configs = [VersionConfig.from_msg(c) for c in snap["configs"]]
             states = {}
             for config in configs:
-                named = segments.read(txn, dbs, config.vid)
+                # arrays are views of the map: restore copies what it keeps, in this txn
+                named = segments.read(txn, dbs, config.vid, copy=False)
                 if "state.meta" not in named:
                     return False
                 states[config.vid] = VersionState.restore(config, segments.unflatten(named))

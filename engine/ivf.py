@@ -310,8 +310,12 @@ class IVFIndex:
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict) -> "IVFIndex":
+        """The index saved by :meth:`to_arrays`. The arrays may be views of storage that
+        goes away: nothing here keeps a reference to them."""
+        codebooks = arrays.get("codebooks")
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
-                    arrays["centroids"], arrays.get("codebooks"),
+                    np.array(arrays["centroids"], np.float32),
+                    None if codebooks is None else np.array(codebooks, np.float32),
                     train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],
                     train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)

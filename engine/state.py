@@ -235,7 +235,10 @@ class VersionState:
 
     @classmethod
     def restore(cls, config: VersionConfig, seg: dict) -> "VersionState":
-        """Rebuild from checkpoint segments (positions, tombstones and lists as they were)."""
+        """Rebuild from checkpoint segments (positions, tombstones and lists as they were).
+
+        The segment arrays may be views of the LMDB map (see segments.read): everything kept
+        is copied into this state's own buffers."""
         meta = seg["meta"]
         state = cls(config, meta["next_rowid"])
         n = meta["n"]

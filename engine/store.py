@@ -141,16 +141,17 @@ class Store:
             raise ClosedError(f"the LMDB store at {self.path} is closed")
 
     @contextlib.contextmanager
-    def read(self):
-        """A read-only transaction (MVCC snapshot); never blocks writers."""
+    def read(self, buffers: bool = False):
+        """A read-only transaction (MVCC snapshot); never blocks writers. ``buffers=True``
+        returns values as memoryviews of the map (no copy), valid only inside the txn."""
         self._check_open()
         with self._rw.shared():
             try:
-                txn = self.env.begin(buffers=False)
+                txn = self.env.begin(buffers=buffers)
             except lmdb.MapResizedError:
                 # another process grew the map: adopt its size and retry
                 self.env.set_mapsize(0)
-                txn = self.env.begin(buffers=False)
+                txn = self.env.begin(buffers=buffers)
             except lmdb.Error as e:
                 raise _storage_error("read", self.path, e) from e
             try:

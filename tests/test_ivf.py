@@ -601,6 +601,33 @@ def test_checkpoint_and_reopen_keeps_the_trained_index_without_retraining(tmp_pa
                                    [[h.distance for h in hs] for hs in hits_before], rtol=1e-6)
 
 
+def test_reopened_state_owns_its_arrays_after_segments_are_rewritten(tmp_path):
+    """Reopen reads checkpoint segments as views of the LMDB map and copies what it keeps:
+    rewriting the segments (their pages freed and reused by new writes) must not change the
+    reopened rows, centroids or lists."""
+    rng = np.random.default_rng(23)
+    X, _, centres = clustered(rng, 5000, 16)
+    Q = near(rng, centres, rng.integers(0, 50, 20), 16)
+    db, ns = trained(tmp_path, X, metric="l2", spec="IVF32,PQ8x8,Refine4")
+    hits_before = ns.query(Q, k=10, nprobe=4, include=())
+    db.close()
+    with open_db(tmp_path / "db") as db2:
+        ns2 = db2.namespace("v")
+        centroids = ns2._db._state(ns2._config().vid).index.centroids.copy()
+        for round_ in range(3):       # rewrite the segments and refill the freed pages
+            extra = rng.standard_normal((2000, 16)).astype(np.float32) * 50 + 1000
+            ns2.upsert(ids_for(2000, f"x{round_}-"), extra)
+            ns2.delete(ids_for(2000, f"x{round_}-"))
+            db2.checkpoint()
+        state = ns2._db._state(ns2._config().vid)
+        np.testing.assert_array_equal(state.index.centroids, centroids)
+        got = ns2.get(ids_for(5000), include=("vectors",))
+        np.testing.assert_array_equal(np.stack([r.vector for r in got]), X)
+        hits_after = ns2.query(Q, k=10, nprobe=4, include=())
+        assert [[h.id for h in hs] for hs in hits_after] == \
+            [[h.id for h in hs] for hs in hits_before]
+
+
 def test_close_checkpoints_so_reopen_replays_no_wal_records(tmp_path):
     rng = np.random.default_rng(20)
     X, _, _ = clustered(rng, 3000, 16)
