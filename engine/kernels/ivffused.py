@@ -57,9 +57,20 @@ def _merge(HD, HI, sizes, kk):
 
 
 @njit(cache=True, nogil=True)
-def pq_search_serial(q, X, centroids, cbT, nprobe, probe_metric, offsets, codes, pos,
-                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
+def probe_and_count(q, centroids, nprobe, probe_metric, offsets, doffsets):
+    """(the nprobe lists to scan for q, how many codes they hold, sealed and delta): the
+    caller picks the serial or the parallel scan from the real count, not the average."""
     probes = _probe_kernel(q, centroids, nprobe, probe_metric)
+    count = 0
+    for p in range(probes.shape[0]):
+        l = probes[p]
+        count += offsets[l + 1] - offsets[l] + doffsets[l + 1] - doffsets[l]
+    return probes, count
+
+
+@njit(cache=True, nogil=True)
+def pq_search_serial(q, X, centroids, cbT, probes, offsets, codes, pos,
+                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
     size = _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorder,
@@ -68,10 +79,9 @@ def pq_search_serial(q, X, centroids, cbT, nprobe, probe_metric, offsets, codes,
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pq_search_parallel(q, X, centroids, cbT, nprobe, probe_metric, offsets, codes, pos,
+def pq_search_parallel(q, X, centroids, cbT, probes, offsets, codes, pos,
                        dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk,
                        k, nchunks):
-    probes = _probe_kernel(q, centroids, nprobe, probe_metric)
     HD = np.empty((nchunks, kk), np.float32)
     HI = np.empty((nchunks, kk), np.int64)
     sizes = np.zeros(nchunks, np.int64)
