@@ -55,6 +55,7 @@ class _Lists:
     offsets: np.ndarray   # int64 (nlist + 1)
     codes: np.ndarray     # uint8 (N, m) or (N, 0) for IVF-Flat
     pos: np.ndarray       # int64 (N,)
+    end: int = 0          # 1 + the largest position held (0 when empty)
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,24 @@ class _Delta:
     n: int
     order: np.ndarray     # the first n delta rows bucketed by list (counting sort) ...
     offsets: np.ndarray   # ... list l's rows are order[offsets[l]:offsets[l+1]]
+    end: int = 0          # 1 + the largest position held (0 when empty)
+
+
+def _end(pos) -> int:
+    return int(pos.max()) + 1 if len(pos) else 0
 
 
 def _delta(codes, pos, lists, n, nlist) -> _Delta:
     order, offsets = ivfscan.build_csr(lists[:n].astype(np.int64), nlist)
-    return _Delta(codes, pos, lists, n, order, offsets)
+    return _Delta(codes, pos, lists, n, order, offsets, _end(pos[:n]))
+
+
+def _scan_mask(mask, all_alive: bool, sealed: _Lists, d: _Delta) -> bool:
+    """Whether the scan must consult ``mask`` (the view's alive rows, or a filter): not
+    when every row of the view is allowed and the lists hold no row past the view (rows
+    written after the query took its view). Skipping the per-row lookup saves ~10% of a
+    scan (1M x 128, nprobe 8)."""
+    return not (all_alive and sealed.end <= len(mask) and d.end <= len(mask))
 
 
 class IVFIndex:
@@ -188,7 +202,8 @@ class IVFIndex:
         """Replace the sealed lists with these rows (used after training and on reopen)."""
         order, offsets = ivfscan.build_csr(lists.astype(np.int64), self.nlist)
         sealed = _Lists(offsets, np.ascontiguousarray(codes[order]),
-                        np.ascontiguousarray(positions[order].astype(np.int64)))
+                        np.ascontiguousarray(positions[order].astype(np.int64)),
+                        _end(positions))
         with self._lock:
             self._lists = sealed
             self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
@@ -242,7 +257,7 @@ class IVFIndex:
         return sizes
 
     # -- search --------------------------------------------------------------------------------
-    def search(self, X, q, k: int, nprobe: int, refine: int, mask):
+    def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False):
         """Top-k (distance, position) for one query, exact distances for what is returned.
 
         Probe, ADC scan of the probed lists (rows not allowed by ``mask`` are skipped inside
@@ -251,6 +266,7 @@ class IVFIndex:
         """
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
+        use_mask = _scan_mask(mask, all_alive, sealed, d)
         if self.m:
             kk = max(k * refine, k)
             probes, count = ivffused.probe_and_count(q, self.centroids, nprobe,
@@ -259,23 +275,25 @@ class IVFIndex:
             if threads > 1:
                 dist, pos = ivffused.pq_search_parallel(
                     q, X, self.centroids, self._cbT, probes, sealed.offsets,
-                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, True,
+                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
                     self.list_metric, self.metric, kk, k, threads)
             else:
                 dist, pos = ivffused.pq_search_serial(
                     q, X, self.centroids, self._cbT, probes, sealed.offsets,
-                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, True,
+                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
                     self.list_metric, self.metric, kk, k)
             return dist, pos, kk
         dist, pos = ivffused.flat_lists_serial(
             q, X, self.centroids, nprobe, self.list_metric, sealed.offsets, sealed.pos, d.pos,
-            d.order, d.offsets, mask, True, self.metric, k)
+            d.order, d.offsets, mask, use_mask, self.metric, k)
         return dist, pos, k
 
-    def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask):
+    def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
+                     all_alive: bool = False):
         """:meth:`search` for every row of Q, queries in parallel; a list of (dist, pos)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
+        use_mask = _scan_mask(mask, all_alive, sealed, d)
         # the probe product is small: on one BLAS thread it does not wait for numba's pool
         # (GloVe, 1,000 queries, nprobe 8: probe + scan 77 ms with OpenBLAS's 2 threads,
         # 42 ms with one)
@@ -285,11 +303,11 @@ class IVFIndex:
             kk = max(k * refine, k)
             D, I = ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, probes, sealed.offsets, sealed.codes,
-                sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, True, self.list_metric,
+                sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric,
                 self.metric, kk, k)
         else:
             D, I = ivffused.flat_lists_batch(
-                Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, True,
+                Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
                 self.metric, k)
         out = []
         for i in range(len(Q)):

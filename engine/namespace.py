@@ -312,11 +312,12 @@ class Namespace:
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
         plan.index = "ivf"
         plan.candidates = kk
+        all_alive = plan.matched is None and view.live == view.n
         if len(Q) == 1:
-            d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask)
+            d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask, all_alive)
             results = [(d, p)]
         else:
-            results = index.search_batch(view.X, Q, k, nprobe, refine, mask)
+            results = index.search_batch(view.X, Q, k, nprobe, refine, mask, all_alive)
         want = min(k, matched)
         short = [i for i, (d, _) in enumerate(results) if len(d) < want]
         if short:

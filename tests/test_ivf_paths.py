@@ -49,3 +49,35 @@ def test_batch_query_returns_the_single_query_results(tmp_path, spec):
             assert [h.id for h in hits] == [h.id for h in one]
             np.testing.assert_allclose([h.distance for h in hits], [h.distance for h in one],
                                        rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat"])
+def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(tmp_path, monkeypatch,
+                                                                       spec):
+    """With no tombstones, no filter and no row past the query's view, the scan skips the
+    per-row mask lookup; it must return what the masked scan returns, and a single delete
+    (or a row written after the view) must bring the mask back."""
+    db, ns, Q = _namespace(tmp_path, "l2", spec)
+    with db:
+        seen = []
+        real = ivf._scan_mask
+        monkeypatch.setattr(ivf, "_scan_mask",
+                            lambda *a: seen.append(real(*a)) or seen[-1])
+        fast = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
+        fast_batch = ns.query(Q, k=10, nprobe=6, include=())
+        assert seen and not any(seen)                      # no tombstones: mask skipped
+        monkeypatch.setattr(ivf, "_scan_mask", lambda *a: True)
+        masked = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
+        for a, b, c in zip(fast, masked, fast_batch):
+            assert [h.id for h in a] == [h.id for h in b] == [h.id for h in c]
+        monkeypatch.setattr(ivf, "_scan_mask", lambda *a: seen.append(real(*a)) or seen[-1])
+        victim = fast[0][0].id
+        ns.delete([victim])
+        seen.clear()
+        after = ns.query(Q[0], k=10, nprobe=6, include=())
+        assert seen == [True] and victim not in [h.id for h in after]
+        # lists holding a row past the view: the bound comes back even with all rows alive
+        state = db._state(ns._config().vid)
+        view = state.view()
+        sealed, d = state.index.snapshot()
+        assert real(view.alive[:-1], True, sealed, d)
