@@ -260,8 +260,9 @@ class IVFIndex:
     def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False):
         """Top-k (distance, position) for one query, exact distances for what is returned.
 
-        Probe, ADC scan of the probed lists (rows not allowed by ``mask`` are skipped inside
-        the scan) and exact re-ranking of the best ``k * refine`` run in one compiled call.
+        Probe (one compiled call), then the ADC scan of the probed lists (rows not allowed
+        by ``mask`` are skipped inside the scan; ``all_alive`` lets it skip the lookup, see
+        :func:`_scan_mask`) and exact re-ranking of the best ``k * refine`` (a second one).
         Returns (dist, pos, candidates).
         """
         nprobe = min(nprobe, self.nlist)
