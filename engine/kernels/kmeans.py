@@ -173,6 +173,14 @@ def argmin_first(acc):
     return 0, best
 
 
+@njit(cache=True, nogil=True)
+def direct_scratch(d):
+    """(xs, acc, best, arg): the scratch of :func:`nearest_direct_block` for d dims."""
+    B = DIRECT_BLOCK_ROWS
+    return (np.empty((d, B), np.float32), np.empty(B, np.float32), np.empty(B, np.float32),
+            np.empty(B, np.int32))
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _assign_direct(X, CT, metric, labels, dist):
     """Nearest centroid of every row, distances computed directly (small dims); blocks of
@@ -181,10 +189,7 @@ def _assign_direct(X, CT, metric, labels, dist):
     B = DIRECT_BLOCK_ROWS
     nblocks = (n + B - 1) // B
     for b in prange(nblocks):
-        xs = np.empty((d, B), np.float32)
-        acc = np.empty(B, np.float32)
-        best = np.empty(B, np.float32)
-        arg = np.empty(B, np.int32)
+        xs, acc, best, arg = direct_scratch(d)
         s = b * B
         e = min(n, s + B)
         nearest_direct_block(X, s, e, 0, CT, metric, xs, acc, best, arg)

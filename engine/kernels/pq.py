@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ..errors import InvalidInput
 from .distances import L2, check_float32, readonly_view
-from .kmeans import DIRECT_BLOCK_ROWS, kmeans, nearest_direct_block
+from .kmeans import DIRECT_BLOCK_ROWS, direct_scratch, kmeans, nearest_direct_block
 
 __all__ = [
     "pq_train",
@@ -53,10 +53,7 @@ def _encode_kernel(R, codebooks):
     B = DIRECT_BLOCK_ROWS
     nblocks = (n + B - 1) // B
     for b in prange(nblocks):
-        xs = np.empty((dsub, B), np.float32)
-        acc = np.empty(B, np.float32)
-        best = np.empty(B, np.float32)
-        arg = np.empty(B, np.int32)
+        xs, acc, best, arg = direct_scratch(dsub)
         s = b * B
         e = min(n, s + B)
         for j in range(m):
