@@ -274,20 +274,21 @@ class Namespace:
             plan.selectivity = plan.matched / view.live if view.live else 0.0
         t2 = time.perf_counter()
         matched = view.live if plan.matched is None else plan.matched
+        all_alive = node is None and view.live == view.n   # no tombstones, no filter
         index = None if exact else state.index
         if matched == 0:
             results = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(Q))]
         elif index is not None:
             results = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
-                                       refine, plan)
+                                       refine, plan, all_alive)
         else:
             if node is not None and matched < SUBSET_FRACTION * view.n:
                 positions = np.flatnonzero(mask)
                 plan.index = "flat-subset"
                 mask = None
             plan.candidates = matched
-            if node is None and view.live == view.n:
-                mask = None                 # no tombstones, no filter: nothing to skip
+            if all_alive:
+                mask = None                 # nothing to skip
             results = self._search(view, Q, code, k, mask, positions)
         t3 = time.perf_counter()
         hits = self._hits(state, view, results, include)
@@ -299,7 +300,8 @@ class Namespace:
         out = hits[0] if single else hits
         return (out, plan) if explain else out
 
-    def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan):
+    def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
+                    all_alive):
         spec = index.spec
         nprobe = min(nprobe or spec.default_nprobe(), index.nlist)
         refine = refine or spec.refine
@@ -312,7 +314,6 @@ class Namespace:
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
         plan.index = "ivf"
         plan.candidates = kk
-        all_alive = plan.matched is None and view.live == view.n
         if len(Q) == 1:
             d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask, all_alive)
             results = [(d, p)]
