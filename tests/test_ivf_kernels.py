@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _numeric import assert_labels_tie_aware
+from _numeric import assert_same_topk as assert_answers_agree
 
 from simplevector.engine.errors import InvalidInput
 from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
@@ -102,8 +104,9 @@ def test_threaded_assign_matches_reference_and_serial(metric, monkeypatch):
         serial = assign(X, C, metric)
     finally:
         numba.set_num_threads(previous)
-    np.testing.assert_array_equal(threaded[0], serial[0])
-    np.testing.assert_array_equal(threaded[1], serial[1])
+    # BLAS rounds a block split differently on some CPUs (AMD EPYC, OpenBLAS 0.3.31: 1.5e-5)
+    np.testing.assert_allclose(threaded[1], serial[1], rtol=1e-5, atol=1e-4)
+    assert_labels_tie_aware(X, C, threaded[0], serial[0], ip=metric == IP)
     ref_labels, ref_dist = assign_ref(X, C, metric)
     assert (threaded[0] != ref_labels).mean() < 0.001
     np.testing.assert_allclose(threaded[1], ref_dist, rtol=1e-4, atol=1e-3)
@@ -288,10 +291,13 @@ def test_probe_lists_single_and_batch_match_reference(metric):
     Q = rng.standard_normal((30, 12), dtype=np.float32)
     B = probe_lists_batch(Q, C, 7, metric)
     assert B.shape == (30, 7) and B.dtype == np.int64
+    Cd = C.astype(np.float64)
     for i in range(30):
         ref = probe_lists_ref(Q[i], C, 7, metric)
-        np.testing.assert_array_equal(probe_lists(Q[i], C, 7, metric), ref)
-        np.testing.assert_array_equal(B[i], ref)
+        q = Q[i].astype(np.float64)
+        full = -(Cd @ q) if metric == IP else ((Cd - q) ** 2).sum(1)   # as the reference
+        for got in (probe_lists(Q[i], C, 7, metric), B[i]):
+            assert_answers_agree(full[got], got, full[ref], ref)
     assert probe_lists(Q[0], C, 500, metric).shape == (200,)
 
 
@@ -412,8 +418,7 @@ def test_adc_search_batch_equals_single_query_loop(metric):
     assert D.shape == I.shape == (Q.shape[0], 3000)
     for i in range(Q.shape[0]):
         d, p = adc_search(*adc_args(Q[i], ivf, P[i], mask, metric, 3000))
-        np.testing.assert_array_equal(D[i, : d.size], d)
-        np.testing.assert_array_equal(I[i, : p.size], p)
+        assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
         assert np.all(np.isinf(D[i, d.size :])) and np.all(I[i, p.size :] == -1)
 
 
@@ -436,8 +441,7 @@ def test_ivfflat_search_batch_equals_single_query_loop(metric):
     D, I = ivfflat_search_batch(*flat_args(Q, X, ivf, P, None, metric, 4000))
     for i in range(Q.shape[0]):
         d, p = ivfflat_search(*flat_args(Q[i], X, ivf, P[i], None, metric, 4000))
-        np.testing.assert_array_equal(D[i, : d.size], d)
-        np.testing.assert_array_equal(I[i, : p.size], p)
+        assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
         assert np.all(I[i, p.size :] == -1)
 
 

@@ -53,6 +53,24 @@ def numpy_search_batch_ip(X, Q, k):
     return np.take_along_axis(idx, order, axis=1)
 
 
+def assert_topk_of(pos, scores, k):
+    """``pos`` is a top-k of ``scores`` (a float64 reference) up to float rounding: numba's
+    fastmath sums and BLAS round differently per CPU, so near-tied rows may swap."""
+    pos = np.asarray(pos)
+    assert pos.shape == (k,) and len(set(pos.tolist())) == k
+    best = np.sort(scores)[:k]
+    tol = 1e-4 * max(1.0, float(np.abs(best).max()))
+    np.testing.assert_allclose(np.sort(scores[pos]), best, rtol=0, atol=tol)
+
+
+def ref_ip(X, q):
+    return -(X.astype(np.float64) @ q.astype(np.float64))
+
+
+def ref_l2(X, q):
+    return ((X.astype(np.float64) - q.astype(np.float64)) ** 2).sum(1)
+
+
 # --------------------------------------------------------------------------- distances
 
 
@@ -82,7 +100,7 @@ def dists(data):
 @pytest.mark.benchmark(group="topk 100k k=10")
 def test_bench_topk_smallest_numba(benchmark, dists):
     vals, idx = benchmark(topk_smallest, dists, K)
-    np.testing.assert_array_equal(idx, numpy_topk(dists, K))
+    assert_topk_of(idx, dists.astype(np.float64), K)       # same input: ties only
 
 
 @pytest.mark.benchmark(group="topk 100k k=10")
@@ -100,7 +118,7 @@ def dist_rows(data):
 @pytest.mark.benchmark(group="topk rows 16 x 100k k=10")
 def test_bench_topk_rows_numba(benchmark, dist_rows):
     V, I = benchmark(topk_rows, dist_rows, K)
-    np.testing.assert_array_equal(I[0], numpy_topk(dist_rows[0], K))
+    assert_topk_of(I[0], dist_rows[0].astype(np.float64), K)
 
 
 @pytest.mark.benchmark(group="topk rows 16 x 100k k=10")
@@ -116,7 +134,7 @@ def test_bench_topk_rows_numpy_argpartition(benchmark, dist_rows):
 def test_bench_search_one_ip_numba(benchmark, data):
     X, xnorm2, Q, _ = data
     dist, pos = benchmark(search_one, X, xnorm2, Q[0], IP, K)
-    np.testing.assert_array_equal(pos, numpy_search_ip(X, Q[0], K))
+    assert_topk_of(pos, ref_ip(X, Q[0]), K)
 
 
 @pytest.mark.benchmark(group="search_one ip 100k x 128 k=10")
@@ -124,7 +142,7 @@ def test_bench_search_one_ip_numba_one_thread(benchmark, data):
     X, xnorm2, Q, _ = data
     with numba_threads(1):
         dist, pos = benchmark(search_one, X, xnorm2, Q[0], IP, K)
-    np.testing.assert_array_equal(pos, numpy_search_ip(X, Q[0], K))
+    assert_topk_of(pos, ref_ip(X, Q[0]), K)
 
 
 @pytest.mark.benchmark(group="search_one ip 100k x 128 k=10")
@@ -138,7 +156,7 @@ def test_bench_search_one_ip_numpy_matmul_argpartition(benchmark, data):
 def test_bench_search_one_l2_numba(benchmark, data):
     X, xnorm2, Q, _ = data
     dist, pos = benchmark(search_one, X, xnorm2, Q[0], L2, K)
-    np.testing.assert_array_equal(pos, numpy_search_l2(X, xnorm2, Q[0], K))
+    assert_topk_of(pos, ref_l2(X, Q[0]), K)
 
 
 @pytest.mark.benchmark(group="search_one l2 100k x 128 k=10")
@@ -164,7 +182,10 @@ def test_bench_search_one_masked_numba(benchmark, data):
 def test_bench_search_subset_numba(benchmark, data):
     X, xnorm2, Q, positions = data
     dist, pos = benchmark(search_subset, X, xnorm2, Q[0], IP, K, positions)
-    np.testing.assert_array_equal(pos, positions[numpy_search_ip(X[positions], Q[0], K)])
+    assert set(pos.tolist()) <= set(positions.tolist())
+    scores = np.full(N, np.inf)
+    scores[positions] = ref_ip(X[positions], Q[0])
+    assert_topk_of(pos, scores, K)
 
 
 @pytest.mark.benchmark(group="search_subset ip 10k of 100k k=10")
@@ -181,7 +202,8 @@ def test_bench_search_subset_numpy_take_matmul(benchmark, data):
 def test_bench_search_batch_numba(benchmark, data):
     X, xnorm2, Q, _ = data
     D, I = benchmark(search_batch, X, xnorm2, Q, IP, K)
-    np.testing.assert_array_equal(I, numpy_search_batch_ip(X, Q, K))
+    for r in range(NQ):
+        assert_topk_of(I[r], ref_ip(X, Q[r]), K)
 
 
 @pytest.mark.benchmark(group="search_batch ip 64 x 100k x 128 k=10")
