@@ -89,8 +89,8 @@ def measure(X: np.ndarray, train: int, batch: int, spec: str, workdir: str | Non
         index.add(Xn[s:s + batch])
     out["faiss_add_vectors_per_s"] = (len(X) - train - batch) / (time.perf_counter() - t)
     out["faiss_threads"] = faiss.omp_get_max_threads()
-    out["ratio_simplevector_over_faiss_add"] = (out["simplevector_vectors_per_s"]
-                                               / out["faiss_add_vectors_per_s"])
+    out["ratio_simplevector_over_faiss_add"] = (
+        out["simplevector_vectors_per_s"] / out["faiss_add_vectors_per_s"])
     return out
 
 

@@ -63,7 +63,8 @@ def build(state, *, seed: int = 0, should_stop=lambda: False):
                 raise InvalidInput(
                     f"index '{spec}' needs at least {spec.min_train_rows} rows to train "
                     f"(nlist x 39); namespace {state.config.name!r} has {len(positions)}",
-                    hint="use fewer lists (IVF<n>) or add rows first; queries stay exact until then")
+                    hint="use fewer lists (IVF<n>) or add rows first; "
+                         "queries stay exact until then")
             X = np.ascontiguousarray(view.X[positions])
             try:
                 index = IVFIndex.train(spec, X, state.metric.code, seed=seed,

@@ -39,8 +39,8 @@ def test_dropped_namespace_name_can_be_created_again_empty(db):
 
 def test_handle_attributes_describe_the_version(db):
     ns = db.create_namespace("docs", dim=3, metric="L2", model="enc@1.0.0")
-    assert (ns.name, ns.version, ns.dim, ns.metric, ns.model) == ("docs", 1, 3, "l2",
-                                                                    "enc@1.0.0")
+    got = (ns.name, ns.version, ns.dim, ns.metric, ns.model)
+    assert got == ("docs", 1, 3, "l2", "enc@1.0.0")
 
 
 def test_create_version_inherits_dim_metric_and_model(db):
@@ -405,5 +405,5 @@ def test_concurrent_writes_survive_reopen(tmp_path):
     with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
         ns = db.namespace("c")
         assert ns.count() == 100
-        assert all(r is not None for r in ns.get([w * 100 + i for w in range(4)
-                                                   for i in range(25)]))
+        wanted = [w * 100 + i for w in range(4) for i in range(25)]
+        assert all(r is not None for r in ns.get(wanted))

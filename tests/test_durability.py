@@ -409,8 +409,8 @@ def test_changes_returns_committed_changes_in_lsn_order(tmp_path):
         db.promote("feed", 2)
         changes = list(db.changes())
         assert [c.lsn for c in changes] == list(range(1, db.lsn + 1))
-        assert [c.op for c in changes] == ["create_namespace", "upsert", "upsert", "delete",
-                                            "create_version", "promote"]
+        assert [c.op for c in changes] == [
+            "create_namespace", "upsert", "upsert", "delete", "create_version", "promote"]
         assert changes[1].ids == ("a", 1) and changes[1].lsn == l1
         assert changes[3].ids == ("a",)
         assert all(c.namespace == "feed" for c in changes)

@@ -53,8 +53,8 @@ def test_batch_query_returns_the_single_query_results(tmp_path, spec):
 
 
 @pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat"])
-def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(tmp_path, monkeypatch,
-                                                                       spec):
+def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(
+        tmp_path, monkeypatch, spec):
     """With no tombstones, no filter and no row past the query's view, the scan skips the
     per-row mask lookup; it must return what the masked scan returns, and a single delete
     (or a row written after the view) must bring the mask back."""

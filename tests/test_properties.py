@@ -153,8 +153,8 @@ PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, database=None,
 @given(dim=st.integers(1, 32), metric=st.sampled_from(METRICS), k=st.integers(1, 20),
        seed=st.integers(0, 2**32 - 1), style=st.sampled_from(["gauss", "ints"]),
        data=st.data())
-def test_query_matches_brute_force_after_upserts_and_deletes(tmp_path, dim, metric, k, seed,
-                                                              style, data):
+def test_query_matches_brute_force_after_upserts_and_deletes(
+        tmp_path, dim, metric, k, seed, style, data):
     rng = np.random.default_rng(seed)
     model = {}
     with sv.open(fresh_dir(tmp_path), checkpoint_interval=0) as db:

@@ -111,10 +111,12 @@ def test_segment_rollover_and_iteration_across_segments(tmp_path):
         assert wal.sync_count >= len(segs) - 1  # each rolled-over segment was synced
         records = list(wal.iter_records())
         assert records == [(lsn, payload_for(lsn, 200)) for lsn in range(1, 61)]
-        assert [lsn for lsn, _ in wal.iter_records(since_lsn=33, upto_lsn=41)] == list(range(34, 42))
+        window = wal.iter_records(since_lsn=33, upto_lsn=41)
+        assert [lsn for lsn, _ in window] == list(range(34, 42))
     with WriteAheadLog(tmp_path / "wal", segment_bytes=1024) as wal:
         assert (wal.first_lsn, wal.last_lsn) == (1, 60)
-        assert list(wal.iter_records(since_lsn=55)) == [(n, payload_for(n, 200)) for n in range(56, 61)]
+        want = [(n, payload_for(n, 200)) for n in range(56, 61)]
+        assert list(wal.iter_records(since_lsn=55)) == want
 
 
 def test_record_cut_mid_frame_recovers_to_last_whole_record(tmp_path):
