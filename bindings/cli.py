@@ -449,15 +449,8 @@ def import_(namespace, npy_file, ids_file, meta_file, docs_file, batch_size, cre
 
 
 def _live_ids(db, namespace: str, version):
-    """Ids of the stored rows in insertion order.
-
-    Read from the engine's in-memory state (read-only): the public API has no way to list
-    ids yet; ``Namespace.iter_ids()`` would be the clean way.
-    """
-    config = db._resolve(namespace, version)
-    state = db._state(config.vid)
-    view = state.view()
-    return [state.extids[p] for p in np.flatnonzero(view.alive)], config
+    """Ids of the stored rows in insertion order, and the version's status."""
+    return db.namespace(namespace, version).ids(), db.version_status(namespace, version)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -6,7 +6,7 @@ Directory layout::
     <path>/lmdb/         LMDB environment (materialised state + applied LSN)
     <path>/wal/          write-ahead log segments, named by first LSN
 
-Write pipeline (DESIGN.md "Durability"): validate -> assign LSN and append the WAL record
+Write pipeline (docs/architecture.md, "Data flow of a write"): validate -> assign LSN and append the WAL record
 (under the sequence lock) -> fdatasync shared with concurrent writers (group commit) ->
 apply to LMDB and memory in LSN order -> acknowledge. Catalog changes (create, promote,
 drop) hold the sequence lock until applied, so every later validation sees them.
@@ -14,6 +14,10 @@ drop) hold the sequence lock until applied, so every later validation sees them.
 If applying a record that is already in the WAL fails (an I/O error, a full disk), the
 database stops accepting writes: the record will be applied by recovery on the next open,
 and acknowledging anything more in between could reorder history.
+
+The layers above read :meth:`Database.status` / :meth:`Database.version_statuses`, register
+an :class:`~.observer.Observer` (:meth:`Database.add_observer`) and keep their own small
+persisted state in :attr:`Database.ops_store`; none of them touches a private name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import os
 import threading
 import time
 
+import numpy as np
+
 from . import indexer, schema, segments, validate
 from .apply import Applier, pack, unpack
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
@@ -31,6 +37,8 @@ from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, Name
 from .indexspec import AUTO_THRESHOLD, IndexSpec
 from .kernels.distances import resolve_metric
 from .namespace import Namespace
+from .observer import Observer
+from .status import DatabaseStatus, VersionStatus
 from .store import Store
 from .types import Change, NamespaceInfo, VersionConfig, VersionInfo
 from .wal import WriteAheadLog
@@ -80,6 +88,10 @@ class Database:
         self.query_stats = {"queries": 0, "short": 0, "plans": {}}
         # totals since open, for the ops layer's counters
         self.counters = {"vectors_written": 0, "vectors_deleted": 0, "writes": 0}
+        self._observers: tuple = ()
+        self.observer_errors = 0
+        self.observer_last_error: str | None = None
+        self.ops_store = OpsStore(self)
         self._open_dirs()
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
@@ -428,15 +440,95 @@ class Database:
         if state is not None and indexer.wants_training(state, self.auto_index_threshold):
             self._build_index(vid, wait=False)
 
-    def _observe(self, op: str, namespace: str, seconds: float, ok: bool) -> None:
-        """Called after every public data operation; the ops layer overrides it."""
+    # -- observers ------------------------------------------------------------------------------
+    def add_observer(self, observer: Observer) -> None:
+        """Register an :class:`~.observer.Observer`; safe at any time, from any thread."""
+        if not isinstance(observer, Observer):
+            raise InvalidInput(f"observer {observer!r} is not valid; expected an instance of "
+                               "simplevector.engine.observer.Observer")
+        with self._refresh_lock:
+            if observer not in self._observers:
+                self._observers = self._observers + (observer,)
 
-    def _record_query(self, namespace: str, plan, queries=None) -> None:
+    def remove_observer(self, observer: Observer) -> None:
+        with self._refresh_lock:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def _notify(self, method: str, *args) -> None:
+        for observer in self._observers:      # a tuple swapped whole: no lock needed
+            try:
+                getattr(observer, method)(*args)
+            except Exception as e:            # an observer never fails the operation
+                self.observer_errors += 1
+                self.observer_last_error = f"{type(observer).__name__}.{method}: " \
+                                           f"{type(e).__name__}: {e}"
+
+    def _notify_operation(self, op, namespace, seconds, ok, compile_seconds) -> None:
+        self._notify("on_operation", op, namespace, seconds, ok, compile_seconds)
+
+    def _notify_query(self, namespace: str, plan, queries=None) -> None:
         stats = self.query_stats
         stats["queries"] += 1
         stats["plans"][plan.index] = stats["plans"].get(plan.index, 0) + 1
         if plan.short:
             stats["short"] += plan.short
+        self._notify("on_query", namespace, plan, queries)
+
+    # -- status ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def writable(self) -> bool:
+        """Whether writes are accepted now (open, not read-only, not stopped by a failure)."""
+        return not self.readonly and not self._closed and self._failed is None
+
+    def status(self) -> DatabaseStatus:
+        """A :class:`~.status.DatabaseStatus` snapshot (positions, WAL, map, failures)."""
+        self._check_open()
+        self.refresh()
+        configs = list(self._applier.configs.values())
+        segs = self._wal.segments()
+        info = self._store.map_info()
+        return DatabaseStatus(
+            path=self.path, readonly=self.readonly, durability=self.durability,
+            format_version=schema.FORMAT_VERSION, lsn=self._applied_lsn,
+            logged_lsn=self._last_lsn, checkpoint_lsn=self.checkpoint_lsn,
+            checkpoint_time=self.checkpoint_time, wal_first_lsn=self._wal.first_lsn,
+            wal_bytes=self._wal.size_bytes(), wal_segments=len(segs),
+            wal_syncs=self._wal.sync_count, map_size=info["map_size"],
+            map_used=info["map_used"], namespaces=len({c.name for c in configs}),
+            versions=len(configs), replayed_records=self.replayed_records,
+            memory_replayed_records=self.memory_replayed_records,
+            failed=None if self._failed is None else f"{type(self._failed).__name__}: "
+                                                     f"{self._failed}",
+            observer_errors=self.observer_errors,
+            observer_last_error=self.observer_last_error, counters=dict(self.counters),
+            query_stats={"queries": self.query_stats["queries"],
+                         "short": self.query_stats["short"],
+                         "plans": dict(self.query_stats["plans"])})
+
+    def version_statuses(self) -> list[VersionStatus]:
+        """A :class:`~.status.VersionStatus` for every namespace version, by (name, version)."""
+        self._check_open()
+        self.refresh()
+        out = []
+        for config in sorted(self._applier.configs.values(), key=lambda c: (c.name, c.version)):
+            state = self._applier.states.get(config.vid)
+            if state is not None:
+                out.append(_version_status(config, state))
+        return out
+
+    def version_status(self, name, version=None) -> VersionStatus:
+        """The status of ``name``'s live version, or of ``version``."""
+        self._check_open()
+        validate.namespace_name(name)
+        if version is not None:
+            version = validate.version_number(version)
+        self.refresh()
+        config = self._resolve(name, version)
+        return _version_status(config, self._state(config.vid))
 
     # -- the log ------------------------------------------------------------------------------------
     @property
@@ -521,37 +613,8 @@ class Database:
             self.checkpoint_lsn = applied
             self.checkpoint_time = time.time()
             self._truncate_wal(applied)
-        self._on_checkpoint()
+        self._notify("on_checkpoint", applied)
         return applied
-
-    def _on_checkpoint(self) -> None:
-        """Called after each checkpoint; the ops layer persists its totals here."""
-
-    # -- a small key/value area for the ops layer (sub-database "ops") ----------------------
-    def _ops_put(self, key: str, value) -> None:
-        self._check_writable()
-        raw = pack(value)
-        self._store.write_with_retry(
-            lambda txn: txn.put(key.encode("utf-8"), raw, db=self._store.dbs[b"ops"]))
-
-    def _ops_get(self, key: str, default=None):
-        self._check_open()
-        with self._store.read() as txn:
-            raw = txn.get(key.encode("utf-8"), db=self._store.dbs[b"ops"])
-        return default if raw is None else unpack(raw)
-
-    def _ops_items(self, prefix: str = "") -> list:
-        self._check_open()
-        p = prefix.encode("utf-8")
-        out = []
-        with self._store.read() as txn:
-            cur = txn.cursor(db=self._store.dbs[b"ops"])
-            if cur.set_range(p):
-                for key, value in cur:
-                    if not key.startswith(p):
-                        break
-                    out.append((bytes(key).decode("utf-8"), unpack(value)))
-        return out
 
     def _truncate_wal(self, checkpoint_lsn: int):
         """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any
@@ -640,3 +703,60 @@ class Database:
     def __repr__(self):
         state = "closed" if self._closed else ("readonly" if self.readonly else "open")
         return f"<simplevector.Database {self.path!r} {state}>"
+
+
+def _version_status(config: VersionConfig, state) -> VersionStatus:
+    index = state.index
+    info = None
+    since = 0
+    if index is not None:
+        info = index.info()
+        view = state.view()
+        since = int(np.count_nonzero(view.alive[index.trained_upto:]))
+    return VersionStatus(
+        name=config.name, version=config.version, vid=config.vid, live=config.live,
+        dim=config.dim, metric=config.metric, model=config.model,
+        index_configured=config.index,
+        index_active="Flat" if index is None else str(index.spec),
+        rows=state.live, tombstones=state.tombstones, positions=state.n,
+        training=bool(state.training), training_error=state.training_error,
+        rows_since_training=since, memory_bytes=state.n * (state.dim * 4 + 4 + 8 + 1),
+        index_info=info)
+
+
+class OpsStore:
+    """A small persisted key/value area (LMDB sub-database "ops") for the layers above the
+    engine: histogram totals, alert state, probe results. Values are msgpack-able objects.
+    Writes need a writable database; reads work read-only too."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def put(self, key: str, value) -> None:
+        db = self._db
+        db._check_writable()
+        raw = pack(value)
+        db._store.write_with_retry(
+            lambda txn: txn.put(key.encode("utf-8"), raw, db=db._store.dbs[b"ops"]))
+
+    def get(self, key: str, default=None):
+        db = self._db
+        db._check_open()
+        with db._store.read() as txn:
+            raw = txn.get(key.encode("utf-8"), db=db._store.dbs[b"ops"])
+        return default if raw is None else unpack(raw)
+
+    def items(self, prefix: str = "") -> list:
+        """(key, value) pairs whose key starts with ``prefix``, in key order."""
+        db = self._db
+        db._check_open()
+        p = prefix.encode("utf-8")
+        out = []
+        with db._store.read() as txn:
+            cur = txn.cursor(db=db._store.dbs[b"ops"])
+            if cur.set_range(p):
+                for key, value in cur:
+                    if not key.startswith(p):
+                        break
+                    out.append((bytes(key).decode("utf-8"), unpack(value)))
+        return out

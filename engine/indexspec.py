@@ -122,9 +122,9 @@ class IndexSpec:
         return max(need, 256) if self.pq_m else need
 
     def default_nprobe(self) -> int:
-        if self.nprobe:
-            return self.nprobe
-        return max(1, min(self.nlist, max(8, self.nlist // 16)))
+        """The spec's nprobe, or the planner's default for its nlist (engine/planner.py)."""
+        from .planner import default_nprobe
+        return default_nprobe(self.nlist, self.nprobe)
 
 
 def auto_spec(n: int, dim: int) -> IndexSpec:

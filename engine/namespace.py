@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -17,48 +16,20 @@ from .apply import unpack
 from .errors import InvalidInput
 from .filters import compile_filter
 from .kernels import flat
+from .observer import compile_clock
+from .planner import Plan, flat_plan, ivf_plan, use_blas_scan
 from .types import Hit, Record
 
-#: Below this fraction of matching rows, a filtered flat search gathers the matching rows
-#: and scans only those; above it, it scans everything with the filter as a row mask.
-SUBSET_FRACTION = 0.25
-#: An unfiltered (or mask-filtered) exact single query over at least this many values
-#: (rows x dim) takes its scores from one BLAS product; smaller scans use the fused numba
-#: scan (no temporary array, no BLAS thread wake-up).
-BLAS_SCAN_ELEMENTS = 1 << 20
-#: A filtered IVF query switches to exact search over the matching rows when the probed
-#: lists are expected to hold fewer than this many times k*refine matching rows.
-IVF_FILTER_MARGIN = 2.0
-
-
-@dataclass
-class Plan:
-    """What a query did (``query(..., explain=True)`` returns it beside the hits).
-
-    index: "flat", "flat-subset" (exact over the rows matching a selective filter), "ivf"
-        or "ivf+exact-fallback" (the lists could not yield k matches, so the query went exact).
-    """
-
-    index: str = "flat"
-    spec: str = "Flat"
-    nprobe: int = 0
-    refine: int = 1
-    candidates: int = 0
-    rows: int = 0
-    matched: int | None = None
-    selectivity: float | None = None
-    short: int = 0
-    seconds: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Namespace", "Plan"]
 
 
 def _observed(op: str):
-    """Time a public data operation and report it to the database's observer hook."""
+    """Time a public data operation and report it to the database's observers, with the
+    numba compilation it triggered split out (engine/observer.py)."""
     def wrap(fn):
         @functools.wraps(fn)
         def timed(self, *args, **kwargs):
+            c0 = compile_clock.thread_seconds()
             t0 = time.perf_counter()
             ok = False
             try:
@@ -66,7 +37,10 @@ def _observed(op: str):
                 ok = True
                 return out
             finally:
-                self._db._observe(op, self.name, time.perf_counter() - t0, ok)
+                seconds = time.perf_counter() - t0
+                compiled = compile_clock.thread_seconds() - c0
+                self._db._notify_operation(op, self.name, max(0.0, seconds - compiled), ok,
+                                           compiled)
         return timed
     return wrap
 
@@ -282,9 +256,9 @@ class Namespace:
             results = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
                                        refine, plan, all_alive)
         else:
-            if node is not None and matched < SUBSET_FRACTION * view.n:
+            plan.index = flat_plan(node is not None, matched, view.n)
+            if plan.index == "flat-subset":
                 positions = np.flatnonzero(mask)
-                plan.index = "flat-subset"
                 mask = None
             plan.candidates = matched
             if all_alive:
@@ -296,24 +270,20 @@ class Namespace:
         plan.short = sum(1 for h in hits if len(h) < want)
         plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2,
                         "fetch": time.perf_counter() - t3}
-        self._db._record_query(self.name, plan, Q)
+        self._db._notify_query(self.name, plan, Q)
         out = hits[0] if single else hits
         return (out, plan) if explain else out
 
     def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
                     all_alive):
         spec = index.spec
-        nprobe = min(nprobe or spec.default_nprobe(), index.nlist)
-        refine = refine or spec.refine
-        plan.spec, plan.nprobe, plan.refine = index.spec_text, nprobe, refine
-        kk = max(k, k * refine) if index.m else k
-        expected = matched * nprobe / index.nlist
-        if plan.matched is not None and (matched <= kk or expected < IVF_FILTER_MARGIN * kk):
-            plan.index = "flat-subset"
-            plan.candidates = matched
+        plan.index, nprobe, refine, kk = ivf_plan(
+            filtered=plan.matched is not None, matched=matched, k=k, nprobe=nprobe,
+            refine=refine, spec_nprobe=spec.default_nprobe(), spec_refine=spec.refine,
+            nlist=index.nlist, has_codes=bool(index.m))
+        plan.spec, plan.nprobe, plan.refine, plan.candidates = index.spec_text, nprobe, refine, kk
+        if plan.index == "flat-subset":
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
-        plan.index = "ivf"
-        plan.candidates = kk
         if len(Q) == 1:
             d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask, all_alive)
             results = [(d, p)]
@@ -342,6 +312,31 @@ class Namespace:
         rng = np.random.default_rng(seed)
         pick = alive if len(alive) <= n else np.sort(rng.choice(alive, n, replace=False))
         return [state.extids[p] for p in pick], np.array(view.X[pick])
+
+    def ids(self) -> list:
+        """The ids of the stored rows, in the order they were written (oldest first)."""
+        state = self._db._state(self._config().vid)
+        view = state.view()
+        extids = state.extids
+        return [extids[p] for p in np.flatnonzero(view.alive)]
+
+    def index_drift(self, sample: int = 2000, *, seed: int = 0):
+        """(ratio, rows) for the trained IVF index: the quantization error of (up to
+        ``sample``) live rows written since training over the training error, and how many
+        such rows exist; ``(None, rows)`` when not measurable (no index, no new rows)."""
+        sample = validate.positive_int(sample, "sample")
+        state = self._db._state(self._config().vid)
+        index = state.index
+        if index is None:
+            return None, 0
+        view = state.view()
+        new = np.flatnonzero(view.alive[index.trained_upto:]) + index.trained_upto
+        if len(new) == 0 or not index.train_error:
+            return None, len(new)
+        if len(new) > sample:
+            new = np.sort(np.random.default_rng(seed).choice(new, sample, replace=False))
+        err = index.quantization_error(np.ascontiguousarray(view.X[new]))
+        return err / index.train_error, len(new)
 
     # -- index management ---------------------------------------------------------------------
     def build_index(self, spec=None) -> dict:
@@ -382,7 +377,7 @@ class Namespace:
         if len(Q) == 1:
             if positions is not None:
                 d, p = flat.search_subset(view.X, view.xnorm2, Q[0], code, k, positions)
-            elif view.X.size >= BLAS_SCAN_ELEMENTS:
+            elif use_blas_scan(view.X.size):
                 d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
             else:
                 d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)

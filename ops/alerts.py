@@ -209,7 +209,7 @@ class AlertManager:
         self._mem_events: list = []      # events not persisted (read-only process)
 
     def load(self):
-        self._firing = dict(self.db._ops_get(FIRING_KEY, {}) or {})
+        self._firing = dict(self.db.ops_store.get(FIRING_KEY, {}) or {})
 
     def add(self, rule: AlertRule) -> AlertRule:
         if not isinstance(rule, AlertRule):
@@ -279,20 +279,20 @@ class AlertManager:
 
     def _save(self, events):
         db = self.db
-        if db._can_persist:
+        if db.writable:
             try:
                 for i, e in enumerate(events):
                     key = (f"{EVENT_PREFIX}{e['ts']:020.6f}:{i:03d}:{e['rule']}:"
                            f"{e['namespace'] or ''}")
-                    db._ops_put(key, e)
-                db._ops_put(FIRING_KEY, dict(self._firing))
+                    db.ops_store.put(key, e)
+                db.ops_store.put(FIRING_KEY, dict(self._firing))
                 return
             except Exception:
                 pass
         self._mem_events.extend(events)
 
     def events(self, since=None) -> list:
-        stored = [v for _, v in self.db._ops_items(EVENT_PREFIX)]
+        stored = [v for _, v in self.db.ops_store.items(EVENT_PREFIX)]
         with self._lock:
             out = stored + list(self._mem_events)
         out.sort(key=lambda e: e["ts"])

@@ -71,6 +71,10 @@ class GrowthTracker:
         with self._lock:
             return {"lsn": self.last_lsn, "buckets": sorted(self.buckets.items())}
 
+    def buckets_copy(self) -> dict:
+        with self._lock:
+            return dict(self.buckets)
+
     def add(self, ts: float, written: int = 0, deleted: int = 0, nbytes: int = 0) -> None:
         minute = int(ts // 60)
         b = self.buckets.setdefault(minute, [0, 0, 0])
@@ -81,12 +85,12 @@ class GrowthTracker:
     def update(self, db) -> None:
         """Fold the changes after ``last_lsn`` in; skip what the WAL no longer holds."""
         with self._lock:
-            dims = {(c.name, c.version): c.dim for c in db._applier.configs.values()}
+            dims = {(v.name, v.version): v.dim for v in db.version_statuses()}
             since = self.last_lsn
             try:
                 feed = db.changes(since)
             except ChangeFeedGap:
-                first = db._wal.first_lsn
+                first = db.status().wal_first_lsn
                 since = max(since, (first or 1) - 1)
                 try:
                     feed = db.changes(since)
@@ -169,10 +173,7 @@ def project(r: dict, *, map_size: int, map_used: int, disk_total: int, disk_free
 
 def memory_used(db) -> int:
     """Bytes of the in-memory row arrays (vectors and norms) of every version."""
-    total = 0
-    for state in list(db._applier.states.values()):
-        total += state.n * (state.dim * 4 + 4 + 8 + 1)
-    return total
+    return sum(v.memory_bytes for v in db.version_statuses())
 
 
 def disk_usage(path) -> tuple[int, int]:
@@ -184,13 +185,12 @@ def disk_usage(path) -> tuple[int, int]:
 
 
 def forecast(db, now: float | None = None) -> CapacityForecast:
-    tracker = db._growth
+    tracker = db.growth
     tracker.update(db)
     info = db.info()
     total, free = disk_usage(db.path)
-    rows = sum(s.n for s in list(db._applier.states.values()))
-    with tracker._lock:
-        r = rates(dict(tracker.buckets), time.time() if now is None else now)
+    rows = sum(v.positions for v in db.version_statuses())
+    r = rates(tracker.buckets_copy(), time.time() if now is None else now)
     return project(r, map_size=info["map_size"], map_used=info["map_used"], disk_total=total,
                    disk_free=free, memory_used=memory_used(db),
                    memory_budget=db.memory_budget, rows=rows)

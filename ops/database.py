@@ -1,12 +1,17 @@
 """The ops-enabled database: the engine's Database plus latency histograms, a health
 report, recall probes, alerts and a capacity forecast.
 
-:class:`ObservedDatabase` overrides the engine's three hooks: ``_observe`` (every public
-data operation is timed into a per-(namespace, operation) histogram, failures into a
-separate one), ``_record_query`` (short results are counted; a small reservoir of recent
-query vectors feeds the recall probe) and ``_on_checkpoint`` (lifetime histogram totals,
-short-result counts, the growth history and the alert state are written to the "ops"
-sub-database, and read back on open, so a restart keeps the history).
+:class:`ObservedDatabase` wraps an engine :class:`~simplevector.engine.database.Database`
+(``db.engine``) and offers its whole public API, forwarded, plus the ops methods. It
+watches the engine only through the engine's public surface (docs/architecture.md, "The
+boundary between layers"): an :class:`OpsObserver` registered with ``add_observer``
+receives every operation timing (into a per-(namespace, operation) histogram, failures
+into a separate one; numba compile time is excluded and counted apart), every query record
+(short results are counted; a small reservoir of recent query vectors feeds the recall
+probe) and every checkpoint (lifetime histogram totals, counters, short-result counts, the
+growth history and the alert state are written to the engine's ``ops_store``, and read
+back on open, so a restart keeps the history). Status comes from ``db.status()`` and
+``db.version_statuses()``.
 
 Background loops (recall probe, alert evaluation) take an interval; 0, the default, turns
 them off. They stop before the engine closes.
@@ -14,6 +19,7 @@ them off. They stop before the engine closes.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -23,7 +29,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from simplevector.engine.database import Database
-from simplevector.engine.errors import InvalidInput
+from simplevector.engine.errors import ClosedError, InvalidInput
+from simplevector.engine.observer import Observer, compile_clock
 
 from . import alerts as alerts_mod
 from . import capacity, health as health_mod, metrics, probe as probe_mod
@@ -32,6 +39,7 @@ from .histogram import Histogram, RollingHistogram, parse_window
 
 OPS = ("query", "upsert", "get", "delete")
 LATENCY_KEY = "latency:v1"
+COUNTERS_KEY = "counters:v1"
 RESERVOIR_SIZE = 256
 #: rows of one query batch offered to the reservoir (keeps big batches cheap)
 RESERVOIR_PER_BATCH = 4
@@ -67,7 +75,17 @@ class _Series:
         self.err = RollingHistogram(clock, err_base)
 
 
-class ObservedDatabase(Database):
+class OpsObserver(Observer):
+    """The ops layer's observer of one engine database: forwards each callback to the
+    function it was given (the :class:`ObservedDatabase` that owns it)."""
+
+    def __init__(self, on_operation, on_query, on_checkpoint):
+        self.on_operation = on_operation
+        self.on_query = on_query
+        self.on_checkpoint = on_checkpoint
+
+
+class ObservedDatabase:
     """A Database that watches itself (see the module docstring and docs/runbook.md).
 
     probe_interval: seconds between background recall probes of every live namespace
@@ -102,9 +120,12 @@ class ObservedDatabase(Database):
         self._internal = threading.local()
         self._loops: list = []
         self._loop_stop = threading.Event()
-        super().__init__(path, **kwargs)
-        self._growth = capacity.GrowthTracker()
+        self._counter_base: dict = {}
+        self.engine = Database(path, **kwargs)
+        self.growth = capacity.GrowthTracker()
         self._alerts = alerts_mod.AlertManager(self)
+        self.ops_observer = OpsObserver(self._on_operation, self._on_query,
+                                        self._on_checkpoint)
         try:
             self._load_ops_state()
             if alert_rules is not None:
@@ -114,27 +135,51 @@ class ObservedDatabase(Database):
                 else:
                     self.load_alert_rules(alert_rules)
         except BaseException:
-            super().close()
+            self.engine.close()
             raise
+        self.engine.add_observer(self.ops_observer)
         self._start_loop("probe", probe_interval, self._probe_all)
         self._start_loop("alerts", alert_interval, self.alerts)
 
+    def _check_open(self):
+        if self.engine.closed:
+            raise ClosedError(f"the database at {self.engine.path} is closed",
+                              hint="open the database again with simplevector.open(path)")
+
     # -- persisted state -------------------------------------------------------------------
     def _load_ops_state(self):
-        saved = self._ops_get(LATENCY_KEY, None) or {}
+        store = self.engine.ops_store
+        saved = store.get(LATENCY_KEY, None) or {}
         for item in saved.get("series", ()):
             key = (item["ns"], item["op"])
             self._series[key] = _Series(self._ops_clock, Histogram.from_msg(item["ok"]),
                                         Histogram.from_msg(item["err"]))
         self._short = dict(saved.get("short", {}))
-        for ns, msg in self._ops_items("probe:"):
+        for ns, msg in store.items("probe:"):
             self._probes[msg["namespace"]] = probe_mod.ProbeResult.from_dict(msg)
-        self._growth.load(self._ops_get(capacity.GROWTH_KEY, None))
+        self._counter_base = dict(store.get(COUNTERS_KEY, None) or {})
+        self.growth.load(store.get(capacity.GROWTH_KEY, None))
         self._alerts.load()
         self._ops_loaded = True
 
-    def _on_checkpoint(self) -> None:
-        super()._on_checkpoint()
+    # -- observer callbacks (engine -> ops) ---------------------------------------------
+    def _on_operation(self, op, namespace, seconds, ok, compile_seconds=0.0):
+        if getattr(self._internal, "active", False):
+            return
+        series = self._series_for(namespace, op)
+        (series.ok if ok else series.err).record(seconds)
+
+    def _on_query(self, namespace, plan, queries=None):
+        if getattr(self._internal, "active", False):
+            return
+        if plan.short:
+            with self._ops_lock:
+                self._short[namespace] = self._short.get(namespace, 0) + int(plan.short)
+                self._short_times.append((self._ops_clock(), namespace, int(plan.short)))
+        if queries is not None and len(queries):
+            self._offer_queries(namespace, queries)
+
+    def _on_checkpoint(self, lsn):
         if not self._ops_loaded:
             return
         try:
@@ -150,13 +195,25 @@ class ObservedDatabase(Database):
         payload = {"series": [{"ns": ns, "op": op, "ok": s.ok.snapshot().to_msg(),
                                "err": s.err.snapshot().to_msg()} for (ns, op), s in series],
                    "short": short, "saved_at": time.time()}
-        self._ops_put(LATENCY_KEY, payload)
-        self._growth.update(self)
-        self._ops_put(capacity.GROWTH_KEY, self._growth.to_msg())
+        store = self.engine.ops_store
+        store.put(LATENCY_KEY, payload)
+        store.put(COUNTERS_KEY, self.lifetime_counters())
+        self.growth.update(self)
+        store.put(capacity.GROWTH_KEY, self.growth.to_msg())
 
-    @property
-    def _can_persist(self) -> bool:
-        return not self.readonly and not self._closed and self._failed is None
+    def lifetime_counters(self) -> dict:
+        """vectors_written, vectors_deleted, writes: totals over the database's life
+        (persisted at each checkpoint) plus this process's since then."""
+        out = dict(self._counter_base)
+        for key, value in self.engine.counters.items():
+            out[key] = out.get(key, 0) + value
+        return out
+
+    @staticmethod
+    def compile_stats() -> dict:
+        """numba compilation in this process: seconds and count (excluded from latency)."""
+        return {"seconds": compile_clock.total_seconds,
+                "compilations": compile_clock.compilations}
 
     # -- hooks -----------------------------------------------------------------------------
     def _series_for(self, namespace: str, op: str) -> _Series:
@@ -168,23 +225,6 @@ class ObservedDatabase(Database):
                 if series is None:
                     series = self._series[key] = _Series(self._ops_clock)
         return series
-
-    def _observe(self, op: str, namespace: str, seconds: float, ok: bool) -> None:
-        if getattr(self._internal, "active", False):
-            return
-        series = self._series_for(namespace, op)
-        (series.ok if ok else series.err).record(seconds)
-
-    def _record_query(self, namespace: str, plan, queries=None) -> None:
-        super()._record_query(namespace, plan, queries)
-        if getattr(self._internal, "active", False):
-            return
-        if plan.short:
-            with self._ops_lock:
-                self._short[namespace] = self._short.get(namespace, 0) + int(plan.short)
-                self._short_times.append((self._ops_clock(), namespace, int(plan.short)))
-        if queries is not None and len(queries):
-            self._offer_queries(namespace, queries)
 
     def _offer_queries(self, namespace, queries):
         """Reservoir sampling (algorithm R) of recent query vectors per namespace."""
@@ -297,9 +337,9 @@ class ObservedDatabase(Database):
         finally:
             self._internal.active = False
         self._probes[result.namespace] = result
-        if self._can_persist:
+        if self.engine.writable:
             try:
-                self._ops_put(f"probe:{result.namespace}", result.to_dict())
+                self.engine.ops_store.put(f"probe:{result.namespace}", result.to_dict())
             except Exception:
                 pass
         return result
@@ -375,7 +415,47 @@ class ObservedDatabase(Database):
         for thread in self._loops:
             thread.join()
         self._loops = []
-        super().close()
+        self.engine.close()
+
+    def __enter__(self):
+        self.engine.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self):
-        return super().__repr__().replace("simplevector.Database", "simplevector.ObservedDatabase")
+        return repr(self.engine).replace("simplevector.Database", "simplevector.ObservedDatabase")
+
+
+# The engine's public API, forwarded unchanged (same signatures and docstrings).
+_ENGINE_METHODS = ("create_namespace", "create_version", "promote", "drop_namespace",
+                   "namespace", "list_namespaces", "changes", "checkpoint", "refresh", "info",
+                   "status", "version_statuses", "version_status", "add_observer",
+                   "remove_observer")
+_ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "auto_index",
+                      "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",
+                      "replayed_records", "memory_replayed_records", "counters",
+                      "query_stats", "lsn", "writable", "closed", "ops_store")
+
+
+def _forward_method(name):
+    target = getattr(Database, name)
+
+    @functools.wraps(target)
+    def method(self, *args, **kwargs):
+        return getattr(self.engine, name)(*args, **kwargs)
+    return method
+
+
+def _forward_attribute(name):
+    doc = getattr(getattr(Database, name, None), "__doc__", None)
+    return property(lambda self: getattr(self.engine, name),
+                    doc=doc if isinstance(getattr(Database, name, None), property) else None)
+
+
+for _name in _ENGINE_METHODS:
+    setattr(ObservedDatabase, _name, _forward_method(_name))
+for _name in _ENGINE_ATTRIBUTES:
+    setattr(ObservedDatabase, _name, _forward_attribute(_name))
+del _name

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from simplevector.engine.indexspec import IndexSpec
 
@@ -109,20 +108,12 @@ def _grade(value, warning, critical=None, *, below=False) -> str:
     return "ok"
 
 
-def drift_ratio(state, sample: int = 2000, seed: int = 0):
-    """(ratio, new rows) for a version's IVF index: the quantization error of live rows
-    added since training over the training error; (None, n) when not measurable."""
-    index = state.index
-    if index is None:
+def drift_ratio(db, status, sample: int = 2000, seed: int = 0):
+    """(ratio, new rows) for a version's IVF index (``Namespace.index_drift``): the
+    quantization error of live rows added since training over the training error."""
+    if status.index_info is None:
         return None, 0
-    view = state.view()
-    new = np.flatnonzero(view.alive[index.trained_upto:]) + index.trained_upto
-    if len(new) == 0 or not index.train_error:
-        return None, len(new)
-    if len(new) > sample:
-        new = np.sort(np.random.default_rng(seed).choice(new, sample, replace=False))
-    err = index.quantization_error(np.ascontiguousarray(view.X[new]))
-    return err / index.train_error, len(new)
+    return db.namespace(status.name, status.version).index_drift(sample, seed=seed)
 
 
 def version_checks(db, t: HealthThresholds, drift_sample: int):
@@ -130,40 +121,35 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
     findings, stats = [], []
     probes = db.latest_probes()
     short = db.short_results()
-    for config in sorted(db._applier.configs.values(), key=lambda c: (c.name, c.version)):
-        state = db._applier.states.get(config.vid)
-        if state is None:
-            continue
+    for config in db.version_statuses():
         ns = config.name
         first = len(findings)
         label = f"{ns} v{config.version}" + (" (live)" if config.live else "")
-        rows, tomb = state.live, state.tombstones
-        ratio = tomb / state.n if state.n else 0.0
+        rows, tomb = config.rows, config.tombstones
+        ratio = config.tombstone_ratio
         entry = {"namespace": ns, "version": config.version, "live": config.live,
                  "model": config.model, "dim": config.dim, "metric": config.metric,
                  "rows": rows, "tombstones": tomb, "tombstone_ratio": ratio,
-                 "index": "Flat" if state.index is None else str(state.index.spec),
-                 "configured_index": config.index}
+                 "index": config.index_active, "configured_index": config.index_configured}
         sev = _grade(ratio, t.tombstone_warning, t.tombstone_critical)
         findings.append(Finding(
             "tombstone_ratio", sev, ns, round(ratio, 4), t.tombstone_warning,
             f"{label}: {rows} rows, {tomb} tombstones ({ratio:.0%} of positions)"
             + ("; compact it" if sev != "ok" else ""), runbook("tombstones-and-compaction")))
-        if state.training_error:
+        if config.training_error:
             findings.append(Finding(
-                "index_training", "warning", ns, state.training_error, None,
-                f"{label}: the last index build failed ({state.training_error}); queries "
+                "index_training", "warning", ns, config.training_error, None,
+                f"{label}: the last index build failed ({config.training_error}); queries "
                 "stay exact", runbook("drift-and-re-training")))
-        spec = IndexSpec.parse(config.index)
-        if (state.index is None and spec.kind == "ivf" and not state.training
+        spec = IndexSpec.parse(config.index_configured)
+        if (config.index_info is None and spec.kind == "ivf" and not config.training
                 and rows >= spec.min_train_rows):
             findings.append(Finding(
                 "index_missing", "warning", ns, rows, spec.min_train_rows,
-                f"{label}: configured {config.index} but no index is trained; queries are "
-                "exact (slow)", runbook("drift-and-re-training")))
-        index = state.index
-        if index is not None:
-            info = index.info()
+                f"{label}: configured {config.index_configured} but no index is trained; "
+                "queries are exact (slow)", runbook("drift-and-re-training")))
+        if config.index_info is not None:
+            info = config.index_info
             entry["index_info"] = info
             imb = info["list_imbalance"]
             empty_share = info["empty_lists"] / info["nlist"] if info["nlist"] else 0.0
@@ -174,7 +160,7 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
                 f"{label}: largest list {info['list_size_max']} rows vs mean "
                 f"{info['list_size_mean']} (x{imb}); {info['empty_lists']} of {info['nlist']} "
                 "lists empty", runbook("drift-and-re-training")))
-            ratio_d, new_rows = drift_ratio(state, drift_sample)
+            ratio_d, new_rows = drift_ratio(db, config, drift_sample)
             entry["drift_ratio"], entry["rows_since_training"] = ratio_d, new_rows
             if ratio_d is None or new_rows < t.drift_min_rows:
                 sev, msg = "ok", (f"{label}: {new_rows} rows added since training; too few "
@@ -230,7 +216,7 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
 def storage_checks(db, t: HealthThresholds):
     info = db.info()
     findings = []
-    lag = max(0, db._last_lsn - db.checkpoint_lsn)
+    lag = db.status().records_since_checkpoint
     age = None if db.checkpoint_time is None else time.time() - db.checkpoint_time
     findings.append(Finding(
         "wal_bytes", _grade(info["wal_bytes"], t.wal_bytes_warning), None, info["wal_bytes"],

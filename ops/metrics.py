@@ -7,9 +7,13 @@ process do not collide).
 
 Latency histograms are exported in seconds with ``le`` bounds at powers of two of
 microseconds (1 us .. 67 s), which are bucket edges of our log-linear histograms, so the
-cumulative counts are exact. Counters come from this process (the engine's counters
-restart at open; Prometheus handles counter resets), except the operation and short
-result counts, which include the totals persisted before this process.
+cumulative counts are exact.
+
+Every ``*_total`` counter has one meaning: the lifetime total of the database, including
+what earlier processes persisted at their checkpoints (operations, errors, short results,
+vectors written and deleted, write batches). The exceptions say so in their name:
+``simplevector_process_*`` counts this process only (numba compile time, observer errors).
+Queries are counted once, as ``simplevector_operations_total{op="query"}``.
 """
 
 from __future__ import annotations
@@ -76,15 +80,28 @@ class OpsCollector:
         for ns, n in sorted(db.short_results().items()):
             short.add_metric([ns], n)
         yield short
-        for key, help_ in (("vectors_written", "Vectors written (upserted) since open."),
-                           ("vectors_deleted", "Vectors deleted since open."),
-                           ("writes", "Write batches committed since open.")):
+        lifetime = db.lifetime_counters()
+        for key, help_ in (("vectors_written", "Vectors written (upserted), lifetime."),
+                           ("vectors_deleted", "Vectors deleted, lifetime."),
+                           ("writes", "Write batches committed, lifetime.")):
             c = CounterMetricFamily(f"{PREFIX}_{key}", help_)
-            c.add_metric([], db.counters.get(key, 0))
+            c.add_metric([], lifetime.get(key, 0))
             yield c
-        q = CounterMetricFamily(f"{PREFIX}_queries", "Queries since open (engine count).")
-        q.add_metric([], db.query_stats.get("queries", 0))
-        yield q
+        comp = db.compile_stats()
+        c = CounterMetricFamily(
+            f"{PREFIX}_process_kernel_compile_seconds",
+            "Seconds this process spent compiling numba kernels (excluded from the "
+            "operation latency histograms).")
+        c.add_metric([], comp["seconds"])
+        yield c
+        c = CounterMetricFamily(f"{PREFIX}_process_kernel_compilations",
+                                "numba kernel compilations in this process.")
+        c.add_metric([], comp["compilations"])
+        yield c
+        c = CounterMetricFamily(f"{PREFIX}_process_observer_errors",
+                                "Exceptions raised by engine observers in this process.")
+        c.add_metric([], db.status().observer_errors)
+        yield c
 
     def _versions(self, db):
         labels = ["namespace", "version", "model", "live"]
@@ -100,20 +117,17 @@ class OpsCollector:
             f"{PREFIX}_index_drift_ratio",
             "Quantization error of rows added since training over the training error.",
             labels=labels)
-        for config in sorted(db._applier.configs.values(), key=lambda c: (c.name, c.version)):
-            state = db._applier.states.get(config.vid)
-            if state is None:
-                continue
-            lv = [config.name, str(config.version), str(config.model or ""),
-                  "true" if config.live else "false"]
-            rows.add_metric(lv, state.live)
-            tomb.add_metric(lv, state.tombstones)
-            ratio.add_metric(lv, state.tombstones / state.n if state.n else 0.0)
-            if state.index is not None:
-                info = state.index.info()
+        for st in db.version_statuses():
+            lv = [st.name, str(st.version), str(st.model or ""),
+                  "true" if st.live else "false"]
+            rows.add_metric(lv, st.rows)
+            tomb.add_metric(lv, st.tombstones)
+            ratio.add_metric(lv, st.tombstone_ratio)
+            if st.index_info is not None:
+                info = st.index_info
                 imb.add_metric(lv, info["list_imbalance"])
                 empty.add_metric(lv, info["empty_lists"])
-                value, _ = drift_ratio(state, self.drift_sample)
+                value, _ = drift_ratio(db, st, self.drift_sample)
                 if value is not None:
                     drift.add_metric(lv, value)
         yield from (rows, tomb, ratio, imb, empty, drift)
@@ -136,7 +150,7 @@ class OpsCollector:
 
     def _storage(self, db):
         info = db.info()
-        lag = max(0, db._last_lsn - db.checkpoint_lsn)
+        lag = db.status().records_since_checkpoint
         total, free = capacity.disk_usage(db.path)
         fc = capacity.forecast(db)
         gauges = [

@@ -100,8 +100,7 @@ def probe_recall(db, namespace, *, samples: int = 200, k: int = 10, source: str 
         raise InvalidInput(f"source {source!r} is not valid; expected one of {SOURCES}")
     t0 = time.perf_counter()
     ns = db.namespace(namespace)
-    config = ns._config()
-    state = db._state(config.vid)
+    config = db.version_status(namespace)       # the live version, as the engine holds it
     queries, labels, used = None, None, "stored"
     if source in ("auto", "queries"):
         recent = db.recent_queries(namespace, dim=config.dim)
@@ -115,11 +114,11 @@ def probe_recall(db, namespace, *, samples: int = 200, k: int = 10, source: str 
             raise InvalidInput(f"namespace {namespace!r} has no recent queries to probe with",
                                hint="use source='stored', or run queries first")
     if queries is None:
-        if state.live == 0:
+        if config.rows == 0:
             labels, queries = [], np.zeros((0, config.dim), np.float32)
         else:
             labels, queries = ns.sample(samples, seed=seed)
-    index_name = "Flat" if state.index is None else str(state.index.spec)
+    index_name = config.index_active
     hits = expected = 0
     per_query = []
     if len(queries):

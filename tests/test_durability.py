@@ -448,7 +448,7 @@ def test_checkpoint_with_small_wal_keep_truncates_and_feed_reports_gap(tmp_path)
     path = tmp_path / "db"
     with sv.open(path, checkpoint_interval=0, wal_keep_bytes=0) as db:
         ns = db.create_namespace("c", dim=2)
-        db._wal._segment_bytes = 4096        # force several segments
+        db.engine._wal._segment_bytes = 4096        # force several segments
         for i in range(60):
             ns.upsert([i], [[i, 1]], metadata=[{"pad": "x" * 100}])
         lsn = db.checkpoint()

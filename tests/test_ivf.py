@@ -556,7 +556,7 @@ def test_ivf_query_ignores_rows_written_after_it_took_its_row_view(tmp_path, mon
         ns.upsert(ids_for(2000), X[:2000])            # row capacity grows past 3000 rows,
         ns.upsert([f"r{i}" for i in range(2000, 3000)], X[2000:])   # so no reallocation
         ns.build_index()
-        state = db._state(db._resolve("v").vid)
+        state = db.engine._state(db.version_status("v").vid)
         original = state.view
         fired = []
 

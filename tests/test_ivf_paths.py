@@ -79,7 +79,7 @@ def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(
         after = ns.query(Q[0], k=10, nprobe=6, include=())
         assert seen == [True] and victim not in [h.id for h in after]
         # lists holding a row past the view: the bound comes back even with all rows alive
-        state = db._state(ns._config().vid)
+        state = db.engine._state(db.version_status("v").vid)
         view = state.view()
         sealed, d = state.index.snapshot()
         assert real(view.alive[:-1], True, sealed, d)

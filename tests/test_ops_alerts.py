@@ -91,10 +91,10 @@ def test_latency_rule_over_a_window_resolves_when_the_window_passes(tmp_path):
     try:
         ns = db.create_namespace("docs", dim=4, metric="l2")
         ns.upsert(ids=[1], vectors=np.ones((1, 4), np.float32))
-        db._observe("query", "docs", 0.2, True)       # a slow query, recorded as the hook would
+        db.ops_observer.on_operation("query", "docs", 0.2, True)   # a slow query
         assert next(a for a in db.alerts() if a.rule == "query_latency_p99").state == "firing"
         clock.t += 400                                 # past the 5-minute window
-        db._observe("query", "docs", 0.001, True)
+        db.ops_observer.on_operation("query", "docs", 0.001, True)
         assert next(a for a in db.alerts() if a.rule == "query_latency_p99").state == "ok"
         states = [e["state"] for e in db.alert_events() if e["rule"] == "query_latency_p99"]
         assert states == ["firing", "resolved"]
@@ -137,8 +137,8 @@ def test_capacity_needs_some_history_before_projecting(db):
     ns.upsert(ids=list(range(10)), vectors=np.ones((10, 4), np.float32))
     fc = db.capacity()
     assert fc.vectors_per_day is None and fc.days_until_full is None
-    assert db._growth.last_lsn == db._last_lsn
-    assert sum(b[0] for b in db._growth.buckets.values()) == 10
+    assert db.growth.last_lsn == db.status().logged_lsn
+    assert sum(b[0] for b in db.growth.buckets.values()) == 10
 
 
 def test_background_probe_and_alert_loops_run_and_stop_on_close(tmp_path):

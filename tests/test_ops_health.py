@@ -71,7 +71,7 @@ def test_health_of_a_fresh_namespace_reports_counts_and_unmeasured_recall(db):
     assert by_check(report, "model_versions", "docs").value == ["mini@1.0.0"]
     v = report.stats["versions"][0]
     assert (v["rows"], v["tombstones"]) == (9, 1)
-    assert by_check(report, "wal_records_since_checkpoint").value == db._last_lsn
+    assert by_check(report, "wal_records_since_checkpoint").value == db.status().logged_lsn
 
 
 def test_tombstone_ratio_above_threshold_is_a_warning(db):
@@ -147,7 +147,8 @@ def test_filtered_query_reported_short_is_detected(db):
     hits, plan = ns.query(X[0], k=20, where={"g": 1}, explain=True)
     assert len(hits) == 20 and plan.short == 0
     assert by_check(db.health(), "short_results", "docs").severity == "ok"
-    db._record_query("docs", Plan(index="ivf", short=1, matched=50, selectivity=0.25), X[:1])
+    plan = Plan(index="ivf", short=1, matched=50, selectivity=0.25)
+    db.engine._notify_query("docs", plan, X[:1])
     f = by_check(db.health(), "short_results", "docs")
     assert f.severity == "warning" and f.value == 1
     assert db.query_stats["short"] == 1

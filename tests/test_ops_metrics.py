@@ -62,7 +62,7 @@ def test_metrics_parse_and_match_the_operations(db):
     assert s[("simplevector_vectors", labels)] == 297
     assert s[("simplevector_tombstones", labels)] == 3
     assert s[("simplevector_wal_bytes", ())] == db.info()["wal_bytes"]
-    assert s[("simplevector_wal_records_since_checkpoint", ())] == db._last_lsn
+    assert s[("simplevector_wal_records_since_checkpoint", ())] == db.status().logged_lsn
     assert s[("simplevector_lsn", ())] == db.lsn
 
 
@@ -82,7 +82,7 @@ def test_histogram_buckets_are_cumulative_and_sum_matches_latency(db):
 def test_recall_and_short_results_are_exported(db):
     ns, X = fill(db)
     db.probe_recall("docs", samples=50, k=5)
-    db._record_query("docs", Plan(short=2, matched=100), None)
+    db.engine._notify_query("docs", Plan(short=2, matched=100), None)
     s = samples(db.metrics_text())
     assert s[("simplevector_recall", (("k", "5"), ("namespace", "docs"), ("version", "1")))] == 1.0
     assert s[("simplevector_short_results_total", (("namespace", "docs"),))] == 2
@@ -101,7 +101,7 @@ def test_histograms_survive_a_reopen_through_the_checkpoint(tmp_path):
         for i in range(7):
             ns.query(X[i], k=3)
         before = db.latency("docs", "query")[0]
-        db._record_query("docs", Plan(short=1), None)
+        db.engine._notify_query("docs", Plan(short=1), None)
     with ObservedDatabase(path, checkpoint_interval=0, auto_index=False) as db:
         after = db.latency("docs", "query")[0]
         assert after.count == 7 and after.p99 == before.p99 and after.max == before.max

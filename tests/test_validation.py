@@ -16,7 +16,7 @@ def ns(db):
 
 
 def _snapshot(db, ns):
-    return db.lsn, ns.count(), len(list(db.changes())), db._wal.last_lsn
+    return db.lsn, ns.count(), len(list(db.changes())), db.status().logged_lsn
 
 
 def assert_rejected(db, ns, call, error, *fragments):
