@@ -1,27 +1,13 @@
 """The write-ahead log: SimpleVector's durable record, in front of LMDB.
 
-On disk the log is a directory of append-only segment files named ``{first_lsn:020d}.wal``
-so that they sort by LSN. A segment is created whole (``name.tmp``, fsync, rename, fsync the
-directory) and starts with a 14-byte header::
-
-    magic b"SVWAL" | format version u8 (=1) | first LSN u64
-
-followed by records, each framed (little-endian)::
-
-    length u32 | crc32 u32 | lsn u64 | flags u8 | payload
-
-``length`` counts the bytes after the crc field (``9 + len(payload)``); ``crc32`` is
-``zlib.crc32`` over those same bytes (lsn, flags, payload). Flag bit 0 means the payload is
-zstd-compressed; payloads larger than ``compress_above`` bytes are compressed when that makes
-them smaller, and are decompressed transparently when read. The first record of a segment
-has the segment's first LSN; LSNs strictly increase across the whole log.
-
-Recovery (done when a :class:`WriteAheadLog` is constructed; ``WriteAheadLog.open`` is the
-same thing as a classmethod) verifies every record. A bad or incomplete frame in the last
-segment with no valid frame after it is a torn tail: a writer cuts it off (truncate, fsync),
-a reader ignores it. Anything else - a bad frame with a valid frame after it, a bad frame in
-an earlier segment, an LSN that does not increase - raises :class:`CorruptionError` naming the
-segment file and byte offset.
+On disk the log is a directory of append-only segment files, each created whole (``name.tmp``,
+fsync, rename, fsync the directory). The segment header, the record frame and the rule that
+tells a torn tail from corruption are defined once, in :mod:`.walformat`; recovery (done when
+a :class:`WriteAheadLog` is constructed; ``WriteAheadLog.open`` is the same thing as a
+classmethod) and iteration both apply that rule: a writer cuts a torn tail off (truncate,
+fsync), a reader ignores it, and anything else raises :class:`CorruptionError` naming the
+segment file and byte offset. Payloads larger than ``compress_above`` bytes are
+zstd-compressed when that makes them smaller, and decompressed transparently when read.
 
 Writes go through :meth:`WriteAheadLog.append` (``os.writev``, no sync) and become durable
 with :meth:`WriteAheadLog.sync`, where concurrent callers share one ``fdatasync`` (group
@@ -34,230 +20,45 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
-
-import numpy as np
-import zstandard
 
 from simplevector.engine.errors import (
     ChangeFeedGap,
     ClosedError,
     CorruptionError,
-    FormatVersionError,
     InvalidInput,
     ReadOnlyError,
     StorageError,
 )
+from simplevector.engine.walformat import (
+    MAGIC,
+    FORMAT_VERSION,
+    SEGMENT_SUFFIX,
+    _TMP_SUFFIX,
+    _HEADER,
+    _FRAME,
+    _FLAG_ZSTD,
+    _MAX_LSN,
+    _MAX_PAYLOAD,
+    _fdatasync,
+    _O_CLOEXEC,
+    _storage_error,
+    _fsync_dir,
+    _segment_name,
+    _list_segments,
+    _maybe_compress,
+    _decode,
+    _Stop,
+    _read_header,
+    _frames,
+    bad_frame_error,
+    short_header_error,
+    encode_frame,
+)
+
 
 __all__ = ["WriteAheadLog", "MAGIC", "FORMAT_VERSION", "SEGMENT_SUFFIX"]
-
-MAGIC = b"SVWAL"
-FORMAT_VERSION = 1
-SEGMENT_SUFFIX = ".wal"
-_TMP_SUFFIX = ".tmp"
-
-_HEADER = struct.Struct("<5sBQ")  # magic, version, first lsn
-_FRAME = struct.Struct("<IIQB")  # length, crc32, lsn, flags
-_LEN_CRC = 8  # bytes of the frame before what length and crc32 cover
-_BODY_FIXED = _FRAME.size - _LEN_CRC  # lsn + flags
-_FLAG_ZSTD = 0x01
-_MAX_LSN = (1 << 64) - 1
-_MAX_PAYLOAD = 0xFFFFFFFF - _BODY_FIXED
-_ZSTD_LEVEL = 1  # the WAL is short-lived: favour speed over ratio
-_PROBE_ABOVE = 64 << 10  # payloads larger than this are probed before compressing
-_PROBE_SLICE = 8 << 10
-_SCAN_CHUNK = 1 << 20
-
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-# zstd contexts are not thread-safe: one compressor and one decompressor per thread.
-_tls = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_tls, "cctx", None)
-    if c is None:
-        c = _tls.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_tls, "dctx", None)
-    if d is None:
-        d = _tls.dctx = zstandard.ZstdDecompressor()
-    return d
-
-
-def _storage_error(action: str, path: str, e: OSError) -> StorageError:
-    return StorageError(f"WAL could not {action} {path}: {e.strerror or e}")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise _storage_error("fsync directory", path, e) from e
-
-
-def _segment_name(first_lsn: int) -> str:
-    return f"{first_lsn:020d}{SEGMENT_SUFFIX}"
-
-
-def _list_segments(directory: str) -> list[tuple[str, int]]:
-    """(path, first_lsn) of every segment in *directory*, oldest first."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise _storage_error("list", directory, e) from e
-    out = []
-    for name in names:
-        stem = name[: -len(SEGMENT_SUFFIX)]
-        if name.endswith(SEGMENT_SUFFIX) and len(stem) == 20 and stem.isdigit():
-            out.append((os.path.join(directory, name), int(stem)))
-    out.sort(key=lambda s: s[1])
-    return out
-
-
-def _maybe_compress(raw) -> bytes | None:
-    """The zstd form of *raw* when it is smaller, else None. A large payload is probed
-    first (three slices): float vectors save well under 1/8 yet cost about as much to
-    compress as an fdatasync, so they are stored raw."""
-    cctx = _compressor()
-    n = len(raw)
-    if n > _PROBE_ABOVE:
-        view = memoryview(raw)
-        mid = n // 2
-        sample = b"".join((view[:_PROBE_SLICE], view[mid : mid + _PROBE_SLICE], view[-_PROBE_SLICE:]))
-        if len(cctx.compress(sample)) > len(sample) - len(sample) // 8:
-            return None
-    packed = cctx.compress(raw)
-    return packed if len(packed) < n else None
-
-
-def _decode(flags: int, body: bytes) -> bytes:
-    return _decompressor().decompress(body) if flags & _FLAG_ZSTD else body
-
-
-class _Stop:
-    """Where a scan of one segment stopped: clean end (reason None) or a bad frame."""
-
-    __slots__ = ("offset", "reason", "size", "prev_lsn")
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.reason: str | None = None
-        self.size = 0
-        self.prev_lsn = 0
-
-
-def _read_header(f, path: str, name_lsn: int, size: int) -> bool:
-    """Check a segment header; False when the file is shorter than a header."""
-    if size < _HEADER.size:
-        return False
-    f.seek(0)
-    magic, version, first_lsn = _HEADER.unpack(f.read(_HEADER.size))
-    if magic != MAGIC:
-        raise CorruptionError(f"WAL segment {path} does not start with {MAGIC!r} (found {magic!r})")
-    if version != FORMAT_VERSION:
-        raise FormatVersionError(
-            f"WAL segment {path} has format version {version}; this build reads {FORMAT_VERSION}"
-        )
-    if first_lsn != name_lsn:
-        raise CorruptionError(
-            f"WAL segment {path} header says first LSN {first_lsn}, its name says {name_lsn}"
-        )
-    return True
-
-
-def _frames(f, path, offset, size, prev_lsn, expect_lsn, stop):
-    """Yield ``(lsn, flags, body, end_offset)`` for each whole, valid frame from *offset*
-    up to *size*. At a frame that is incomplete or fails verification, fill *stop* and end.
-    A valid frame whose LSN does not increase raises CorruptionError."""
-    stop.size = size
-    f.seek(offset)
-    while True:
-        stop.offset, stop.prev_lsn = offset, prev_lsn
-        if offset >= size:
-            return
-        head = f.read(_FRAME.size)
-        if len(head) < _FRAME.size:
-            stop.reason = "is incomplete"
-            return
-        length, crc, lsn, flags = _FRAME.unpack(head)
-        if length < _BODY_FIXED:
-            stop.reason = f"has an invalid length {length}"
-            return
-        if offset + _LEN_CRC + length > size:
-            stop.reason = "is incomplete"
-            return
-        need = length - _BODY_FIXED
-        body = f.read(need)
-        if len(body) < need:
-            stop.reason = "is incomplete"
-            return
-        if zlib.crc32(body, zlib.crc32(head[_LEN_CRC:])) != crc:
-            stop.reason = "fails its checksum"
-            return
-        if flags & ~_FLAG_ZSTD:
-            stop.reason = f"has unknown flags {flags:#x}"
-            return
-        if lsn <= prev_lsn:
-            raise CorruptionError(
-                f"WAL record at {path} offset {offset} has LSN {lsn}, not above the previous "
-                f"LSN {prev_lsn}; LSNs must strictly increase"
-            )
-        if expect_lsn is not None and lsn != expect_lsn:
-            raise CorruptionError(
-                f"WAL record at {path} offset {offset} has LSN {lsn}; the first record of "
-                f"this segment must have LSN {expect_lsn}"
-            )
-        expect_lsn = None
-        offset += _LEN_CRC + length
-        prev_lsn = lsn
-        yield lsn, flags, body, offset
-
-
-def _find_valid_frame_after(path: str, start: int, end: int, prev_lsn: int) -> int | None:
-    """Offset of the first valid frame (whole, crc ok, LSN above *prev_lsn*) starting in
-    ``[start, end)`` of *path*, else None. Candidates are filtered with numpy, so a long
-    damaged region costs a few passes over memory, not a Python step per byte."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(max(0, end - start))
-    except OSError as e:
-        raise _storage_error("read", path, e) from e
-    n = len(data)
-    last_start = n - _FRAME.size  # last offset where a frame header fits
-    if last_start < 0:
-        return None
-    buf = np.frombuffer(data, dtype=np.uint8)
-    for c0 in range(0, last_start + 1, _SCAN_CHUNK):
-        c1 = min(c0 + _SCAN_CHUNK, last_start + 1)
-        length = buf[c0:c1].astype(np.int64)
-        for k in (1, 2, 3):
-            length |= buf[c0 + k : c1 + k].astype(np.int64) << (8 * k)
-        offs = np.arange(c0, c1, dtype=np.int64)
-        ok = (length >= _BODY_FIXED) & (offs + _LEN_CRC + length <= n) & (buf[c0 + 16 : c1 + 16] <= 1)
-        for j in np.flatnonzero(ok):
-            o = int(c0 + j)
-            length_o, crc, lsn, _flags = _FRAME.unpack_from(data, o)
-            if lsn <= prev_lsn:
-                continue
-            body = memoryview(data)[o + _LEN_CRC : o + _LEN_CRC + length_o]
-            if zlib.crc32(body) == crc:
-                return start + o
-    return None
 
 
 class WriteAheadLog:
@@ -349,7 +150,7 @@ class WriteAheadLog:
                     size = os.fstat(f.fileno()).st_size
                     if not _read_header(f, path, first, size):
                         if not is_last:
-                            raise CorruptionError(f"WAL segment {path} is shorter than its header")
+                            raise short_header_error(path)
                         ends.append(0)
                         counts.append(0)
                         break
@@ -365,17 +166,9 @@ class WriteAheadLog:
             except OSError as e:
                 raise _storage_error("read", path, e) from e
             if stop.reason is not None:
-                if not is_last:
-                    raise CorruptionError(
-                        f"WAL record at {path} offset {stop.offset} {stop.reason}; later segment "
-                        f"{segs[i + 1][0]} exists, so this is not a torn tail"
-                    )
-                later = _find_valid_frame_after(path, stop.offset + 1, size, prev)
-                if later is not None:
-                    raise CorruptionError(
-                        f"WAL record at {path} offset {stop.offset} {stop.reason}; records after "
-                        f"it exist (a valid record at offset {later}), so this is not a torn tail"
-                    )
+                error = bad_frame_error(path, stop, prev, None if is_last else segs[i + 1][0])
+                if error is not None:
+                    raise error
                 torn = True
             ends.append(end)
             counts.append(count)
@@ -500,9 +293,7 @@ class WriteAheadLog:
                 body, flags = packed, _FLAG_ZSTD
         if len(body) > _MAX_PAYLOAD:
             raise InvalidInput(f"payload of {len(body)} bytes exceeds the WAL limit of {_MAX_PAYLOAD}")
-        tail = struct.pack("<QB", lsn, flags)
-        crc = zlib.crc32(body, zlib.crc32(tail))
-        head = struct.pack("<II", _BODY_FIXED + len(body), crc) + tail
+        head = encode_frame(lsn, flags, body)
         frame_len = len(head) + len(body)
         with self._cond:
             self._check_writable()
@@ -737,7 +528,7 @@ class WriteAheadLog:
                         if offset is None:
                             if not _read_header(f, path, first, size):
                                 if i < len(segs) - 1:
-                                    raise CorruptionError(f"WAL segment {path} is shorter than its header")
+                                    raise short_header_error(path)
                                 return  # being created, or empty after a crash
                             offset = _HEADER.size
                         stop = _Stop()
@@ -752,10 +543,7 @@ class WriteAheadLog:
                         raise _storage_error("read", path, e) from e
                     if i < len(segs) - 1:  # a later segment existed before this read
                         if stop.reason is not None:
-                            raise CorruptionError(
-                                f"WAL record at {path} offset {stop.offset} {stop.reason}; later "
-                                f"segment {segs[i + 1][0]} exists, so this is not a torn tail"
-                            )
+                            raise bad_frame_error(path, stop, p, segs[i + 1][0])
                         break
                     newer = [s for s in _list_segments(self._dir) if s[1] > first]
                     if newer:  # the writer rolled over: this segment is complete now
@@ -766,13 +554,9 @@ class WriteAheadLog:
                     if not retried:  # maybe a frame in flight: look once more
                         retried = True
                         continue
-                    later = _find_valid_frame_after(path, stop.offset + 1, stop.size, p)
-                    if later is not None:
-                        raise CorruptionError(
-                            f"WAL record at {path} offset {stop.offset} {stop.reason}; records "
-                            f"after it exist (a valid record at offset {later}), so this is not "
-                            f"a torn tail"
-                        )
+                    error = bad_frame_error(path, stop, p, None)
+                    if error is not None:
+                        raise error
                     break  # torn or in-flight tail: stop quietly
             prev = p
             i += 1
