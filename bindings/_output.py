@@ -7,13 +7,14 @@ No dependency beyond click.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 
 import click
 import numpy as np
 
-__all__ = ["output_option", "emit", "format_table", "to_jsonable", "dumps"]
+__all__ = ["output_option", "emit", "format_table", "to_jsonable", "dumps", "iso_utc"]
 
 
 def output_option(fn):
@@ -39,6 +40,12 @@ def to_jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def iso_utc(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC to the second, e.g. ``2026-12-01T21:31:24Z``."""
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
 
 def dumps(value, **kwargs) -> str:

@@ -1,22 +1,19 @@
 """The ``simplevector`` admin command line (click).
 
 Each command is thin: parse the arguments, call the public library, format the result.
-``--db PATH`` (env SIMPLEVECTOR_DB) names the database on every command that needs one;
-``--json`` switches a command's output from an aligned table to JSON. A library error
-(:class:`SimpleVectorError`) prints one line ``error: <message> (hint: ...)`` on stderr and
-exits 1; usage errors exit 2; ``simplevector --debug ...`` shows the traceback instead.
-
-The database is opened with the background checkpointer and background index training
-off, and closed (which checkpoints) when the command ends. Commands that only read open it read-only, so they
-also work while another process (a server, a long import) holds the write lock.
+The conventions every command shares live in :mod:`simplevector._cli`: ``--db PATH`` (env
+SIMPLEVECTOR_DB), ``--json``, one way to open the database (no background checkpointer or
+index training; closed, which checkpoints, when the command ends; read-only for commands
+that only read, so they work while another process holds the write lock), and errors: a
+library error (:class:`SimpleVectorError`) prints one line ``error: <message> (hint: ...)``
+on stderr and exits 1; usage errors exit 2; ``simplevector --debug ...`` shows the traceback.
+Import and export are :mod:`simplevector.transfer`; the ops commands are in ``cli_ops``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import os
 import sys
 import time
 
@@ -24,53 +21,12 @@ import click
 import numpy as np
 
 import simplevector as sv
-from simplevector._output import dumps, emit, output_option
-
-CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"])
-DEFAULT_DB = "./simplevector-data"
-
-
-# -- shared options and helpers -----------------------------------------------------------------
-def db_option(default: str = DEFAULT_DB, envvar: str | None = "SIMPLEVECTOR_DB"):
-    """``--db PATH``: the database directory; arrives as ``db_path``."""
-    return click.option(
-        "--db", "db_path", default=default, envvar=envvar, show_default=True, show_envvar=True,
-        type=click.Path(file_okay=False, dir_okay=True),
-        help="Database directory.")
+from simplevector import transfer
+from simplevector._cli import CONTEXT_SETTINGS, Group, db_option, open_db, output_option
+from simplevector._output import emit
 
 
-@contextlib.contextmanager
-def open_db(path: str, *, readonly: bool = False):
-    """The database at ``path``, closed (and checkpointed, for a writer) on exit."""
-    if readonly and not os.path.isdir(path):
-        raise sv.StorageError(f"no SimpleVector database at {os.path.abspath(path)}",
-                              hint="create one with `simplevector init --db PATH`")
-    # A CLI process lives for one command: no background checkpointer, and no background
-    # index training (close() would wait for it, and a stopped build is thrown away).
-    db = sv.Database(path, readonly=readonly, checkpoint_interval=0, auto_index=False)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-class _MainGroup(click.Group):
-    """The root group: turns library errors into one line on stderr and exit code 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except sv.SimpleVectorError as e:
-            if ctx.params.get("debug"):
-                raise
-            click.echo(f"error: {_one_line(e)}", err=True)
-            ctx.exit(1)
-
-
+# -- helpers ---------------------------------------------------------------------------------
 def _json_arg(value: str, param: str):
     try:
         return json.loads(value)
@@ -98,8 +54,8 @@ version_option = click.option("--version", "version", type=click.IntRange(min=1)
 
 
 # -- the root group ------------------------------------------------------------------------------
-@click.group(cls=_MainGroup, context_settings=CONTEXT_SETTINGS)
-@click.option("--debug", is_flag=True, default=False,
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@click.option("--debug", is_flag=True, default=False, envvar="SIMPLEVECTOR_DEBUG",
               help="Show the full traceback of a library error.")
 @click.version_option(sv.__version__, "-V", "--version", prog_name="simplevector")
 def main(debug):
@@ -148,7 +104,8 @@ def ns():
 @click.option("--dim", type=int, required=True, help="Vector length.")
 @click.option("--metric", default="cosine", show_default=True, help="cosine, l2 or ip.")
 @click.option("--model", default=None, help="Embedding model as name@x.y.z.")
-@click.option("--index", default="auto", show_default=True, help="Index spec: auto, Flat, IVF<n>,Flat, IVF<n>,PQ<m>x8[,Refine<r>].")
+@click.option("--index", default="auto", show_default=True,
+              help="Index spec: auto, Flat, IVF<n>,Flat, IVF<n>,PQ<m>x8[,Refine<r>].")
 @db_option()
 @output_option
 def ns_create(name, dim, metric, model, index, db_path, as_json):
@@ -337,120 +294,71 @@ def query(namespace, vector_json, npy_file, row, k, where_json, version, db_path
 
 
 # -- import / export ------------------------------------------------------------------------------
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
+class _ProgressBar:
+    """A ``progress(done, total)`` callback for :mod:`simplevector.transfer`: a bar on stderr."""
 
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
 
-def _jsonl_batches(path: str, batch_size: int, what: str, check):
-    """Lists of ``batch_size`` parsed JSON lines; ``check(value)`` returns an error or None."""
-    with open(path, encoding="utf-8") as f:
-        batch = []
-        for lineno, line in enumerate(f, 1):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise sv.InvalidInput(f"{path} line {lineno} is not valid JSON: {e.msg}") from e
-            problem = check(value)
-            if problem:
-                raise sv.InvalidInput(f"{path} line {lineno}: {what} {problem}")
-            batch.append(value)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+    def __call__(self, done: int, total: int):
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
 
+    def __enter__(self):
+        return self
 
-def _check_id(v):
-    if isinstance(v, bool) or not isinstance(v, (str, int)):
-        return f"{v!r} is not a str or int id"
-    return None
-
-
-def _check_meta(v):
-    return None if v is None or isinstance(v, dict) else f"{v!r} is not a JSON object (or null)"
-
-
-def _check_doc(v):
-    return None if v is None or isinstance(v, str) else f"{v!r} is not a JSON string (or null)"
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 @main.command("import", context_settings=CONTEXT_SETTINGS)
 @click.argument("namespace")
-@click.argument("npy_file", metavar="FILE.npy", type=click.Path(exists=True, dir_okay=False))
+@click.argument("npy_file", metavar="FILE.npy", type=click.Path(dir_okay=False))
 @click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
-              help="JSONL: one id (str or int) per line. Default: row numbers.")
+              help="JSONL: one id (str or int) per line. Default: the export's, or row numbers.")
 @click.option("--metadata", "meta_file", type=click.Path(exists=True, dir_okay=False),
-              help="JSONL: one JSON object (or null) per line.")
+              help="JSONL: one JSON object (or null) per line. Default: the export's.")
 @click.option("--documents", "docs_file", type=click.Path(exists=True, dir_okay=False),
-              help="JSONL: one JSON string (or null) per line.")
+              help="JSONL: one JSON string (or null) per line. Default: the export's.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Rows per upsert (one WAL record each).")
 @click.option("--create", is_flag=True,
-              help="Create the namespace if it does not exist (with --dim/--metric/...).")
-@click.option("--dim", type=int, default=None, help="With --create: dim (default: the file's).")
-@click.option("--metric", default=None, help="With --create: cosine (default), l2 or ip.")
-@click.option("--model", default=None, help="With --create: embedding model name@x.y.z.")
-@click.option("--index", default=None, help="With --create: index spec (default auto).")
+              help="Create the namespace if it does not exist (from the export manifest, "
+                   "else --dim/--metric/...).")
+@click.option("--dim", type=int, default=None,
+              help="With --create: dim (default: the manifest's, else the file's).")
+@click.option("--metric", default=None,
+              help="With --create: cosine, l2 or ip (default: the manifest's, else cosine).")
+@click.option("--model", default=None,
+              help="With --create: embedding model name@x.y.z (default: the manifest's).")
+@click.option("--index", default=None,
+              help="With --create: index spec (default: the manifest's, else auto).")
 @version_option
 @db_option()
 @output_option
 def import_(namespace, npy_file, ids_file, meta_file, docs_file, batch_size, create, dim,
             metric, model, index, version, db_path, as_json):
-    """Upsert the rows of FILE.npy (memory-mapped) into NAMESPACE, in batches."""
+    """Upsert the rows of FILE.npy (memory-mapped) into NAMESPACE, in batches.
+
+    FILE.npy may be the output of `simplevector export` (the prefix or its .npy): its
+    manifest then supplies the ids, metadata and documents files and, with --create, the
+    dim, metric, model and index; explicit options override it."""
     if not create and any(v is not None for v in (dim, metric, model, index)):
         raise click.UsageError("--dim/--metric/--model/--index only apply with --create")
-    X = np.load(npy_file, mmap_mode="r")
-    if X.ndim != 2:
-        raise click.BadParameter(f"{npy_file} has shape {X.shape}; expected (rows, dim)",
-                                 param_hint="FILE.npy")
-    n = X.shape[0]
-    for path in (ids_file, meta_file, docs_file):
-        if path is not None and _count_lines(path) != n:
-            raise click.BadParameter(f"{path} has {_count_lines(path)} lines for {n} vectors "
-                                     f"in {npy_file}; expected {n}")
-    streams = {}
-    if ids_file:
-        streams["ids"] = _jsonl_batches(ids_file, batch_size, "id", _check_id)
-    if meta_file:
-        streams["metadata"] = _jsonl_batches(meta_file, batch_size, "metadata", _check_meta)
-    if docs_file:
-        streams["documents"] = _jsonl_batches(docs_file, batch_size, "document", _check_doc)
-
-    with open_db(db_path) as db:
-        if create and not any(i.name == namespace for i in db.list_namespaces()):
-            db.create_namespace(namespace, dim=dim if dim is not None else X.shape[1],
-                                metric=metric or "cosine", model=model, index=index or "auto")
-        ns_ = db.namespace(namespace, version)
-        done = 0
-        t0 = time.perf_counter()
-        with click.progressbar(length=n, label=f"importing {namespace}",
-                               file=sys.stderr) as bar:
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                parts = {key: next(stream) for key, stream in streams.items()}
-                ids = parts.pop("ids", None)
-                if ids is None:
-                    ids = list(range(start, stop))
-                ns_.upsert(ids, np.asarray(X[start:stop]), **parts)
-                done += stop - start
-                bar.update(stop - start)
-        seconds = time.perf_counter() - t0
-        number = ns_.version
-    rate = done / seconds if seconds > 0 else float("inf")
-    result = {"namespace": namespace, "version": number, "rows": done,
-              "seconds": round(seconds, 3), "rows_per_second": round(rate, 1)}
+    with open_db(db_path) as db, _ProgressBar(f"importing {namespace}") as bar:
+        result = transfer.import_namespace(
+            db, npy_file, namespace, create=create, version=version, dim=dim, metric=metric,
+            model=model, index=index, ids=ids_file, metadata=meta_file, documents=docs_file,
+            batch_size=batch_size, progress=bar)
     if as_json:
         emit(result, True)
     else:
-        click.echo(f"imported {done} rows into {namespace} v{number} in {seconds:.2f} s "
-                   f"({rate:,.0f} rows/s)")
-
-
-def _live_ids(db, namespace: str, version):
-    """Ids of the stored rows in insertion order, and the version's status."""
-    return db.namespace(namespace, version).ids(), db.version_status(namespace, version)
+        click.echo(f"imported {result['rows']} rows into {namespace} v{result['version']} in "
+                   f"{result['seconds']:.2f} s ({result['rows_per_second']:,.0f} rows/s)")
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -463,52 +371,16 @@ def _live_ids(db, namespace: str, version):
 @output_option
 def export(namespace, out_prefix, batch_size, version, db_path, as_json):
     """Write OUT_PREFIX.npy, .ids.jsonl, .metadata.jsonl (and .documents.jsonl when there are
-    documents): the input of `simplevector import`."""
-    if out_prefix.endswith(".npy"):
-        out_prefix = out_prefix[:-4]
-    t0 = time.perf_counter()
-    paths = {"vectors": out_prefix + ".npy", "ids": out_prefix + ".ids.jsonl",
-             "metadata": out_prefix + ".metadata.jsonl"}
-    docs_path = out_prefix + ".documents.jsonl"
+    documents), the input of `simplevector import`, and last OUT_PREFIX.manifest.json (name,
+    version, dim, metric, model, index, count, versions). Missing directories are created."""
     with open_db(db_path, readonly=True) as db:
-        handle = db.namespace(namespace, version)
-        ids, config = _live_ids(db, namespace, version)
-        n = len(ids)
-        out = np.lib.format.open_memmap(paths["vectors"], mode="w+", dtype=np.float32,
-                                        shape=(n, config.dim))
-        written = 0
-        any_docs = False
-        with open(paths["ids"], "w", encoding="utf-8") as fi, \
-                open(paths["metadata"], "w", encoding="utf-8") as fm, \
-                open(docs_path, "w", encoding="utf-8") as fd:
-            for start in range(0, n, batch_size):
-                batch = ids[start:start + batch_size]
-                records = handle.get(batch, include=("metadata", "documents", "vectors"))
-                for rec in records:
-                    if rec is None:         # deleted by a writer since the ids were listed
-                        continue
-                    out[written] = rec.vector
-                    written += 1
-                    fi.write(dumps(rec.id) + "\n")
-                    fm.write(dumps(rec.metadata) + "\n")
-                    fd.write(dumps(rec.document) + "\n")
-                    any_docs = any_docs or rec.document is not None
-        out.flush()
-        del out
-    if written < n:                         # rows vanished concurrently: shrink the .npy
-        np.save(paths["vectors"], np.load(paths["vectors"], mmap_mode="r")[:written].copy())
-    if any_docs:
-        paths["documents"] = docs_path
-    else:
-        os.remove(docs_path)
-    seconds = time.perf_counter() - t0
-    result = {"namespace": namespace, "version": config.version, "rows": written,
-              "seconds": round(seconds, 3), "files": paths}
+        result = transfer.export_namespace(db, namespace, out_prefix, version=version,
+                                           batch_size=batch_size)
     if as_json:
         emit(result, True)
     else:
-        click.echo(f"exported {written} rows of {namespace} v{config.version} in "
-                   f"{seconds:.2f} s to " + ", ".join(paths.values()))
+        click.echo(f"exported {result['rows']} rows of {namespace} v{result['version']} in "
+                   f"{result['seconds']:.2f} s to " + ", ".join(result["files"].values()))
 
 
 # -- the write-ahead log --------------------------------------------------------------------------

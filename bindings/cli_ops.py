@@ -1,10 +1,16 @@
 """Ops commands for the ``simplevector`` CLI: latency, metrics, health, alerts, events, probe.
 
-Plain click commands; :func:`register` adds them to a click group (the main CLI does so).
-Each takes ``--db PATH`` (env SIMPLEVECTOR_DB). Reading commands open the database
+:class:`simplevector._cli.Command` commands; :func:`register` adds them to a click group
+(the main CLI does so). They share the main CLI's conventions (:mod:`simplevector._cli`):
+``--db PATH`` (env SIMPLEVECTOR_DB), ``--json``, one-line ``error: ... (hint: ...)`` and
+exit 1 for a library error, the traceback with ``simplevector --debug`` (or
+SIMPLEVECTOR_DEBUG=1), and the same way of opening the database. Reading commands open it
 read-only, so they work while a server or another writer holds the lock; ``alerts`` and
 ``probe`` open it as the writer to record events and results, and fall back to read-only
 (nothing recorded) when another process holds the lock.
+
+``events`` prints times as ISO-8601 UTC (``2026-12-01T21:31:24Z``); its JSON keeps ``ts``
+(epoch seconds) and adds ``time`` (the same instant in ISO-8601 UTC).
 
 Latency recorded by a CLI process dies with it except for the lifetime totals persisted at
 checkpoints, so ``latency`` shows those totals (plus this process's, i.e. none); windows
@@ -15,59 +21,15 @@ checkpoints, so ``latency`` shows those totals (plus this process's, i.e. none);
 
 from __future__ import annotations
 
-import contextlib
+import datetime
 import math
-import os
 
 import click
 
-import simplevector as sv
-from simplevector._output import dumps, emit, format_table, output_option
+from simplevector._cli import Command, db_option, open_db, output_option
+from simplevector._output import dumps, emit, format_table, iso_utc
 
-CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"])
-DEFAULT_DB = "./simplevector-data"
 OPS = ("query", "upsert", "get", "delete")
-
-db_option = click.option(
-    "--db", "db_path", default=DEFAULT_DB, envvar="SIMPLEVECTOR_DB", show_default=True,
-    show_envvar=True, type=click.Path(file_okay=False, dir_okay=True),
-    help="Database directory.")
-
-
-@contextlib.contextmanager
-def _open(path: str, *, write: bool = False):
-    """The database at ``path``: read-only, or the writer (read-only if it is locked)."""
-    if not os.path.isdir(os.path.join(path, "lmdb")):
-        raise sv.StorageError(f"no SimpleVector database at {os.path.abspath(path)}",
-                              hint="create one with `simplevector init --db PATH`")
-    db = None
-    if write:
-        try:
-            db = sv.open(path, checkpoint_interval=0)
-        except sv.LockedError:
-            click.echo("note: the database is locked by another writer; opened read-only, "
-                       "nothing will be recorded", err=True)
-    if db is None:
-        db = sv.open(path, readonly=True, checkpoint_interval=0)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def _errors(fn):
-    """Library errors as one line on stderr and exit 1 (when run outside the main group)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except sv.SimpleVectorError as e:
-            if os.environ.get("SIMPLEVECTOR_DEBUG"):
-                raise
-            raise click.ClickException(" ".join(str(e).split())) from e
-    return wrapper
 
 
 def _ms(seconds):
@@ -92,17 +54,16 @@ def text_histogram(h, width: int = 40) -> str:
     return "\n".join(lines)
 
 
-@click.command("latency", context_settings=CONTEXT_SETTINGS)
-@db_option
+@click.command("latency", cls=Command)
+@db_option()
 @click.option("--namespace", "-n", default=None, help="Only this namespace.")
 @click.option("--op", type=click.Choice(OPS), default=None, help="Only this operation.")
 @click.option("--window", default=None,
               help="1m, 5m, 1h or seconds (default: lifetime totals).")
 @output_option
-@_errors
 def latency_cmd(db_path, namespace, op, window, as_json):
     """Latency per namespace and operation (ms) and a text histogram."""
-    with _open(db_path) as db:
+    with open_db(db_path, readonly=True) as db:
         rows = db.latency(namespace=namespace, op=op, window=window)
         if as_json:
             click.echo(dumps([r.to_dict() for r in rows], indent=2))
@@ -118,24 +79,22 @@ def latency_cmd(db_path, namespace, op, window, as_json):
         click.echo(text_histogram(db.latency_histogram(namespace, op, window)))
 
 
-@click.command("metrics", context_settings=CONTEXT_SETTINGS)
+@click.command("metrics", cls=Command)
 @click.argument("path", required=False, type=click.Path(file_okay=False, dir_okay=True))
-@db_option
-@_errors
+@db_option()
 def metrics_cmd(path, db_path):
     """Print the Prometheus text exposition of the database at PATH (or --db)."""
-    with _open(path or db_path) as db:
+    with open_db(path or db_path, readonly=True) as db:
         click.echo(db.metrics_text(), nl=False)
 
 
-@click.command("health", context_settings=CONTEXT_SETTINGS)
-@db_option
+@click.command("health", cls=Command)
+@db_option()
 @click.option("--all", "show_all", is_flag=True, help="Also list the checks that are ok.")
 @output_option
-@_errors
 def health_cmd(db_path, show_all, as_json):
     """Health report; exit code 0 ok, 1 warning, 2 critical."""
-    with _open(db_path) as db:
+    with open_db(db_path, readonly=True) as db:
         report = db.health()
     if as_json:
         click.echo(dumps(report.to_dict(), indent=2))
@@ -151,16 +110,15 @@ def health_cmd(db_path, show_all, as_json):
     raise SystemExit({"ok": 0, "warning": 1, "critical": 2}[report.status])
 
 
-@click.command("alerts", context_settings=CONTEXT_SETTINGS)
-@db_option
+@click.command("alerts", cls=Command)
+@db_option()
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False, exists=True),
               default=None, help="A TOML file of extra [[rule]] tables.")
 @click.option("--all", "show_all", is_flag=True, help="Also list rules that are not firing.")
 @output_option
-@_errors
 def alerts_cmd(db_path, rules_path, show_all, as_json):
     """Evaluate the alert rules now and record state changes."""
-    with _open(db_path, write=True) as db:
+    with open_db(db_path, must_exist=True, fallback_readonly=True) as db:
         if rules_path:
             db.load_alert_rules(rules_path)
         alerts = db.alerts()
@@ -170,32 +128,54 @@ def alerts_cmd(db_path, rules_path, show_all, as_json):
          empty="no alerts firing")
 
 
-@click.command("events", context_settings=CONTEXT_SETTINGS)
-@db_option
-@click.option("--since", type=float, default=None, help="Only events after this epoch time.")
+class _Instant(click.ParamType):
+    """Epoch seconds, or ISO-8601 (``2026-12-01T21:31:24Z``; no zone means UTC)."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is neither epoch seconds nor ISO-8601 "
+                      "(e.g. 2026-12-01T21:31:24Z)", param, ctx)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp()
+
+
+@click.command("events", cls=Command)
+@db_option()
+@click.option("--since", type=_Instant(), default=None,
+              help="Only events at or after this time: epoch seconds or ISO-8601 UTC.")
 @output_option
-@_errors
 def events_cmd(db_path, since, as_json):
-    """Recorded alert state changes (firing, resolved), oldest first."""
-    with _open(db_path) as db:
+    """Recorded alert state changes (firing, resolved), oldest first; times in UTC."""
+    with open_db(db_path, readonly=True) as db:
         events = db.alert_events(since)
-    emit(events, as_json,
-         columns=["ts", "state", "severity", "rule", "namespace", "value", "message"],
+    rows = [{**e, "time": iso_utc(e["ts"])} for e in events]
+    emit(rows, as_json,
+         columns=["time", "state", "severity", "rule", "namespace", "value", "message"],
          empty="no alert events")
 
 
-@click.command("probe", context_settings=CONTEXT_SETTINGS)
+@click.command("probe", cls=Command)
 @click.argument("namespace")
-@db_option
+@db_option()
 @click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="Query vectors to probe with.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="Recall@k.")
 @output_option
-@_errors
 def probe_cmd(namespace, db_path, samples, k, as_json):
     """Measure recall@k of NAMESPACE's live index against exact search."""
-    with _open(db_path, write=True) as db:
+    with open_db(db_path, must_exist=True, fallback_readonly=True) as db:
         result = db.probe_recall(namespace, samples=samples, k=k)
     data = result.to_dict()
     if as_json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import simplevector as sv
+from simplevector._cli import Command, Group
 from simplevector.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -85,6 +88,18 @@ def test_every_command_and_group_has_short_help_option():
     for name, _ in all_commands():
         result = ok(*name.split(), "-h")
         assert "Usage:" in result.stdout, name
+
+
+def test_every_command_follows_the_shared_convention_including_ops_commands():
+    commands = dict(all_commands())
+    assert {"latency", "metrics", "health", "alerts", "events", "probe"} <= set(commands)
+    for name, cmd in commands.items():
+        assert isinstance(cmd, (Command, Group)), f"`{name}` is a plain {type(cmd).__name__}"
+        names = {p.name for p in cmd.params}
+        if not isinstance(cmd, click.Group) and name != "demo":
+            assert "db_path" in names, f"`{name}` has no --db"
+            db = next(p for p in cmd.params if p.name == "db_path")
+            assert db.envvar == "SIMPLEVECTOR_DB", name
 
 
 def test_every_command_is_documented_in_readme_command_line_section():
@@ -261,6 +276,112 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert "NamespaceNotFound" in proc.stderr
+
+
+def test_library_error_in_an_ops_command_prints_the_same_one_line(tmp_path):
+    db = tmp_path / "db"
+    ok("init", "--db", db)
+    result = run("probe", "missing", "--db", db)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: namespace 'missing' does not exist (hint: ")
+    assert "Error:" not in result.output and "Traceback" not in result.output
+
+
+def test_ops_command_on_a_missing_database_is_the_same_error_as_a_main_command(tmp_path):
+    for args in (("events",), ("ns", "list")):
+        result = run(*args, "--db", tmp_path / "nothing")
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: no SimpleVector database at "), args
+        assert "(hint: create one with `simplevector init --db PATH`)" in result.stderr
+    assert not (tmp_path / "nothing").exists()
+
+
+def _entry_point():
+    script = Path(sys.executable).parent / "simplevector"
+    if not script.exists():
+        pytest.skip("the simplevector entry point is not installed beside this python")
+    return str(script)
+
+
+def test_debug_shows_the_traceback_of_an_ops_command_via_the_entry_point(tmp_path):
+    db = tmp_path / "db"
+    ok("init", "--db", db)
+    plain = subprocess.run([_entry_point(), "probe", "missing", "--db", str(db)],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert plain.returncode == 1
+    assert plain.stderr.splitlines() == [
+        line for line in plain.stderr.splitlines() if line.startswith("error: ")]
+    debug = subprocess.run([_entry_point(), "--debug", "probe", "missing", "--db", str(db)],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "NamespaceNotFound" in debug.stderr
+
+
+def test_cli_writers_open_without_background_training_or_checkpointer(tmp_path, monkeypatch):
+    opened = []
+    real = sv.Database
+
+    def spy(path, **kwargs):
+        opened.append(kwargs)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(sv, "Database", spy)
+    db = tmp_path / "db"
+    ok("ns", "create", "items", "--dim", 4, "--db", db)
+    ok("alerts", "--db", db)
+    run("probe", "items", "--db", db)
+    ok("events", "--db", db)
+    assert len(opened) == 4
+    for kwargs in opened:
+        assert kwargs.get("auto_index") is False and kwargs.get("checkpoint_interval") == 0
+
+
+# --------------------------------------------------------------------------- events
+
+@pytest.fixture
+def with_events(tmp_path):
+    db = tmp_path / "db"
+    with sv.open(db, checkpoint_interval=0, auto_index=False) as handle:
+        handle.add_alert_rule("always", "upsert_count", ">=", 0, window="1h")
+        handle.alerts()
+        events = handle.alert_events()
+    assert events
+    return db, events
+
+
+ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def test_events_table_prints_iso_8601_utc_times(with_events):
+    db, events = with_events
+    out = ok("events", "--db", db).stdout
+    assert out.splitlines()[0].split()[0] == "TIME"
+    assert "e+09" not in out
+    first = out.splitlines()[1].split()[0]
+    assert re.fullmatch(ISO_UTC, first)
+    expected = datetime.datetime.fromtimestamp(events[0]["ts"], datetime.timezone.utc)
+    assert first == expected.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_events_json_keeps_epoch_seconds_and_adds_iso_time(with_events):
+    db, events = with_events
+    rows = run_json("events", "--db", db)
+    assert [r["ts"] for r in rows] == [e["ts"] for e in events]
+    for row in rows:
+        assert isinstance(row["ts"], float) and re.fullmatch(ISO_UTC, row["time"])
+
+
+def test_events_since_accepts_epoch_seconds_or_iso_time(with_events):
+    db, events = with_events
+    ts = events[0]["ts"]
+    later = datetime.datetime.fromtimestamp(ts + 60, datetime.timezone.utc)
+    assert run_json("events", "--since", ts - 1, "--db", db)
+    assert run_json("events", "--since", later.strftime("%Y-%m-%dT%H:%M:%SZ"), "--db", db) == []
+    assert run_json("events", "--since", "2000-01-01T00:00:00", "--db", db)
+    assert run("events", "--since", "yesterday", "--db", db).exit_code == 2
 
 
 # --------------------------------------------------------------------------- demo
