@@ -1,5 +1,5 @@
 """End-to-end engine speed: durable ingest and flat query latency, each against a baseline
-run in the same process (STYLE.md, Tests: speed is a ratio against a same-run baseline).
+run in the same process (docs/architecture.md: speed is a ratio against a same-run baseline).
 
     python -m bench.engine_speed [--n 100000] [--dim 128] [--batch 1000] [--queries 200]
                                  [--repeats 5] [--dir PARENT]

@@ -6,7 +6,8 @@ Directory layout::
     <path>/lmdb/         LMDB environment (materialised state + applied LSN)
     <path>/wal/          write-ahead log segments, named by first LSN
 
-Write pipeline (docs/architecture.md, "Data flow of a write"): validate -> assign LSN and append the WAL record
+Write pipeline (docs/architecture.md, "Data flow of a write"): validate -> assign LSN and
+append the WAL record
 (under the sequence lock) -> fdatasync shared with concurrent writers (group commit) ->
 apply to LMDB and memory in LSN order -> acknowledge. Catalog changes (create, promote,
 drop) hold the sequence lock until applied, so every later validation sees them.
@@ -57,7 +58,8 @@ class Database:
                  checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
                  auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD):
         if durability not in DURABILITY_MODES:
-            raise InvalidInput(f"durability {durability!r} is not valid; expected 'sync' or 'async'")
+            raise InvalidInput(
+                f"durability {durability!r} is not valid; expected 'sync' or 'async'")
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidInput(f"path {path!r} is not a path; expected a str or os.PathLike")
         if (isinstance(checkpoint_interval, bool)
@@ -109,7 +111,7 @@ class Database:
         for vid in list(self._applier.states):
             self._maybe_train(vid)
 
-    # -- opening -----------------------------------------------------------------------------
+    # -- opening -------------------------------------------------------------------------------
     def _open_dirs(self):
         if self.readonly:
             if not os.path.isdir(os.path.join(self.path, "lmdb")):
@@ -176,7 +178,7 @@ class Database:
                 pass
             self._lock_fd = None
 
-    # -- state checks ------------------------------------------------------------------------
+    # -- state checks --------------------------------------------------------------------------
     def _check_open(self):
         if self._closed:
             raise ClosedError(f"the database at {self.path} is closed")
@@ -190,7 +192,7 @@ class Database:
                 f"the database at {self.path} stopped accepting writes after a failed apply: "
                 f"{self._failed}", hint="close and reopen it; recovery replays the WAL")
 
-    # -- catalog lookups -------------------------------------------------------------------------
+    # -- catalog lookups -----------------------------------------------------------------------
     def _versions_of(self, name: str) -> list[VersionConfig]:
         configs = list(self._applier.configs.values())   # one C-level copy: no torn reads
         if len(configs) == 1:               # the common case, without a sort
@@ -219,7 +221,7 @@ class Database:
             raise NamespaceNotFound(f"namespace version {vid} was dropped")
         return state
 
-    # -- the write pipeline -------------------------------------------------------------------
+    # -- the write pipeline --------------------------------------------------------------------
     def _encoder(self):
         """One worker thread that PQ-encodes write batches while their WAL record syncs."""
         if self._encoder_pool is None:
@@ -295,8 +297,9 @@ class Database:
             self._failed = exc
             self._apply_cond.notify_all()
 
-    # -- namespaces -----------------------------------------------------------------------------
-    def create_namespace(self, name, *, dim, metric="cosine", model=None, index="auto") -> Namespace:
+    # -- namespaces ----------------------------------------------------------------------------
+    def create_namespace(self, name, *, dim, metric="cosine", model=None,
+                         index="auto") -> Namespace:
         """Create ``name`` with version 1 live. Raises NamespaceExists if the name is taken."""
         validate.namespace_name(name)
         dim = validate.dim_value(dim)
@@ -404,7 +407,7 @@ class Database:
                 count=state.live if state is not None else 0, live=config.live))
         return list(out.values())
 
-    # -- indexes ---------------------------------------------------------------------------------------
+    # -- indexes -------------------------------------------------------------------------------
     def _set_index(self, config: VersionConfig, spec: str) -> None:
         def build():
             current = self._resolve(config.name, config.version)
@@ -440,7 +443,7 @@ class Database:
         if state is not None and indexer.wants_training(state, self.auto_index_threshold):
             self._build_index(vid, wait=False)
 
-    # -- observers ------------------------------------------------------------------------------
+    # -- observers -----------------------------------------------------------------------------
     def add_observer(self, observer: Observer) -> None:
         """Register an :class:`~.observer.Observer`; safe at any time, from any thread."""
         if not isinstance(observer, Observer):
@@ -474,7 +477,7 @@ class Database:
             stats["short"] += plan.short
         self._notify("on_query", namespace, plan, queries)
 
-    # -- status ------------------------------------------------------------------------------
+    # -- status --------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
         return self._closed
@@ -530,7 +533,7 @@ class Database:
         config = self._resolve(name, version)
         return _version_status(config, self._state(config.vid))
 
-    # -- the log ------------------------------------------------------------------------------------
+    # -- the log -------------------------------------------------------------------------------
     @property
     def lsn(self) -> int:
         """The last committed (applied and acknowledged) LSN."""
@@ -582,7 +585,7 @@ class Database:
                     self._applier.apply(lsn, unpack(payload), persist=False)
             self._applied_lsn = self._last_lsn = self._applier.applied_lsn
 
-    # -- checkpoints ----------------------------------------------------------------------------------
+    # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> int:
         """Persist the in-memory state as segments at one LSN, flush LMDB, and drop WAL
         segments nobody needs any more. Returns the checkpoint LSN."""
@@ -662,7 +665,7 @@ class Database:
         out.update(self._store.map_info())
         return out
 
-    # -- closing ---------------------------------------------------------------------------------------
+    # -- closing -------------------------------------------------------------------------------
     def close(self) -> None:
         """Checkpoint (writer), stop background work, release files. Idempotent."""
         if self._closed:

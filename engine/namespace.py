@@ -101,7 +101,8 @@ class Namespace:
         ids = validate.id_list(ids)
         X = validate.vector_matrix(vectors, config.dim, zero_ok=config.metric != "cosine")
         if X.shape[0] != len(ids):
-            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors; expected one id per vector")
+            raise InvalidInput(
+                f"{len(ids)} ids for {X.shape[0]} vectors; expected one id per vector")
         metas = validate.metadata_list(metadata, len(ids))
         docs = validate.document_list(documents, len(ids))
         vid = config.vid

@@ -3,12 +3,14 @@
 Every rule and constant of the choice lives here (docs/architecture.md, "Data flow of a
 query"); :class:`~.namespace.Namespace` executes the plan.
 
-| plan | when |
-|---|---|
-| ``flat`` | no IVF index (or ``exact=True``), and no filter or a filter matching at least ``SUBSET_FRACTION`` of the rows: exact scan with the filter as a row mask |
-| ``flat-subset`` | a filter matching fewer rows: exact scan of just those rows. With an IVF index also when the probed lists are expected to hold fewer than ``IVF_FILTER_MARGIN`` x k x refine matching rows, or fewer rows match than that many candidates |
-| ``ivf`` | an IVF index, probed with ``nprobe`` lists, re-ranked from ``k x refine`` candidates |
-| ``ivf+exact-fallback`` | an ``ivf`` query whose lists could not yield k matches: those queries go exact |
+* ``flat``: no IVF index (or ``exact=True``), and no filter or a filter matching at least
+  ``SUBSET_FRACTION`` of the rows: an exact scan with the filter as a row mask.
+* ``flat-subset``: a filter matching fewer rows: an exact scan of just those rows. With an
+  IVF index also when the probed lists are expected to hold fewer than
+  ``IVF_FILTER_MARGIN`` x k x refine matching rows, or fewer rows match than that.
+* ``ivf``: an IVF index probed with ``nprobe`` lists, re-ranked from k x refine candidates.
+* ``ivf+exact-fallback``: an ``ivf`` query whose lists could not yield k matches; those
+  queries go exact.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ needs every transaction of this process closed, so readers hold a shared lock
 (:meth:`Store.read`) and a resize takes it exclusively.
 
 LMDB runs without its own per-commit fsync (``sync=False``): the write-ahead log is the
-durable record and a checkpoint calls :meth:`Store.sync` (DESIGN.md, "Durability").
+durable record and a checkpoint calls :meth:`Store.sync` (docs/architecture.md, "Durability rules").
 """
 
 from __future__ import annotations

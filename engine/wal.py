@@ -83,7 +83,8 @@ class WriteAheadLog:
                 f"segment_bytes must be an int of at least {_HEADER.size + _FRAME.size + 1}, "
                 f"got {segment_bytes!r}"
             )
-        if isinstance(compress_above, bool) or not isinstance(compress_above, int) or compress_above < 0:
+        if (isinstance(compress_above, bool) or not isinstance(compress_above, int)
+                or compress_above < 0):
             raise InvalidInput(f"compress_above must be an int >= 0, got {compress_above!r}")
         self._dir = os.fspath(directory)
         self._segment_bytes = segment_bytes
@@ -292,7 +293,8 @@ class WriteAheadLog:
             if packed is not None:
                 body, flags = packed, _FLAG_ZSTD
         if len(body) > _MAX_PAYLOAD:
-            raise InvalidInput(f"payload of {len(body)} bytes exceeds the WAL limit of {_MAX_PAYLOAD}")
+            raise InvalidInput(
+                f"payload of {len(body)} bytes exceeds the WAL limit of {_MAX_PAYLOAD}")
         head = encode_frame(lsn, flags, body)
         frame_len = len(head) + len(body)
         with self._cond:
@@ -301,7 +303,8 @@ class WriteAheadLog:
                 raise InvalidInput(
                     f"lsn {lsn} is not above the last appended LSN {self._last_lsn}"
                 )
-            if self._fd is not None and self._seg_records and self._pos + frame_len > self._segment_bytes:
+            if (self._fd is not None and self._seg_records
+                    and self._pos + frame_len > self._segment_bytes):
                 self._roll_over()
             if self._fd is None:
                 self._create_segment(lsn)
@@ -492,7 +495,8 @@ class WriteAheadLog:
 
     # ---- reading --------------------------------------------------------------------------
 
-    def iter_records(self, since_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[tuple[int, bytes]]:
+    def iter_records(self, since_lsn: int = 0,
+                     upto_lsn: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Yield ``(lsn, payload)`` for retained records with ``since_lsn < lsn <= upto_lsn``,
         in LSN order, reading the segment files. Stops quietly at a frame that is still being
         written (or a torn tail); raises CorruptionError for damage before the tail and
@@ -533,7 +537,8 @@ class WriteAheadLog:
                             offset = _HEADER.size
                         stop = _Stop()
                         expect = first if offset == _HEADER.size else None
-                        for lsn, flags, body, offset in _frames(f, path, offset, size, p, expect, stop):
+                        frames = _frames(f, path, offset, size, p, expect, stop)
+                        for lsn, flags, body, offset in frames:
                             p = lsn
                             if upto is not None and lsn > upto:
                                 return

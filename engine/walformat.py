@@ -115,7 +115,8 @@ def _maybe_compress(raw) -> bytes | None:
     if n > _PROBE_ABOVE:
         view = memoryview(raw)
         mid = n // 2
-        sample = b"".join((view[:_PROBE_SLICE], view[mid : mid + _PROBE_SLICE], view[-_PROBE_SLICE:]))
+        sample = b"".join((view[:_PROBE_SLICE], view[mid : mid + _PROBE_SLICE],
+                           view[-_PROBE_SLICE:]))
         if len(cctx.compress(sample)) > len(sample) - len(sample) // 8:
             return None
     packed = cctx.compress(raw)
@@ -226,7 +227,8 @@ def _find_valid_frame_after(path: str, start: int, end: int, prev_lsn: int) -> i
         for k in (1, 2, 3):
             length |= buf[c0 + k : c1 + k].astype(np.int64) << (8 * k)
         offs = np.arange(c0, c1, dtype=np.int64)
-        ok = (length >= _BODY_FIXED) & (offs + _LEN_CRC + length <= n) & (buf[c0 + 16 : c1 + 16] <= 1)
+        ok = ((length >= _BODY_FIXED) & (offs + _LEN_CRC + length <= n)
+              & (buf[c0 + 16 : c1 + 16] <= 1))
         for j in np.flatnonzero(ok):
             o = int(c0 + j)
             length_o, crc, lsn, _flags = _FRAME.unpack_from(data, o)

@@ -1,5 +1,6 @@
 """End-to-end run of the benchmark harness (bench/) on a tiny synthetic set: the JSON holds
-every figure, flat systems are exact, the report renders. No timing assertions (STYLE.md)."""
+every figure, flat systems are exact, the report renders. No timing assertions (speed lives
+in bench/, docs/architecture.md)."""
 
 from __future__ import annotations
 

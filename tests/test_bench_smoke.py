@@ -1,5 +1,6 @@
 """Smoke test of bench/engine_speed.py: it runs end to end at tiny sizes, writes every figure
-to the JSON and finds flat search exact. No timing assertions (STYLE.md, Tests)."""
+to the JSON and finds flat search exact. No timing assertions (speed lives in bench/,
+docs/architecture.md)."""
 
 from __future__ import annotations
 
