@@ -275,7 +275,16 @@ class Database:
             except Exception as e:
                 self._failed = e
                 self._apply_cond.notify_all()
-                raise
+                # the record is in the WAL (synced in "sync" mode): it is not lost, and the
+                # caller must not retry it as if it had failed
+                err = StorageError(
+                    f"write {lsn} is in the write-ahead log but applying it failed ({e}); it "
+                    "is applied when the database is reopened, and no further writes are "
+                    "accepted until then",
+                    hint="fix the cause (e.g. free disk space), then close and reopen the "
+                         "database; do not repeat this write")
+                err.lsn, err.durable = lsn, self.durability == "sync"
+                raise err from e
             self._applied_lsn = lsn
             self._apply_cond.notify_all()
             kind = op["op"]
