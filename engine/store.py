@@ -27,6 +27,11 @@ INITIAL_MAP_SIZE = 64 << 20
 MAX_MAP_GROWTH = 4 << 30
 
 
+def next_map_size(current: int) -> int:
+    """The map size after one growth step from ``current`` (doubling, at most +4 GiB)."""
+    return current + min(current, MAX_MAP_GROWTH)
+
+
 class _SharedExclusiveLock:
     """Many readers or one resizer. Readers never wait on writers, only on a map resize."""
 
@@ -192,7 +197,7 @@ class Store:
     def _grow(self):
         with self._rw.exclusive():
             current = self.env.info()["map_size"]
-            new = current + min(current, MAX_MAP_GROWTH)
+            new = next_map_size(current)
             try:
                 self.env.set_mapsize(new)
             except lmdb.Error as e:

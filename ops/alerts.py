@@ -1,16 +1,25 @@
 """Alert rules over the ops metrics, their evaluation, and the recorded state changes.
 
 A rule compares one metric with a threshold: ``AlertRule("slow_queries",
-"query_latency_p99", ">", 0.05, window="5m", severity="warning")``. Metrics:
+"query_latency_p99", ">", 0.05, window="5m", severity="warning")``; with ``critical=``
+a second level on the same side, past which a firing instance is ``critical`` (a change of
+severity while firing is recorded as an event too). Metrics:
 
 - ``<op>_latency_<stat>``: seconds over ``window`` (op: query, upsert, get, delete;
   stat: p50, p95, p99, p999, mean, max); per namespace when the rule names one, else all
   namespaces merged. ``<op>_errors``, ``<op>_count``: failed / all operations in ``window``.
 - ``recall``: the latest probe's recall@k, per live namespace.
-- ``tombstone_ratio``, ``index_drift``, ``index_list_imbalance``: per namespace version.
+- ``tombstone_ratio``, ``index_drift``, ``index_list_imbalance``, ``index_empty_lists``:
+  per namespace version.
 - ``short_results``: short results in ``window`` (lifetime without one), per namespace.
-- ``disk_free_ratio``, ``map_used_ratio``, ``wal_bytes``, ``wal_records_since_checkpoint``,
-  ``checkpoint_age_seconds``, ``days_until_full``: the database.
+- ``disk_free_ratio``, ``map_growth_headroom`` (free disk / what the LMDB map can still
+  claim through its next growth), ``map_used_ratio`` (informational: the map grows by
+  itself), ``wal_bytes``, ``wal_records_since_checkpoint``, ``checkpoint_age_seconds``
+  (0 while no record waits), ``days_until_full``: the database.
+
+The default rules are one per row of ops/thresholds.py, built from the database's
+``HealthThresholds`` (:func:`default_rules`): they fire at the severity the health report
+gives the same value.
 
 ``db.alerts()`` evaluates every rule; an instance (rule, namespace, version) that starts or
 stops crossing its threshold is recorded as an event ("firing" / "resolved", epoch
@@ -27,6 +36,7 @@ TOML rule files (``db.load_alert_rules(path)``)::
     threshold = 0.05
     window = "5m"
     severity = "critical"
+    critical = 0.2          # optional: above this the firing instance is critical
 """
 
 from __future__ import annotations
@@ -39,17 +49,17 @@ from dataclasses import asdict, dataclass, replace
 from simplevector.engine.errors import InvalidInput
 
 from .histogram import parse_window
+from .thresholds import TABLE, HealthThresholds, fmt_level
 
 SEVERITIES = ("critical", "warning", "info")
 COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 OPS = ("query", "upsert", "get", "delete")
 LATENCY_STATS = {"p50": 0.5, "p95": 0.95, "p99": 0.99, "p999": 0.999, "mean": None, "max": None}
-FROM_HEALTH = {"recall": "recall", "tombstone_ratio": "tombstone_ratio",
-               "index_drift": "index_drift", "index_list_imbalance": "index_balance",
-               "disk_free_ratio": "disk_free", "map_used_ratio": "map_used",
-               "wal_bytes": "wal_bytes", "wal_records_since_checkpoint":
-               "wal_records_since_checkpoint", "checkpoint_age_seconds": "checkpoint_age",
-               "days_until_full": "capacity"}
+#: metrics read from a health finding (metric -> check); latency and short results are
+#: measured over the rule's own window instead
+FROM_HEALTH = {row.metric: row.check for row in TABLE
+               if row.metric not in ("query_latency_p99", "short_results")}
+FROM_HEALTH["map_used_ratio"] = "map_used"
 FIRING_KEY = "alerts:firing"
 EVENT_PREFIX = "event:"
 
@@ -79,6 +89,7 @@ class AlertRule:
     severity: str = "warning"
     description: str = ""
     namespace: str | None = None
+    critical: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -96,6 +107,13 @@ class AlertRule:
         if self.severity not in SEVERITIES:
             raise InvalidInput(f"alert severity {self.severity!r} is not valid; expected one "
                                f"of {', '.join(SEVERITIES)}")
+        if self.critical is not None:
+            if isinstance(self.critical, bool) or not isinstance(self.critical, (int, float)):
+                raise InvalidInput(f"alert critical level {self.critical!r} is not a number")
+            if COMPARE[self.op](self.threshold, self.critical):
+                raise InvalidInput(
+                    f"alert critical level {self.critical!r} is not past the threshold "
+                    f"{self.threshold!r} on the {self.op} side; expected a worse value")
         try:
             object.__setattr__(self, "window", parse_window(self.window))
         except ValueError as e:
@@ -104,25 +122,30 @@ class AlertRule:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def severity_of(self, value) -> str:
+        """The severity of a firing instance at ``value``."""
+        if self.critical is not None and COMPARE[self.op](value, self.critical):
+            return "critical"
+        return self.severity
 
-DEFAULT_RULES = (
-    AlertRule("query_latency_p99", "query_latency_p99", ">", 0.050, window="5m",
-              severity="warning", description="p99 query latency over 5 minutes above 50 ms"),
-    AlertRule("recall_low", "recall", "<", 0.90, severity="critical",
-              description="measured recall@k below 0.9"),
-    AlertRule("index_drift", "index_drift", ">", 3.0, severity="warning",
-              description="new rows quantize 3x worse than at training: re-train"),
-    AlertRule("tombstones_high", "tombstone_ratio", ">", 0.20, severity="warning",
-              description="more than 20% of positions are tombstones: compact"),
-    AlertRule("disk_free_low", "disk_free_ratio", "<", 0.10, severity="critical",
-              description="less than 10% of the disk is free"),
-    AlertRule("wal_lag", "wal_records_since_checkpoint", ">", 100_000, severity="warning",
-              description="more than 100k WAL records wait for a checkpoint"),
-    AlertRule("short_results", "short_results", ">", 0, window="1h", severity="warning",
-              description="queries returned fewer than k hits while more rows matched"),
-    AlertRule("capacity", "days_until_full", "<", 7, severity="critical",
-              description="disk or memory budget full within 7 days at the current growth"),
-)
+
+def default_rules(t: HealthThresholds | None = None) -> tuple:
+    """One AlertRule per row of the thresholds table, at the levels of ``t``."""
+    t = t or HealthThresholds()
+    out = []
+    for row in TABLE:
+        warning, critical = row.levels(t)
+        window = None if row.window is None else getattr(t, row.window)
+        levels = f"{row.op} {fmt_level(warning)}"
+        if critical is not None:
+            levels += f" (critical {row.op} {fmt_level(critical)})"
+        out.append(AlertRule(row.alert, row.metric, row.op, warning, window=window,
+                             severity="warning", critical=critical,
+                             description=f"{row.meaning} {levels}; runbook: {row.runbook}"))
+    return tuple(out)
+
+
+DEFAULT_RULES = default_rules()
 
 
 @dataclass
@@ -199,14 +222,31 @@ def _values(db, rule: AlertRule, report):
 
 
 class AlertManager:
-    """Rules, the set of firing instances, and the event log of one database."""
+    """Rules, the set of firing instances, and the event log of one database.
+
+    The default rules follow ``db.thresholds`` (also when it is changed after open) until
+    a rule of the same name is added or removed."""
 
     def __init__(self, db):
         self.db = db
         self._lock = threading.Lock()
-        self._rules = {r.name: r for r in DEFAULT_RULES}
+        self._rules: dict = {}
+        self._defaults: set = set()      # names still built from the thresholds table
+        self._built_from = None          # copy of the thresholds the defaults came from
         self._firing: dict = {}          # instance key -> since
+        self._severity: dict = {}        # instance key -> severity it fires at (this process)
         self._mem_events: list = []      # events not persisted (read-only process)
+        self._sync_defaults(initial=True)
+
+    def _sync_defaults(self, initial: bool = False):
+        t = getattr(self.db, "thresholds", None) or HealthThresholds()
+        if t == self._built_from:
+            return
+        for rule in default_rules(t):
+            if initial or rule.name in self._defaults:
+                self._rules[rule.name] = rule
+                self._defaults.add(rule.name)
+        self._built_from = replace(t)
 
     def load(self):
         self._firing = dict(self.db.ops_store.get(FIRING_KEY, {}) or {})
@@ -216,16 +256,19 @@ class AlertManager:
             raise InvalidInput(f"{rule!r} is not an AlertRule")
         with self._lock:
             self._rules[rule.name] = rule
+            self._defaults.discard(rule.name)
         return rule
 
     def remove(self, name: str) -> None:
         with self._lock:
+            self._defaults.discard(name)
             if self._rules.pop(name, None) is None:
                 raise InvalidInput(f"alert rule {name!r} does not exist; rules: "
                                    f"{', '.join(sorted(self._rules))}")
 
     def list_rules(self) -> list:
         with self._lock:
+            self._sync_defaults()
             return list(self._rules.values())
 
     def evaluate(self) -> list:
@@ -234,6 +277,7 @@ class AlertManager:
         now = time.time()
         alerts, events = [], []
         with self._lock:
+            self._sync_defaults()
             rules = list(self._rules.values())
             seen = set()
             for rule in rules:
@@ -241,22 +285,38 @@ class AlertManager:
                     key = f"{rule.name}|{ns or ''}|{'' if version is None else version}"
                     seen.add(key)
                     firing = value is not None and COMPARE[rule.op](value, rule.threshold)
+                    severity = rule.severity_of(value) if firing else rule.severity
                     where = "" if ns is None else f" ({ns}" + (
                         f" v{version})" if version is not None else ")")
-                    msg = (f"{rule.metric}{where} = {value!r} {rule.op} {rule.threshold!r}"
-                           if firing else f"{rule.metric}{where} = {value!r}")
+                    if not firing:
+                        msg = f"{rule.metric}{where} = {value!r}"
+                    elif severity != rule.severity:
+                        msg = (f"{rule.metric}{where} = {value!r} {rule.op} "
+                               f"{rule.critical!r} (critical)")
+                    else:
+                        msg = f"{rule.metric}{where} = {value!r} {rule.op} {rule.threshold!r}"
                     if rule.description:
                         msg += f": {rule.description}"
                     was = key in self._firing
                     if firing and not was:
                         self._firing[key] = now
-                        events.append(self._event(now, rule, "firing", ns, version, value, msg))
+                        events.append(self._event(now, rule, "firing", ns, version, value, msg,
+                                                  severity))
+                    elif firing and self._severity.get(key, severity) != severity:
+                        change = ("escalated" if SEVERITIES.index(severity)
+                                  < SEVERITIES.index(self._severity[key]) else "de-escalated")
+                        events.append(self._event(now, rule, change, ns, version, value, msg,
+                                                  severity))
                     elif not firing and was and value is not None:
                         del self._firing[key]
                         events.append(self._event(now, rule, "resolved", ns, version, value,
-                                                  msg))
+                                                  msg, self._severity.get(key, severity)))
+                    if firing:
+                        self._severity[key] = severity
+                    else:
+                        self._severity.pop(key, None)
                     alerts.append(Alert(
-                        rule=rule.name, metric=rule.metric, severity=rule.severity,
+                        rule=rule.name, metric=rule.metric, severity=severity,
                         state="firing" if firing else ("no_data" if value is None else "ok"),
                         value=value, threshold=rule.threshold, namespace=ns, version=version,
                         since=self._firing.get(key), message=msg))
@@ -267,13 +327,14 @@ class AlertManager:
                 del self._firing[key]
                 events.append(self._event(now, rule, "resolved", ns or None,
                                           int(version) if version else None, None,
-                                          f"{name}: no longer evaluated"))
+                                          f"{name}: no longer evaluated",
+                                          self._severity.pop(key, rule.severity)))
             self._save(events)
         return alerts
 
     @staticmethod
-    def _event(ts, rule, state, ns, version, value, msg) -> dict:
-        return {"ts": ts, "rule": rule.name, "state": state, "severity": rule.severity,
+    def _event(ts, rule, state, ns, version, value, msg, severity) -> dict:
+        return {"ts": ts, "rule": rule.name, "state": state, "severity": severity,
                 "metric": rule.metric, "namespace": ns, "version": version,
                 "value": value, "threshold": rule.threshold, "message": msg}
 

@@ -358,11 +358,13 @@ class ObservedDatabase:
                 continue
 
     def add_alert_rule(self, name, metric, op, threshold, *, window=None,
-                       severity="warning", description="", namespace=None):
-        """Add (or replace, by name) an alert rule; returns the AlertRule."""
+                       severity="warning", description="", namespace=None, critical=None):
+        """Add (or replace, by name) an alert rule; returns the AlertRule. ``critical``: a
+        second level past which the rule fires at critical severity (ops/thresholds.py)."""
         rule = alerts_mod.AlertRule(name=name, metric=metric, op=op, threshold=threshold,
                                     window=window, severity=severity,
-                                    description=description, namespace=namespace)
+                                    description=description, namespace=namespace,
+                                    critical=critical)
         return self._alerts.add(rule)
 
     def remove_alert_rule(self, name) -> None:

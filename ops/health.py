@@ -8,8 +8,12 @@ Checks: per namespace version rows and tombstone ratio, index state (training er
 an IVF spec still searching exact), IVF list balance (largest / mean list, empty lists),
 drift (quantization error of the rows added since training against the error measured at
 training time), measured recall (the latest probe), short results, model versions in use;
-WAL bytes, records not yet checkpointed, checkpoint age; LMDB map use, disk free, the
-capacity forecast; p99 query latency over 5 minutes.
+WAL bytes, records not yet checkpointed, checkpoint age; LMDB map use (informational:
+the map grows by itself), disk free, disk headroom for the next map growth, the capacity
+forecast; p99 query latency over 5 minutes.
+
+Thresholds and severities of the graded checks come from one table, ops/thresholds.py,
+which the default alert rules read too.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from dataclasses import asdict, dataclass, field
 
 from simplevector.engine.indexspec import IndexSpec
 
+from simplevector.engine.store import next_map_size
+
 from . import capacity
+from .thresholds import HealthThresholds, grade
+
+__all__ = ["Finding", "HealthReport", "HealthThresholds", "build_report"]
 
 RUNBOOK = "docs/runbook.md"
 SEVERITIES = ("ok", "info", "warning", "critical")
@@ -29,34 +38,6 @@ _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 def runbook(anchor: str) -> str:
     return f"{RUNBOOK}#{anchor}"
-
-
-@dataclass
-class HealthThresholds:
-    """Where a check turns warning / critical. Ratios are fractions, times seconds."""
-
-    tombstone_warning: float = 0.20
-    tombstone_critical: float = 0.50
-    imbalance_warning: float = 5.0          # largest list / mean list
-    empty_lists_warning: float = 0.10       # share of lists that are empty
-    # new-row quantization error / training error. train_error is measured on rows held out
-    # of PQ training, but small training sets still vary by ~1.3-2x between samples: warn
-    # at 3x, not at the first excess.
-    drift_warning: float = 3.0
-    drift_critical: float = 10.0
-    drift_min_rows: int = 32                # rows added since training before drift counts
-    recall_warning: float = 0.90
-    recall_critical: float = 0.80
-    wal_bytes_warning: int = 1 << 30
-    wal_records_warning: int = 100_000
-    checkpoint_age_warning: float = 900.0   # only while records wait for a checkpoint
-    map_used_warning: float = 0.90
-    disk_free_warning: float = 0.10
-    disk_free_critical: float = 0.05
-    days_full_warning: float = 30.0
-    days_full_critical: float = 7.0
-    p99_query_warning: float = 0.050
-    latency_window: float = 300.0
 
 
 @dataclass
@@ -97,17 +78,6 @@ class HealthReport:
                 "findings": [f.to_dict() for f in self.findings], "stats": self.stats}
 
 
-def _grade(value, warning, critical=None, *, below=False) -> str:
-    if value is None:
-        return "ok"
-    worse = (lambda v, t: v < t) if below else (lambda v, t: v > t)
-    if critical is not None and worse(value, critical):
-        return "critical"
-    if worse(value, warning):
-        return "warning"
-    return "ok"
-
-
 def drift_ratio(db, status, sample: int = 2000, seed: int = 0):
     """(ratio, new rows) for a version's IVF index (``Namespace.index_drift``): the
     quantization error of live rows added since training over the training error."""
@@ -116,11 +86,26 @@ def drift_ratio(db, status, sample: int = 2000, seed: int = 0):
     return db.namespace(status.name, status.version).index_drift(sample, seed=seed)
 
 
+#: how recall_message names a probe's sample source (ProbeResult.source)
+PROBE_SOURCES = {"stored": "stored vectors", "queries": "recent queries"}
+
+
+def recall_message(label: str, p, now: float) -> str:
+    """The recall finding's text for ProbeResult ``p`` measured ``now - p.at`` s ago."""
+    source = PROBE_SOURCES.get(p.source, f"{p.source} samples")
+    return (f"{label}: recall@{p.k} {p.recall:.3f} (95% CI {p.ci_low:.3f}-{p.ci_high:.3f}, "
+            f"{p.samples} {source}, index {p.index}, {now - p.at:.0f}s ago)")
+
+
+def _window_text(seconds) -> str:
+    return "ever" if seconds is None else f"in the last {seconds:.0f}s"
+
+
 def version_checks(db, t: HealthThresholds, drift_sample: int):
     """Findings and stats for every namespace version."""
     findings, stats = [], []
     probes = db.latest_probes()
-    short = db.short_results()
+    short = db.short_results(t.short_results_window)
     for config in db.version_statuses():
         ns = config.name
         first = len(findings)
@@ -131,7 +116,8 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
                  "model": config.model, "dim": config.dim, "metric": config.metric,
                  "rows": rows, "tombstones": tomb, "tombstone_ratio": ratio,
                  "index": config.index_active, "configured_index": config.index_configured}
-        sev = _grade(ratio, t.tombstone_warning, t.tombstone_critical)
+        # graded on the reported (rounded) value, the one the alert rules compare
+        sev = grade("tombstone_ratio", round(ratio, 4), t)
         findings.append(Finding(
             "tombstone_ratio", sev, ns, round(ratio, 4), t.tombstone_warning,
             f"{label}: {rows} rows, {tomb} tombstones ({ratio:.0%} of positions)"
@@ -153,22 +139,25 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
             entry["index_info"] = info
             imb = info["list_imbalance"]
             empty_share = info["empty_lists"] / info["nlist"] if info["nlist"] else 0.0
-            sev = "warning" if (imb > t.imbalance_warning
-                                or empty_share > t.empty_lists_warning) else "ok"
             findings.append(Finding(
-                "index_balance", sev, ns, imb, t.imbalance_warning,
+                "index_balance", grade("index_balance", imb, t), ns, imb, t.imbalance_warning,
                 f"{label}: largest list {info['list_size_max']} rows vs mean "
-                f"{info['list_size_mean']} (x{imb}); {info['empty_lists']} of {info['nlist']} "
-                "lists empty", runbook("drift-and-re-training")))
+                f"{info['list_size_mean']} (x{imb})", runbook("drift-and-re-training")))
+            findings.append(Finding(
+                "index_empty_lists", grade("index_empty_lists", round(empty_share, 4), t), ns,
+                round(empty_share, 4), t.empty_lists_warning,
+                f"{label}: {info['empty_lists']} of {info['nlist']} lists empty",
+                runbook("drift-and-re-training")))
             ratio_d, new_rows = drift_ratio(db, config, drift_sample)
             entry["drift_ratio"], entry["rows_since_training"] = ratio_d, new_rows
             if ratio_d is None or new_rows < t.drift_min_rows:
-                sev, msg = "ok", (f"{label}: {new_rows} rows added since training; too few "
-                                  "to measure drift")
-                value = None if ratio_d is None else round(ratio_d, 3)
+                # value None: not measured, so no alert fires on a handful of rows either
+                sev, value = "ok", None
+                msg = (f"{label}: {new_rows} rows added since training; too few to measure "
+                       f"drift (needs {t.drift_min_rows})")
             else:
                 value = round(ratio_d, 3)
-                sev = _grade(ratio_d, t.drift_warning, t.drift_critical)
+                sev = grade("index_drift", value, t)
                 msg = (f"{label}: rows added since training quantize with x{ratio_d:.2f} the "
                        f"training error ({new_rows} new rows)"
                        + ("; re-train the index" if sev != "ok" else ""))
@@ -183,17 +172,18 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
                     runbook("recall-probes")))
             else:
                 entry["recall"] = p.recall
-                sev = _grade(p.recall, t.recall_warning, t.recall_critical, below=True)
                 findings.append(Finding(
-                    "recall", sev, ns, round(p.recall, 4), t.recall_warning,
-                    f"{label}: recall@{p.k} {p.recall:.3f} (95% CI {p.ci_low:.3f}-"
-                    f"{p.ci_high:.3f}, {p.samples} {p.source} queries, index {p.index}, "
-                    f"{time.time() - p.at:.0f}s ago)", runbook("recall-probes")))
+                    "recall", grade("recall", round(p.recall, 4), t), ns, round(p.recall, 4),
+                    t.recall_warning, recall_message(label, p, time.time()),
+                    runbook("recall-probes")))
             n_short = short.get(ns, 0)
+            within = _window_text(t.short_results_window)
             findings.append(Finding(
-                "short_results", "warning" if n_short else "ok", ns, n_short, 0,
+                "short_results", grade("short_results", n_short, t), ns, n_short,
+                t.short_results_warning,
                 f"{ns}: {n_short} queries returned fewer than k hits while more rows matched"
-                if n_short else f"{ns}: no short results", runbook("short-results-and-filters")))
+                f" {within}" if n_short else f"{ns}: no short results {within}",
+                runbook("short-results-and-filters")))
         for f in findings[first:]:
             f.version = config.version
         stats.append(entry)
@@ -219,36 +209,30 @@ def storage_checks(db, t: HealthThresholds):
     lag = db.status().records_since_checkpoint
     age = None if db.checkpoint_time is None else time.time() - db.checkpoint_time
     findings.append(Finding(
-        "wal_bytes", _grade(info["wal_bytes"], t.wal_bytes_warning), None, info["wal_bytes"],
+        "wal_bytes", grade("wal_bytes", info["wal_bytes"], t), None, info["wal_bytes"],
         t.wal_bytes_warning, f"WAL holds {info['wal_bytes']} bytes in {info['wal_segments']} "
         "segment(s)", runbook("wal-and-checkpoints")))
     findings.append(Finding(
-        "wal_records_since_checkpoint", _grade(lag, t.wal_records_warning), None, lag,
-        t.wal_records_warning, f"{lag} WAL records are not checkpointed yet (replayed on "
+        "wal_records_since_checkpoint", grade("wal_records_since_checkpoint", lag, t), None,
+        lag, t.wal_records_warning, f"{lag} WAL records are not checkpointed yet (replayed on "
         "open)", runbook("wal-and-checkpoints")))
-    stale = age is not None and lag > 0 and age > t.checkpoint_age_warning
+    # the age counts only while records wait: with nothing to checkpoint it is 0, so the
+    # alert on checkpoint_age_seconds agrees with this finding
+    waiting = None if age is None else (round(age, 1) if lag > 0 else 0.0)
     findings.append(Finding(
-        "checkpoint_age", "warning" if stale else "ok", None,
-        None if age is None else round(age, 1), t.checkpoint_age_warning,
+        "checkpoint_age", grade("checkpoint_age", waiting, t), None, waiting,
+        t.checkpoint_age_warning,
         "no checkpoint in this process yet" if age is None
         else f"last checkpoint {age:.0f}s ago, {lag} records since",
         runbook("wal-and-checkpoints")))
-    map_ratio = info["map_used"] / info["map_size"] if info["map_size"] else 0.0
-    findings.append(Finding(
-        "map_used", _grade(map_ratio, t.map_used_warning), None, round(map_ratio, 4),
-        t.map_used_warning, f"LMDB map {info['map_used']} of {info['map_size']} bytes used "
-        "(grows by itself while the disk has room)", runbook("scaling-and-capacity")))
     total, free = capacity.disk_usage(db.path)
-    free_ratio = free / total if total else None
-    findings.append(Finding(
-        "disk_free", _grade(free_ratio, t.disk_free_warning, t.disk_free_critical, below=True),
-        None, None if free_ratio is None else round(free_ratio, 4), t.disk_free_warning,
-        f"disk holding {db.path}: {free} of {total} bytes free", runbook("disk-full")))
+    findings += disk_findings(db.path, info["map_size"], info["map_used"], total, free, t)
     fc = capacity.forecast(db)
     days = fc.days_until_full
+    days = None if days is None else round(days, 1)
     findings.append(Finding(
-        "capacity", _grade(days, t.days_full_warning, t.days_full_critical, below=True), None,
-        None if days is None else round(days, 1), t.days_full_warning,
+        "capacity", grade("capacity", days, t), None,
+        days, t.days_full_warning,
         "growth not estimated yet (needs 10 minutes of write history)"
         if fc.vectors_per_day is None else
         f"growing {fc.vectors_per_day:.0f} vectors/day; "
@@ -262,12 +246,43 @@ def storage_checks(db, t: HealthThresholds):
     return findings, stats
 
 
+def disk_findings(path, map_size: int, map_used: int, disk_total: int, disk_free: int,
+                  t: HealthThresholds) -> list:
+    """map_used (informational), disk_free and map_growth for the figures given.
+
+    The map grows by itself on a full write (engine/store.py), so a full map is fine as
+    long as the disk can back the growth: LMDB's file holds the used pages only, so the
+    map can still claim its unused part plus the next growth step. map_growth is free
+    disk over that (None when the disk size is unknown)."""
+    map_ratio = map_used / map_size if map_size else 0.0
+    step = next_map_size(map_size) - map_size
+    need = max(map_size - map_used, 0) + step
+    known = disk_total > 0
+    headroom = round(disk_free / need, 2) if known and need else None
+    free_ratio = disk_free / disk_total if known else None
+    return [
+        Finding("map_used", "ok", None, round(map_ratio, 4), None,
+                f"LMDB map {map_used} of {map_size} bytes used; it grows by itself, next by "
+                f"{step} bytes", runbook("scaling-and-capacity")),
+        Finding("disk_free", grade("disk_free", free_ratio, t), None,
+                None if free_ratio is None else round(free_ratio, 4), t.disk_free_warning,
+                f"disk holding {path}: {disk_free} of {disk_total} bytes free",
+                runbook("disk-full")),
+        Finding("map_growth", grade("map_growth", headroom, t), None, headroom,
+                t.map_growth_warning,
+                "disk size unknown; map growth headroom not measured" if headroom is None else
+                f"{disk_free} bytes free on disk for the {need} bytes the LMDB map can still "
+                f"claim (its unused {need - step} plus the next growth of {step}): "
+                f"x{headroom:.2f}", runbook("scaling-and-capacity"))]
+
+
 def latency_checks(db, t: HealthThresholds):
     h = db.latency_histogram(op="query", window=t.latency_window)
     p99 = h.percentile(0.99)
+    value = None if p99 is None else round(p99, 6)
     return [Finding(
-        "query_latency_p99", _grade(p99, t.p99_query_warning), None,
-        None if p99 is None else round(p99, 6), t.p99_query_warning,
+        "query_latency_p99", grade("query_latency_p99", value, t), None,
+        value, t.p99_query_warning,
         f"no queries in the last {t.latency_window:.0f}s" if p99 is None else
         f"p99 query latency {p99 * 1e3:.2f} ms over the last {t.latency_window:.0f}s "
         f"({h.count} queries)", runbook("latency"))]
