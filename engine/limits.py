@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from .errors import InvalidInput
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -42,9 +44,11 @@ class Limits:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                    or value < 1):
                 raise InvalidInput(
                     f"Limits.{f.name} = {value!r} is not valid; expected an int >= 1")
+            object.__setattr__(self, f.name, int(value))
 
 
 def limits_value(limits) -> Limits:
