@@ -9,6 +9,7 @@
 from simplevector.ops.database import ObservedDatabase as Database  # engine Database + ops layer
 from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
+from simplevector.engine.limits import Limits
 from simplevector.engine.namespace import Namespace
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 def open(path, *, durability: str = "sync", readonly: bool = False,
          checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
-         auto_index: bool = True, **ops_options) -> Database:
+         auto_index: bool = True, limits: Limits | None = None, **ops_options) -> Database:
     """Open (creating if missing) the database directory at ``path``.
 
     durability="sync": a write returns only after its WAL record is on disk (fdatasync,
@@ -29,13 +30,15 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     wal_keep_bytes: WAL kept for the change feed after a checkpoint.
     auto_index: train an IVF index in the background once a namespace grows past its
     spec's threshold ("auto": 50,000 rows).
+    limits: a Limits (document, metadata and batch sizes; None = the defaults). An option
+    of this open, not stored in the database; an upsert over a limit raises LimitExceeded.
     ops_options: the ops layer's options (probe_interval, alert_interval, alert_rules,
     memory_budget, thresholds), see simplevector.ops.database.ObservedDatabase.
     """
     return Database(path, durability=durability, readonly=readonly,
                     checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes,
-                    auto_index=auto_index, **ops_options)
+                    auto_index=auto_index, limits=limits, **ops_options)
 
 
-__all__ = ["open", "Database", "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo",
-           "Change", *_errors_all]
+__all__ = ["open", "Database", "Limits", "Namespace", "Hit", "Record", "NamespaceInfo",
+           "VersionInfo", "Change", *_errors_all]

@@ -37,6 +37,7 @@ from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, Name
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
 from .indexspec import AUTO_THRESHOLD, IndexSpec
 from .kernels.distances import resolve_metric
+from .limits import limits_value
 from .namespace import Namespace
 from .observer import Observer
 from .status import DatabaseStatus, VersionStatus
@@ -56,7 +57,8 @@ class Database:
 
     def __init__(self, path, *, durability: str = "sync", readonly: bool = False,
                  checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
-                 auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD):
+                 auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD,
+                 limits=None):
         if durability not in DURABILITY_MODES:
             raise InvalidInput(
                 f"durability {durability!r} is not valid; expected 'sync' or 'async'")
@@ -66,6 +68,7 @@ class Database:
                 or not isinstance(checkpoint_interval, (int, float)) or checkpoint_interval < 0):
             raise InvalidInput(f"checkpoint_interval {checkpoint_interval!r} is not valid; "
                                "expected seconds >= 0 (0 turns the checkpointer off)")
+        self.limits = limits_value(limits)     # an open option, not persisted (limits.py)
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self.readonly = bool(readonly)

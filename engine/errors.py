@@ -13,6 +13,7 @@ __all__ = [
     "InvalidInput",
     "DimensionMismatch",
     "FilterError",
+    "LimitExceeded",
     "NamespaceNotFound",
     "NamespaceExists",
     "VersionNotFound",
@@ -68,6 +69,27 @@ class FilterError(InvalidInput):
 
     code = "filter_error"
     http_status = 400
+
+
+class LimitExceeded(InvalidInput):
+    """A row or a batch is larger than the database's :class:`~simplevector.Limits` allow.
+
+    ``limit`` names the Limits field, ``maximum`` its value, ``actual`` the size found and
+    ``row`` the row index (the first row past the limit for batch limits).
+    """
+
+    code = "limit_exceeded"
+    http_status = 413
+
+    def __init__(self, message: str, *, hint: str | None = None, limit: str | None = None,
+                 maximum: int | None = None, actual: int | None = None,
+                 row: int | None = None):
+        if hint is None and limit is not None:
+            fix = ("split the batch" if limit.startswith("max_batch")
+                   else "keep large values outside SimpleVector and store a reference")
+            hint = f"{fix}, or raise the limit: sv.open(path, limits=sv.Limits({limit}=...))"
+        super().__init__(message, hint=hint)
+        self.limit, self.maximum, self.actual, self.row = limit, maximum, actual, row
 
 
 class NamespaceNotFound(SimpleVectorError, KeyError):

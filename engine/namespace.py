@@ -105,6 +105,7 @@ class Namespace:
                 f"{len(ids)} ids for {X.shape[0]} vectors; expected one id per vector")
         metas = validate.metadata_list(metadata, len(ids))
         docs = validate.document_list(documents, len(ids))
+        validate.upsert_limits(db.limits, ids, X, metas, docs)
         vid = config.vid
         # with a trained index, encoding the batch starts now on the encoder thread and
         # overlaps the WAL append, the fsync and the LMDB write; the apply picks it up (or

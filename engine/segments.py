@@ -4,7 +4,8 @@ A checkpoint stores, for every version, the row arrays, ids, metadata and IVF li
 one LSN (``schema.META_SNAPSHOT`` holds that LSN and the catalog). Reopening loads them and
 replays only the WAL after that LSN, instead of decoding every row from LMDB. Segments are
 derived state: when they are missing or older than the retained WAL, the engine rebuilds
-from the LMDB rows.
+from the LMDB rows. Segments keep tombstoned positions (a reopen from them has the same
+tombstones); the rebuild from LMDB rows is dense.
 
 Encoding: an array is ``b"A" + u32 header length + msgpack [dtype, shape] + raw bytes``;
 anything else is ``b"M" + msgpack``.

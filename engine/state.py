@@ -4,7 +4,12 @@ Rows live at dense positions ``0..n-1`` in append order. A delete, or an upsert 
 that exists, leaves a tombstone at the old position (``alive[pos] = False``); an upsert
 appends the new row at a fresh position with a fresh rowid. Rows therefore never change in
 place, so a concurrent query sees each row either before or after a write, never torn.
-Reopening rebuilds the arrays densely from LMDB, which drops the tombstones.
+Tombstones stay until a compaction (not implemented yet), across reopens too: a checkpoint
+writes the arrays with their dead positions as segments (:meth:`VersionState.capture`),
+reopening restores them as they were (:meth:`VersionState.restore`) and WAL replay after the
+checkpoint adds its own. Only a rebuild from the LMDB rows, when the segments cannot be used
+(missing, or older than the retained WAL), yields dense arrays: deleted and replaced rows
+are not in LMDB. A re-index drops tombstones from the IVF lists, not from these arrays.
 
 Writes are serialised by the database (one apply at a time, in LSN order); readers take a
 :class:`View` (array references and a row count) and need no lock.

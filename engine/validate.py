@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import re
 
+import msgpack
 import numpy as np
 
 from . import schema
-from .errors import DimensionMismatch, InvalidInput
+from .errors import DimensionMismatch, InvalidInput, LimitExceeded
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MODEL_RE = re.compile(
@@ -82,7 +83,8 @@ def include_value(include, allowed=INCLUDE_FIELDS) -> frozenset:
         ) from None
     for item in items:
         if item not in allowed:
-            raise InvalidInput(f"include item {_short(item)} is not valid; expected one of {allowed}")
+            raise InvalidInput(
+                f"include item {_short(item)} is not valid; expected one of {allowed}")
     return frozenset(items)
 
 
@@ -179,7 +181,8 @@ def vector_matrix(vectors, dim: int, *, what: str = "vectors", zero_ok: bool = T
         raise InvalidInput(f"{what} could not be read as a numeric array: {e}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise InvalidInput(
-            f"{what} has dtype {arr.dtype}; expected numbers (ragged rows or strings are not vectors)"
+            f"{what} has dtype {arr.dtype}; expected numbers "
+            "(ragged rows or strings are not vectors)"
         )
     if arr.dtype == np.bool_ or np.iscomplexobj(arr):
         raise InvalidInput(f"{what} has dtype {arr.dtype}; expected real numbers")
@@ -312,7 +315,90 @@ def document_list(documents, n: int) -> list:
     return items
 
 
+# -- size limits (engine/limits.py) --------------------------------------------------------------
+def _over(limits, field: str, actual: int, row: int, ids, what: str, unit: str = "bytes"):
+    maximum = getattr(limits, field)
+    return LimitExceeded(
+        f"{what} (id {_short(ids[row])}) is {actual:,} {unit}; expected at most "
+        f"{field}={maximum:,}", limit=field, maximum=maximum, actual=actual, row=row)
+
+
+def _document_sizes(docs: list, ids: list, limits):
+    """UTF-8 bytes per document (None when there are none); raises on the first too big."""
+    if docs.count(None) == len(docs):
+        return None
+    cap = limits.max_document_bytes
+    sizes = []
+    for row, doc in enumerate(docs):
+        if doc is None:
+            sizes.append(0)
+            continue
+        if doc.isascii():               # O(1) in CPython; then characters are bytes
+            size = len(doc)
+        else:
+            try:
+                size = len(doc.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidInput(f"documents[{row}] = {_short(doc)} is not valid UTF-8 "
+                                   "(it holds a lone surrogate)") from None
+        if size > cap:
+            raise _over(limits, "max_document_bytes", size, row, ids,
+                        f"documents[{row}]", "UTF-8 bytes")
+        sizes.append(size)
+    return sizes
+
+
+def _metadata_sizes(metas: list, ids: list, limits):
+    """msgpack bytes per row's metadata (None when there is none); raises on the first too
+    big. A row that cannot be encoded (a lone surrogate in a str) is InvalidInput."""
+    if metas.count(None) == len(metas):
+        return None
+    cap = limits.max_metadata_bytes
+    pack = msgpack.Packer(use_bin_type=True).pack     # one per call: Packer is not shared
+    sizes = []
+    for row, md in enumerate(metas):
+        if md is None:
+            sizes.append(0)
+            continue
+        try:
+            size = len(pack(md))
+        except (UnicodeEncodeError, ValueError, TypeError, OverflowError) as e:
+            raise InvalidInput(f"metadata[{row}] cannot be encoded: {e}") from None
+        if size > cap:
+            raise _over(limits, "max_metadata_bytes", size, row, ids, f"metadata[{row}]",
+                        "msgpack bytes")
+        sizes.append(size)
+    return sizes
+
+
+def upsert_limits(limits, ids: list, X: np.ndarray, metas: list, docs: list) -> int:
+    """Check an already validated upsert batch against ``limits`` (an engine Limits);
+    returns the batch payload in bytes (vectors + metadata + documents)."""
+    n = len(ids)
+    if n > limits.max_batch_rows:
+        row = limits.max_batch_rows
+        raise LimitExceeded(
+            f"the batch has {n:,} rows; row {row} (id {_short(ids[row])}) is past "
+            f"max_batch_rows={row:,}", limit="max_batch_rows", maximum=row, actual=n, row=row)
+    doc_sizes = _document_sizes(docs, ids, limits)
+    meta_sizes = _metadata_sizes(metas, ids, limits)
+    total = int(X.nbytes) + sum(doc_sizes or ()) + sum(meta_sizes or ())
+    cap = limits.max_batch_bytes
+    if total > cap:
+        per_row = np.full(n, X.nbytes // n, np.int64)
+        for sizes in (doc_sizes, meta_sizes):
+            if sizes is not None:
+                per_row += np.asarray(sizes, np.int64)
+        row = int(np.searchsorted(np.cumsum(per_row), cap, side="right"))
+        raise LimitExceeded(
+            f"the batch payload (vectors + metadata + documents) is {total:,} bytes; row "
+            f"{row} (id {_short(ids[row])}) takes it past max_batch_bytes={cap:,}",
+            limit="max_batch_bytes", maximum=cap, actual=total, row=row)
+    return total
+
+
 def positive_int(value, what: str, *, upper: int = 1_000_000) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= upper:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not 1 <= value <= upper):
         raise InvalidInput(f"{what} {_short(value)} is not valid; expected an int in 1..{upper}")
     return int(value)
