@@ -438,7 +438,7 @@ _ENGINE_METHODS = ("create_namespace", "create_version", "promote", "drop_namesp
 _ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "auto_index",
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",
                       "replayed_records", "memory_replayed_records", "counters",
-                      "query_stats", "lsn", "writable", "closed", "ops_store")
+                      "query_stats", "lsn", "writable", "closed", "ops_store", "limits")
 
 
 def _forward_method(name):
