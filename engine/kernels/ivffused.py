@@ -4,8 +4,9 @@ The engine's query path calls these with arrays it owns and has already validate
 IVF index builds them), so there are no per-call checks here: few numba calls per query
 keep the Python overhead of a single query small. An IVF-PQ single query makes two: its
 probe (:func:`probe_and_count`, which also says how many codes the probed lists hold, so
-the caller can pick the serial or the split scan), then the scan and re-rank. The checked, composable forms (and
-their numpy references) are in :mod:`.ivfscan`; the tests compare the two.
+the caller can pick the serial or the split scan), then the scan and re-rank. The checked,
+composable forms (and their numpy references) are in :mod:`.ivfscan`; the tests compare
+the two.
 
 - ``probe_metric``: how lists are ranked for a query — 1 (largest inner product) for ip
   and cosine, 0 (smallest squared L2) for l2.
