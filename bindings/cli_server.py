@@ -9,6 +9,7 @@ finish, then the database is closed, which checkpoints.
 from __future__ import annotations
 
 import ipaddress
+import signal
 
 import click
 
@@ -60,9 +61,21 @@ def serve(db_path, host, port, insecure, readonly, max_body_bytes, log_level):
         app = create_app(db, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 lifespan="off", timeout_graceful_shutdown=30)
-        uvicorn.Server(config).run()
+        _run_until_signal(uvicorn.Server(config))
     finally:
         db.close()
+
+
+def _run_until_signal(server) -> None:
+    """Run uvicorn; SIGTERM / SIGINT stop it gracefully and return here (exit 0 after the
+    database is closed) instead of killing the process once uvicorn re-raises the signal."""
+    previous = {sig: signal.signal(sig, lambda *_: None)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(group: click.Group) -> click.Group:
