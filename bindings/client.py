@@ -281,7 +281,7 @@ class RemoteNamespace:
             hits = [_hit(h) for h in raw]
         else:
             hits = [[_hit(h) for h in row] for row in raw]
-        if explain is True:
+        if explain:
             return hits, Plan(**data["plan"])
         return hits
 

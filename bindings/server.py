@@ -346,7 +346,7 @@ async def query(request):
     out = await _call(ns.query, data["vectors"],
                       **_pick(data, "k", "where", "include", "nprobe", "refine", "exact",
                               "explain"))
-    hits, plan = out if explain is True else (out, None)
+    hits, plan = out if explain else (out, None)
     body = {"single": np.ndim(data["vectors"]) == 1 if not isinstance(
         data["vectors"], np.ndarray) else data["vectors"].ndim == 1, "hits": hits}
     if plan is not None:

@@ -3,6 +3,8 @@ command and its graceful shutdown. The API's behaviour is tests/test_conformance
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import simplevector as sv
 from simplevector.cli import main
 from simplevector.cli_server import is_loopback
+from simplevector.client import RemoteNamespace
 from simplevector.engine.namespace import Namespace
 from simplevector.server import MSGPACK, ND, ROUTES, create_app
 
@@ -196,3 +199,47 @@ def test_sigterm_finishes_requests_closes_the_database_and_keeps_acknowledged_wr
         stored = db.namespace("w").get(acked, include=())
         assert all(r is not None for r in stored), "an acknowledged upsert is missing"
         assert db.replayed_records == 0, "the server did not checkpoint on close"
+
+
+def test_import_simplevector_does_not_import_the_server_libraries():
+    code = ("import sys, simplevector; "
+            "print(sorted(m for m in ('httpx', 'starlette', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _flaky_client(fail_times: int):
+    """A client whose transport fails to connect ``fail_times`` times, then answers."""
+    import httpx
+    calls = []
+
+    def handler(request):
+        calls.append((request.method, request.url.path))
+        if len(calls) <= fail_times:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"namespaces": [], "lsn": 5,
+                                         "single": True, "hits": []})
+    client = sv.connect("http://127.0.0.1:9")
+    client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(handler))
+    return client, calls
+
+
+def test_client_retries_idempotent_calls_on_connection_errors(monkeypatch):
+    monkeypatch.setattr("simplevector.client.RETRY_WAIT", 0.0)
+    client, calls = _flaky_client(2)
+    assert client.list_namespaces() == [] and len(calls) == 3
+    client, calls = _flaky_client(2)
+    ns = RemoteNamespace(client, {"name": "n", "version": 1, "dim": 2, "metric": "l2",
+                                  "model": None, "index": "auto", "live": True})
+    assert ns.query([1.0, 2.0]) == [] and len(calls) == 3
+
+
+def test_client_does_not_retry_writes(monkeypatch):
+    monkeypatch.setattr("simplevector.client.RETRY_WAIT", 0.0)
+    client, calls = _flaky_client(1)
+    ns = RemoteNamespace(client, {"name": "n", "version": 1, "dim": 2, "metric": "l2",
+                                  "model": None, "index": "auto", "live": True})
+    with pytest.raises(sv.StorageError):
+        ns.upsert([1], [[1.0, 2.0]])
+    assert calls == [("POST", "/v1/namespaces/n/upsert")]
