@@ -17,7 +17,8 @@ arguments, return types and exceptions. Differences, by decision:
 Errors arrive as ``{"error": {"code", "message", "hint"}}`` and are raised as the class
 :func:`error_class_for_code` names (same message and hint). Only idempotent calls (GETs and
 ``query``) are retried, and only on connection errors. Vectors in ``Record.vector`` and
-``Hit.vector`` come back as float32 numpy arrays.
+``Hit.vector`` come back as float32 numpy arrays. ``wire="msgpack"`` sends and receives
+msgpack, with vectors as raw little-endian float32 bytes (:mod:`simplevector._wire`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import httpx
 import numpy as np
 
 from simplevector._output import to_jsonable
-from simplevector.engine.errors import SimpleVectorError, error_class_for_code
+from simplevector._wire import MSGPACK, pack, unpack
+from simplevector.engine.errors import InvalidInput, SimpleVectorError, error_class_for_code
 from simplevector.engine.planner import Plan
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
@@ -39,9 +41,12 @@ RETRIES = 2
 RETRY_WAIT = 0.2
 
 
-def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0) -> "Client":
-    """A :class:`Client` of the SimpleVector server at ``url`` (e.g. http://127.0.0.1:8484)."""
-    return Client(url, api_key=api_key, timeout=timeout)
+def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
+            wire: str = "json") -> "Client":
+    """A :class:`Client` of the SimpleVector server at ``url`` (e.g. http://127.0.0.1:8484).
+
+    wire: "json" (vectors as lists of floats) or "msgpack" (vectors as float32 bytes)."""
+    return Client(url, api_key=api_key, timeout=timeout, wire=wire)
 
 
 def _error_from(response: httpx.Response) -> SimpleVectorError:
@@ -59,7 +64,7 @@ def _error_from(response: httpx.Response) -> SimpleVectorError:
 
 
 def _vector(value):
-    return None if value is None else np.asarray(value, dtype=np.float32)
+    return None if value is None else np.array(value, dtype=np.float32)
 
 
 def _hit(d: dict) -> Hit:
@@ -87,8 +92,12 @@ def _ids(ids):
 class Client:
     """A connection pool to one SimpleVector server; see the module for the API."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 30.0):
-        headers = {"Accept": "application/json"}
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 wire: str = "json"):
+        if wire not in ("json", "msgpack"):
+            raise InvalidInput(f"wire {wire!r} is not valid; expected 'json' or 'msgpack'")
+        self.wire = wire
+        headers = {"Accept": MSGPACK if wire == "msgpack" else "application/json"}
         if api_key is not None:
             headers["Authorization"] = f"Bearer {api_key}"
         self.url = url.rstrip("/")
@@ -107,7 +116,10 @@ class Client:
         if params:
             params = {k: v for k, v in params.items() if v is not None}
         kwargs = {"params": params or None}
-        if body is not None:
+        if body is not None and self.wire == "msgpack":
+            kwargs["content"] = pack(body)
+            kwargs["headers"] = {"Content-Type": MSGPACK}
+        elif body is not None:
             kwargs["json"] = to_jsonable(body)
         attempt = 0
         while True:
@@ -123,7 +135,10 @@ class Client:
                 time.sleep(RETRY_WAIT * attempt)
         if response.status_code >= 400:
             raise _error_from(response)
-        if response.headers.get("content-type", "").startswith("application/json"):
+        ctype = response.headers.get("content-type", "")
+        if ctype.startswith(MSGPACK):
+            return unpack(response.content)
+        if ctype.startswith("application/json"):
             return response.json()
         return response.text
 

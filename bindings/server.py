@@ -11,7 +11,8 @@ from ``code``.
 Wire format. JSON: vectors are lists of floats (one list: one vector; a list of lists: a
 batch), ids keep their JSON type (int or string). msgpack: the same documents, except that a
 vector or matrix may be sent as ``{"__ndarray__": <little-endian float32 bytes>, "shape":
-[...]}``, and responses to a msgpack request are msgpack with vectors in that form.
+[...]}`` (:mod:`simplevector._wire`), and responses to a msgpack request (or one that
+accepts msgpack) are msgpack with vectors in that form.
 
 Namespace routes take ``?version=N`` to address a version that is not live (default: the
 live one). Not yet here (later steps of issue 13): API keys and roles, the audit log, rate
@@ -34,64 +35,19 @@ from starlette.routing import Route
 
 import simplevector as sv
 from simplevector._output import to_jsonable
+from simplevector._wire import MSGPACK, ND, pack, unpack
 from simplevector.engine.errors import InvalidInput, LimitExceeded, SimpleVectorError
 
-__all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "openapi_document"]
+__all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "ND", "openapi_document"]
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
-MSGPACK = "application/msgpack"
-ND = "__ndarray__"
 
 
-# -- encoding --------------------------------------------------------------------------------
-def _pack_arrays(value):
-    """numpy arrays as ``{ND: bytes, shape}`` (msgpack), everything else plain."""
-    if isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value, dtype="<f4")
-        return {ND: arr.tobytes(), "shape": list(arr.shape)}
-    if hasattr(value, "to_dict") and not isinstance(value, dict):
-        return _pack_arrays(_to_dict_keep_arrays(value))
-    if isinstance(value, dict):
-        return {str(k): _pack_arrays(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_pack_arrays(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _to_dict_keep_arrays(obj) -> dict:
-    out = obj.to_dict()
-    vec = getattr(obj, "vector", None)
-    if isinstance(vec, np.ndarray):
-        out["vector"] = vec
-    return out
-
-
-def unpack_arrays(value):
-    """The inverse of the msgpack array form: ``{ND, shape}`` back to float32 arrays."""
-    if isinstance(value, dict):
-        if ND in value:
-            raw = value[ND]
-            if not isinstance(raw, (bytes, bytearray)):
-                raise InvalidInput(f"{ND} must be bytes of little-endian float32")
-            try:
-                return np.frombuffer(raw, dtype="<f4").reshape(value.get("shape", [-1]))
-            except ValueError as e:
-                raise InvalidInput(f"array of {len(raw)} bytes does not fit shape "
-                                   f"{value.get('shape')!r}: {e}") from None
-        return {k: unpack_arrays(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unpack_arrays(v) for v in value]
-    return value
-
-
+# -- encoding ---------------------------------------------------------------------------------
 def _encode(request: Request | None, data, status: int = 200) -> Response:
-    if request is not None and request.headers.get("accept", "").startswith(MSGPACK) or (
-            request is not None and request.headers.get("content-type", "").startswith(MSGPACK)):
-        import msgpack
-        return Response(msgpack.packb(_pack_arrays(data), use_bin_type=True), status,
-                        media_type=MSGPACK)
+    if request is not None and (request.headers.get("accept", "").startswith(MSGPACK) or
+                                request.headers.get("content-type", "").startswith(MSGPACK)):
+        return Response(pack(data), status, media_type=MSGPACK)
     body = json.dumps(to_jsonable(data), ensure_ascii=False).encode("utf-8")
     return Response(body, status, media_type="application/json")
 
@@ -112,11 +68,7 @@ async def _payload(request: Request, allowed: tuple) -> dict:
     if not body:
         return {}
     if request.headers.get("content-type", "").startswith(MSGPACK):
-        import msgpack
-        try:
-            data = unpack_arrays(msgpack.unpackb(body, raw=False, strict_map_key=False))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise InvalidInput(f"the request body is not valid msgpack: {e}") from None
+        data = unpack(body)
     else:
         try:
             data = json.loads(body)

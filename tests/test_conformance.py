@@ -1,5 +1,6 @@
 """One suite, two backends: the embedded database (``sv.open``) and the HTTP client
-(``sv.connect``) of a real ``simplevector serve`` subprocess. A feature is done when it
+(``sv.connect``, over JSON and over msgpack) of a real ``simplevector serve``
+subprocess. A feature is done when it
 passes on both; each test uses its own namespace names (the backends are module-scoped)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from _serverproc import ServerProcess
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module", params=["embedded", "server"])
+@pytest.fixture(scope="module", params=["embedded", "server", "server-msgpack"])
 def backend(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param) / "db"
     if request.param == "embedded":
@@ -27,7 +28,8 @@ def backend(request, tmp_path_factory):
         db.close()
         return
     server = ServerProcess(path)
-    client = sv.connect(server.url)
+    client = sv.connect(server.url, wire="msgpack" if request.param.endswith("msgpack")
+                        else "json")
     yield client
     client.close()
     assert server.stop() == 0, server.log()

@@ -24,7 +24,7 @@ from simplevector.server import MSGPACK, ND, ROUTES, create_app
 from _serverproc import ServerProcess, free_port
 
 with warnings.catch_warnings():     # starlette 1.x prefers httpx2 for its TestClient
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 
@@ -243,3 +243,24 @@ def test_client_does_not_retry_writes(monkeypatch):
     with pytest.raises(sv.StorageError):
         ns.upsert([1], [[1.0, 2.0]])
     assert calls == [("POST", "/v1/namespaces/n/upsert")]
+
+
+def test_msgpack_client_sends_and_receives_msgpack(app_db):
+    seen = []
+    client = sv.connect("http://testserver", wire="msgpack")
+    client._http = TestClient(create_app(app_db), headers=client._http.headers)
+    client._http.event_hooks["response"] = [lambda r: seen.append(r.headers["content-type"])]
+    ns = client.create_namespace("mp", dim=3, metric="l2")
+    ns.upsert([1, "b"], np.eye(3, dtype=np.float32)[:2], metadata=[{"a": 1}, None])
+    hits = ns.query(np.eye(3, dtype=np.float32), k=1, include=("metadata", "vectors"))
+    assert [h[0].id for h in hits] == [1, "b", 1] and hits[0][0].metadata == {"a": 1}
+    assert hits[1][0].vector.dtype == np.float32 and hits[1][0].vector.flags.writeable
+    np.testing.assert_array_equal(hits[1][0].vector, [0, 1, 0])
+    assert set(seen) == {MSGPACK}
+    with pytest.raises(sv.DimensionMismatch):
+        ns.query([1.0, 2.0])
+
+
+def test_connect_rejects_an_unknown_wire_format():
+    with pytest.raises(sv.InvalidInput):
+        sv.connect("http://127.0.0.1:9", wire="xml")
