@@ -1,7 +1,8 @@
 """The HTTP client: the embedded API over the wire (``sv.connect(url)``).
 
 :class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
-(namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency``, ``metrics_text``) and
+(namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
+rows), ``metrics_text``) and
 :class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
 ``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
 arguments, return types and exceptions. Differences, by decision:
@@ -204,9 +205,11 @@ class Client:
         return self._request("GET", "/v1/health")
 
     def latency(self, namespace=None, op=None, window=None) -> list:
-        """Latency summaries as dicts (the server's ``db.latency(...)``)."""
-        return self._request("GET", "/v1/latency", params={
+        """LatencySummary rows (the server's ``db.latency(...)``); ``window`` in seconds."""
+        from simplevector.ops.database import LatencySummary
+        rows = self._request("GET", "/v1/latency", params={
             "namespace": namespace, "op": op, "window": window})["latency"]
+        return [LatencySummary(**r) for r in rows]
 
     def metrics_text(self) -> str:
         """The Prometheus text of the server (database metrics plus HTTP request metrics)."""

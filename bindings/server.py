@@ -167,13 +167,13 @@ async def health(request):
 
 
 async def latency(request):
-    """Latency summaries: ``?namespace=&op=&window=`` (seconds; none = lifetime)."""
+    """Latency summaries: ``?namespace=&op=&window=`` (seconds or 1m/5m/1h; none = lifetime)."""
     q = request.query_params
-    window = q.get("window")
+    window = q.get("window") or None
     try:
-        window = float(window) if window not in (None, "") else None
+        window = float(window) if window is not None else None
     except ValueError:
-        raise InvalidInput(f"window {window!r} is not valid; expected seconds") from None
+        pass                        # "1m", "5m", "1h": the library parses and checks it
     rows = await _call(request.app.state.db.latency, q.get("namespace") or None,
                        q.get("op") or None, window)
     return _encode(request, {"latency": rows})

@@ -198,6 +198,27 @@ def test_changes_since(backend, name):
     assert changes[-1].lsn == backend.lsn
 
 
+def test_health_metrics_and_latency(backend, name):
+    ns = backend.create_namespace(name, dim=4, metric="l2")
+    ns.upsert([1], data(1))
+    ns.query(data(1)[0], k=1)
+    report = backend.health()
+    report = report if isinstance(report, dict) else report.to_dict()   # documented
+    assert report["status"] in ("ok", "warning", "critical")
+    assert isinstance(report["findings"], list)
+    text = backend.metrics_text()
+    assert isinstance(text, str) and "simplevector_" in text
+    rows = backend.latency(namespace=name, op="query")
+    assert rows and type(rows[0]).__name__ == "LatencySummary" and rows[0].count >= 1
+    assert backend.latency(namespace=name, op="query", window="5m")[0].window == 300
+
+
+def test_version_zero_raises_invalid_input(backend, name):
+    backend.create_namespace(name, dim=4)
+    with pytest.raises(sv.InvalidInput):
+        backend.namespace(name, 0)
+
+
 # -- typed errors -------------------------------------------------------------------------------
 def test_missing_namespace_raises_namespace_not_found(backend, name):
     with pytest.raises(sv.NamespaceNotFound) as info:
