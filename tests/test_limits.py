@@ -33,7 +33,7 @@ def _meta_bytes(md):
 
 def assert_limit(db, ns, call, limit, row, *fragments):
     """``call`` raises LimitExceeded for ``limit`` at ``row``; count, LSN and WAL unchanged."""
-    before = (db.lsn, ns.count(), db._wal.last_lsn)
+    before = (db.lsn, ns.count(), db.engine._wal.last_lsn)
     with pytest.raises(sv.LimitExceeded) as info:
         call()
     err = info.value
@@ -43,7 +43,7 @@ def assert_limit(db, ns, call, limit, row, *fragments):
     assert f"sv.Limits({limit}=" in err.hint
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert (db.lsn, ns.count(), db._wal.last_lsn) == before
+    assert (db.lsn, ns.count(), db.engine._wal.last_lsn) == before
     return err
 
 
