@@ -40,5 +40,14 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
                     auto_index=auto_index, limits=limits, **ops_options)
 
 
-__all__ = ["open", "Database", "Limits", "Namespace", "Hit", "Record", "NamespaceInfo",
+def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
+            wire: str = "json"):
+    """A client of the SimpleVector server at ``url`` with the embedded API (see
+    :mod:`simplevector.client`); needs the ``server`` extra (httpx). wire: "json" or
+    "msgpack" (vectors as raw float32 bytes)."""
+    from simplevector.client import connect as _connect
+    return _connect(url, api_key=api_key, timeout=timeout, wire=wire)
+
+
+__all__ = ["open", "connect", "Database", "Limits", "Namespace", "Hit", "Record", "NamespaceInfo",
            "VersionInfo", "Change", *_errors_all]

@@ -7,7 +7,8 @@ index training; closed, which checkpoints, when the command ends; read-only for 
 that only read, so they work while another process holds the write lock), and errors: a
 library error (:class:`SimpleVectorError`) prints one line ``error: <message> (hint: ...)``
 on stderr and exits 1; usage errors exit 2; ``simplevector --debug ...`` shows the traceback.
-Import and export are :mod:`simplevector.transfer`; the ops commands are in ``cli_ops``.
+Import and export are :mod:`simplevector.transfer`; the ops commands are in ``cli_ops``,
+``serve`` in ``cli_server``.
 """
 
 from __future__ import annotations
@@ -469,6 +470,8 @@ def index_info(namespace, version, db_path, as_json):
 def _register_ops_commands():
     from simplevector.cli_ops import register
     register(main)
+    from simplevector.cli_server import register as register_server
+    register_server(main)
 
 
 _register_ops_commands()

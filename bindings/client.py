@@ -1,0 +1,312 @@
+"""The HTTP client: the embedded API over the wire (``sv.connect(url)``).
+
+:class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
+(namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
+rows), ``metrics_text``) and
+:class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
+``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
+arguments, return types and exceptions. Differences, by decision:
+
+- ``query(..., explain=True)`` returns ``(hits, Plan)`` with the same :class:`Plan`
+  dataclass as the embedded database (its ``seconds`` are the server's).
+- ``health()`` returns the report as a dict (``HealthReport.to_dict()`` of the server's
+  database), not a HealthReport object.
+- A RemoteNamespace keeps the ``version``/``dim``/``metric``/``model``/``index``/``live``
+  it had when it was fetched; a handle on the live version (``namespace(name)``) still
+  addresses whatever version is live at each call, like the embedded one.
+
+Errors arrive as ``{"error": {"code", "message", "hint"}}`` and are raised as the class
+:func:`error_class_for_code` names (same message and hint). Only idempotent calls (GETs and
+``query``) are retried, and only on connection errors. Vectors in ``Record.vector`` and
+``Hit.vector`` come back as float32 numpy arrays. ``wire="msgpack"`` sends and receives
+msgpack, with vectors as raw little-endian float32 bytes (:mod:`simplevector._wire`).
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from simplevector._output import to_jsonable
+from simplevector._wire import MSGPACK, pack, unpack
+from simplevector.engine.errors import InvalidInput, SimpleVectorError, error_class_for_code
+from simplevector.engine.planner import Plan
+from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
+
+__all__ = ["Client", "RemoteNamespace", "connect"]
+
+RETRIES = 2
+RETRY_WAIT = 0.2
+
+
+def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
+            wire: str = "json") -> "Client":
+    """A :class:`Client` of the SimpleVector server at ``url`` (e.g. http://127.0.0.1:8484).
+
+    wire: "json" (vectors as lists of floats) or "msgpack" (vectors as float32 bytes)."""
+    return Client(url, api_key=api_key, timeout=timeout, wire=wire)
+
+
+def _error_from(response: httpx.Response) -> SimpleVectorError:
+    try:
+        err = response.json()["error"]
+        cls = error_class_for_code(err["code"])
+        message, hint = err["message"], err.get("hint")
+    except (ValueError, KeyError, TypeError):
+        return SimpleVectorError(f"HTTP {response.status_code} from the server: "
+                                 f"{response.text[:200]}")
+    try:
+        return cls(message, hint=hint)
+    except TypeError:       # pragma: no cover - every class takes (message, hint=)
+        return SimpleVectorError(message, hint=hint)
+
+
+def _vector(value):
+    return None if value is None else np.array(value, dtype=np.float32)
+
+
+def _hit(d: dict) -> Hit:
+    return Hit(id=d["id"], distance=float(d["distance"]), metadata=d.get("metadata"),
+               document=d.get("document"), vector=_vector(d.get("vector")))
+
+
+def _record(d):
+    if d is None:
+        return None
+    return Record(id=d["id"], metadata=d.get("metadata"), document=d.get("document"),
+                  vector=_vector(d.get("vector")))
+
+
+def _ids(ids):
+    if isinstance(ids, np.ndarray):
+        return ids.tolist()
+    if isinstance(ids, np.generic):
+        return ids.item()
+    if isinstance(ids, (list, tuple)):
+        return [i.item() if isinstance(i, np.generic) else i for i in ids]
+    return ids
+
+
+class Client:
+    """A connection pool to one SimpleVector server; see the module for the API."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 wire: str = "json"):
+        if wire not in ("json", "msgpack"):
+            raise InvalidInput(f"wire {wire!r} is not valid; expected 'json' or 'msgpack'")
+        self.wire = wire
+        headers = {"Accept": MSGPACK if wire == "msgpack" else "application/json"}
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self._closed = False
+
+    # -- transport -----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body=None, params=None,
+                 idempotent: bool | None = None):
+        if self._closed:
+            from simplevector.engine.errors import ClosedError
+            raise ClosedError("the client is closed",
+                              hint="connect again with simplevector.connect(url)")
+        if idempotent is None:
+            idempotent = method == "GET"
+        if params:
+            params = {k: v for k, v in params.items() if v is not None}
+        kwargs = {"params": params or None}
+        if body is not None and self.wire == "msgpack":
+            kwargs["content"] = pack(body)
+            kwargs["headers"] = {"Content-Type": MSGPACK}
+        elif body is not None:
+            kwargs["json"] = to_jsonable(body)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
+                attempt += 1
+                if not idempotent or attempt > RETRIES:
+                    from simplevector.engine.errors import StorageError
+                    raise StorageError(f"cannot reach the SimpleVector server at {self.url}: "
+                                       f"{e}", hint="is `simplevector serve` running?") from e
+                time.sleep(RETRY_WAIT * attempt)
+        if response.status_code >= 400:
+            raise _error_from(response)
+        ctype = response.headers.get("content-type", "")
+        if ctype.startswith(MSGPACK):
+            return unpack(response.content)
+        if ctype.startswith("application/json"):
+            return response.json()
+        return response.text
+
+    @staticmethod
+    def _ns_path(name: str, tail: str = "") -> str:
+        return f"/v1/namespaces/{quote(str(name), safe='')}{tail}"
+
+    def _handle(self, desc: dict, pinned) -> "RemoteNamespace":
+        return RemoteNamespace(self, desc, pinned)
+
+    # -- namespaces ------------------------------------------------------------------------------
+    def create_namespace(self, name, *, dim, metric="cosine", model=None,
+                         index="auto") -> "RemoteNamespace":
+        """Create ``name`` with version 1 live; raises NamespaceExists if it exists."""
+        desc = self._request("POST", "/v1/namespaces", body={
+            "name": name, "dim": dim, "metric": metric, "model": model, "index": index})
+        return self._handle(desc, None)
+
+    def create_version(self, name, *, dim=None, metric=None, model=None,
+                       index=None) -> "RemoteNamespace":
+        """The next version of ``name`` (not live), inheriting what is not given."""
+        body = {k: v for k, v in (("dim", dim), ("metric", metric), ("model", model),
+                                  ("index", index)) if v is not None}
+        desc = self._request("POST", self._ns_path(name, "/versions"), body=body)
+        return self._handle(desc, desc["version"])
+
+    def promote(self, name, version) -> None:
+        """Point ``name`` at ``version`` (atomic)."""
+        self._request("POST", self._ns_path(name, "/promote"), body={"version": version})
+
+    def drop_namespace(self, name, version=None) -> None:
+        """Drop ``name``, or one version of it that is not live."""
+        self._request("DELETE", self._ns_path(name), params={"version": version},
+                      idempotent=False)
+
+    def namespace(self, name, version=None) -> "RemoteNamespace":
+        """A handle on ``name`` (its live version, or ``version``)."""
+        desc = self._request("GET", self._ns_path(name), params={"version": version})
+        return self._handle(desc, version)
+
+    def list_namespaces(self) -> list:
+        """Every namespace as a NamespaceInfo with its VersionInfo list."""
+        data = self._request("GET", "/v1/namespaces")
+        return [NamespaceInfo(name=n["name"], live_version=n["live_version"],
+                              versions=[VersionInfo(**v) for v in n["versions"]])
+                for n in data["namespaces"]]
+
+    # -- the log, health, metrics ----------------------------------------------------------------
+    @property
+    def lsn(self) -> int:
+        """The server database's last committed LSN."""
+        return self._request("GET", "/v1/lsn")["lsn"]
+
+    def changes(self, since: int = 0):
+        """Iterate committed changes with LSN > ``since`` (Change objects)."""
+        data = self._request("GET", "/v1/changes", params={"since": since})
+        return iter([Change(lsn=c["lsn"], op=c["op"], namespace=c["namespace"],
+                            version=c["version"], ids=tuple(c["ids"]), ts=c["ts"])
+                     for c in data["changes"]])
+
+    def health(self) -> dict:
+        """The server database's health report, as a dict (see the module)."""
+        return self._request("GET", "/v1/health")
+
+    def latency(self, namespace=None, op=None, window=None) -> list:
+        """LatencySummary rows (the server's ``db.latency(...)``); ``window`` in seconds."""
+        from simplevector.ops.database import LatencySummary
+        rows = self._request("GET", "/v1/latency", params={
+            "namespace": namespace, "op": op, "window": window})["latency"]
+        return [LatencySummary(**r) for r in rows]
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of the server (database metrics plus HTTP request metrics)."""
+        return self._request("GET", "/metrics")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent). The server keeps running."""
+        if not self._closed:
+            self._closed = True
+            self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<simplevector.Client {self.url}{' closed' if self._closed else ''}>"
+
+
+class RemoteNamespace:
+    """One namespace version on the server; the methods of :class:`simplevector.Namespace`."""
+
+    def __init__(self, client: Client, desc: dict, pinned=None):
+        self._client = client
+        self.name = desc["name"]
+        self._pinned = pinned
+        self.version = desc["version"]
+        self.dim = desc["dim"]
+        self.metric = desc["metric"]
+        self.model = desc["model"]
+        self.index = desc["index"]
+        self.live = desc["live"]
+
+    def __repr__(self):
+        return f"<simplevector.RemoteNamespace {self.name!r} v{self.version} dim={self.dim}>"
+
+    def _call(self, method, tail, *, body=None, idempotent=None):
+        return self._client._request(method, self._client._ns_path(self.name, tail), body=body,
+                                     params={"version": self._pinned}, idempotent=idempotent)
+
+    def upsert(self, ids, vectors, metadata=None, documents=None) -> int:
+        """Insert or replace rows; returns the LSN of the write. All-or-nothing."""
+        return self._call("POST", "/upsert", body={
+            "ids": _ids(ids), "vectors": vectors, "metadata": metadata,
+            "documents": documents})["lsn"]
+
+    def delete(self, ids=None, where=None) -> int:
+        """Delete rows by ids and/or a where filter; returns how many were deleted."""
+        body = {}
+        if ids is not None:
+            body["ids"] = _ids(ids)
+        if where is not None:
+            body["where"] = where
+        return self._call("POST", "/delete", body=body)["deleted"]
+
+    def count(self) -> int:
+        """Rows stored (tombstones not counted)."""
+        return self._call("GET", "/count")["count"]
+
+    def get(self, ids, include=("metadata", "documents")):
+        """Records for ``ids`` in order (None where missing); one id gives one record."""
+        data = self._call("POST", "/get", body={"ids": _ids(ids), "include": include},
+                          idempotent=True)
+        records = [_record(r) for r in data["records"]]
+        return records[0] if data["single"] else records
+
+    def query(self, vectors, k: int = 10, where=None, include=("metadata",), *,
+              nprobe: int | None = None, refine: int | None = None, explain: bool = False,
+              exact: bool = False):
+        """``list[Hit]`` for one vector, ``list[list[Hit]]`` for a matrix; with
+        ``explain=True``, ``(hits, Plan)``."""
+        body = {"vectors": vectors, "k": k, "include": include, "exact": exact,
+                "explain": explain}
+        for key, value in (("where", where), ("nprobe", nprobe), ("refine", refine)):
+            if value is not None:
+                body[key] = value
+        data = self._call("POST", "/query", body=body, idempotent=True)
+        raw = data["hits"]
+        if data["single"]:
+            hits = [_hit(h) for h in raw]
+        else:
+            hits = [[_hit(h) for h in row] for row in raw]
+        if explain:
+            return hits, Plan(**data["plan"])
+        return hits
+
+    def build_index(self, spec=None) -> dict:
+        """Train (or re-train with a new spec) now; returns index_info()."""
+        return self._call("POST", "/index", body={"spec": spec})
+
+    def index_info(self) -> dict:
+        """The spec, training time, list sizes and code size of the live index."""
+        return self._call("GET", "/index")

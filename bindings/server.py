@@ -1,0 +1,447 @@
+"""The SimpleVector HTTP server: a Starlette ASGI app over one embedded database.
+
+:func:`create_app` wraps an ops-enabled :class:`~simplevector.Database`. Routes are thin:
+decode the body (JSON, or msgpack with ``Content-Type: application/msgpack``), call the
+library, encode the result. The error tree maps to HTTP statuses in one place,
+:func:`_error_response`: a :class:`SimpleVectorError` becomes ``err.http_status`` with the
+body ``{"error": {"code", "message", "hint"}}``; any other exception becomes 500 with code
+``internal`` and no traceback. :mod:`simplevector.client` rebuilds the same exception class
+from ``code``.
+
+Wire format. JSON: vectors are lists of floats (one list: one vector; a list of lists: a
+batch), ids keep their JSON type (int or string). msgpack: the same documents, except that a
+vector or matrix may be sent as ``{"__ndarray__": <little-endian float32 bytes>, "shape":
+[...]}`` (:mod:`simplevector._wire`), and responses to a msgpack request (or one that
+accepts msgpack) are msgpack with vectors in that form.
+
+Namespace routes take ``?version=N`` to address a version that is not live (default: the
+live one). Not yet here (later steps of issue 13): API keys and roles, the audit log, rate
+limits; without keys the ``serve`` command binds only to loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import simplevector as sv
+from simplevector._output import to_jsonable
+from simplevector._wire import MSGPACK, ND, pack, unpack
+from simplevector.engine.errors import InvalidInput, LimitExceeded, SimpleVectorError
+
+__all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "ND", "openapi_document"]
+
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+
+
+# -- encoding ---------------------------------------------------------------------------------
+def _encode(request: Request | None, data, status: int = 200) -> Response:
+    if request is not None and (request.headers.get("accept", "").startswith(MSGPACK) or
+                                request.headers.get("content-type", "").startswith(MSGPACK)):
+        return Response(pack(data), status, media_type=MSGPACK)
+    body = json.dumps(to_jsonable(data), ensure_ascii=False).encode("utf-8")
+    return Response(body, status, media_type="application/json")
+
+
+async def _payload(request: Request, allowed: tuple) -> dict:
+    """The request body as a dict (JSON or msgpack), size-limited, with known keys only."""
+    limit = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        return {}
+    if request.headers.get("content-type", "").startswith(MSGPACK):
+        data = unpack(body)
+    else:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInput(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the request body is a {type(data).__name__}; expected an object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {unknown} in the request body; expected some of "
+                           f"{sorted(allowed)}")
+    return data
+
+
+def _too_large(size: int, limit: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"the request body is {size} bytes or more; the server accepts at most {limit}",
+        hint="split the request into smaller batches, or start the server with a larger "
+             "--max-body-bytes", limit="max_body_bytes", maximum=limit, actual=size)
+
+
+def _version(request: Request):
+    raw = request.query_params.get("version")
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"version {raw!r} is not valid; expected an integer >= 1") from None
+
+
+def _int_param(request: Request, name: str, default):
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} {raw!r} is not valid; expected an integer") from None
+
+
+def _describe(ns) -> dict:
+    return {"name": ns.name, "version": ns.version, "dim": ns.dim, "metric": ns.metric,
+            "model": ns.model, "index": ns.index, "live": ns.live}
+
+
+def _namespace(request: Request):
+    db = request.app.state.db
+    return db.namespace(request.path_params["name"], _version(request))
+
+
+def _call(fn, *args, **kwargs):
+    return run_in_threadpool(fn, *args, **kwargs)
+
+
+def _pick(data: dict, *keys) -> dict:
+    return {k: data[k] for k in keys if k in data}
+
+
+# -- routes ----------------------------------------------------------------------------------
+async def healthz(request):
+    """Alive: the process answers."""
+    return _encode(request, {"status": "ok"})
+
+
+async def readyz(request):
+    """Ready: the database is open, writable (unless read-only) and has not failed."""
+    db = request.app.state.db
+    reasons = []
+    if db.closed:
+        reasons.append("the database is closed")
+    else:
+        status = await _call(db.status)
+        if status.failed is not None:
+            reasons.append(f"the database stopped accepting writes: {status.failed}")
+        if not db.readonly and not db.writable:
+            reasons.append("the database is not writable")
+    body = {"ready": not reasons, "readonly": db.readonly, "reasons": reasons}
+    return _encode(request, body, 200 if not reasons else 503)
+
+
+async def metrics_route(request):
+    """The database's metrics plus the server's per-route request counts and latency."""
+    db = request.app.state.db
+    text = await _call(db.metrics_text)
+    if not text.endswith("\n"):
+        text += "\n"
+    text += generate_latest(request.app.state.registry).decode("utf-8")
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def health(request):
+    """The database's HealthReport as a dict."""
+    report = await _call(request.app.state.db.health)
+    return _encode(request, report.to_dict())
+
+
+async def latency(request):
+    """Latency summaries: ``?namespace=&op=&window=`` (seconds or 1m/5m/1h; none = lifetime)."""
+    q = request.query_params
+    window = q.get("window") or None
+    try:
+        window = float(window) if window is not None else None
+    except ValueError:
+        pass                        # "1m", "5m", "1h": the library parses and checks it
+    rows = await _call(request.app.state.db.latency, q.get("namespace") or None,
+                       q.get("op") or None, window)
+    return _encode(request, {"latency": rows})
+
+
+async def lsn(request):
+    """The last committed LSN."""
+    db = request.app.state.db
+    return _encode(request, {"lsn": await _call(lambda: db.lsn)})
+
+
+async def changes(request):
+    """Committed changes with LSN > ``?since=`` (default 0), at most ``?limit=`` of them."""
+    db = request.app.state.db
+    since = _int_param(request, "since", 0)
+    limit = _int_param(request, "limit", None)
+
+    def read():
+        out = []
+        for change in db.changes(since):
+            out.append(change.to_dict())
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+    return _encode(request, {"changes": await _call(read)})
+
+
+async def list_namespaces(request):
+    """Every namespace with its versions."""
+    infos = await _call(request.app.state.db.list_namespaces)
+    return _encode(request, {"namespaces": [i.to_dict() for i in infos]})
+
+
+async def create_namespace(request):
+    """Create a namespace (version 1, live). Body: name, dim, metric, model, index."""
+    data = await _payload(request, ("name", "dim", "metric", "model", "index"))
+    if "name" not in data or "dim" not in data:
+        raise InvalidInput("creating a namespace needs 'name' and 'dim' in the body")
+    db = request.app.state.db
+    ns = await _call(db.create_namespace, data["name"],
+                     **_pick(data, "dim", "metric", "model", "index"))
+    return _encode(request, _describe(ns), 201)
+
+
+async def get_namespace(request):
+    """The namespace's live version (or ``?version=``): name, version, dim, metric, ..."""
+    ns = await _call(_namespace, request)
+    return _encode(request, await _call(_describe, ns))
+
+
+async def drop_namespace(request):
+    """Drop the namespace, or one version that is not live with ``?version=``."""
+    db = request.app.state.db
+    await _call(db.drop_namespace, request.path_params["name"], _version(request))
+    return _encode(request, {"dropped": request.path_params["name"],
+                             "version": _version(request)})
+
+
+async def create_version(request):
+    """Create the next version (not live). Body: dim, metric, model, index (inherited)."""
+    data = await _payload(request, ("dim", "metric", "model", "index"))
+    db = request.app.state.db
+    ns = await _call(db.create_version, request.path_params["name"], **data)
+    return _encode(request, await _call(_describe, ns), 201)
+
+
+async def promote(request):
+    """Point the namespace at a version. Body: version."""
+    data = await _payload(request, ("version",))
+    if "version" not in data:
+        raise InvalidInput("promote needs 'version' in the body")
+    db = request.app.state.db
+    await _call(db.promote, request.path_params["name"], data["version"])
+    return _encode(request, {"name": request.path_params["name"],
+                             "live_version": data["version"]})
+
+
+async def upsert(request):
+    """Insert or replace rows. Body: ids, vectors, metadata, documents. Returns the LSN."""
+    data = await _payload(request, ("ids", "vectors", "metadata", "documents"))
+    ns = await _call(_namespace, request)
+    if "ids" not in data or "vectors" not in data:
+        raise InvalidInput("upsert needs 'ids' and 'vectors' in the body")
+    written = await _call(ns.upsert, data["ids"], data["vectors"], data.get("metadata"),
+                          data.get("documents"))
+    return _encode(request, {"lsn": written})
+
+
+async def get_records(request):
+    """Records for ``ids`` (one id: one record). Body: ids, include."""
+    data = await _payload(request, ("ids", "include"))
+    if "ids" not in data:
+        raise InvalidInput("get needs 'ids' in the body")
+    ns = await _call(_namespace, request)
+    out = await _call(ns.get, data["ids"], **_pick(data, "include"))
+    single = not isinstance(out, list)
+    return _encode(request, {"single": single, "records": [out] if single else out})
+
+
+async def delete(request):
+    """Delete rows by ``ids`` and/or ``where``; returns how many were deleted."""
+    data = await _payload(request, ("ids", "where"))
+    ns = await _call(_namespace, request)
+    deleted = await _call(ns.delete, data.get("ids"), data.get("where"))
+    return _encode(request, {"deleted": deleted})
+
+
+async def count(request):
+    """Rows stored."""
+    ns = await _call(_namespace, request)
+    return _encode(request, {"count": await _call(ns.count)})
+
+
+async def query(request):
+    """Nearest rows. Body: vectors, k, where, include, nprobe, refine, exact, explain."""
+    data = await _payload(request, ("vectors", "k", "where", "include", "nprobe", "refine",
+                                    "exact", "explain"))
+    if "vectors" not in data:
+        raise InvalidInput("query needs 'vectors' in the body")
+    ns = await _call(_namespace, request)
+    explain = data.get("explain", False)
+    out = await _call(ns.query, data["vectors"],
+                      **_pick(data, "k", "where", "include", "nprobe", "refine", "exact",
+                              "explain"))
+    hits, plan = out if explain else (out, None)
+    body = {"single": np.ndim(data["vectors"]) == 1 if not isinstance(
+        data["vectors"], np.ndarray) else data["vectors"].ndim == 1, "hits": hits}
+    if plan is not None:
+        body["plan"] = plan.to_dict()
+    return _encode(request, body)
+
+
+async def build_index(request):
+    """Train the index now (``spec`` in the body, or the configured one)."""
+    data = await _payload(request, ("spec",))
+    ns = await _call(_namespace, request)
+    return _encode(request, await _call(ns.build_index, data.get("spec")))
+
+
+async def index_info(request):
+    """The live index: spec, training, list sizes."""
+    ns = await _call(_namespace, request)
+    return _encode(request, await _call(ns.index_info))
+
+
+async def openapi(request):
+    """This document."""
+    return _encode(request, openapi_document())
+
+
+NS = "/v1/namespaces/{name}"
+#: (path, method, endpoint, operation id); the OpenAPI document is built from it
+ROUTES = [
+    ("/healthz", "GET", healthz, "healthz"),
+    ("/readyz", "GET", readyz, "readyz"),
+    ("/metrics", "GET", metrics_route, "metrics"),
+    ("/openapi.json", "GET", openapi, "openapi"),
+    ("/v1/health", "GET", health, "health"),
+    ("/v1/latency", "GET", latency, "latency"),
+    ("/v1/lsn", "GET", lsn, "lsn"),
+    ("/v1/changes", "GET", changes, "changes"),
+    ("/v1/namespaces", "GET", list_namespaces, "list_namespaces"),
+    ("/v1/namespaces", "POST", create_namespace, "create_namespace"),
+    (NS, "GET", get_namespace, "get_namespace"),
+    (NS, "DELETE", drop_namespace, "drop_namespace"),
+    (NS + "/versions", "POST", create_version, "create_version"),
+    (NS + "/promote", "POST", promote, "promote"),
+    (NS + "/upsert", "POST", upsert, "upsert"),
+    (NS + "/get", "POST", get_records, "get"),
+    (NS + "/delete", "POST", delete, "delete"),
+    (NS + "/count", "GET", count, "count"),
+    (NS + "/query", "POST", query, "query"),
+    (NS + "/index", "POST", build_index, "build_index"),
+    (NS + "/index", "GET", index_info, "index_info"),
+]
+
+
+def openapi_document() -> dict:
+    """An OpenAPI 3.1 document built from :data:`ROUTES`."""
+    paths: dict = {}
+    error = {"description": "a SimpleVector error",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, method, endpoint, op_id in ROUTES:
+        params = []
+        if "{name}" in path:
+            params.append({"name": "name", "in": "path", "required": True,
+                           "schema": {"type": "string"}})
+            params.append({"name": "version", "in": "query", "required": False,
+                           "schema": {"type": "integer", "minimum": 1}})
+        op = {"operationId": op_id, "summary": (endpoint.__doc__ or "").strip(),
+              "parameters": params,
+              "responses": {"200": {"description": "OK"}, "4XX": error, "5XX": error}}
+        if method == "POST":
+            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}},
+                                             MSGPACK: {"schema": {"type": "object"}}}}
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SimpleVector", "version": sv.__version__},
+        "paths": paths,
+        "components": {"schemas": {"Error": {
+            "type": "object",
+            "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"},
+                "hint": {"type": ["string", "null"]}}}}}}},
+    }
+
+
+# -- errors: the one place the error tree becomes HTTP ------------------------------------------
+def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, SimpleVectorError):
+        return _encode(None, {"error": exc.to_dict()}, exc.http_status)
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _encode(None, {"error": {"code": code, "message": str(exc.detail),
+                                        "hint": None}}, exc.status_code)
+    return _encode(None, {"error": {"code": "internal", "message": "internal server error",
+                                    "hint": "see the server log"}}, 500)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, SimpleVectorError):
+        return exc.http_status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    return 500
+
+
+def _instrumented(endpoint, path, method, requests_total, request_seconds):
+    """The endpoint, counting requests and timing them by route template."""
+    async def run(request):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await endpoint(request)
+            status = response.status_code
+            return response
+        except Exception as e:
+            status = _status_of(e)
+            raise
+        finally:
+            request_seconds.labels(path, method).observe(time.perf_counter() - t0)
+            requests_total.labels(path, method, str(status)).inc()
+    run.__name__ = endpoint.__name__
+    run.__doc__ = endpoint.__doc__
+    return run
+
+
+def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    """The ASGI app serving ``db`` (an ops-enabled :class:`simplevector.Database`).
+
+    The app does not close ``db``; its owner does (``simplevector serve`` closes it, which
+    checkpoints, after the server has stopped). ``max_body_bytes``: larger request bodies
+    are refused with 413 (code ``limit_exceeded``).
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    requests_total = Counter("simplevector_http_requests", "HTTP requests by route",
+                             ["route", "method", "status"], registry=registry)
+    request_seconds = Histogram("simplevector_http_request_seconds",
+                                "HTTP request latency by route", ["route", "method"],
+                                registry=registry)
+    routes = [Route(path, _instrumented(endpoint, path, method, requests_total,
+                                        request_seconds), methods=[method], name=op_id)
+              for path, method, endpoint, op_id in ROUTES]
+    app = Starlette(routes=routes, exception_handlers={
+        SimpleVectorError: _error_response, HTTPException: _error_response,
+        Exception: _error_response})
+    app.state.db = db
+    app.state.max_body_bytes = int(max_body_bytes)
+    app.state.registry = registry
+    return app
