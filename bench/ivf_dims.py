@@ -233,7 +233,7 @@ def tables_sweep(args) -> dict:
     from simplevector.engine.kernels.distances import COSINE
     from simplevector.engine.kernels.threads import single_threaded
     out = []
-    for dim, dsub in ((48, 1), (48, 2), (48, 4), (384, 2), (384, 4), (384, 8), (768, 8)):
+    for dim, dsub in ((48, 2), (48, 4), (96, 2), (96, 4), (384, 8)):
         m = dim // dsub
         X = embedding_like(args.n, dim, 0)
         Q = embedding_like(200, dim, 1)
