@@ -37,9 +37,11 @@ __all__ = [
     "precompute_l2_terms_ref",
 ]
 
-#: Precomputed l2 tables from this sub-vector width up. Measured (bench/ivf_tables.py,
-#: 2 shared cores, one thread, nprobe 8..64, 60k rows, IVF256, PQ with m = dim / dsub):
-#: see bench/README.md, "ADC table strategy".
+#: Precomputed l2 tables from this sub-vector width up. Measured (``python -m
+#: bench.ivf_dims --tables-sweep``: 40k synthetic rows, IVF256, one thread, the same index
+#: timed both ways): at dsub 2 neither wins consistently (per-list/precomputed time
+#: 0.75-1.13), at dsub 4 precomputed is 2-18% faster, at dsub 8 18-50%; table in
+#: bench/README.md.
 PRECOMPUTED_MIN_DSUB = 4
 #: Upper bound on the precomputed terms of one index (nlist * m * ksub * 4 bytes, derived
 #: state held in memory and recomputed on load). IVF256,PQ48 takes 12.6 MB, IVF1024,PQ96
