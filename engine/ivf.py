@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from .indexspec import IndexSpec
-from .kernels import ivffused, ivfscan, kmeans as kmeans_k, pq as pq_k
+from .kernels import adctables, ivffused, ivfscan, kmeans as kmeans_k, pq as pq_k
 from .kernels.threads import one_blas_thread, single_threaded
 from .kernels.distances import COSINE, IP, L2
 
@@ -106,6 +106,10 @@ class IVFIndex:
         self.list_metric = IP if metric == IP else L2
         self._cbT = (None if self.codebooks is None
                      else ivfscan._transpose_codebooks(self.codebooks))
+        # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
+        # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
+        # every construction (training and reopen), never stored
+        self._pre = self._precomputed()
         self.train_seconds = train_seconds
         self.trained_rows = trained_rows
         self.train_error = train_error
@@ -116,6 +120,23 @@ class IVFIndex:
                              np.zeros(0, np.int64))
         self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
                              np.zeros(0, np.int32), 0, nlist)
+
+    def _precomputed(self) -> np.ndarray:
+        if self.codebooks is None:
+            return np.zeros((0, 0, 0), np.float32)
+        m, ksub, dsub = self.codebooks.shape
+        if adctables.use_precomputed(self.list_metric, self.nlist, m, ksub, dsub):
+            return adctables.precompute_l2_terms(self.centroids, self.codebooks)
+        return np.zeros((0, m, ksub), np.float32)
+
+    @property
+    def table_strategy(self) -> str:
+        """How the ADC scan builds its tables: "query" (ip), "precomputed" or "per_list"."""
+        if not self.m:
+            return "none"
+        if self.list_metric == IP:
+            return "query"
+        return "precomputed" if self._pre.shape[0] else "per_list"
 
     @property
     def nlist(self) -> int:
@@ -275,12 +296,12 @@ class IVFIndex:
             threads = numba.get_num_threads() if count > PARALLEL_SCAN_CODES else 1
             if threads > 1:
                 dist, pos = ivffused.pq_search_parallel(
-                    q, X, self.centroids, self._cbT, probes, sealed.offsets,
+                    q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                     sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
                     self.list_metric, self.metric, kk, k, threads)
             else:
                 dist, pos = ivffused.pq_search_serial(
-                    q, X, self.centroids, self._cbT, probes, sealed.offsets,
+                    q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                     sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
                     self.list_metric, self.metric, kk, k)
             return dist, pos, kk
@@ -303,7 +324,7 @@ class IVFIndex:
         if self.m:
             kk = max(k * refine, k)
             D, I = ivffused.pq_search_batch(
-                Q, X, self.centroids, self._cbT, probes, sealed.offsets, sealed.codes,
+                Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
                 sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric,
                 self.metric, kk, k)
         else:
@@ -358,6 +379,8 @@ class IVFIndex:
             "nlist": self.nlist,
             "pq_m": self.m,
             "code_bytes": self.m,
+            "adc_tables": self.table_strategy,
+            "precomputed_bytes": int(self._pre.nbytes),
             "refine": self.spec.refine,
             "default_nprobe": self.spec.default_nprobe(),
             "train_seconds": round(self.train_seconds, 3),

@@ -16,6 +16,8 @@ the two.
 - ``scan_metric`` is the ADC distance (cosine indexes scan with l2 tables over their unit
   rows, which ranks like cosine with a smaller quantization error than inner-product
   tables); ``metric`` is the exact distance the re-rank computes and returns.
+- ``pre``: the l2 table strategy, precomputed terms (nlist, m, ksub) or an empty
+  (0, m, ksub) array for per-list tables (:mod:`.adctables` chooses).
 - Re-ranking computes exact distances from X for the ADC candidates and keeps the k best;
   results are ascending by (distance, position).
 """
@@ -72,17 +74,17 @@ def probe_and_count(q, centroids, nprobe, probe_metric, offsets, doffsets):
 
 
 @njit(cache=True, nogil=True)
-def pq_search_serial(q, X, centroids, cbT, probes, offsets, codes, pos,
+def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
                      dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
-    size = _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorder,
+    size = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
                     doffsets, mask, use_mask, scan_metric, hd, hi)
     return _rerank(X, q, metric, hd, hi, size, k)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pq_search_parallel(q, X, centroids, cbT, probes, offsets, codes, pos,
+def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
                        dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk,
                        k, nchunks):
     HD = np.empty((nchunks, kk), np.float32)
@@ -90,14 +92,14 @@ def pq_search_parallel(q, X, centroids, cbT, probes, offsets, codes, pos,
     sizes = np.zeros(nchunks, np.int64)
     for c in prange(nchunks):
         sub = np.ascontiguousarray(probes[c::nchunks])
-        sizes[c] = _adc_one(q, centroids, cbT, sub, offsets, codes, pos, dcodes, dpos,
+        sizes[c] = _adc_one(q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes, dpos,
                             dorder, doffsets, mask, use_mask, scan_metric, HD[c], HI[c])
     hd, hi, size = _merge(HD, HI, sizes, kk)
     return _rerank(X, q, metric, hd, hi, size, k)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pq_search_batch(Q, X, centroids, cbT, probes2d, offsets, codes, pos, dcodes, dpos,
+def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, dcodes, dpos,
                     dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
     """Every query in parallel; (nq, k) results padded with +inf / -1."""
     nq = Q.shape[0]
@@ -106,7 +108,7 @@ def pq_search_batch(Q, X, centroids, cbT, probes2d, offsets, codes, pos, dcodes,
     for r in prange(nq):
         hd = np.empty(kk, np.float32)
         hi = np.empty(kk, np.int64)
-        size = _adc_one(Q[r], centroids, cbT, probes2d[r], offsets, codes, pos, dcodes, dpos,
+        size = _adc_one(Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, dcodes, dpos,
                         dorder, doffsets, mask, use_mask, scan_metric, hd, hi)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):

@@ -15,7 +15,9 @@ Inverted lists are kept as CSR plus a small unsorted delta:
 
 Distances (lower is nearer), with r the decoded PQ residual of an entry of list l:
 
-- l2 (0): ||q - c_l - r||^2, summed from a per-list table ||(q - c_l)_sub - codeword||^2.
+- l2 (0): ||q - c_l - r||^2, summed from a per-list table ||(q - c_l)_sub - codeword||^2,
+  or (``precomputed``) ||q - c_l||^2 + sum_j [||r_j||^2 + 2 c_l,j . r_j] - 2 sum_j q_j . r_j
+  with the bracket precomputed per (list, j, code) and one query table for all lists.
 - ip (1): -(q.c_l + q.r); cosine (2): 1 - (q.c_l + q.r) (rows and query arrive normalised).
   One table of q_sub . codeword serves every list; q.c_l is a per-list constant.
 
@@ -141,6 +143,18 @@ def _neg_ip_table(q, cbT, T):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
+def _add_scaled(P, S, T):
+    """T = P + 2 S: a list's precomputed l2 term plus the query's -q_j . codeword table."""
+    m, ksub = S.shape
+    for j in range(m):
+        Pj = P[j]
+        Sj = S[j]
+        Tj = T[j]
+        for t in range(ksub):
+            Tj[t] = Pj[t] + np.float32(2.0) * Sj[t]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
 def _adc(T, code):
     s = np.float32(0.0)
     for j in range(code.shape[0]):
@@ -169,21 +183,37 @@ def _adc4(T, codes, r):
 
 
 @njit(cache=True, nogil=True)
-def _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos, dorder,
+def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
              doffsets, mask, use_mask, metric, hd, hi):
     """ADC scan of the probed lists (sealed rows then delta rows) into heap hd/hi; returns
-    the heap size (unsorted)."""
+    the heap size (unsorted).
+
+    l2 tables: ``pre`` (nlist, m, ksub) from :func:`.adctables.precompute_l2_terms` selects
+    the precomputed form (one query table per query, one table add per list); an empty
+    ``pre`` (0, m, ksub) the per-list form (see :mod:`.adctables` for the choice).
+    """
     k = hd.shape[0]
     m, _, ksub = cbT.shape
     T = np.empty((m, ksub), np.float32)
+    use_pre = metric == L2 and pre.shape[0] > 0
     if metric != L2:
         _neg_ip_table(q, cbT, T)
+    S = T
+    if use_pre:
+        S = np.empty((m, ksub), np.float32)
+        _neg_ip_table(q, cbT, S)
     size = 0
     worst = np.float32(np.inf)
     base = np.float32(0.0)
     for p in range(probes.shape[0]):
         l = probes[p]
-        if metric == L2:
+        if offsets[l] == offsets[l + 1] and doffsets[l] == doffsets[l + 1]:
+            continue
+        if use_pre:
+            # ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
+            base = _l2sq(q, centroids[l])
+            _add_scaled(pre[l], S, T)
+        elif metric == L2:
             _l2_table(q, centroids[l], cbT, T)
         elif metric == IP:
             base = -_dot(q, centroids[l])
@@ -261,26 +291,26 @@ def _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask
 
 
 @njit(cache=True, nogil=True)
-def _adc_search_kernel(q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos,
+def _adc_search_kernel(q, centroids, codebooks, pre, probes, offsets, codes, pos, dcodes, dpos,
                        dorder, doffsets, mask, use_mask, metric, k):
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     cbT = _transpose_codebooks(codebooks)
-    size = _adc_one(q, centroids, cbT, probes, offsets, codes, pos, dcodes, dpos,
+    size = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos,
                     dorder, doffsets, mask, use_mask, metric, hd, hi)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _adc_batch_kernel(Q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos,
+def _adc_batch_kernel(Q, centroids, codebooks, pre, probes, offsets, codes, pos, dcodes, dpos,
                       dorder, doffsets, mask, use_mask, metric, k):
     nq = Q.shape[0]
     D = np.empty((nq, k), np.float32)
     I = np.empty((nq, k), np.int64)
     cbT = _transpose_codebooks(codebooks)
     for r in prange(nq):
-        size = _adc_one(Q[r], centroids, cbT, probes[r], offsets, codes, pos, dcodes,
+        size = _adc_one(Q[r], centroids, cbT, pre, probes[r], offsets, codes, pos, dcodes,
                         dpos, dorder, doffsets, mask, use_mask, metric, D[r], I[r])
         heap_sort(D[r], I[r], size)
         for j in range(size, k):
@@ -426,19 +456,30 @@ def _check_codes(name, codes, m, rows):
     return readonly_view(codes)
 
 
+def _prepare_precomputed(pre, nlist, m, ksub):
+    if pre is None:
+        return readonly_view(np.zeros((0, m, ksub), np.float32))
+    check_float32("precomputed", pre, 3)
+    if pre.shape != (nlist, m, ksub):
+        raise InvalidInput(f"precomputed has shape {pre.shape}; expected (nlist, m, ksub) = "
+                           f"{(nlist, m, ksub)}, from precompute_l2_terms")
+    return readonly_view(pre)
+
+
 def _prepare_adc(q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos, dlist, dn,
-                 mask, metric, kk, ndim):
+                 mask, metric, kk, ndim, pre):
     q, centroids, metric = _prepare_query_side(q, centroids, metric, ndim)
     nlist = centroids.shape[0]
     codebooks = check_codebooks(codebooks, centroids.shape[1])
     m = codebooks.shape[0]
+    pre = _prepare_precomputed(pre, nlist, m, codebooks.shape[1])
     probes = _prepare_probes(probes, nlist, ndim, q.shape[0] if ndim == 2 else None)
     offsets, pos, dpos, dorder, doffsets = _prepare_lists_part(nlist, offsets, pos, dpos,
                                                                dlist, dn)
     codes = _check_codes("codes", codes, m, pos.shape[0])
     dcodes = _check_codes("dcodes", dcodes, m, int(dn))
     mask, use_mask = _prepare_mask(mask)
-    return (q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos, dorder,
+    return (q, centroids, codebooks, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
             doffsets, mask, use_mask, metric, check_k(kk))
 
 
@@ -493,27 +534,30 @@ def probe_lists_batch(Q, centroids, nprobe, metric):
 
 
 def adc_search(q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos, dlist, dn,
-               mask, metric, kk):
+               mask, metric, kk, precomputed=None):
     """IVF-PQ ADC top-kk of one query over the probed lists (sealed + delta).
 
     Returns ``(dist float32[kk'], pos int64[kk'])`` ascending, kk' = min(kk, allowed
     entries scanned). See the module docstring for the array layout and distances.
+    ``precomputed``: for l2, the (nlist, m, ksub) terms of
+    :func:`.adctables.precompute_l2_terms` (same distances, tables built another way);
+    None builds a table per probed list. ip and cosine ignore it.
     """
     args = _prepare_adc(q, centroids, codebooks, probes, offsets, codes, pos, dcodes, dpos,
-                        dlist, dn, mask, metric, kk, 1)
+                        dlist, dn, mask, metric, kk, 1, precomputed)
     if args[-1] == 0:
         return np.empty(0, np.float32), np.empty(0, np.int64)
     return _adc_search_kernel(*args)
 
 
 def adc_search_batch(Q, centroids, codebooks, probes2d, offsets, codes, pos, dcodes, dpos,
-                     dlist, dn, mask, metric, kk):
+                     dlist, dn, mask, metric, kk, precomputed=None):
     """:func:`adc_search` for each row of Q with its row of probes2d, queries in parallel.
 
     Returns ``(D float32 (nq, kk), I int64 (nq, kk))`` padded with +inf / -1.
     """
     args = _prepare_adc(Q, centroids, codebooks, probes2d, offsets, codes, pos, dcodes, dpos,
-                        dlist, dn, mask, metric, kk, 2)
+                        dlist, dn, mask, metric, kk, 2, precomputed)
     if args[-1] == 0:
         return np.empty((Q.shape[0], 0), np.float32), np.empty((Q.shape[0], 0), np.int64)
     return _adc_batch_kernel(*args)

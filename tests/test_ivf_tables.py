@@ -1,0 +1,185 @@
+"""ADC table strategies (kernels/adctables.py): precomputed l2 terms against their numpy
+reference, scans with precomputed tables against the decoding reference, the choice rule,
+and the engine's recall with the new tables against the per-list ones.
+
+Comparisons of floats from different code paths are tie-aware (tests/_numeric.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _numeric import assert_same_topk as assert_answers_agree
+from test_ivf_kernels import adc_args, assert_same_topk, clustered, make_ivf, make_mask
+
+from simplevector.engine.errors import InvalidInput
+from simplevector.engine.indexspec import IndexSpec
+from simplevector.engine.ivf import IVFIndex
+from simplevector.engine.kernels import adctables
+from simplevector.engine.kernels.adctables import (
+    PRECOMPUTED_MAX_BYTES,
+    PRECOMPUTED_MIN_DSUB,
+    precompute_l2_terms,
+    precompute_l2_terms_ref,
+    use_precomputed,
+)
+from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
+from simplevector.engine.kernels.ivfscan import (
+    adc_search,
+    adc_search_batch,
+    adc_search_ref,
+    probe_lists,
+    probe_lists_batch,
+)
+
+
+def test_precompute_l2_terms_matches_reference():
+    rng = np.random.default_rng(0)
+    C = rng.standard_normal((20, 24), dtype=np.float32)
+    cb = rng.standard_normal((6, 32, 4), dtype=np.float32)
+    P = precompute_l2_terms(C, cb)
+    assert P.shape == (20, 6, 32) and P.dtype == np.float32
+    np.testing.assert_allclose(P, precompute_l2_terms_ref(C, cb), rtol=0,
+                               atol=1e-4 * float(np.abs(P).max()))
+
+
+def test_precomputed_terms_give_the_expanded_l2_distance():
+    rng = np.random.default_rng(1)
+    C = rng.standard_normal((5, 8), dtype=np.float32)
+    cb = rng.standard_normal((2, 16, 4), dtype=np.float32)
+    P = precompute_l2_terms_ref(C, cb).astype(np.float64)
+    q = rng.standard_normal(8)
+    l, code = 3, (7, 11)
+    r = np.concatenate([cb[0, code[0]], cb[1, code[1]]]).astype(np.float64)
+    want = ((q - C[l] - r) ** 2).sum()
+    got = ((q - C[l]) ** 2).sum() + P[l, 0, code[0]] + P[l, 1, code[1]] - 2 * q @ r
+    assert abs(got - want) < 1e-4 * max(1.0, want)
+
+
+@pytest.mark.parametrize("metric", [L2, COSINE])
+@pytest.mark.parametrize("mask_kind", ["none", "half", "sparse"])
+def test_adc_search_with_precomputed_tables_matches_reference(metric, mask_kind):
+    X, Q, ivf = make_ivf(21, metric)
+    pre = precompute_l2_terms(ivf["centroids"], ivf["codebooks"])
+    mask = make_mask(mask_kind, X.shape[0], 4)
+    scan = L2 if metric == COSINE else metric     # cosine lists scan by l2 in the engine
+    for i, q in enumerate(Q):
+        probes = probe_lists(q, ivf["centroids"], 2 + i, scan)
+        got = adc_search(*adc_args(q, ivf, probes, mask, scan, 25), precomputed=pre)
+        ref = adc_search_ref(*adc_args(q, ivf, probes, mask, scan, 25))
+        per_list = adc_search(*adc_args(q, ivf, probes, mask, scan, 25))
+        assert_same_topk(*got, *ref)
+        assert_answers_agree(*got, *per_list)
+
+
+def test_adc_search_batch_with_precomputed_tables_equals_single_query_loop():
+    X, Q, ivf = make_ivf(22, L2)
+    pre = precompute_l2_terms(ivf["centroids"], ivf["codebooks"])
+    mask = make_mask("half", X.shape[0], 5)
+    P = probe_lists_batch(Q, ivf["centroids"], 5, L2)
+    D, I = adc_search_batch(*adc_args(Q, ivf, P, mask, L2, 40), precomputed=pre)
+    for i in range(Q.shape[0]):
+        d, p = adc_search(*adc_args(Q[i], ivf, P[i], mask, L2, 40), precomputed=pre)
+        assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
+
+
+def test_adc_search_precomputed_of_the_wrong_shape_raises_invalid_input():
+    X, Q, ivf = make_ivf(23, L2)
+    probes = probe_lists(Q[0], ivf["centroids"], 2, L2)
+    bad = np.zeros((3, 4, 32), np.float32)
+    with pytest.raises(InvalidInput, match="precomputed has shape"):
+        adc_search(*adc_args(Q[0], ivf, probes, None, L2, 5), precomputed=bad)
+
+
+def test_rule_precomputes_wide_subvectors_within_the_budget_only():
+    assert not use_precomputed(IP, 256, 48, 256, 8)           # ip: query-only tables
+    assert use_precomputed(L2, 256, 48, 256, 8)
+    assert use_precomputed(COSINE, 256, 96, 256, 8)
+    assert not use_precomputed(L2, 1024, 25, 256, 2)          # GloVe PQ25: per-list
+    assert not use_precomputed(L2, 256, 48, 256, PRECOMPUTED_MIN_DSUB - 1)
+    assert not use_precomputed(L2, 1024, 96, 256, 8)          # 100 MB > budget
+    assert adctables.precomputed_bytes(1024, 96, 256) > PRECOMPUTED_MAX_BYTES
+
+
+# --------------------------------------------------------------------------- engine recall
+
+
+def _exact(X, q, metric, k):
+    if metric == L2:
+        d = ((X - q) ** 2).sum(1)
+    else:
+        d = -(X @ q)
+    return d
+
+
+def _recall(index, X, Q, alive, allowed, metric, k, nprobe, batch):
+    mask = alive & allowed
+    if batch:
+        res = index.search_batch(X, Q, k, nprobe, 2, mask)
+    else:
+        res = [index.search(X, q, k, nprobe, 2, mask)[:2] for q in Q]
+    hits = 0
+    for q, (_, pos) in zip(Q, res):
+        d = _exact(X, q, metric, k)
+        d = np.where(mask, d, np.inf)
+        kth = np.partition(d, k - 1)[k - 1]
+        assert mask[pos].all()
+        hits += int((d[pos] <= kth + 1e-5 * max(1.0, abs(kth))).sum())
+    return hits / (k * len(Q))
+
+
+@pytest.mark.parametrize("metric", [L2, IP, COSINE])
+def test_recall_with_precomputed_tables_is_at_least_the_per_list_recall(metric):
+    """Seeded synthetic set, PQ with 4-dim sub-vectors (the rule precomputes), tombstones,
+    a filter, and delta rows: recall@10 against exact search of the new tables >= the old
+    per-list tables' minus 0.01."""
+    rng = np.random.default_rng(7)
+    X = clustered(8, 6000, 32, nclusters=40)
+    if metric == COSINE:
+        X = normalize_rows(X)
+    Q = clustered(9, 40, 32, nclusters=40)
+    if metric == COSINE:
+        Q = normalize_rows(Q)
+    index = IVFIndex.train(IndexSpec.parse("IVF32,PQ8x8,Refine2"), X[:5000], metric)
+    assert index.table_strategy == ("query" if metric == IP else "precomputed")
+    lists, codes = index.encode(X)
+    index.load_lists(np.arange(5000), lists[:5000], codes[:5000])
+    index.add(np.arange(5000, 6000), lists[5000:], codes[5000:])     # delta rows
+    alive = rng.random(6000) > 0.1                                    # tombstones
+    allowed = rng.random(6000) > 0.3                                  # a filter
+    new_pre = index._pre
+    m, ksub, _ = index.codebooks.shape
+    for batch in (False, True):
+        for nprobe in (2, 8):
+            index._pre = new_pre
+            new = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
+            index._pre = np.zeros((0, m, ksub), np.float32)
+            old = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
+            assert new >= old - 0.01, (batch, nprobe, new, old)
+            assert nprobe < 8 or new > 0.5          # the test set is not degenerate
+    index._pre = new_pre
+
+
+def test_precomputed_terms_are_rebuilt_on_reopen_and_give_the_same_answers():
+    X = normalize_rows(clustered(10, 3000, 32, nclusters=20))
+    index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, COSINE)
+    lists, codes = index.encode(X)
+    index.load_lists(np.arange(len(X)), lists, codes)
+    meta, arrays = index.to_arrays()
+    assert not any("pre" in name for name in arrays)             # derived, not stored
+    again = IVFIndex.from_arrays(meta, arrays)
+    assert again.table_strategy == "precomputed"
+    assert again.info()["precomputed_bytes"] == 16 * 8 * 256 * 4
+    np.testing.assert_allclose(again._pre, index._pre, rtol=0, atol=1e-6)
+    mask = np.ones(len(X), bool)
+    for q in X[:5]:
+        d1, p1, _ = index.search(X, q, 10, 4, 2, mask, True)
+        d2, p2, _ = again.search(X, q, 10, 4, 2, mask, True)
+        assert_answers_agree(d1, p1, d2, p2)
+
+
+def test_wide_index_over_the_budget_keeps_per_list_tables(monkeypatch):
+    monkeypatch.setattr(adctables, "PRECOMPUTED_MAX_BYTES", 1000)
+    X = clustered(11, 2000, 32, nclusters=20)
+    index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, L2)
+    assert index.table_strategy == "per_list" and index.info()["precomputed_bytes"] == 0
