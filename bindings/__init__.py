@@ -10,6 +10,8 @@ from simplevector.ops.database import ObservedDatabase as Database  # engine Dat
 from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
 from simplevector.engine.namespace import Namespace
+from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
+from simplevector.engine.snapshot import restore as _restore
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
 __version__ = "0.1.0"
@@ -37,5 +39,23 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
                     auto_index=auto_index, **ops_options)
 
 
-__all__ = ["open", "Database", "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo",
-           "Change", *_errors_all]
+def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
+            force=False) -> RestoreReport:
+    """Restore the snapshot directory ``source`` (made by ``db.snapshot()``) into the
+    database directory ``target``.
+
+    The copy is built in ``<target>.restore-tmp-<pid>``, its files are checked against the
+    manifest's SHA-256 (a mismatch raises CorruptionError naming the file), it is opened and
+    its LSN, row counts and query fingerprint are checked, and only then is it renamed into
+    place. A non-empty ``target`` raises TargetExists unless ``force=True``, which replaces
+    it after the new copy verified. A failure leaves neither a target nor a staging
+    directory; leftovers of a killed restore are swept by the next restore to that target.
+    ``to_lsn``, ``to_time`` and ``wal_archive`` (point-in-time restore) need a WAL archive,
+    which is not implemented yet: giving any raises NotSupported and creates nothing.
+    """
+    return _restore(source, target, to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive,
+                    force=force)
+
+
+__all__ = ["open", "restore", "Database", "Namespace", "Hit", "Record", "NamespaceInfo",
+           "VersionInfo", "Change", "SnapshotInfo", "RestoreReport", *_errors_all]
