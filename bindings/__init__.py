@@ -11,6 +11,8 @@ from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
 from simplevector.engine.limits import Limits
 from simplevector.engine.namespace import Namespace
+from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
+from simplevector.engine.snapshot import restore as _restore
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
 __version__ = "0.1.0"
@@ -49,5 +51,24 @@ def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
     return _connect(url, api_key=api_key, timeout=timeout, wire=wire)
 
 
-__all__ = ["open", "connect", "Database", "Limits", "Namespace", "Hit", "Record", "NamespaceInfo",
-           "VersionInfo", "Change", *_errors_all]
+def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
+            force=False) -> RestoreReport:
+    """Restore the snapshot directory ``source`` (made by ``db.snapshot()``) into the
+    database directory ``target``.
+
+    The copy is built in ``<target>.restore-tmp-<pid>``, its files are checked against the
+    manifest's SHA-256 (a mismatch raises CorruptionError naming the file), it is opened and
+    its LSN, row counts and query fingerprint are checked, and only then is it renamed into
+    place. A non-empty ``target`` raises TargetExists unless ``force=True``, which replaces
+    it after the new copy verified. A failure leaves neither a target nor a staging
+    directory; leftovers of a killed restore are swept by the next restore to that target.
+    ``to_lsn``, ``to_time`` and ``wal_archive`` (point-in-time restore) need a WAL archive,
+    which is not implemented yet: giving any raises NotSupported and creates nothing.
+    """
+    return _restore(source, target, to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive,
+                    force=force)
+
+
+__all__ = ["open", "connect", "restore", "Database", "Limits", "Namespace", "Hit", "Record",
+           "NamespaceInfo", "VersionInfo", "Change", "SnapshotInfo", "RestoreReport",
+           *_errors_all]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import time
 
@@ -23,6 +24,7 @@ import numpy as np
 
 import simplevector as sv
 from simplevector import transfer
+from simplevector.engine import snapshot as snapshot_mod
 from simplevector._cli import CONTEXT_SETTINGS, Group, db_option, open_db, output_option
 from simplevector._output import emit
 
@@ -465,6 +467,85 @@ def index_info(namespace, version, db_path, as_json):
     with open_db(db_path, readonly=True) as db:
         info = db.namespace(namespace, version).index_info()
     emit(info, as_json)
+
+
+# -- snapshots and restore ---------------------------------------------------------------------
+def _snapshot_path(path: str, db_path: str) -> str:
+    """PATH as given, or the snapshot of that name in the database's snapshot directory."""
+    if os.path.isdir(path):
+        return path
+    named = os.path.join(db_path, "snapshots", path)
+    return named if os.path.isdir(named) else path
+
+
+def _snapshot_row(info) -> dict:
+    return {"path": info.path, "lsn": info.lsn, "created_at": info.created_at,
+            "bytes": info.bytes,
+            "namespaces": ", ".join(f"{n['name']} v{n['version']} ({n['count']})"
+                                    for n in info.namespaces)}
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def snapshot():
+    """Online snapshots of the database: create, list, verify."""
+
+
+@snapshot.command("create", context_settings=CONTEXT_SETTINGS)
+@click.option("--path", "path", default=None, type=click.Path(file_okay=False),
+              help="Snapshot directory (default: DB/snapshots/<lsn>-<UTC time>).")
+@db_option()
+@output_option
+def snapshot_create(path, db_path, as_json):
+    """Copy the database as of its current LSN (works while another process writes)."""
+    with open_db(db_path, readonly=True) as db:
+        info = db.snapshot(path)
+    emit(info.to_dict() if as_json else _snapshot_row(info), as_json)
+
+
+@snapshot.command("list", context_settings=CONTEXT_SETTINGS)
+@db_option()
+@output_option
+def snapshot_list(db_path, as_json):
+    """The complete snapshots in DB/snapshots, oldest first."""
+    with open_db(db_path, readonly=True) as db:
+        infos = db.snapshots()
+    if as_json:
+        emit([i.to_dict() for i in infos], True)
+    else:
+        emit([_snapshot_row(i) for i in infos], False,
+             columns=["path", "lsn", "created_at", "bytes", "namespaces"],
+             empty="no snapshots")
+
+
+@snapshot.command("verify", context_settings=CONTEXT_SETTINGS)
+@click.argument("path")
+@db_option()
+@output_option
+def snapshot_verify(path, db_path, as_json):
+    """Check PATH's files against its manifest (sizes, SHA-256); exit 0 ok, 1 damaged.
+    PATH is a snapshot directory or the name of one in DB/snapshots."""
+    manifest = snapshot_mod.verify(_snapshot_path(path, db_path))
+    emit({"path": os.path.abspath(_snapshot_path(path, db_path)), "lsn": manifest["lsn"],
+          "files": len(manifest["files"]), "ok": True}, as_json)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, default=False,
+              help="Replace a non-empty TARGET (only after the new copy verified).")
+@db_option()
+@output_option
+def restore(source, target, force, db_path, as_json):
+    """Restore the snapshot SOURCE into the new database directory TARGET, verified.
+    SOURCE is a snapshot directory or the name of one in DB/snapshots."""
+    report = sv.restore(_snapshot_path(source, db_path), target, force=force)
+    data = report.to_dict()
+    data["seconds"] = round(data["seconds"], 3)
+    if not as_json:
+        data["namespaces"] = ", ".join(f"{n['name']} v{n['version']} ({n['count']})"
+                                       for n in report.namespaces)
+    emit(data, as_json)
 
 
 def _register_ops_commands():

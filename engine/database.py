@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from . import indexer, schema, segments, validate
+from . import indexer, schema, segments, snapshot, validate
 from .apply import Applier, pack, unpack
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
@@ -98,6 +98,8 @@ class Database:
         self.observer_last_error: str | None = None
         self.ops_store = OpsStore(self)
         self._open_dirs()
+        if not self.readonly:
+            snapshot.sweep_tmp(self.path)   # half-made snapshots of a dead process
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
             self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly)
@@ -630,6 +632,19 @@ class Database:
             self._truncate_wal(applied)
         self._notify("on_checkpoint", applied)
         return applied
+
+    # -- snapshots (engine/snapshot.py) ---------------------------------------------------------
+    def snapshot(self, path=None) -> "snapshot.SnapshotInfo":
+        """An online, consistent copy of the database as of one LSN, taken while reads and
+        writes continue: ``<path>/lmdb/data.mdb`` + ``<path>/manifest.json``. Without
+        ``path`` it goes to ``<db>/snapshots/<lsn:020d>-<UTC time>/``. Works read-only."""
+        self._check_open()
+        return snapshot.take(self, path)
+
+    def snapshots(self) -> list:
+        """The complete snapshots in ``<db>/snapshots``, oldest first."""
+        self._check_open()
+        return snapshot.list_snapshots(self.path)
 
     def _truncate_wal(self, checkpoint_lsn: int):
         """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any

@@ -24,6 +24,8 @@ __all__ = [
     "CorruptionError",
     "FormatVersionError",
     "ChangeFeedGap",
+    "TargetExists",
+    "NotSupported",
     "error_class_for_code",
 ]
 
@@ -152,6 +154,21 @@ class ChangeFeedGap(StorageError):
 
     code = "change_feed_gap"
     http_status = 410
+
+
+class TargetExists(SimpleVectorError):
+    """A restore (or snapshot) target already exists and is not empty."""
+
+    code = "target_exists"
+    http_status = 409
+    hint = "choose another target, or pass force=True (CLI: --force) to replace it"
+
+
+class NotSupported(SimpleVectorError, NotImplementedError):
+    """A feature that is designed but not implemented in this release."""
+
+    code = "not_supported"
+    http_status = 501
 
 
 def _all_subclasses(cls):

@@ -434,7 +434,7 @@ class ObservedDatabase:
 _ENGINE_METHODS = ("create_namespace", "create_version", "promote", "drop_namespace",
                    "namespace", "list_namespaces", "changes", "checkpoint", "refresh", "info",
                    "status", "version_statuses", "version_status", "add_observer",
-                   "remove_observer")
+                   "remove_observer", "snapshot", "snapshots")
 _ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "auto_index",
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",
                       "replayed_records", "memory_replayed_records", "counters",

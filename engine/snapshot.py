@@ -1,0 +1,537 @@
+"""Online snapshots and restore from a snapshot (DESIGN.md "Lifecycle"; STYLE.md "Durability").
+
+Snapshot layout::
+
+    <snapshot>/lmdb/data.mdb     a compacted copy of LMDB as of one LSN
+    <snapshot>/manifest.json     format, LSN, time, catalog, per-file SHA-256, fingerprint
+
+A snapshot is taken while reads and writes continue: under the writer's apply condition
+(held only while one LMDB read transaction is opened, so no write is half-applied) the
+read transaction fixes the LSN; LMDB is then copied from that transaction with
+compaction, outside every lock. The copy holds every applied row (and possibly older
+checkpoint segments); opened with no WAL, recovery rebuilds the in-memory state from the
+rows, so the copy is self-sufficient. A snapshot is built under ``<name>.<pid>.tmp`` and
+renamed into place, so a half-made one is never listed; a writer's open sweeps stale ones.
+
+The manifest's query fingerprint is the exact top-k (ids and distances, computed in
+float64 from the snapshot's rows) of a few seeded probe vectors per live namespace; a
+restore checks the restored engine's exact search against it, tie-aware.
+
+Restore (``simplevector.restore``) builds ``<target>.restore-tmp-<pid>`` beside the target,
+copies the snapshot's LMDB into it, checks every file's SHA-256, opens it with the engine
+and checks the LSN, the row counts and the fingerprint, closes it, then renames it into
+place and syncs the parent directory. Any failure removes the staging directory; a restore
+killed midway leaves a staging directory of a dead pid, which the next restore to the same
+target removes (:func:`sweep_restore_leftovers`). Point-in-time restore (``to_lsn``,
+``to_time``, ``wal_archive``) needs a WAL archive and is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import schema
+from .apply import unpack
+from .errors import (ClosedError, CorruptionError, InvalidInput, NotSupported, StorageError,
+                     TargetExists)
+from .types import VersionConfig
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "simplevector-snapshot"
+MANIFEST_VERSION = 1
+SNAPSHOTS_DIR = "snapshots"
+FINGERPRINT_PROBES = 3
+FINGERPRINT_K = 10
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A complete snapshot: where it is, the LSN it holds, when, and its size in bytes."""
+
+    path: str
+    lsn: int
+    created_at: str               # ISO-8601 UTC
+    bytes: int                    # sum of the files listed in the manifest
+    namespaces: tuple = ()        # ({name, version, vid, live, dim, metric, model, index,
+    manifest_path: str = ""       # count}, ...)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "lsn": self.lsn, "created_at": self.created_at,
+                "bytes": self.bytes, "namespaces": [dict(n) for n in self.namespaces],
+                "manifest_path": self.manifest_path}
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore did: from where to where, the LSN, the counts it checked, how long."""
+
+    source: str
+    target: str
+    lsn: int
+    namespaces: tuple             # ({name, version, count}, ...)
+    verified: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "target": self.target, "lsn": self.lsn,
+                "namespaces": [dict(n) for n in self.namespaces], "verified": self.verified,
+                "seconds": self.seconds}
+
+
+# -- files --------------------------------------------------------------------------------------
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_CHUNK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _utc(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- reading a snapshot's catalog from one transaction ------------------------------------------
+def _catalog(txn, dbs) -> list:
+    out = []
+    for _key, value in txn.cursor(db=dbs[b"catalog"]):
+        out.append(VersionConfig.from_msg(unpack(value)))
+    return sorted(out, key=lambda c: (c.name, c.version))
+
+
+def _rows(txn, dbs, config: VersionConfig):
+    """(external ids, float32 matrix) of a version's stored rows, in rowid order."""
+    prefix = schema.vid_prefix(config.vid)
+    extid_of = {}
+    cur = txn.cursor(db=dbs[b"ids"])
+    if cur.set_range(prefix):
+        for key, value in cur:
+            if not key.startswith(prefix):
+                break
+            extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
+    ids, blobs = [], []
+    cur = txn.cursor(db=dbs[b"vectors"])
+    if cur.set_range(prefix):
+        for key, value in cur:
+            if not key.startswith(prefix):
+                break
+            ids.append(extid_of.get(schema.rowid_of_key(key)))
+            blobs.append(bytes(value))
+    X = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), config.dim)
+    return ids, X
+
+
+def probe_vectors(name: str, dim: int, n: int = FINGERPRINT_PROBES) -> np.ndarray:
+    """The fixed probe vectors of a namespace's fingerprint (seeded by its name)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode("utf-8")))
+    return rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def _exact_topk(X: np.ndarray, Q: np.ndarray, metric: str, k: int):
+    X64 = X.astype(np.float64)
+    Q64 = Q.astype(np.float64)
+    if metric == "cosine":
+        Q64 = Q64 / np.linalg.norm(Q64, axis=1, keepdims=True)
+        norms = np.linalg.norm(X64, axis=1, keepdims=True)
+        X64 = X64 / np.where(norms == 0, 1.0, norms)
+        D = 1.0 - Q64 @ X64.T
+    elif metric == "ip":
+        D = -(Q64 @ X64.T)
+    else:
+        D = ((Q64[:, None, :] - X64[None, :, :]) ** 2).sum(axis=2)
+    order = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(D, order, axis=1)
+
+
+def _fingerprint(txn, dbs, configs) -> dict:
+    out = {}
+    for config in configs:
+        if not config.live:
+            continue
+        ids, X = _rows(txn, dbs, config)
+        if not ids:
+            continue
+        k = min(FINGERPRINT_K, len(ids))
+        order, dist = _exact_topk(X, probe_vectors(config.name, config.dim), config.metric, k)
+        out[config.name] = {"version": config.version, "k": k, "probes": FINGERPRINT_PROBES,
+                            "ids": [[ids[j] for j in row] for row in order.tolist()],
+                            "distances": dist.tolist()}
+    return out
+
+
+def _count(txn, dbs, vid: int) -> int:
+    prefix = schema.vid_prefix(vid)
+    n = 0
+    cur = txn.cursor(db=dbs[b"ids"])
+    if cur.set_range(prefix):
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                break
+            n += 1
+    return n
+
+
+# -- taking a snapshot --------------------------------------------------------------------------
+def default_dir(db_path: str) -> str:
+    return os.path.join(db_path, SNAPSHOTS_DIR)
+
+
+def take(db, path=None) -> SnapshotInfo:
+    """Snapshot ``db`` (an engine Database) into ``path`` or its default snapshot directory."""
+    if db.closed:
+        raise ClosedError(f"the database at {db.path} is closed")
+    created = time.time()
+    store = db._store
+    dbs = store.dbs
+    db.refresh()
+    with db._apply_cond:                  # no record is half-applied while the txn opens
+        reading = store.read()
+        txn = reading.__enter__()
+    try:
+        raw = txn.get(schema.META_APPLIED_LSN, db=dbs[b"meta"])
+        lsn = unpack(raw) if raw else 0
+        if path is None:
+            root = default_dir(db.path)
+            stamp = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+            name = f"{lsn:020d}-{stamp:%Y%m%dT%H%M%S%fZ}"
+            final = os.path.join(root, name)
+        else:
+            final = os.path.abspath(os.fspath(path))
+            root = os.path.dirname(final)
+            if os.path.exists(final) and (not os.path.isdir(final) or os.listdir(final)):
+                raise TargetExists(f"snapshot path {final} already exists and is not empty")
+        tmp = f"{final}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(root, exist_ok=True)
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            os.makedirs(os.path.join(tmp, "lmdb"))
+            store.env.copy(os.path.join(tmp, "lmdb"), compact=True, txn=txn)
+            configs = _catalog(txn, dbs)
+            namespaces = [{"name": c.name, "version": c.version, "vid": c.vid, "live": c.live,
+                           "dim": c.dim, "metric": c.metric, "model": c.model,
+                           "index": c.index, "count": _count(txn, dbs, c.vid)}
+                          for c in configs]
+            fingerprint = _fingerprint(txn, dbs, configs)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        raise StorageError(f"cannot write the snapshot at {path or db.path}: {e}") from e
+    finally:
+        reading.__exit__(None, None, None)
+    try:
+        data_path = os.path.join(tmp, "lmdb", "data.mdb")
+        _fsync_file(data_path)
+        _fsync_dir(os.path.join(tmp, "lmdb"))
+        files = {"lmdb/data.mdb": {"sha256": _sha256(data_path),
+                                   "bytes": os.path.getsize(data_path)}}
+        manifest = {"format": MANIFEST_FORMAT, "manifest_version": MANIFEST_VERSION,
+                    "format_version": schema.FORMAT_VERSION, "lsn": lsn,
+                    "created_at": _utc(created), "created_ts": created,
+                    "source": db.path, "namespaces": namespaces, "files": files,
+                    "fingerprint": fingerprint}
+        _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
+        if os.path.isdir(final):
+            os.rmdir(final)                   # an empty directory given as the path
+        os.rename(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(f"cannot write the snapshot at {final}: {e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _info(final, manifest)
+
+
+def _info(path: str, manifest: dict) -> SnapshotInfo:
+    return SnapshotInfo(
+        path=path, lsn=int(manifest["lsn"]), created_at=manifest["created_at"],
+        bytes=sum(int(f["bytes"]) for f in manifest["files"].values()),
+        namespaces=tuple(manifest["namespaces"]),
+        manifest_path=os.path.join(path, MANIFEST))
+
+
+def read_manifest(path) -> dict:
+    """The manifest of the snapshot directory ``path`` (StorageError when there is none)."""
+    path = os.path.abspath(os.fspath(path))
+    mpath = os.path.join(path, MANIFEST)
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError as e:
+        raise StorageError(f"{path} is not a SimpleVector snapshot (no {MANIFEST})",
+                           hint="list snapshots with `simplevector snapshot list`") from e
+    except (OSError, ValueError) as e:
+        raise CorruptionError(f"snapshot manifest {mpath} cannot be read: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CorruptionError(f"{mpath} is not a SimpleVector snapshot manifest")
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise StorageError(f"snapshot manifest {mpath} has version "
+                           f"{manifest.get('manifest_version')!r}; this SimpleVector reads "
+                           f"version {MANIFEST_VERSION}")
+    return manifest
+
+
+def list_snapshots(db_path: str) -> list:
+    """Complete snapshots in ``<db>/snapshots``, oldest first (``.tmp`` ones never)."""
+    root = default_dir(db_path)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(root, name)
+        if name.endswith(".tmp") or not os.path.isfile(os.path.join(path, MANIFEST)):
+            continue
+        try:
+            out.append(_info(path, read_manifest(path)))
+        except Exception:                 # an unreadable manifest is not a snapshot
+            continue
+    return sorted(out, key=lambda s: (s.lsn, os.path.basename(s.path)))
+
+
+def sweep_tmp(db_path: str) -> int:
+    """Remove half-made snapshots (``*.<pid>.tmp`` of a dead process) under ``<db>/snapshots``."""
+    root = default_dir(db_path)
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        if not name.endswith(".tmp"):
+            continue
+        pid = name[:-4].rsplit(".", 1)[-1]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def verify(path) -> dict:
+    """Check a snapshot's files against its manifest; returns the manifest.
+
+    Raises :class:`CorruptionError` naming the first file whose size or SHA-256 differs.
+    """
+    path = os.path.abspath(os.fspath(path))
+    manifest = read_manifest(path)
+    _check_files(path, manifest)
+    return manifest
+
+
+def _check_files(root: str, manifest: dict, *, named_as: str | None = None) -> None:
+    for rel, want in manifest["files"].items():
+        fpath = os.path.join(root, rel)
+        shown = os.path.join(named_as or root, rel)
+        if not os.path.isfile(fpath):
+            raise CorruptionError(f"snapshot file {shown} is missing")
+        size = os.path.getsize(fpath)
+        if size != want["bytes"]:
+            raise CorruptionError(f"snapshot file {shown} has {size} bytes; the manifest "
+                                  f"says {want['bytes']}")
+        digest = _sha256(fpath)
+        if digest != want["sha256"]:
+            raise CorruptionError(f"snapshot file {shown} has SHA-256 {digest}; the manifest "
+                                  f"says {want['sha256']}",
+                                  hint="the snapshot is damaged; restore another one")
+
+
+# -- restore ------------------------------------------------------------------------------------
+def sweep_restore_leftovers(target) -> int:
+    """Clean up after a restore to ``target`` that was killed: remove staging directories
+    (``<target>.restore-tmp-<pid>``) of dead processes; a ``<target>.restore-old-<pid>`` of a
+    dead process is put back when the target is missing (the kill came between the two
+    renames of a forced restore) and removed otherwise. Returns how many were handled."""
+    target = os.path.abspath(os.fspath(target))
+    parent, base = os.path.split(target)
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return 0
+    handled = 0
+    for name in names:
+        for marker in (".restore-tmp-", ".restore-old-"):
+            prefix = base + marker
+            if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+                continue
+            if _pid_alive(int(name[len(prefix):])):
+                continue
+            path = os.path.join(parent, name)
+            if marker == ".restore-old-" and not os.path.exists(target):
+                os.rename(path, target)
+                _fsync_dir(parent)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            handled += 1
+    return handled
+
+
+def _check_restored(staging: str, manifest: dict, database_class) -> tuple:
+    db = database_class(staging, checkpoint_interval=0, auto_index=False)
+    try:
+        if db.lsn != manifest["lsn"]:
+            raise CorruptionError(f"restored database is at LSN {db.lsn}; the snapshot "
+                                  f"manifest says {manifest['lsn']}")
+        counts = {(v.name, vi.version): vi.count
+                  for v in db.list_namespaces() for vi in v.versions}
+        for ns in manifest["namespaces"]:
+            got = counts.pop((ns["name"], ns["version"]), None)
+            if got != ns["count"]:
+                raise CorruptionError(
+                    f"restored namespace {ns['name']!r} v{ns['version']} has {got} rows; "
+                    f"the snapshot manifest says {ns['count']}")
+        if counts:
+            raise CorruptionError(f"restored database has versions the manifest does not "
+                                  f"list: {sorted(counts)}")
+        for name, fp in manifest["fingerprint"].items():
+            handle = db.namespace(name, fp["version"])
+            dim = next(n["dim"] for n in manifest["namespaces"]
+                       if n["name"] == name and n["version"] == fp["version"])
+            hits = handle.query(probe_vectors(name, dim, fp["probes"]), k=fp["k"],
+                                include=(), exact=True)
+            for want_ids, want_d, row in zip(fp["ids"], fp["distances"], hits):
+                _check_probe(name, want_ids, want_d, row)
+        return tuple({"name": ns["name"], "version": ns["version"], "count": ns["count"]}
+                     for ns in manifest["namespaces"])
+    finally:
+        db.close()
+
+
+def _check_probe(name, want_ids, want_d, hits) -> None:
+    got_d = np.array([h.distance for h in hits], dtype=np.float64)
+    want = np.array(want_d, dtype=np.float64)
+    tol = 1e-4 * max(1.0, float(np.abs(want).max()) if len(want) else 1.0)
+    if len(got_d) != len(want) or not np.allclose(got_d, want, rtol=0, atol=tol):
+        raise CorruptionError(f"restored namespace {name!r} fails the query fingerprint: "
+                              f"distances {got_d.tolist()} != {want.tolist()}")
+    edge = want[-1] - tol                 # ids tied with the k-th may differ
+    sure_want = {i for i, d in zip(want_ids, want) if d < edge}
+    sure_got = {h.id for h, d in zip(hits, got_d) if d < edge}
+    if sure_want != sure_got:
+        raise CorruptionError(f"restored namespace {name!r} fails the query fingerprint: "
+                              f"ids {sorted(map(str, sure_got))} != "
+                              f"{sorted(map(str, sure_want))}")
+
+
+def _undo(staging: str, old: str, target: str) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    if os.path.exists(old) and not os.path.exists(target):
+        os.rename(old, target)            # put the replaced database back
+
+
+def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, force=False,
+            database_class=None) -> RestoreReport:
+    """Restore the snapshot directory ``source`` into the database directory ``target``."""
+    t0 = time.perf_counter()
+    if to_lsn is not None or to_time is not None or wal_archive is not None:
+        given = [n for n, v in (("to_lsn", to_lsn), ("to_time", to_time),
+                                ("wal_archive", wal_archive)) if v is not None]
+        raise NotSupported(
+            f"point-in-time restore ({', '.join(given)}) needs a WAL archive, which is not "
+            "implemented yet; this release restores a snapshot as of its own LSN",
+            hint="call restore(snapshot, target) without to_lsn/to_time/wal_archive")
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(target, (str, os.PathLike)):
+        raise InvalidInput(f"source {source!r} and target {target!r} must be paths")
+    if database_class is None:
+        from .database import Database as database_class
+    source = os.path.abspath(os.fspath(source))
+    target = os.path.abspath(os.fspath(target))
+    manifest = read_manifest(source)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    sweep_restore_leftovers(target)
+    exists = os.path.exists(target)
+    if exists and (not os.path.isdir(target) or os.listdir(target)):
+        if not force:
+            raise TargetExists(f"restore target {target} already exists and is not empty")
+        if not os.path.isdir(target):
+            raise InvalidInput(f"restore target {target} is a file; expected a directory")
+    pid = os.getpid()
+    staging = f"{target}.restore-tmp-{pid}"
+    old = f"{target}.restore-old-{pid}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for rel in manifest["files"]:
+            dest = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                shutil.copyfile(os.path.join(source, rel), dest)
+            except FileNotFoundError as e:
+                raise CorruptionError(f"snapshot file {os.path.join(source, rel)} is "
+                                      "missing") from e
+            _fsync_file(dest)
+            _fsync_dir(os.path.dirname(dest))
+        _check_files(staging, manifest, named_as=source)
+        namespaces = _check_restored(staging, manifest, database_class)
+        _fsync_dir(staging)
+        if exists and os.listdir(target):
+            os.rename(target, old)
+        os.rename(staging, target)        # replaces an empty target directory
+        _fsync_dir(parent)
+    except OSError as e:
+        _undo(staging, old, target)
+        raise StorageError(f"restore of {source} into {target} failed: {e}") from e
+    except BaseException:
+        _undo(staging, old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return RestoreReport(source=source, target=target, lsn=int(manifest["lsn"]),
+                         namespaces=namespaces, verified=True,
+                         seconds=time.perf_counter() - t0)
