@@ -89,7 +89,8 @@ class RestoreReport:
 
 
 # -- files --------------------------------------------------------------------------------------
-def _fsync_dir(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file or a directory (a directory makes its renames durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -97,12 +98,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = _fsync_file = _fsync_path
 
 
 def _sha256(path: str) -> str:
