@@ -9,8 +9,8 @@ arguments, return types and exceptions. Differences, by decision:
 
 - ``query(..., explain=True)`` returns ``(hits, Plan)`` with the same :class:`Plan`
   dataclass as the embedded database (its ``seconds`` are the server's).
-- ``health()`` returns the report as a dict (``HealthReport.to_dict()`` of the server's
-  database), not a HealthReport object.
+- ``health()`` returns the server database's ``HealthReport`` rebuilt from its JSON (its
+  stats are plain JSON values).
 - A RemoteNamespace keeps the ``version``/``dim``/``metric``/``model``/``index``/``live``
   it had when it was fetched; a handle on the live version (``namespace(name)``) still
   addresses whatever version is live at each call, like the embedded one.
@@ -200,9 +200,13 @@ class Client:
                             version=c["version"], ids=tuple(c["ids"]), ts=c["ts"])
                      for c in data["changes"]])
 
-    def health(self) -> dict:
-        """The server database's health report, as a dict (see the module)."""
-        return self._request("GET", "/v1/health")
+    def health(self):
+        """The server database's HealthReport (the same class as ``db.health()``)."""
+        from simplevector.ops.health import Finding, HealthReport
+        msg = self._request("GET", "/v1/health")
+        return HealthReport(status=msg["status"],
+                            findings=[Finding(**f) for f in msg.get("findings", ())],
+                            stats=msg.get("stats", {}), at=msg.get("at", 0.0))
 
     def latency(self, namespace=None, op=None, window=None) -> list:
         """LatencySummary rows (the server's ``db.latency(...)``); ``window`` in seconds."""
