@@ -75,7 +75,7 @@ def test_on_disk_format_is_header_then_documented_frames(tmp_path):
     with WriteAheadLog(tmp_path / "wal") as wal:
         wal.append(7, b"hello")
         wal.append(9, b"world!")
-    path = tmp_path / "wal" / ("%020d.wal" % 7)
+    path = tmp_path / "wal" / f"{7:020d}.wal"
     data = path.read_bytes()
     assert HEADER.unpack_from(data, 0) == (b"SVWAL", 1, 7)
     assert data[HEADER.size :] == build_frame(7, b"hello") + build_frame(9, b"world!")
@@ -104,7 +104,7 @@ def test_segment_rollover_and_iteration_across_segments(tmp_path):
         assert len(segs) >= 10
         assert sorted(os.listdir(tmp_path / "wal")) == [os.path.basename(p) for p, _ in segs]
         for path, first in segs:
-            assert os.path.basename(path) == "%020d.wal" % first
+            assert os.path.basename(path) == f"{first:020d}.wal"
             assert os.path.getsize(path) <= 1024
             assert HEADER.unpack(open(path, "rb").read(HEADER.size)) == (b"SVWAL", 1, first)
         assert wal.size_bytes() == sum(os.path.getsize(p) for p, _ in segs)
@@ -356,7 +356,7 @@ def test_readonly_stops_quietly_at_incomplete_tail_frame_and_changes_nothing(tmp
 def test_empty_last_segment_left_by_a_crash_is_removed(tmp_path):
     with WriteAheadLog(tmp_path / "wal") as wal:
         fill(wal, range(1, 4))
-    empty = tmp_path / "wal" / ("%020d.wal" % 9)
+    empty = tmp_path / "wal" / f"{9:020d}.wal"
     empty.write_bytes(HEADER.pack(b"SVWAL", 1, 9))  # created, but its record never landed
     with WriteAheadLog(tmp_path / "wal") as wal:
         assert wal.last_lsn == 3
@@ -390,7 +390,7 @@ def test_use_after_close_raises_closed_error(tmp_path):
 def test_stray_tmp_files_are_swept_by_writer_only(tmp_path):
     with WriteAheadLog(tmp_path / "wal") as wal:
         fill(wal, range(1, 4))
-    stray = tmp_path / "wal" / ("%020d.wal.tmp" % 4)
+    stray = tmp_path / "wal" / f"{4:020d}.wal.tmp"
     stray.write_bytes(b"SVWAL partial")
     WriteAheadLog(tmp_path / "wal", readonly=True).close()
     assert stray.exists()
