@@ -114,27 +114,15 @@ class Applier:
         state = VersionState(config, schema.unpack_u64(raw) if raw else 0)
         prefix = schema.vid_prefix(vid)
         keys, blobs = [], []
-        vcur = txn.cursor(db=dbs[b"vectors"])
-        if vcur.set_range(prefix):
-            for key, value in vcur:
-                if not key.startswith(prefix):
-                    break
-                keys.append(key)
-                blobs.append(value)
+        for key, value in schema.scan_prefix(txn, dbs[b"vectors"], prefix):
+            keys.append(key)
+            blobs.append(value)
         extid_of = {}                   # rowid -> external id, from the "ids" sub-db
-        icur = txn.cursor(db=dbs[b"ids"])
-        if icur.set_range(prefix):
-            for key, value in icur:
-                if not key.startswith(prefix):
-                    break
-                extid_of[schema.unpack_u64(value)] = schema.decode_id(key[4:])
+        for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
+            extid_of[schema.unpack_u64(value)] = schema.decode_id(key[4:])
         meta_of = {}
-        rcur = txn.cursor(db=dbs[b"records"])
-        if rcur.set_range(prefix):
-            for key, value in rcur:
-                if not key.startswith(prefix):
-                    break
-                meta_of[schema.rowid_of_key(key)] = unpack(value)[1]
+        for key, value in schema.scan_prefix(txn, dbs[b"records"], prefix):
+            meta_of[schema.rowid_of_key(key)] = unpack(value)[1]
         ids, metas = [], []
         for key in keys:
             rowid = schema.rowid_of_key(key)

@@ -396,15 +396,19 @@ class Database:
 
         self._commit(build, ddl=True)
 
-    def namespace(self, name, version=None) -> Namespace:
-        """A handle on ``name``: the live version (follows promotions) or a fixed one."""
+    def _lookup(self, name, version) -> VersionConfig:
+        """Validate ``name``/``version``, catch up (read-only) and resolve the version."""
         self._check_open()
         validate.namespace_name(name)
         if version is not None:
             version = validate.version_number(version)
         self.refresh()
-        self._resolve(name, version)
-        return Namespace(self, name, version)
+        return self._resolve(name, version)
+
+    def namespace(self, name, version=None) -> Namespace:
+        """A handle on ``name``: the live version (follows promotions) or a fixed one."""
+        config = self._lookup(name, version)
+        return Namespace(self, name, None if version is None else config.version)
 
     def list_namespaces(self) -> list[NamespaceInfo]:
         self._check_open()
@@ -539,12 +543,7 @@ class Database:
 
     def version_status(self, name, version=None) -> VersionStatus:
         """The status of ``name``'s live version, or of ``version``."""
-        self._check_open()
-        validate.namespace_name(name)
-        if version is not None:
-            version = validate.version_number(version)
-        self.refresh()
-        config = self._resolve(name, version)
+        config = self._lookup(name, version)
         return _version_status(config, self._state(config.vid))
 
     # -- the log -------------------------------------------------------------------------------
@@ -781,12 +780,6 @@ class OpsStore:
         db = self._db
         db._check_open()
         p = prefix.encode("utf-8")
-        out = []
         with db._store.read() as txn:
-            cur = txn.cursor(db=db._store.dbs[b"ops"])
-            if cur.set_range(p):
-                for key, value in cur:
-                    if not key.startswith(p):
-                        break
-                    out.append((bytes(key).decode("utf-8"), unpack(value)))
-        return out
+            return [(bytes(key).decode("utf-8"), unpack(value))
+                    for key, value in schema.scan_prefix(txn, db._store.dbs[b"ops"], p)]

@@ -128,3 +128,18 @@ def id_keys(vid: int, ids: list) -> list:
     ps, pi = prefix + b"s", prefix + b"i"
     pack = _U64.pack
     return [ps + e.encode("utf-8") if type(e) is str else pi + pack(e + (1 << 63)) for e in ids]
+
+
+def scan_prefix(txn, db, prefix: bytes, *, values: bool = True):
+    """(key, value) of every entry of ``db`` whose key starts with ``prefix``, in key order
+    (only keys with ``values=False``). Keys are bytes, or memoryviews in a buffers txn."""
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    n = len(prefix)
+    items = cur.iternext(keys=True, values=values)
+    for item in items:
+        key = item[0] if values else item
+        if key[:n] != prefix:
+            return
+        yield item

@@ -73,15 +73,8 @@ def read(txn, dbs, vid: int, copy: bool = True) -> dict:
     LMDB map, valid only inside ``txn``; the caller copies what it keeps (a 1M x 128
     reopen spent 1.3 s copying the vectors twice)."""
     prefix = schema.vid_prefix(vid) + b":"
-    out = {}
-    cur = txn.cursor(db=dbs[b"segments"])
-    if cur.set_range(prefix):
-        for key, value in cur:
-            key = bytes(key)
-            if not key.startswith(prefix):
-                break
-            out[key[len(prefix):].decode("ascii")] = decode(value, copy)
-    return out
+    return {bytes(key[len(prefix):]).decode("ascii"): decode(value, copy)
+            for key, value in schema.scan_prefix(txn, dbs[b"segments"], prefix)}
 
 
 def delete(txn, dbs, vid: int):

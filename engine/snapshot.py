@@ -152,20 +152,12 @@ def _rows(txn, dbs, config: VersionConfig):
     """(external ids, float32 matrix) of a version's stored rows, in rowid order."""
     prefix = schema.vid_prefix(config.vid)
     extid_of = {}
-    cur = txn.cursor(db=dbs[b"ids"])
-    if cur.set_range(prefix):
-        for key, value in cur:
-            if not key.startswith(prefix):
-                break
-            extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
+    for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
+        extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
     ids, blobs = [], []
-    cur = txn.cursor(db=dbs[b"vectors"])
-    if cur.set_range(prefix):
-        for key, value in cur:
-            if not key.startswith(prefix):
-                break
-            ids.append(extid_of.get(schema.rowid_of_key(key)))
-            blobs.append(bytes(value))
+    for key, value in schema.scan_prefix(txn, dbs[b"vectors"], prefix):
+        ids.append(extid_of.get(schema.rowid_of_key(key)))
+        blobs.append(bytes(value))
     X = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), config.dim)
     return ids, X
 
@@ -210,14 +202,7 @@ def _fingerprint(txn, dbs, configs) -> dict:
 
 def _count(txn, dbs, vid: int) -> int:
     prefix = schema.vid_prefix(vid)
-    n = 0
-    cur = txn.cursor(db=dbs[b"ids"])
-    if cur.set_range(prefix):
-        for key in cur.iternext(keys=True, values=False):
-            if not key.startswith(prefix):
-                break
-            n += 1
-    return n
+    return sum(1 for _ in schema.scan_prefix(txn, dbs[b"ids"], prefix, values=False))
 
 
 # -- taking a snapshot --------------------------------------------------------------------------
