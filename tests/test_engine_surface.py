@@ -263,6 +263,12 @@ def _segment(tmp_path, n=5):
     return path
 
 
+def _damage_last_frame(path):
+    with open(path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"\xff\xff\xff")
+
+
 def _scan(path):
     stop = walformat._Stop()
     with open(path, "rb") as f:
@@ -275,9 +281,7 @@ def _scan(path):
 
 def test_wal_rule_a_damaged_last_frame_is_a_torn_tail(tmp_path):
     path = _segment(tmp_path)
-    with open(path, "r+b") as f:
-        f.seek(-3, os.SEEK_END)
-        f.write(b"\xff\xff\xff")
+    _damage_last_frame(path)
     got, stop = _scan(path)
     assert got == [1, 2, 3, 4] and stop.reason == "fails its checksum"
     assert walformat.bad_frame_error(path, stop, 4, None) is None
@@ -299,9 +303,7 @@ def test_wal_rule_a_damaged_middle_frame_is_corruption_naming_file_and_offset(tm
 
 def test_wal_rule_a_bad_frame_before_a_later_segment_is_corruption(tmp_path):
     path = _segment(tmp_path)
-    with open(path, "r+b") as f:
-        f.seek(-3, os.SEEK_END)
-        f.write(b"\xff\xff\xff")
+    _damage_last_frame(path)
     _, stop = _scan(path)
     err = walformat.bad_frame_error(path, stop, 4, "later.wal")
     assert isinstance(err, sv.CorruptionError) and "later segment later.wal" in str(err)
