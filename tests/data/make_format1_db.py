@@ -1,14 +1,22 @@
-"""Make tests/data/format1-db with the format-1 code (commit 6166ef1)."""
-import os, shutil, sys
+"""Make tests/data/format1-db with the format-1 code (run at commit 6166ef1):
+``python tests/data/make_format1_db.py tests/data/format1-db``. Its expected contents,
+read back by that code, are tests/data/format1-expected.json."""
+import os
+import shutil
+import sys
+
 import numpy as np
+
 import simplevector as sv
+
 out = sys.argv[1]
 shutil.rmtree(out, ignore_errors=True)
 rng = np.random.default_rng(7)
 db = sv.open(out, checkpoint_interval=0, auto_index=False)
 a = db.create_namespace("docs", dim=8, metric="cosine", model="m@1.0.0")
 X = rng.standard_normal((300, 8)).astype(np.float32)
-a.upsert(list(range(300)), X, metadata=[{"i": i, "even": i % 2 == 0, "tag": f"t{i % 5}"} for i in range(300)],
+a.upsert(list(range(300)), X,
+         metadata=[{"i": i, "even": i % 2 == 0, "tag": f"t{i % 5}"} for i in range(300)],
          documents=[f"doc {i}" for i in range(300)])
 a.delete(list(range(0, 300, 7)))
 a.upsert([5, 6], X[:2] * 2, metadata=[{"i": -5}, {"i": -6}])
