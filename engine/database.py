@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from . import indexer, schema, segments, snapshot, validate
+from . import indexer, schema, segments, snapshot, upgrade, validate
 from .apply import Applier, pack, unpack
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
@@ -97,6 +97,8 @@ class Database:
         self.observer_errors = 0
         self.observer_last_error: str | None = None
         self.ops_store = OpsStore(self)
+        if not self.readonly:
+            upgrade.finish_interrupted(self.path)   # an upgrade killed between its renames
         self._open_dirs()
         if not self.readonly:
             snapshot.sweep_tmp(self.path)   # half-made snapshots of a dead process
