@@ -12,9 +12,21 @@ append the WAL record
 apply to LMDB and memory in LSN order -> acknowledge. Catalog changes (create, promote,
 drop) hold the sequence lock until applied, so every later validation sees them.
 
+Before the WAL append a write checks the free disk space against a reserve (the batch and
+a floor, :meth:`Database.disk_reserve_for`) and raises :class:`~.errors.DiskFullError`
+without writing anything while it is short; writes resume by themselves once space returns.
 If applying a record that is already in the WAL fails (an I/O error, a full disk), the
-database stops accepting writes: the record will be applied by recovery on the next open,
-and acknowledging anything more in between could reorder history.
+record is durable: the caller gets a StorageError carrying its ``lsn`` (``durable=True``),
+the record waits in LSN order with any later ones, and the next write, checkpoint or close
+applies them first (no reopen; a write that arrives while they still cannot be applied is
+refused before its append).
+
+WAL retention (:meth:`Database.wal_retention`): a segment is removed only below the lowest
+LSN still needed by the checkpoint, each named change-feed consumer
+(``changes(since, consumer=...)``), the oldest snapshot in ``<db>/snapshots`` (when there is
+no WAL archive) and the archive (a segment goes only once copied, engine/archive.py); past
+those, the newest ``wal_keep_bytes`` are kept (default: sized to the database,
+:func:`default_wal_keep_bytes`).
 
 The layers above read :meth:`Database.status` / :meth:`Database.version_statuses`, register
 an :class:`~.observer.Observer` (:meth:`Database.add_observer`) and keep their own small
@@ -33,8 +45,10 @@ import numpy as np
 
 from . import indexer, schema, segments, snapshot, validate
 from .apply import Applier, pack, unpack
-from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
-                     NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
+from .archive import WalArchive
+from .errors import (ChangeFeedGap, ClosedError, DiskFullError, InvalidInput, LockedError,
+                     NamespaceExists, NamespaceNotFound, ReadOnlyError, StorageError,
+                     VersionNotFound)
 from .indexspec import AUTO_THRESHOLD, IndexSpec
 from .kernels.distances import resolve_metric
 from .limits import limits_value
@@ -47,6 +61,32 @@ from .wal import WriteAheadLog
 
 DURABILITY_MODES = ("sync", "async")
 
+#: Default WAL retention past what anyone pins: max(floor, fraction x LMDB bytes used).
+#: README "WAL retention" explains the figures.
+WAL_KEEP_FLOOR = 16 << 20
+WAL_KEEP_FRACTION = 0.25
+#: Free disk a write must leave, besides 3x its WAL bytes (README "Disk full").
+DISK_RESERVE_FLOOR = 8 << 20
+#: ops-store key prefix of the named change-feed consumers' positions
+CONSUMER_PREFIX = "engine:consumer:"
+
+
+def default_wal_keep_bytes(lmdb_bytes: int) -> int:
+    """WAL bytes kept past every pin for a database whose LMDB uses ``lmdb_bytes``."""
+    return max(WAL_KEEP_FLOOR, int(lmdb_bytes * WAL_KEEP_FRACTION))
+
+
+def _statvfs_free(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _consumer_name(name) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
+        raise InvalidInput(f"consumer {name!r} is not valid; expected a non-empty printable "
+                           "string of at most 200 characters")
+    return name
+
 
 def _index_spec(index, dim: int) -> str:
     return str(IndexSpec.parse(index).check_dim(dim))
@@ -56,9 +96,10 @@ class Database:
     """A SimpleVector database directory. Thread-safe; use as a context manager."""
 
     def __init__(self, path, *, durability: str = "sync", readonly: bool = False,
-                 checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
+                 checkpoint_interval: float = 60.0, wal_keep_bytes: int | None = None,
                  auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD,
-                 limits=None):
+                 limits=None, wal_archive=None, disk_reserve: int | None = None,
+                 disk_free_probe=None, wal_segment_bytes: int = 64 << 20):
         if durability not in DURABILITY_MODES:
             raise InvalidInput(
                 f"durability {durability!r} is not valid; expected 'sync' or 'async'")
@@ -68,11 +109,37 @@ class Database:
                 or not isinstance(checkpoint_interval, (int, float)) or checkpoint_interval < 0):
             raise InvalidInput(f"checkpoint_interval {checkpoint_interval!r} is not valid; "
                                "expected seconds >= 0 (0 turns the checkpointer off)")
+        for label, value in (("wal_keep_bytes", wal_keep_bytes),
+                             ("disk_reserve", disk_reserve)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise InvalidInput(f"{label} {value!r} is not valid; expected bytes (an int "
+                                   ">= 0) or None for the default")
+        if disk_free_probe is not None and not callable(disk_free_probe):
+            raise InvalidInput(f"disk_free_probe {disk_free_probe!r} is not valid; expected "
+                               "a callable(path) -> free bytes")
+        if wal_archive is not None and not isinstance(wal_archive, (str, os.PathLike)):
+            raise InvalidInput(f"wal_archive {wal_archive!r} is not a path; expected a str "
+                               "or os.PathLike")
         self.limits = limits_value(limits)     # an open option, not persisted (limits.py)
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self.readonly = bool(readonly)
-        self.wal_keep_bytes = int(wal_keep_bytes)
+        #: explicit WAL retention past the pins (None: default_wal_keep_bytes)
+        self.wal_keep_bytes = wal_keep_bytes
+        self.wal_archive = None if wal_archive is None else os.path.abspath(
+            os.fspath(wal_archive))
+        if self.wal_archive is not None and os.path.commonpath(
+                [self.wal_archive, os.path.join(self.path, "wal")]) == \
+                os.path.join(self.path, "wal"):
+            raise InvalidInput(f"wal_archive {self.wal_archive} is inside the database's own "
+                               "WAL directory; expected a directory outside it")
+        self.disk_reserve = DISK_RESERVE_FLOOR if disk_reserve is None else disk_reserve
+        self._free_probe = disk_free_probe or _statvfs_free
+        self._archive = None
+        self._backlog: list = []            # (lsn, op) logged but not applied yet, in order
+        self._apply_error: Exception | None = None
+        self.disk_full_refusals = 0
         self._closed = False
         self._failed: Exception | None = None
         self._lock_fd = None
@@ -102,9 +169,15 @@ class Database:
             snapshot.sweep_tmp(self.path)   # half-made snapshots of a dead process
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
-            self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly)
+            self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly,
+                                      segment_bytes=wal_segment_bytes)
             self._applier = Applier(self._store)
             self._recover()
+            self._handled_lsn = self._applied_lsn  # applied, or waiting in the backlog
+            if self.wal_archive is not None and not self.readonly:
+                self._archive = WalArchive(self.wal_archive)
+                self._wal.seal()                # this process appends to a new segment
+                self._archive.copy_sealed(self._wal.sealed_segments())
         except BaseException:
             self._release_handles()
             raise
@@ -243,11 +316,15 @@ class Database:
         held = True
         try:
             self._check_writable()
+            if self._backlog:
+                self._drain_backlog(refuse=True)
             op = build_op()
             op["ts"] = time.time()
+            payload = pack(op)
+            self._check_disk(len(payload))
             lsn = self._last_lsn + 1
             try:
-                self._wal.append(lsn, pack(op))
+                self._wal.append(lsn, payload)
             except Exception as e:
                 # a partial frame may be on disk: nothing more may follow it in this process
                 self._fail(e)
@@ -271,39 +348,110 @@ class Database:
             self._fail(e)
             raise
         with self._apply_cond:
-            while self._applied_lsn != lsn - 1 and self._failed is None:
+            while self._handled_lsn != lsn - 1 and self._failed is None:
                 self._apply_cond.wait()
             if self._failed is not None:
                 raise StorageError(f"write {lsn} was logged but not applied: {self._failed}")
-            try:
-                result = self._applier.apply(lsn, op, prepared=prepared)
-            except Exception as e:
-                self._failed = e
+            error = None
+            if self._backlog and not self._apply_backlog():
+                error = self._apply_error
+            else:
+                try:
+                    result = self._applier.apply(lsn, op, prepared=prepared)
+                except Exception as e:
+                    error = self._apply_error = e
+            if error is not None:
+                # the record is in the WAL (synced in "sync" mode): it is not lost, it waits
+                # to be applied, and the caller must not retry it as if it had failed
+                self._backlog.append((lsn, op))
+                self._handled_lsn = lsn
                 self._apply_cond.notify_all()
-                # the record is in the WAL (synced in "sync" mode): it is not lost, and the
-                # caller must not retry it as if it had failed
                 err = StorageError(
-                    f"write {lsn} is in the write-ahead log but applying it failed ({e}); it "
-                    "is applied when the database is reopened, and no further writes are "
-                    "accepted until then",
-                    hint="fix the cause (e.g. free disk space), then close and reopen the "
-                         "database; do not repeat this write")
+                    f"write {lsn} is durable in the write-ahead log (LSN {lsn}) but applying "
+                    f"it failed ({error}); the database applies it by itself before the next "
+                    "write, at the next checkpoint or at close (no reopen needed)",
+                    hint="do not repeat this write; fix the cause (e.g. free disk space)")
                 err.lsn, err.durable = lsn, self.durability == "sync"
-                raise err from e
-            self._applied_lsn = lsn
+                raise err from error
+            self._applied_lsn = self._handled_lsn = lsn
             self._apply_cond.notify_all()
-            kind = op["op"]
-            if kind == "upsert":
-                self.counters["vectors_written"] += len(op["ids"])
-            elif kind == "delete":
-                self.counters["vectors_deleted"] += result
-            self.counters["writes"] += 1
+            self._count(op, result)
         return lsn, result
+
+    def _count(self, op: dict, result) -> None:
+        kind = op["op"]
+        if kind == "upsert":
+            self.counters["vectors_written"] += len(op["ids"])
+        elif kind == "delete":
+            self.counters["vectors_deleted"] += result
+        self.counters["writes"] += 1
+
+    def _apply_backlog(self) -> bool:
+        """Apply the logged-but-unapplied records in LSN order (``_apply_cond`` held);
+        False (error in ``_apply_error``) when one still fails."""
+        while self._backlog:
+            lsn, op = self._backlog[0]
+            try:
+                result = self._applier.apply(lsn, op)
+            except Exception as e:
+                self._apply_error = e
+                return False
+            self._backlog.pop(0)
+            self._applied_lsn = lsn
+            self._count(op, result)
+            self._apply_cond.notify_all()
+        self._apply_error = None
+        return True
+
+    def _drain_backlog(self, *, refuse: bool = False) -> bool:
+        """Apply waiting records once every logged one is handled; with ``refuse``, raise
+        (before anything is logged) when they still cannot be applied."""
+        with self._apply_cond:
+            while self._handled_lsn < self._last_lsn and self._failed is None:
+                self._apply_cond.wait()
+            if not self._backlog or self._apply_backlog():
+                return True
+            if not refuse:
+                return False
+            first, last = self._backlog[0][0], self._backlog[-1][0]
+            error = self._apply_error
+        raise StorageError(
+            f"this write was refused before it was logged: {last - first + 1} durable "
+            f"write(s) (LSN {first}..{last}) are waiting to be applied and applying them "
+            f"still fails ({error})",
+            hint="free disk space (or fix the cause); they are applied by the next write") \
+            from error
+
+    def disk_reserve_for(self, nbytes: int) -> int:
+        """Free disk bytes a write of ``nbytes`` WAL bytes needs: 3x the batch (its WAL
+        frame, LMDB's copy-on-write pages, the checkpoint segment that follows) plus
+        ``disk_reserve`` (0 turns the check off)."""
+        return 0 if not self.disk_reserve else self.disk_reserve + 3 * int(nbytes)
+
+    def disk_free(self) -> int | None:
+        """Free bytes on the database's disk, from the free-space probe (None: unknown)."""
+        try:
+            return int(self._free_probe(self.path))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _check_disk(self, nbytes: int) -> None:
+        need = self.disk_reserve_for(nbytes)
+        if not need:
+            return
+        free = self.disk_free()
+        if free is not None and free < need:
+            self.disk_full_refusals += 1
+            raise DiskFullError(
+                f"write refused before it was logged: {free} bytes free on the disk holding "
+                f"{self.path}, under the reserve of {need} bytes (this batch's "
+                f"{nbytes} WAL bytes x3 + disk_reserve {self.disk_reserve}); nothing was "
+                "written and reads go on")
 
     def _wait_applied(self):
         """Wait until every logged write is applied (call with the sequence lock held)."""
         with self._apply_cond:
-            while self._applied_lsn < self._last_lsn and self._failed is None:
+            while self._handled_lsn < self._last_lsn and self._failed is None:
                 self._apply_cond.wait()
 
     def _fail(self, exc: Exception):
@@ -528,7 +676,10 @@ class Database:
             observer_last_error=self.observer_last_error, counters=dict(self.counters),
             query_stats={"queries": self.query_stats["queries"],
                          "short": self.query_stats["short"],
-                         "plans": dict(self.query_stats["plans"])})
+                         "plans": dict(self.query_stats["plans"])},
+            wal_retention=self.wal_retention(), unapplied=len(self._backlog),
+            unapplied_error=None if not self._backlog else f"{self._apply_error}",
+            disk_free=self.disk_free(), disk_full_refusals=self.disk_full_refusals)
 
     def version_statuses(self) -> list[VersionStatus]:
         """A :class:`~.status.VersionStatus` for every namespace version, by (name, version)."""
@@ -554,20 +705,64 @@ class Database:
         self.refresh()
         return self._applied_lsn
 
-    def changes(self, since: int = 0):
-        """Iterate committed changes with LSN > ``since``, read from the WAL."""
+    def changes(self, since: int = 0, consumer: str | None = None):
+        """Iterate committed changes with LSN > ``since``, read from the WAL.
+
+        ``consumer="name"``: a named consumer acknowledges everything up to ``since``; its
+        position is recorded durably (the ops sub-database, synced) and WAL truncation
+        keeps every record after it until the consumer moves on or is dropped
+        (:meth:`drop_consumer`). Needs a writable database."""
         self._check_open()
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise InvalidInput(f"since {since!r} is not valid; expected an LSN (int >= 0)")
+        if consumer is not None:
+            consumer = _consumer_name(consumer)
+            self._check_writable()
         self.refresh()
-        upto = self._applied_lsn
-        first = self._wal.first_lsn
-        if since < upto and (first is None or first > since + 1):
-            raise ChangeFeedGap(
-                f"the change feed starts at LSN {first if first is not None else upto + 1}; "
-                f"changes after {since} were truncated at a checkpoint",
-                hint="raise wal_keep_bytes, or resynchronise from a full export")
+        with self._checkpoint_lock:         # no truncation between the check and the record
+            upto = self._applied_lsn
+            if consumer is not None and since > upto:
+                raise InvalidInput(f"since {since} is past the last committed LSN {upto}; a "
+                                   "consumer acknowledges only committed changes")
+            first = self._wal.first_lsn
+            if since < upto and (first is None or first > since + 1):
+                raise ChangeFeedGap(
+                    f"the change feed starts at LSN "
+                    f"{first if first is not None else upto + 1}; changes after {since} "
+                    "were truncated at a checkpoint",
+                    hint="read it as a named consumer (changes(since, consumer='name')) so "
+                         "the WAL is kept for it, or resynchronise from a full export")
+            if consumer is not None:
+                self._record_consumer(consumer, since)
         return self._iter_changes(since, upto)
+
+    def _record_consumer(self, name: str, lsn: int) -> None:
+        self.ops_store.put(CONSUMER_PREFIX + name, {"lsn": int(lsn), "at": time.time()})
+        if self.durability == "sync":
+            self._wal.sync(self._last_lsn)  # LMDB never durably ahead of the WAL
+        self._store.sync()
+
+    def consumers(self) -> list[dict]:
+        """The named change-feed consumers: ``name``, ``lsn`` (acknowledged up to), ``at``
+        (epoch seconds of the last acknowledgement), ``lag`` (committed records after it)."""
+        self._check_open()
+        self.refresh()
+        head = self._applied_lsn
+        return [{"name": key[len(CONSUMER_PREFIX):], "lsn": int(v["lsn"]),
+                 "at": v.get("at"), "lag": max(0, head - int(v["lsn"]))}
+                for key, v in self.ops_store.items(CONSUMER_PREFIX)]
+
+    def drop_consumer(self, name: str) -> None:
+        """Forget the named consumer: its position no longer holds the WAL."""
+        name = _consumer_name(name)
+        self._check_writable()
+        key = (CONSUMER_PREFIX + name).encode("utf-8")
+        found = self._store.write_with_retry(
+            lambda txn: txn.delete(key, db=self._store.dbs[b"ops"]))
+        if not found:
+            raise InvalidInput(f"consumer {name!r} is not known; known: "
+                               f"{[c['name'] for c in self.consumers()]}")
+        self._store.sync()
 
     def _iter_changes(self, since: int, upto: int):
         for lsn, payload in self._wal.iter_records(since):
@@ -603,6 +798,8 @@ class Database:
         """Persist the in-memory state as segments at one LSN, flush LMDB, and drop WAL
         segments nobody needs any more. Returns the checkpoint LSN."""
         self._check_writable()
+        if self._backlog:
+            self._drain_backlog()           # applied first where possible; never blocks
         with self._checkpoint_lock:
             with self._apply_cond:
                 applied = self._applied_lsn
@@ -638,25 +835,91 @@ class Database:
         writes continue: ``<path>/lmdb/data.mdb`` + ``<path>/manifest.json``. Without
         ``path`` it goes to ``<db>/snapshots/<lsn:020d>-<UTC time>/``. Works read-only."""
         self._check_open()
-        return snapshot.take(self, path)
+        info = snapshot.take(self, path)
+        if self._archive is not None and self.writable:
+            try:
+                self._wal.seal()            # every record so far goes to the archive
+                with self._checkpoint_lock:
+                    self._archive.copy_sealed(self._wal.sealed_segments())
+            except Exception:               # reported by status()["wal_archive"]
+                pass
+        return info
 
     def snapshots(self) -> list:
         """The complete snapshots in ``<db>/snapshots``, oldest first."""
         self._check_open()
         return snapshot.list_snapshots(self.path)
 
+    def prune_snapshots(self, keep: int) -> list:
+        """Remove the snapshots in ``<db>/snapshots`` older than the newest ``keep``;
+        returns the removed ones' SnapshotInfo. Works read-only (files only)."""
+        self._check_open()
+        return snapshot.prune(self.path, keep)
+
+    def _wal_pins(self, checkpoint_lsn: int) -> list[dict]:
+        """Who needs which WAL records: each pin holds every record from ``lsn`` on."""
+        pins = [{"kind": "checkpoint", "name": None, "lsn": checkpoint_lsn + 1}]
+        if self._archive is not None:
+            first = self._archive.archived_below(self._wal.sealed_segments())
+            if first is not None:
+                pins.append({"kind": "archive", "name": self._archive.error and "failing",
+                             "lsn": first})
+        else:
+            snaps = snapshot.list_snapshots(self.path)
+            if snaps:
+                pins.append({"kind": "snapshot", "name": os.path.basename(snaps[0].path),
+                             "lsn": snaps[0].lsn + 1})
+        for key, value in self.ops_store.items(CONSUMER_PREFIX):
+            pins.append({"kind": "consumer", "name": key[len(CONSUMER_PREFIX):],
+                         "lsn": int(value["lsn"]) + 1})
+        return pins
+
+    def wal_keep_target(self) -> int:
+        """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else
+        :func:`default_wal_keep_bytes` of the LMDB bytes used now."""
+        if self.wal_keep_bytes is not None:
+            return self.wal_keep_bytes
+        return default_wal_keep_bytes(self._store.map_info()["map_used"])
+
+    def wal_retention(self) -> dict:
+        """WAL bytes and why they are kept: ``bytes``, ``keep_bytes`` (the tail kept past the
+        pins), ``pins`` (checkpoint, archive, oldest snapshot, consumers), each with the LSN
+        it needs from and the ``bytes`` of the segments it holds (from the one with that LSN
+        to the end), and ``archive`` (engine/archive.py status, or None)."""
+        self._check_open()
+        segs = self._wal.segments()
+        sizes = []
+        for path, _ in segs:
+            try:
+                sizes.append(os.path.getsize(path))
+            except OSError:
+                sizes.append(0)
+        pins = self._wal_pins(self.checkpoint_lsn)
+        last = self._wal.last_lsn
+        for pin in pins:
+            idx = next((i for i in range(len(segs) - 1, -1, -1) if segs[i][1] <= pin["lsn"]),
+                       0)
+            pin["bytes"] = sum(sizes[idx:]) if pin["lsn"] <= last else 0
+        return {"bytes": sum(sizes), "segments": len(segs), "keep_bytes": self.wal_keep_target(),
+                "first_lsn": segs[0][1] if segs else None, "pins": pins,
+                "archive": None if self._archive is None else self._archive.status()}
+
     def _truncate_wal(self, checkpoint_lsn: int):
-        """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any
-        record after the checkpoint (recovery needs those)."""
+        """Copy sealed segments to the archive, then remove the oldest segments while the
+        WAL exceeds :meth:`wal_keep_target`, never one holding a record some pin needs."""
+        if self._archive is not None:
+            self._archive.copy_sealed(self._wal.sealed_segments())
+        need = min(p["lsn"] for p in self._wal_pins(checkpoint_lsn))
+        keep = self.wal_keep_target()
         segments = self._wal.segments()
         sizes = [os.path.getsize(p) for p, _ in segments]
         total = sum(sizes)
         cut = None
         for i in range(1, len(segments)):
-            if total <= self.wal_keep_bytes:
+            if total <= keep:
                 break
             first_of_next = segments[i][1]
-            if first_of_next > checkpoint_lsn + 1:
+            if first_of_next > need:
                 break
             total -= sizes[i - 1]
             cut = first_of_next
@@ -666,6 +929,8 @@ class Database:
     def _checkpoint_loop(self, interval: float):
         while not self._stop.wait(interval):
             try:
+                if self._backlog:
+                    self._drain_backlog()
                 if self.durability == "async":
                     self._wal.sync(self._last_lsn)
                 self.checkpoint()
@@ -709,7 +974,9 @@ class Database:
             if not self.readonly and self._failed is None:
                 try:
                     self._wait_applied()        # writes already logged finish first
-                    self.checkpoint()
+                    if self._archive is not None:
+                        self._wal.seal()        # the archive gets every committed record
+                    self.checkpoint()           # applies a backlog, archives, truncates
                 except Exception:
                     pass
             self._closed = True
