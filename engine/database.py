@@ -43,12 +43,11 @@ import time
 
 import numpy as np
 
-from . import indexer, schema, segments, snapshot, validate
+from . import indexer, retention, schema, segments, snapshot, validate
 from .apply import Applier, pack, unpack
 from .archive import WalArchive
-from .errors import (ChangeFeedGap, ClosedError, DiskFullError, InvalidInput, LockedError,
-                     NamespaceExists, NamespaceNotFound, ReadOnlyError, StorageError,
-                     VersionNotFound)
+from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
+                     NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
 from .indexspec import AUTO_THRESHOLD, IndexSpec
 from .kernels.distances import resolve_metric
 from .limits import limits_value
@@ -57,35 +56,11 @@ from .observer import Observer
 from .status import DatabaseStatus, VersionStatus
 from .store import Store
 from .types import Change, NamespaceInfo, VersionConfig, VersionInfo
+from .retention import (DISK_RESERVE_FLOOR, WAL_KEEP_FLOOR, WAL_KEEP_FRACTION,  # noqa: F401
+                        default_wal_keep_bytes)
 from .wal import WriteAheadLog
 
 DURABILITY_MODES = ("sync", "async")
-
-#: Default WAL retention past what anyone pins: max(floor, fraction x LMDB bytes used).
-#: README "WAL retention" explains the figures.
-WAL_KEEP_FLOOR = 16 << 20
-WAL_KEEP_FRACTION = 0.25
-#: Free disk a write must leave, besides 3x its WAL bytes (README "Disk full").
-DISK_RESERVE_FLOOR = 8 << 20
-#: ops-store key prefix of the named change-feed consumers' positions
-CONSUMER_PREFIX = "engine:consumer:"
-
-
-def default_wal_keep_bytes(lmdb_bytes: int) -> int:
-    """WAL bytes kept past every pin for a database whose LMDB uses ``lmdb_bytes``."""
-    return max(WAL_KEEP_FLOOR, int(lmdb_bytes * WAL_KEEP_FRACTION))
-
-
-def _statvfs_free(path: str) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def _consumer_name(name) -> str:
-    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
-        raise InvalidInput(f"consumer {name!r} is not valid; expected a non-empty printable "
-                           "string of at most 200 characters")
-    return name
 
 
 def _index_spec(index, dim: int) -> str:
@@ -109,33 +84,14 @@ class Database:
                 or not isinstance(checkpoint_interval, (int, float)) or checkpoint_interval < 0):
             raise InvalidInput(f"checkpoint_interval {checkpoint_interval!r} is not valid; "
                                "expected seconds >= 0 (0 turns the checkpointer off)")
-        for label, value in (("wal_keep_bytes", wal_keep_bytes),
-                             ("disk_reserve", disk_reserve)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 0):
-                raise InvalidInput(f"{label} {value!r} is not valid; expected bytes (an int "
-                                   ">= 0) or None for the default")
-        if disk_free_probe is not None and not callable(disk_free_probe):
-            raise InvalidInput(f"disk_free_probe {disk_free_probe!r} is not valid; expected "
-                               "a callable(path) -> free bytes")
-        if wal_archive is not None and not isinstance(wal_archive, (str, os.PathLike)):
-            raise InvalidInput(f"wal_archive {wal_archive!r} is not a path; expected a str "
-                               "or os.PathLike")
         self.limits = limits_value(limits)     # an open option, not persisted (limits.py)
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self.readonly = bool(readonly)
         #: explicit WAL retention past the pins (None: default_wal_keep_bytes)
-        self.wal_keep_bytes = wal_keep_bytes
-        self.wal_archive = None if wal_archive is None else os.path.abspath(
-            os.fspath(wal_archive))
-        if self.wal_archive is not None and os.path.commonpath(
-                [self.wal_archive, os.path.join(self.path, "wal")]) == \
-                os.path.join(self.path, "wal"):
-            raise InvalidInput(f"wal_archive {self.wal_archive} is inside the database's own "
-                               "WAL directory; expected a directory outside it")
-        self.disk_reserve = DISK_RESERVE_FLOOR if disk_reserve is None else disk_reserve
-        self._free_probe = disk_free_probe or _statvfs_free
+        self.wal_keep_bytes, self.disk_reserve, self.wal_archive, self._free_probe = \
+            retention.open_options(self.path, wal_keep_bytes, disk_reserve, disk_free_probe,
+                                   wal_archive)
         self._archive = None
         self._backlog: list = []            # (lsn, op) logged but not applied yet, in order
         self._apply_error: Exception | None = None
@@ -423,10 +379,9 @@ class Database:
             from error
 
     def disk_reserve_for(self, nbytes: int) -> int:
-        """Free disk bytes a write of ``nbytes`` WAL bytes needs: 3x the batch (its WAL
-        frame, LMDB's copy-on-write pages, the checkpoint segment that follows) plus
-        ``disk_reserve`` (0 turns the check off)."""
-        return 0 if not self.disk_reserve else self.disk_reserve + 3 * int(nbytes)
+        """Free disk bytes a write of ``nbytes`` WAL bytes needs: 3x the batch plus
+        ``disk_reserve`` (0 turns the check off; engine/retention.py)."""
+        return retention.reserve_for(self.disk_reserve, nbytes)
 
     def disk_free(self) -> int | None:
         """Free bytes on the database's disk, from the free-space probe (None: unknown)."""
@@ -436,17 +391,11 @@ class Database:
             return None
 
     def _check_disk(self, nbytes: int) -> None:
-        need = self.disk_reserve_for(nbytes)
-        if not need:
-            return
-        free = self.disk_free()
+        need = retention.reserve_for(self.disk_reserve, nbytes)
+        free = self.disk_free() if need else None
         if free is not None and free < need:
             self.disk_full_refusals += 1
-            raise DiskFullError(
-                f"write refused before it was logged: {free} bytes free on the disk holding "
-                f"{self.path}, under the reserve of {need} bytes (this batch's "
-                f"{nbytes} WAL bytes x3 + disk_reserve {self.disk_reserve}); nothing was "
-                "written and reads go on")
+            raise retention.disk_full_error(self.path, free, need, nbytes, self.disk_reserve)
 
     def _wait_applied(self):
         """Wait until every logged write is applied (call with the sequence lock held)."""
@@ -716,7 +665,7 @@ class Database:
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise InvalidInput(f"since {since!r} is not valid; expected an LSN (int >= 0)")
         if consumer is not None:
-            consumer = _consumer_name(consumer)
+            consumer = retention.consumer_name(consumer)
             self._check_writable()
         self.refresh()
         with self._checkpoint_lock:         # no truncation between the check and the record
@@ -733,36 +682,21 @@ class Database:
                     hint="read it as a named consumer (changes(since, consumer='name')) so "
                          "the WAL is kept for it, or resynchronise from a full export")
             if consumer is not None:
-                self._record_consumer(consumer, since)
+                retention.record_consumer(self, consumer, since)
         return self._iter_changes(since, upto)
-
-    def _record_consumer(self, name: str, lsn: int) -> None:
-        self.ops_store.put(CONSUMER_PREFIX + name, {"lsn": int(lsn), "at": time.time()})
-        if self.durability == "sync":
-            self._wal.sync(self._last_lsn)  # LMDB never durably ahead of the WAL
-        self._store.sync()
 
     def consumers(self) -> list[dict]:
         """The named change-feed consumers: ``name``, ``lsn`` (acknowledged up to), ``at``
         (epoch seconds of the last acknowledgement), ``lag`` (committed records after it)."""
         self._check_open()
         self.refresh()
-        head = self._applied_lsn
-        return [{"name": key[len(CONSUMER_PREFIX):], "lsn": int(v["lsn"]),
-                 "at": v.get("at"), "lag": max(0, head - int(v["lsn"]))}
-                for key, v in self.ops_store.items(CONSUMER_PREFIX)]
+        return retention.consumers(self, self._applied_lsn)
 
     def drop_consumer(self, name: str) -> None:
         """Forget the named consumer: its position no longer holds the WAL."""
-        name = _consumer_name(name)
+        name = retention.consumer_name(name)
         self._check_writable()
-        key = (CONSUMER_PREFIX + name).encode("utf-8")
-        found = self._store.write_with_retry(
-            lambda txn: txn.delete(key, db=self._store.dbs[b"ops"]))
-        if not found:
-            raise InvalidInput(f"consumer {name!r} is not known; known: "
-                               f"{[c['name'] for c in self.consumers()]}")
-        self._store.sync()
+        retention.drop_consumer(self, name)
 
     def _iter_changes(self, since: int, upto: int):
         for lsn, payload in self._wal.iter_records(since):
@@ -856,75 +790,21 @@ class Database:
         self._check_open()
         return snapshot.prune(self.path, keep)
 
-    def _wal_pins(self, checkpoint_lsn: int) -> list[dict]:
-        """Who needs which WAL records: each pin holds every record from ``lsn`` on."""
-        pins = [{"kind": "checkpoint", "name": None, "lsn": checkpoint_lsn + 1}]
-        if self._archive is not None:
-            first = self._archive.archived_below(self._wal.sealed_segments())
-            if first is not None:
-                pins.append({"kind": "archive", "name": self._archive.error and "failing",
-                             "lsn": first})
-        else:
-            snaps = snapshot.list_snapshots(self.path)
-            if snaps:
-                pins.append({"kind": "snapshot", "name": os.path.basename(snaps[0].path),
-                             "lsn": snaps[0].lsn + 1})
-        for key, value in self.ops_store.items(CONSUMER_PREFIX):
-            pins.append({"kind": "consumer", "name": key[len(CONSUMER_PREFIX):],
-                         "lsn": int(value["lsn"]) + 1})
-        return pins
-
     def wal_keep_target(self) -> int:
         """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else
-        :func:`default_wal_keep_bytes` of the LMDB bytes used now."""
-        if self.wal_keep_bytes is not None:
-            return self.wal_keep_bytes
-        return default_wal_keep_bytes(self._store.map_info()["map_used"])
+        :func:`~.retention.default_wal_keep_bytes` of the LMDB bytes used now."""
+        return retention.keep_target(self)
 
     def wal_retention(self) -> dict:
-        """WAL bytes and why they are kept: ``bytes``, ``keep_bytes`` (the tail kept past the
-        pins), ``pins`` (checkpoint, archive, oldest snapshot, consumers), each with the LSN
-        it needs from and the ``bytes`` of the segments it holds (from the one with that LSN
-        to the end), and ``archive`` (engine/archive.py status, or None)."""
+        """WAL bytes and why they are kept (engine/retention.py): ``bytes``, ``segments``,
+        ``keep_bytes`` (the tail kept past the pins), ``pins`` (checkpoint, archive, oldest
+        snapshot, consumers), each with the LSN it needs from and the ``bytes`` of the
+        segments it holds, and ``archive`` (engine/archive.py status, or None)."""
         self._check_open()
-        segs = self._wal.segments()
-        sizes = []
-        for path, _ in segs:
-            try:
-                sizes.append(os.path.getsize(path))
-            except OSError:
-                sizes.append(0)
-        pins = self._wal_pins(self.checkpoint_lsn)
-        last = self._wal.last_lsn
-        for pin in pins:
-            idx = next((i for i in range(len(segs) - 1, -1, -1) if segs[i][1] <= pin["lsn"]),
-                       0)
-            pin["bytes"] = sum(sizes[idx:]) if pin["lsn"] <= last else 0
-        return {"bytes": sum(sizes), "segments": len(segs), "keep_bytes": self.wal_keep_target(),
-                "first_lsn": segs[0][1] if segs else None, "pins": pins,
-                "archive": None if self._archive is None else self._archive.status()}
+        return retention.report(self)
 
     def _truncate_wal(self, checkpoint_lsn: int):
-        """Copy sealed segments to the archive, then remove the oldest segments while the
-        WAL exceeds :meth:`wal_keep_target`, never one holding a record some pin needs."""
-        if self._archive is not None:
-            self._archive.copy_sealed(self._wal.sealed_segments())
-        need = min(p["lsn"] for p in self._wal_pins(checkpoint_lsn))
-        keep = self.wal_keep_target()
-        segments = self._wal.segments()
-        sizes = [os.path.getsize(p) for p, _ in segments]
-        total = sum(sizes)
-        cut = None
-        for i in range(1, len(segments)):
-            if total <= keep:
-                break
-            first_of_next = segments[i][1]
-            if first_of_next > need:
-                break
-            total -= sizes[i - 1]
-            cut = first_of_next
-        if cut is not None:
-            self._wal.truncate_before(cut)
+        retention.truncate(self, checkpoint_lsn)
 
     def _checkpoint_loop(self, interval: float):
         while not self._stop.wait(interval):
