@@ -4,8 +4,11 @@
 touches again) in ARCHIVE, under the segment's own name (``{first_lsn:020d}.wal``), so a
 restore can replay any LSN after the oldest snapshot (engine/snapshot.py, point-in-time
 restore). Each copy is written like every file outside LMDB (STYLE.md "Durability"):
-``name.tmp``, fsync, rename, fsync the directory; a copy of the same name and size is
-already there and is not written again.
+``name.tmp``, fsync, rename, fsync the directory. A sealed segment never changes, so an
+archived copy is never overwritten: a file of the same name found in the archive counts as
+this segment's copy only if its bytes are equal; if they differ (another database's
+archive, or a restored database given its source's archive) the copy fails and is
+reported, and the segment stays in the WAL.
 
 The database copies (:meth:`WalArchive.copy_sealed`) at each checkpoint, after a snapshot
 and at a clean close (both seal the active segment first, so the archive then holds every
@@ -17,6 +20,7 @@ that segment and of every later one; the next copy that succeeds clears it.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import threading
 import time
@@ -34,7 +38,8 @@ class WalArchive:
     def __init__(self, directory):
         self.directory = os.path.abspath(os.fspath(directory))
         self._lock = threading.Lock()
-        self._copied: dict[str, int] = {}      # segment name -> bytes archived
+        self._copied: dict[str, int] = {}      # segment name -> bytes archived (checked)
+        self._found: dict[str, int] = {}       # in the archive at open, not compared yet
         self.error: str | None = None          # why the last copy failed (None: fine)
         self.error_at: float | None = None
         self.failures = 0                      # failed copies since open
@@ -44,9 +49,9 @@ class WalArchive:
     def _scan(self) -> None:
         try:
             for path, _ in _list_segments(self.directory):
-                self._copied[os.path.basename(path)] = os.path.getsize(path)
+                self._found[os.path.basename(path)] = os.path.getsize(path)
         except Exception:   # an unreadable archive: every copy is attempted (and reported)
-            self._copied.clear()
+            self._found.clear()
 
     def segments(self) -> list[tuple[str, int]]:
         """``(path, first_lsn)`` of every archived segment, oldest first."""
@@ -58,7 +63,13 @@ class WalArchive:
             size = os.path.getsize(path)
         except OSError:
             return False
-        return self._copied.get(os.path.basename(path)) == size
+        name = os.path.basename(path)
+        if name in self._found and name not in self._copied:
+            if self._found[name] == size and filecmp.cmp(
+                    path, os.path.join(self.directory, name), shallow=False):
+                self._copied[name] = size
+            del self._found[name]
+        return self._copied.get(name) == size
 
     def copy_sealed(self, sealed) -> int:
         """Copy each sealed ``(path, first_lsn)`` not yet archived, oldest first; stop at the
@@ -86,6 +97,9 @@ class WalArchive:
         name = os.path.basename(path)
         os.makedirs(self.directory, exist_ok=True)
         final = os.path.join(self.directory, name)
+        if os.path.exists(final):
+            raise OSError(f"the archive already holds a different {name} (another database's "
+                          "archive? a restored database needs its own); not overwritten")
         tmp = final + _TMP_SUFFIX
         size = 0
         with open(path, "rb") as src, open(tmp, "wb") as dst:

@@ -128,6 +128,26 @@ def test_a_failing_archive_copy_keeps_the_segments_and_is_reported_then_recovers
     assert lsns == list(range(first, db.engine.checkpoint_lsn + 1))
 
 
+def test_an_archived_copy_is_never_overwritten_by_another_databases_segment(tmp_path):
+    arch = tmp_path / "arch"
+    with _open(tmp_path / "a", arch) as db:
+        ns = db.create_namespace("docs", dim=DIM, metric="l2")
+        ns.upsert(["x"], np.ones((1, DIM), np.float32))
+    theirs = {n: (arch / n).read_bytes() for n in os.listdir(arch)}
+    with _open(tmp_path / "b", arch, wal_keep_bytes=0) as db:   # same LSNs, other bytes
+        ns = db.create_namespace("other", dim=DIM, metric="l2")
+        ns.upsert(["y", "z"], np.zeros((2, DIM), np.float32))
+        db.snapshot()                                           # seals: the copy is tried
+        err = db.wal_retention()["archive"]["error"]
+        assert err and "already holds a different" in err
+        db.checkpoint()
+        assert db.status().wal_first_lsn == 1                   # kept, not lost
+        assert db.health().find("wal_archive")[0].severity == "critical"
+    assert {n: (arch / n).read_bytes() for n in theirs} == theirs   # untouched
+    with _open(tmp_path / "a", arch) as db:                     # the owner still matches
+        assert db.wal_retention()["archive"]["error"] is None
+
+
 def test_wal_archive_inside_the_databases_own_wal_is_refused(tmp_path):
     with pytest.raises(sv.InvalidInput, match="wal_archive"):
         sv.open(tmp_path / "db", wal_archive=tmp_path / "db" / "wal" / "a")
