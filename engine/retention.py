@@ -129,25 +129,38 @@ def report(db) -> dict:
 
 def truncate(db, checkpoint_lsn: int) -> None:
     """Copy sealed segments to the archive, then remove the oldest segments while the WAL
-    exceeds :func:`keep_target`, never one holding a record some pin needs."""
-    if db._archive is not None:
-        db._archive.copy_sealed(db._wal.sealed_segments())
-    need = min(p["lsn"] for p in pins(db, checkpoint_lsn))
+    exceeds :func:`keep_target`, never one holding a record some pin needs. When every
+    record is below the pins and the active segment alone exceeds the target, it is sealed
+    first, so it can go too (else a 64 MiB segment would outlive a small database's data)."""
+    wal, archive = db._wal, db._archive
     keep = keep_target(db)
-    segs = db._wal.segments()
+    segs = wal.segments()
+    if segs and _sizes(segs[-1:])[0] > keep and wal.last_lsn < min(
+            p["lsn"] for p in pins(db, checkpoint_lsn) if p["kind"] != "archive"):
+        wal.seal()                              # archived just below, then removable
+    if archive is not None:
+        archive.copy_sealed(wal.sealed_segments())
+    need = min(p["lsn"] for p in pins(db, checkpoint_lsn))
+    segs = wal.segments()
     sizes = _sizes(segs)
+    sealed = {path for path, _ in wal.sealed_segments()}
     total = sum(sizes)
     cut = None
-    for i in range(1, len(segs)):
+    for i in range(1, len(segs) + 1):
         if total <= keep:
             break
-        first_of_next = segs[i][1]
+        if i < len(segs):
+            first_of_next = segs[i][1]
+        elif segs[-1][0] in sealed:             # the last one, sealed: ends at last_lsn
+            first_of_next = wal.last_lsn + 1
+        else:
+            break                               # the active segment stays
         if first_of_next > need:
             break
         total -= sizes[i - 1]
         cut = first_of_next
     if cut is not None:
-        db._wal.truncate_before(cut)
+        wal.truncate_before(cut)
 
 
 # -- named consumers -------------------------------------------------------------------------

@@ -454,14 +454,17 @@ class WriteAheadLog:
 
     def truncate_before(self, lsn: int) -> int:
         """Remove whole segments all of whose records have an LSN below *lsn* (never the
-        active segment); return how many were removed."""
+        active segment; the last one only once sealed by :meth:`seal`); return how many were
+        removed."""
         if isinstance(lsn, bool) or not isinstance(lsn, int):
             raise InvalidInput(f"lsn must be an int, got {lsn!r}")
         with self._cond:
             self._check_writable()
             removed = 0
-            # segment i holds LSNs below segment i+1's first LSN
-            while len(self._segs) >= 2 and self._segs[1][1] <= lsn:
+            # segment i holds LSNs below segment i+1's first LSN; a sealed last segment
+            # holds LSNs up to the last appended one
+            while (len(self._segs) >= 2 and self._segs[1][1] <= lsn) or (
+                    len(self._segs) == 1 and self._fd is None and self._last_lsn < lsn):
                 path = self._segs[0][0]
                 try:
                     os.unlink(path)

@@ -57,8 +57,8 @@ def test_default_wal_retention_is_sized_to_the_database_and_wal_keep_bytes_overr
         ns = db.create_namespace("docs", dim=DIM, metric="l2")
         _write(ns, 60)
         assert db.status().wal_segments > 3
-        db.checkpoint()                                 # nothing pins: one segment left
-        assert db.status().wal_segments == 1
+        db.checkpoint()                                 # nothing pins: every segment goes
+        assert db.status().wal_segments == 0
     with _open(tmp_path / "c") as db:                   # default: 16 MiB floor keeps it all
         ns = db.create_namespace("docs", dim=DIM, metric="l2")
         _write(ns, 60)
@@ -67,6 +67,33 @@ def test_default_wal_retention_is_sized_to_the_database_and_wal_keep_bytes_overr
     for bad in (-1, 1.5, "big", True):
         with pytest.raises(sv.InvalidInput, match="wal_keep_bytes"):
             sv.open(tmp_path / "d", wal_keep_bytes=bad)
+
+
+def test_the_active_segment_is_sealed_and_removed_when_it_alone_exceeds_the_tail(tmp_path):
+    """A 64 MiB segment must not outlive a small database's data: once every record is
+    checkpointed and unpinned, an active segment over the tail is sealed and removed."""
+    with sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False,
+                 wal_keep_bytes=1 << 20) as db:                 # default 64 MiB segments
+        ns = db.create_namespace("docs", dim=256, metric="l2")
+        X = np.random.default_rng(0).standard_normal((3000, 256)).astype(np.float32)
+        for i in range(0, 3000, 500):
+            ns.upsert(list(range(i, i + 500)), X[i:i + 500])
+        assert db.status().wal_segments == 1 and db.status().wal_bytes > 2 << 20
+        db.checkpoint()
+        assert db.status().wal_bytes == 0 and db.status().wal_first_lsn is None
+        ns.upsert([9999], X[:1])                        # the next write starts a segment
+        assert db.status().wal_first_lsn == db.lsn
+        with pytest.raises(sv.ChangeFeedGap):
+            db.changes(0)
+    with sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False) as db:
+        assert db.namespace("docs").count() == 3001
+        np.testing.assert_array_equal(db.namespace("docs").get([7], include=("vectors",))[0]
+                                      .vector, X[7])
+    with sv.open(tmp_path / "small", checkpoint_interval=0, auto_index=False) as db:
+        ns = db.create_namespace("docs", dim=256, metric="l2")  # default tail: 16 MiB
+        ns.upsert(list(range(500)), X[:500])
+        db.checkpoint()
+        assert db.status().wal_first_lsn == 1           # under the tail: kept for readers
 
 
 def test_a_named_consumer_holds_the_wal_until_it_moves_on(tmp_path):
@@ -89,7 +116,7 @@ def test_a_named_consumer_holds_the_wal_until_it_moves_on(tmp_path):
             db.changes(0)                               # an anonymous reader is not kept
         db.drop_consumer("indexer")
         db.checkpoint()
-        assert db.status().wal_segments == 1
+        assert db.status().wal_segments == 0
         with pytest.raises(sv.InvalidInput, match="not known"):
             db.drop_consumer("indexer")
 
@@ -173,7 +200,7 @@ def test_with_an_archive_snapshots_do_not_pin_the_wal(tmp_path):
         db.snapshot()
         _write(ns, 40, start=20)
         db.checkpoint()
-        assert db.status().wal_segments == 1
+        assert db.status().wal_segments == 0
         assert {p["kind"] for p in db.wal_retention()["pins"]} == {"checkpoint"}
 
 
