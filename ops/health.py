@@ -203,7 +203,33 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
     return findings, stats
 
 
-def retention_findings(status, consumers, t: HealthThresholds) -> list:
+def _restorable(snapshots, archive, now: float) -> Finding:
+    """Informational: the last snapshot's age and how far back a restore can go."""
+    if not snapshots:
+        return Finding("restorable_window", "ok", None, None, None,
+                       "no snapshots in <db>/snapshots: nothing to restore from",
+                       runbook("back-up-and-restore"))
+    oldest, newest = snapshots[0], snapshots[-1]
+    age = round(now - _epoch(newest.created_at), 1)
+    reach = (f"point-in-time restore reaches any LSN from {oldest.lsn} "
+             f"({oldest.created_at}) on through the WAL archive"
+             if archive is not None and archive["first_lsn"] is not None
+             and archive["first_lsn"] <= oldest.lsn + 1 else
+             f"restores reach the {len(snapshots)} snapshot LSN(s) "
+             f"{', '.join(str(s.lsn) for s in snapshots[-5:])}"
+             + ("" if archive is None else " (the archive does not reach back to them)"))
+    return Finding("restorable_window", "ok", None, age, None,
+                   f"last snapshot {age:.0f}s ago at LSN {newest.lsn}; {reach}",
+                   runbook("point-in-time-restore"))
+
+
+def _epoch(iso: str) -> float:
+    import datetime
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def retention_findings(status, consumers, t: HealthThresholds, db_snapshots=(),
+                       now: float = 0.0) -> list:
     """wal_retention (informational: what holds the WAL), consumer_lag, wal_archive."""
     ret = status.wal_retention or {}
     pins = ret.get("pins", [])
@@ -224,6 +250,7 @@ def retention_findings(status, consumers, t: HealthThresholds) -> list:
         + ("; it holds the WAL: catch it up or drop it (db.drop_consumer)"
            if grade("consumer_lag", lag, t) != "ok" else ""),
         runbook("wal-and-checkpoints")))
+    out.append(_restorable(db_snapshots, ret.get("archive"), now))
     archive = ret.get("archive")
     if archive is not None:
         failing = 1 if archive["error"] else 0
@@ -242,7 +269,7 @@ def storage_checks(db, t: HealthThresholds):
     info = db.info()
     findings = []
     status = db.status()
-    findings += retention_findings(status, db.consumers(), t)
+    findings += retention_findings(status, db.consumers(), t, db.snapshots(), time.time())
     if status.unapplied:
         findings.append(Finding(
             "unapplied_writes", "critical", None, status.unapplied, 0,

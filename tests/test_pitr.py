@@ -148,6 +148,23 @@ def test_an_archived_copy_is_never_overwritten_by_another_databases_segment(tmp_
         assert db.wal_retention()["archive"]["error"] is None
 
 
+def test_health_reports_the_last_snapshot_and_the_restorable_window(tmp_path):
+    with _open(tmp_path / "db", tmp_path / "arch") as db:
+        assert db.health().find("restorable_window")[0].value is None
+        ns = db.create_namespace("docs", dim=DIM, metric="l2")
+        ns.upsert(["a"], np.ones((1, DIM), np.float32))
+        first = db.snapshot()
+        ns.upsert(["b"], np.ones((1, DIM), np.float32))
+        db.snapshot()
+        f = db.health().find("restorable_window")[0]
+        assert f.severity == "ok" and 0 <= f.value < 60
+        assert f"any LSN from {first.lsn}" in f.message
+    with _open(tmp_path / "plain") as db:                       # no archive: snapshots only
+        db.create_namespace("docs", dim=DIM).upsert(["a"], np.ones((1, DIM), np.float32))
+        info = db.snapshot()
+        assert f"snapshot LSN(s) {info.lsn}" in db.health().find("restorable_window")[0].message
+
+
 def test_wal_archive_inside_the_databases_own_wal_is_refused(tmp_path):
     with pytest.raises(sv.InvalidInput, match="wal_archive"):
         sv.open(tmp_path / "db", wal_archive=tmp_path / "db" / "wal" / "a")
