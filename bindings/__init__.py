@@ -16,6 +16,8 @@ from simplevector.engine.namespace import Namespace
 from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
 from simplevector.engine.snapshot import restore as _restore
 from simplevector.engine.snapshot import sweep_restore_leftovers as _sweep_restore_leftovers
+from simplevector.engine.upgrade import UpgradeReport
+from simplevector.engine.upgrade import upgrade as _upgrade
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
 __version__ = "0.1.0"
@@ -63,6 +65,14 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
                     **ops_options)
 
 
+def upgrade(path, *, progress=None) -> UpgradeReport:
+    """Convert the database directory ``path`` from an older on-disk format (a copy is
+    built beside it, verified row by row, then swapped in; the old directory is kept as
+    ``<path>.format<N>-backup``). Every process must have closed it. A current database
+    is left alone (``report.backup is None``). See ``simplevector upgrade``."""
+    return _upgrade(path, progress=progress)
+
+
 def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
             wire: str = "json"):
     """A client of the SimpleVector server at ``url`` with the embedded API (see
@@ -96,6 +106,7 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
                     force=force)
 
 
-__all__ = ["open", "connect", "restore", "Database", "Limits", "Namespace", "Hit", "Record",
-           "NamespaceInfo", "VersionInfo", "Change", "SnapshotInfo", "RestoreReport",
+__all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "Database", "Limits",
+           "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo", "Change",
+           "SnapshotInfo", "RestoreReport",
            *_errors_all]

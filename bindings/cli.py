@@ -576,6 +576,28 @@ def restore(source, target, force, wal_archive, to_lsn, to_time, db_path, as_jso
     emit(data, as_json)
 
 
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@output_option
+def upgrade(path, as_json):
+    """Convert the database at PATH to this release's on-disk format: a copy is built
+    beside it and verified row by row, then swapped in; the old directory is kept as
+    PATH.format<N>-backup (delete it once you are satisfied). Close every process that
+    has the database open first."""
+    with _ProgressBar("converting rows") as bar:
+        report = sv.upgrade(path, progress=bar)
+    if report.backup is None:
+        emit({"path": report.path, "format_version": report.to_format,
+              "upgraded": False}, as_json)
+        return
+    with open_db(report.path):
+        pass                                # replay the copied WAL, write a checkpoint
+    emit({"path": report.path, "from_format": report.from_format,
+          "to_format": report.to_format, "backup": report.backup,
+          "versions": report.versions, "rows": report.rows,
+          "seconds": round(report.seconds, 3), "upgraded": True}, as_json)
+
+
 def _register_ops_commands():
     from simplevector.cli_ops import register
     register(main)

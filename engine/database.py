@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from . import indexer, retention, schema, segments, snapshot, validate
+from . import indexer, retention, schema, segments, snapshot, upgrade, validate
 from .apply import Applier, pack, unpack
 from .archive import WalArchive
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
@@ -120,6 +120,8 @@ class Database:
         self.observer_errors = 0
         self.observer_last_error: str | None = None
         self.ops_store = OpsStore(self)
+        if not self.readonly:
+            upgrade.finish_interrupted(self.path)   # an upgrade killed between its renames
         self._open_dirs()
         if not self.readonly:
             snapshot.sweep_tmp(self.path)   # half-made snapshots of a dead process
@@ -127,7 +129,7 @@ class Database:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
             self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly,
                                       segment_bytes=wal_segment_bytes)
-            self._applier = Applier(self._store)
+            self._applier = Applier(self._store, self.path, readonly=self.readonly)
             self._recover()
             self._handled_lsn = self._applied_lsn  # applied, or waiting in the backlog
             if self.wal_archive is not None and not self.readonly:
@@ -190,6 +192,8 @@ class Database:
             for lsn, payload in self._wal.iter_records(applier.applied_lsn):
                 applier.apply(lsn, unpack(payload))
                 self.replayed_records += 1
+            applier.remove_orphans()
+            segments.remove_others(self.path, applier.checkpoint_dir)
         with self._store.read() as txn:
             raw = txn.get(schema.META_CHECKPOINT_LSN, db=self._store.dbs[b"meta"])
             self.checkpoint_lsn = unpack(raw) if raw else 0
@@ -197,7 +201,7 @@ class Database:
         self._applied_lsn = applier.applied_lsn if self.readonly else self._last_lsn
 
     def _release_handles(self):
-        for name in ("_wal", "_store"):
+        for name in ("_applier", "_wal", "_store"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:
@@ -721,7 +725,13 @@ class Database:
                 return
             first = self._wal.first_lsn
             if first is None or first > self._applied_lsn + 1:
-                self._applier.load()           # the WAL no longer reaches back: reload
+                # the WAL no longer reaches back: start again from the writer's checkpoint
+                applier = self._applier
+                if not (applier.load_snapshot() and applier.applied_lsn <= target):
+                    applier.load()
+                for lsn, payload in self._wal.iter_records(applier.applied_lsn,
+                                                           upto_lsn=target):
+                    applier.apply(lsn, unpack(payload), persist=False)
             else:
                 for lsn, payload in self._wal.iter_records(self._applied_lsn, upto_lsn=target):
                     self._applier.apply(lsn, unpack(payload), persist=False)
@@ -729,34 +739,47 @@ class Database:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> int:
-        """Persist the in-memory state as segments at one LSN, flush LMDB, and drop WAL
-        segments nobody needs any more. Returns the checkpoint LSN."""
+        """Persist the derived state of every changed version as array bundles at one
+        LSN (engine/segments.py), flush the row files and LMDB, and drop WAL segments
+        nobody needs any more. Returns the checkpoint LSN."""
         self._check_writable()
         if self._backlog:
             self._drain_backlog()           # applied first where possible; never blocks
+        applier = self._applier
         with self._checkpoint_lock:
             with self._apply_cond:
                 applied = self._applied_lsn
-                snapshot = {"lsn": applied, "next_vid": self._applier.next_vid,
-                            "configs": [c.to_msg() for c in self._applier.configs.values()]}
-                dirty = {vid: (st.mutations, st.capture())
-                         for vid, st in self._applier.states.items()
-                         if st.mutations != st.checkpointed_mutations}
+                previous = applier.checkpoint_dir
+                snapshot = {"lsn": applied, "next_vid": applier.next_vid,
+                            "configs": [c.to_msg() for c in applier.configs.values()]}
+                dirty, clean = {}, []
+                for vid, st in applier.states.items():
+                    if (st.mutations == st.checkpointed_mutations and previous is not None
+                            and segments.has(self.path, previous, vid)):
+                        clean.append(vid)
+                    else:
+                        dirty[vid] = (st.mutations, st.capture())
             self._wal.sync(self._last_lsn)
-            named = {vid: segments.flatten(cap) for vid, (_, cap) in dirty.items()}
+            # every row the checkpoint counts is on disk before LMDB records it
+            applier.sync_rows()
+            name, _ = segments.write(self.path, applied, {v: c for v, (_, c) in dirty.items()},
+                                     previous, clean)
+            snapshot["dir"] = name
             dbs = self._store.dbs
 
             def txn_fn(txn):
-                for vid, values in named.items():
-                    segments.write(txn, dbs, vid, values)
                 txn.put(schema.META_SNAPSHOT, pack(snapshot), db=dbs[b"meta"])
                 txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=dbs[b"meta"])
             self._store.write_with_retry(txn_fn)
             self._store.sync()
             for vid, (mutations, _) in dirty.items():
-                state = self._applier.states.get(vid)
+                state = applier.states.get(vid)
                 if state is not None:
                     state.checkpointed_mutations = mutations
+                    # the state now rests on the new bundle: its tail holds later rows only
+                    state.rebase(*segments.read(self.path, name, vid))
+            applier.checkpoint_dir = name
+            segments.remove_others(self.path, name)
             self.checkpoint_lsn = applied
             self.checkpoint_time = time.time()
             self._truncate_wal(applied)

@@ -3,6 +3,7 @@
 Snapshot layout::
 
     <snapshot>/lmdb/data.mdb     a compacted copy of LMDB as of one LSN
+    <snapshot>/rows/<vid>.f32    each version's rows up to that LSN (no checkpoint bundles)
     <snapshot>/manifest.json     format, LSN, time, catalog, per-file SHA-256, fingerprint
 
 A snapshot is taken while reads and writes continue: under the writer's apply condition
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import schema
+from . import schema, segments
 from .apply import unpack
 from .archive import iter_archived
 from .errors import (ChangeFeedGap, ClosedError, CorruptionError, InvalidInput, StorageError,
@@ -165,18 +166,55 @@ def _catalog(txn, dbs) -> list:
     return sorted(out, key=lambda c: (c.name, c.version))
 
 
-def _rows(txn, dbs, config: VersionConfig):
-    """(external ids, float32 matrix) of a version's stored rows, in rowid order."""
+def _rows(txn, dbs, config: VersionConfig, rows_root: str):
+    """(external ids, float32 matrix) of a version's live rows, in rowid order, from the
+    row file under ``rows_root`` (a database or a snapshot directory)."""
     prefix = schema.vid_prefix(config.vid)
     extid_of = {}
     for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
         extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
-    ids, blobs = [], []
-    for key, value in schema.scan_prefix(txn, dbs[b"vectors"], prefix):
-        ids.append(extid_of.get(schema.rowid_of_key(key)))
-        blobs.append(bytes(value))
-    X = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), config.dim)
-    return ids, X
+    rowids = np.array(sorted(extid_of), dtype=np.int64)
+    n = _n_rows(txn, dbs, config.vid)
+    with open(segments.row_path(rows_root, config.vid), "rb") as f:
+        X = np.fromfile(f, dtype="<f4", count=n * config.dim).reshape(n, config.dim)
+    return [extid_of[r] for r in rowids.tolist()], X[rowids]
+
+
+def _n_rows(txn, dbs, vid: int) -> int:
+    raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
+    return schema.unpack_u64(raw) if raw else 0
+
+
+def _copy_rows(src: str, dst: str, nbytes: int) -> None:
+    """The first ``nbytes`` of a row file (rows below the snapshot's count never change)."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        left = nbytes
+        while left:
+            chunk = fin.read(min(left, 16 << 20))
+            if not chunk:
+                raise StorageError(f"row file {src} is shorter than the snapshot needs "
+                                   f"({nbytes} bytes)")
+            fout.write(chunk)
+            left -= len(chunk)
+
+
+def _drop_checkpoint_record(lmdb_dir: str) -> None:
+    """A snapshot carries no checkpoint bundles: its copy opens by rebuilding from its
+    rows, so the checkpoint record copied with LMDB must not point at the source's."""
+    import lmdb
+    env = lmdb.open(lmdb_dir, max_dbs=len(schema.SUBDBS) + 2, lock=False)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.delete(schema.META_SNAPSHOT, db=meta)
+            txn.delete(schema.META_CHECKPOINT_LSN, db=meta)
+        env.sync(True)
+    finally:
+        env.close()
+    lock = os.path.join(lmdb_dir, "lock.mdb")
+    if os.path.exists(lock):
+        os.unlink(lock)
 
 
 def probe_vectors(name: str, dim: int, n: int = FINGERPRINT_PROBES) -> np.ndarray:
@@ -201,12 +239,12 @@ def _exact_topk(X: np.ndarray, Q: np.ndarray, metric: str, k: int):
     return order, np.take_along_axis(D, order, axis=1)
 
 
-def _fingerprint(txn, dbs, configs) -> dict:
+def _fingerprint(txn, dbs, configs, rows_root: str) -> dict:
     out = {}
     for config in configs:
         if not config.live:
             continue
-        ids, X = _rows(txn, dbs, config)
+        ids, X = _rows(txn, dbs, config, rows_root)
         if not ids:
             continue
         k = min(FINGERPRINT_K, len(ids))
@@ -259,11 +297,14 @@ def take(db, path=None) -> SnapshotInfo:
             os.makedirs(os.path.join(tmp, "lmdb"))
             store.env.copy(os.path.join(tmp, "lmdb"), compact=True, txn=txn)
             configs = _catalog(txn, dbs)
+            for c in configs:
+                _copy_rows(segments.row_path(db.path, c.vid), segments.row_path(tmp, c.vid),
+                           _n_rows(txn, dbs, c.vid) * c.dim * 4)
             namespaces = [{"name": c.name, "version": c.version, "vid": c.vid, "live": c.live,
                            "dim": c.dim, "metric": c.metric, "model": c.model,
                            "index": c.index, "count": _count(txn, dbs, c.vid)}
                           for c in configs]
-            fingerprint = _fingerprint(txn, dbs, configs)
+            fingerprint = _fingerprint(txn, dbs, configs, tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -272,11 +313,15 @@ def take(db, path=None) -> SnapshotInfo:
     finally:
         reading.__exit__(None, None, None)
     try:
-        data_path = os.path.join(tmp, "lmdb", "data.mdb")
-        _fsync_file(data_path)
+        _drop_checkpoint_record(os.path.join(tmp, "lmdb"))
+        rels = ["lmdb/data.mdb"] + [f"{segments.ROWS_DIR}/{c.vid}.f32" for c in configs]
+        for rel in rels:
+            _fsync_file(os.path.join(tmp, rel))
         _fsync_dir(os.path.join(tmp, "lmdb"))
-        files = {"lmdb/data.mdb": {"sha256": _sha256(data_path),
-                                   "bytes": os.path.getsize(data_path)}}
+        if configs:
+            _fsync_dir(os.path.join(tmp, segments.ROWS_DIR))
+        files = {rel: {"sha256": _sha256(os.path.join(tmp, rel)),
+                       "bytes": os.path.getsize(os.path.join(tmp, rel))} for rel in rels}
         manifest = {"format": MANIFEST_FORMAT, "manifest_version": MANIFEST_VERSION,
                     "format_version": schema.FORMAT_VERSION, "lsn": lsn,
                     "created_at": _utc(created), "created_ts": created,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import simplevector as sv
+from simplevector.engine import schema
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _crash_child as child  # noqa: E402
@@ -485,27 +486,31 @@ def test_format_version_mismatch_raises_format_version_error(tmp_path):
     with pytest.raises(sv.FormatVersionError) as info:
         sv.open(path, checkpoint_interval=0)
     assert isinstance(info.value, sv.StorageError)
-    assert "99" in str(info.value) and "1" in str(info.value)
+    assert "99" in str(info.value) and str(schema.FORMAT_VERSION) in str(info.value)
     # the failed open left nothing locked
     env = lmdb.open(str(path / "lmdb"), max_dbs=16)
     with env.begin(write=True) as txn:
-        txn.put(b"format_version", msgpack.packb(1), db=env.open_db(b"meta", txn=txn))
+        txn.put(b"format_version", msgpack.packb(schema.FORMAT_VERSION),
+                db=env.open_db(b"meta", txn=txn))
     env.close()
     with sv.open(path, checkpoint_interval=0) as db:
         assert db.namespace("f").dim == 2
 
 
 def test_ingest_beyond_the_initial_lmdb_map_grows_it(tmp_path):
+    """Rows live in the row file; documents (here 500 bytes each, 100 MB in all) fill LMDB."""
     rng = np.random.default_rng(7)
     with sv.open(tmp_path / "db", durability="async", checkpoint_interval=0) as db:
-        ns = db.create_namespace("big", dim=128, metric="l2", index="flat")
+        ns = db.create_namespace("big", dim=8, metric="l2", index="flat")
         initial = db.info()["map_size"]
         assert initial == 64 << 20
         batch = 20_000
         for start in range(0, 200_000, batch):
-            X = rng.standard_normal((batch, 128), dtype=np.float32)
-            ns.upsert(list(range(start, start + batch)), X)
+            X = rng.standard_normal((batch, 8), dtype=np.float32)
+            ns.upsert(list(range(start, start + batch)), X,
+                      documents=[f"{i:08d}" + "d" * 492 for i in range(start, start + batch)])
         assert ns.count() == 200_000
+        assert ns.get(123_456).document.startswith("00123456")
         assert db.info()["map_size"] > initial
         last = ns.get([199_999], include=("vectors",))[0]
         np.testing.assert_array_equal(last.vector, X[-1])

@@ -298,10 +298,13 @@ def test_manifest_holds_lsn_catalog_checksums_and_fingerprint(tmp_path):
     assert manifest["lsn"] == info.lsn and manifest["created_at"] == info.created_at
     assert manifest["namespaces"][0]["model"] == "m@1.0.0"
     assert manifest["namespaces"][0]["count"] == 40
-    assert set(manifest["files"]) == {"lmdb/data.mdb"}
+    vid = manifest["namespaces"][0]["vid"]
+    assert set(manifest["files"]) == {"lmdb/data.mdb", f"rows/{vid}.f32"}
     assert len(manifest["files"]["lmdb/data.mdb"]["sha256"]) == 64
+    # the row file holds exactly the rows written up to the snapshot's LSN
+    assert manifest["files"][f"rows/{vid}.f32"]["bytes"] == 40 * DIM * 4
     assert len(manifest["fingerprint"]["docs"]["ids"]) == snapmod.FINGERPRINT_PROBES
-    assert sorted(os.listdir(info.path)) == ["lmdb", "manifest.json"]
+    assert sorted(os.listdir(info.path)) == ["lmdb", "manifest.json", "rows"]
 
 
 # --------------------------------------------------------------------------- CLI and runbook
