@@ -279,22 +279,36 @@ class Namespace:
     def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
                     all_alive):
         spec = index.spec
-        plan.index, nprobe, refine, kk = ivf_plan(
-            filtered=plan.matched is not None, matched=matched, k=k, nprobe=nprobe,
-            refine=refine, spec_nprobe=spec.default_nprobe(), spec_refine=spec.refine,
-            nlist=index.nlist, has_codes=bool(index.m))
-        plan.spec, plan.nprobe, plan.refine, plan.candidates = index.spec_text, nprobe, refine, kk
+        list_cost, code_cost = index.scan_costs()
+        choice = ivf_plan(
+            filtered=plan.matched is not None, matched=matched, live=view.live, k=k,
+            nprobe=nprobe, refine=refine, spec_nprobe=spec.default_nprobe(),
+            spec_refine=spec.refine, nlist=index.nlist, has_codes=bool(index.m), dim=index.dim,
+            list_cost=list_cost, code_cost=code_cost)
+        plan.index, plan.spec, plan.nprobe = choice.index, index.spec_text, choice.nprobe
+        plan.refine, plan.candidates, plan.reason = choice.refine, choice.candidates, choice.reason
+        plan.max_lists = choice.max_lists
         if plan.index == "flat-subset":
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
         if len(Q) == 1:
-            d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask, all_alive)
+            d, p, scanned, reached = index.search(view.X, Q[0], k, choice.max_lists,
+                                                  choice.refine, mask, all_alive,
+                                                  choice.min_lists)
             results = [(d, p)]
+            scanned, reached = np.array([scanned]), np.array([reached])
         else:
-            results = index.search_batch(view.X, Q, k, nprobe, refine, mask, all_alive)
+            D, I, scanned, reached = index.search_batch_padded(
+                view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
+            results = [(D[i][I[i] >= 0], I[i][I[i] >= 0]) for i in range(len(Q))]
+        plan.lists = float(np.mean(scanned)) if len(scanned) else 0.0
         want = min(k, matched)
-        short = [i for i, (d, _) in enumerate(results) if len(d) < want]
+        # short: the probed lists could not yield k matches; or a widened scan ran out of
+        # lists (max_lists < nlist) before it saw an unfiltered query's worth of matching
+        # rows, so its k may not be the nearest: both go exact
+        widened_short = choice.min_lists >= 0 and choice.max_lists < index.nlist
+        short = [i for i, (d, _) in enumerate(results)
+                 if len(d) < want or (widened_short and not reached[i])]
         if short:
-            # the probed lists could not yield k matches: go exact for those queries
             plan.index = "ivf+exact-fallback"
             if plan.matched is not None:
                 exact = self._search(view, Q[short], code, k, None, np.flatnonzero(mask))

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from .distances import distance
-from .ivfscan import _adc_one, _flat_batch_kernel, _flat_search_kernel, _probe_kernel
+from .ivfscan import _adc_one, _flat_one, _probe_kernel
 from .topk import heap_offer, heap_sort
 
 
@@ -75,55 +75,95 @@ def probe_and_count(q, centroids, nprobe, probe_metric, offsets, doffsets):
 
 @njit(cache=True, nogil=True)
 def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
-                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
+                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k,
+                     min_lists):
+    """(dist, pos, lists scanned, widening target reached) of one query; ``min_lists`` < 0
+    scans every probed list, else the widened filtered scan of :func:`.ivfscan.widen_target`.
+    """
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
-    size = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
-                    doffsets, mask, use_mask, scan_metric, hd, hi)
-    return _rerank(X, q, metric, hd, hi, size, k)
+    size, scanned, reached = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos,
+                                      dcodes, dpos, dorder, doffsets, mask, use_mask,
+                                      scan_metric, hd, hi, min_lists)
+    od, oi = _rerank(X, q, metric, hd, hi, size, k)
+    return od, oi, scanned, reached
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
                        dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk,
-                       k, nchunks):
+                       k, nchunks, min_lists):
+    """:func:`pq_search_serial` with the probed lists split across ``nchunks`` threads
+    (interleaved; a widened scan gives each chunk its share of ``min_lists``)."""
     HD = np.empty((nchunks, kk), np.float32)
     HI = np.empty((nchunks, kk), np.int64)
     sizes = np.zeros(nchunks, np.int64)
+    scanned = np.zeros(nchunks, np.int64)
+    reached = np.zeros(nchunks, np.bool_)
     for c in prange(nchunks):
         sub = np.ascontiguousarray(probes[c::nchunks])
-        sizes[c] = _adc_one(q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes, dpos,
-                            dorder, doffsets, mask, use_mask, scan_metric, HD[c], HI[c])
+        share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
+        sizes[c], scanned[c], reached[c] = _adc_one(
+            q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes, dpos, dorder, doffsets,
+            mask, use_mask, scan_metric, HD[c], HI[c], share)
     hd, hi, size = _merge(HD, HI, sizes, kk)
-    return _rerank(X, q, metric, hd, hi, size, k)
+    od, oi = _rerank(X, q, metric, hd, hi, size, k)
+    return od, oi, scanned.sum(), reached.all()
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, dcodes, dpos,
-                    dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k):
-    """Every query in parallel; (nq, k) results padded with +inf / -1."""
+                    dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k, min_lists):
+    """Every query in parallel; (nq, k) results padded with +inf / -1, and the lists each
+    query scanned, and whether each reached its widening target."""
     nq = Q.shape[0]
     D = np.full((nq, k), np.inf, np.float32)
     I = np.full((nq, k), -1, np.int64)
+    scanned = np.zeros(nq, np.int64)
+    reached = np.zeros(nq, np.bool_)
     for r in prange(nq):
         hd = np.empty(kk, np.float32)
         hi = np.empty(kk, np.int64)
-        size = _adc_one(Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, dcodes, dpos,
-                        dorder, doffsets, mask, use_mask, scan_metric, hd, hi)
+        size, scanned[r], reached[r] = _adc_one(
+            Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, dcodes, dpos, dorder,
+            doffsets, mask, use_mask, scan_metric, hd, hi, min_lists)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
             I[r, j] = oi[j]
-    return D, I
+    return D, I, scanned, reached
 
 
 @njit(cache=True, nogil=True)
 def flat_lists_serial(q, X, centroids, nprobe, probe_metric, offsets, pos, dpos, dorder,
-                      doffsets, mask, use_mask, metric, k):
+                      doffsets, mask, use_mask, metric, k, min_lists):
+    """IVF-Flat single query: probe ``nprobe`` lists, exact scan; (dist, pos, scanned,
+    reached)."""
     probes = _probe_kernel(q, centroids, nprobe, probe_metric)
-    return _flat_search_kernel(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask,
-                               use_mask, metric, k)
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size, scanned, reached = _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets,
+                                       mask, use_mask, metric, hd, hi, min_lists)
+    heap_sort(hd, hi, size)
+    return hd[:size].copy(), hi[:size].copy(), scanned, reached
 
 
-#: IVF-Flat batches need no fusing: probes come from BLAS, then one parallel scan.
-flat_lists_batch = _flat_batch_kernel
+@njit(cache=True, nogil=True, parallel=True)
+def flat_lists_batch(Q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask,
+                     metric, k, min_lists):
+    """IVF-Flat, every query in parallel (probes from BLAS): padded (nq, k), scanned,
+    reached."""
+    nq = Q.shape[0]
+    D = np.empty((nq, k), np.float32)
+    I = np.empty((nq, k), np.int64)
+    scanned = np.zeros(nq, np.int64)
+    reached = np.zeros(nq, np.bool_)
+    for r in prange(nq):
+        size, scanned[r], reached[r] = _flat_one(Q[r], X, probes[r], offsets, pos, dpos, dorder,
+                                                 doffsets, mask, use_mask, metric, D[r], I[r],
+                                                 min_lists)
+        heap_sort(D[r], I[r], size)
+        for j in range(size, k):
+            D[r, j] = np.inf
+            I[r, j] = -1
+    return D, I, scanned, reached

@@ -183,10 +183,26 @@ def _adc4(T, codes, r):
 
 
 @njit(cache=True, nogil=True)
+def widen_target(probes, offsets, doffsets, min_lists):
+    """Allowed rows a widened filtered scan must see: every row (sealed and delta) of the
+    first ``min_lists`` probed lists, i.e. as many candidates as the unfiltered query with
+    nprobe = ``min_lists`` scans. 0 when ``min_lists`` < 0 (no widening)."""
+    target = 0
+    for p in range(min(max(min_lists, 0), probes.shape[0])):
+        l = probes[p]
+        target += offsets[l + 1] - offsets[l] + doffsets[l + 1] - doffsets[l]
+    return target
+
+
+@njit(cache=True, nogil=True)
 def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
-             doffsets, mask, use_mask, metric, hd, hi):
+             doffsets, mask, use_mask, metric, hd, hi, min_lists=-1):
     """ADC scan of the probed lists (sealed rows then delta rows) into heap hd/hi; returns
-    the heap size (unsorted).
+    (heap size (unsorted), lists scanned, whether the widening target was reached).
+
+    ``min_lists`` < 0: scan every list in ``probes``. Otherwise a widened filtered scan
+    (:func:`widen_target`): after the first ``min_lists`` lists, stop at the first list
+    boundary where the allowed rows seen reach the rows those first lists hold.
 
     l2 tables: ``pre`` (nlist, m, ksub) from :func:`.adctables.precompute_l2_terms` selects
     the precomputed form (one query table per query, one table add per list); an empty
@@ -205,7 +221,13 @@ def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
     size = 0
     worst = np.float32(np.inf)
     base = np.float32(0.0)
+    target = widen_target(probes, offsets, doffsets, min_lists)
+    seen = 0
+    scanned = 0
     for p in range(probes.shape[0]):
+        if p >= min_lists >= 0 and seen >= target:
+            break
+        scanned += 1
         l = probes[p]
         if offsets[l] == offsets[l + 1] and doffsets[l] == doffsets[l + 1]:
             continue
@@ -228,6 +250,7 @@ def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
                 pr = pos[r + i]
                 if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                     continue
+                seen += 1
                 d = base + (s0 if i == 0 else s1 if i == 1 else s2 if i == 2 else s3)
                 if d > worst:
                     continue
@@ -238,6 +261,7 @@ def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
         while r < end:
             pr = pos[r]
             if not (use_mask and (pr >= mask.shape[0] or not mask[pr])):
+                seen += 1
                 d = base + _adc(T, codes[r])
                 if d <= worst:
                     size = heap_offer(hd, hi, size, k, d, pr)
@@ -249,28 +273,38 @@ def _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
             pr = dpos[r]
             if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
+            seen += 1
             d = base + _adc(T, dcodes[r])
             if d > worst:
                 continue
             size = heap_offer(hd, hi, size, k, d, pr)
             if size == k:
                 worst = hd[0]
-    return size
+    return size, scanned, seen >= target
 
 
 @njit(cache=True, nogil=True)
 def _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask, metric,
-              hd, hi):
-    """Exact scan of the probed lists into heap hd/hi; returns the heap size."""
+              hd, hi, min_lists=-1):
+    """Exact scan of the probed lists into heap hd/hi; returns (heap size, lists scanned,
+    target reached).
+    ``min_lists``: as in :func:`_adc_one`."""
     k = hd.shape[0]
     size = 0
     worst = np.float32(np.inf)
+    target = widen_target(probes, offsets, doffsets, min_lists)
+    seen = 0
+    scanned = 0
     for p in range(probes.shape[0]):
+        if p >= min_lists >= 0 and seen >= target:
+            break
+        scanned += 1
         l = probes[p]
         for r in range(offsets[l], offsets[l + 1]):
             pr = pos[r]
             if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
+            seen += 1
             d = distance(X[pr], q, metric)
             if d > worst:
                 continue
@@ -281,13 +315,14 @@ def _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask
             pr = dpos[dorder[t]]
             if use_mask and (pr >= mask.shape[0] or not mask[pr]):
                 continue
+            seen += 1
             d = distance(X[pr], q, metric)
             if d > worst:
                 continue
             size = heap_offer(hd, hi, size, k, d, pr)
             if size == k:
                 worst = hd[0]
-    return size
+    return size, scanned, seen >= target
 
 
 @njit(cache=True, nogil=True)
@@ -296,8 +331,8 @@ def _adc_search_kernel(q, centroids, codebooks, pre, probes, offsets, codes, pos
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     cbT = _transpose_codebooks(codebooks)
-    size = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos,
-                    dorder, doffsets, mask, use_mask, metric, hd, hi)
+    size, _, _ = _adc_one(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos,
+                          dorder, doffsets, mask, use_mask, metric, hd, hi)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
@@ -310,8 +345,8 @@ def _adc_batch_kernel(Q, centroids, codebooks, pre, probes, offsets, codes, pos,
     I = np.empty((nq, k), np.int64)
     cbT = _transpose_codebooks(codebooks)
     for r in prange(nq):
-        size = _adc_one(Q[r], centroids, cbT, pre, probes[r], offsets, codes, pos, dcodes,
-                        dpos, dorder, doffsets, mask, use_mask, metric, D[r], I[r])
+        size, _, _ = _adc_one(Q[r], centroids, cbT, pre, probes[r], offsets, codes, pos,
+                              dcodes, dpos, dorder, doffsets, mask, use_mask, metric, D[r], I[r])
         heap_sort(D[r], I[r], size)
         for j in range(size, k):
             D[r, j] = np.inf
@@ -324,8 +359,8 @@ def _flat_search_kernel(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask
                         metric, k):
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    size = _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask,
-                     metric, hd, hi)
+    size, _, _ = _flat_one(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask,
+                           use_mask, metric, hd, hi)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
@@ -337,8 +372,8 @@ def _flat_batch_kernel(Q, X, probes, offsets, pos, dpos, dorder, doffsets, mask,
     D = np.empty((nq, k), np.float32)
     I = np.empty((nq, k), np.int64)
     for r in prange(nq):
-        size = _flat_one(Q[r], X, probes[r], offsets, pos, dpos, dorder, doffsets, mask,
-                         use_mask, metric, D[r], I[r])
+        size, _, _ = _flat_one(Q[r], X, probes[r], offsets, pos, dpos, dorder, doffsets,
+                               mask, use_mask, metric, D[r], I[r])
         heap_sort(D[r], I[r], size)
         for j in range(size, k):
             D[r, j] = np.inf
