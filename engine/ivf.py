@@ -105,7 +105,7 @@ class IVFIndex:
         # cosine had a 4x larger largest list and scanned 60-95% more codes per query)
         self.list_metric = IP if metric == IP else L2
         self._cbT = (None if self.codebooks is None
-                     else ivfscan._transpose_codebooks(self.codebooks))
+                     else pq_k.transpose_codebooks(self.codebooks))
         # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
         # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
         # every construction (training and reopen), never stored

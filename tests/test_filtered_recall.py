@@ -173,3 +173,25 @@ def test_recall_probe_measures_filtered_queries_against_exact_over_matching_rows
     assert result.recall >= plain.recall - TOLERANCE
     assert db.latest_probes()["v"].where is None     # the unfiltered probe stays the latest
     assert ProbeResult.from_dict(result.to_dict()) == result
+
+
+def test_probe_command_measures_a_filtered_probe(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from simplevector.cli import main
+    rng = np.random.default_rng(15)
+    with sv.open(tmp_path / "db") as db:
+        ns = db.create_namespace("items", dim=4, metric="l2")
+        ns.upsert(list(range(300)), rng.standard_normal((300, 4)).astype(np.float32),
+                  metadata=[{"even": i % 2 == 0} for i in range(300)])
+    out = CliRunner().invoke(main, ["probe", "items", "--db", str(tmp_path / "db"), "--where",
+                                    '{"even": true}', "--samples", "20", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["where"] == {"even": True} and data["matched"] == 150
+    assert data["recall"] == 1.0 and data["plan"] == "flat"
+    bad = CliRunner().invoke(main, ["probe", "items", "--db", str(tmp_path / "db"), "--where",
+                                    "{nope"])
+    assert bad.exit_code != 0 and "not valid JSON" in bad.output
