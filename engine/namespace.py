@@ -266,8 +266,7 @@ class Namespace:
         ids = np.full(P.shape, None, dtype=object)
         keep = P >= 0
         if keep.any():
-            extids = state.extids
-            ids[keep] = [extids[p] for p in P[keep].tolist()]
+            ids[keep] = state.extids_at(P[keep])
         plan.seconds["fetch"] = time.perf_counter() - t3
         self._db._notify_query(self.name, plan, Q)
         return (D, ids, plan) if explain else (D, ids)
