@@ -344,6 +344,7 @@ async def query(request):
                                     "exact", "explain"))
     if "vectors" not in data:
         raise InvalidInput("query needs 'vectors' in the body")
+    _numeric_or_raise(data["vectors"], "query vectors")
     ns = await _call(_namespace, request)
     explain = data.get("explain", False)
     out = await _call(ns.query, data["vectors"],
@@ -369,6 +370,19 @@ async def index_info(request):
     """The live index: spec, training, list sizes."""
     ns = await _call(_namespace, request)
     return _encode(request, await _call(ns.index_info))
+
+
+def _numeric_or_raise(value, what: str) -> None:
+    """InvalidInput for a value numpy cannot read as an array (ragged rows, nested junk):
+    the engine's query reads the input's shape before validating it, and would answer 500
+    (found by schemathesis, tests/test_fuzz.py)."""
+    if isinstance(value, np.ndarray):
+        return
+    try:
+        np.ndim(value)
+    except (ValueError, TypeError) as e:
+        raise InvalidInput(f"{what} could not be read as a vector or a matrix of numbers: "
+                           f"{e}") from None
 
 
 def _count(ids) -> int:
@@ -449,45 +463,9 @@ ROUTES = [
 
 
 def openapi_document() -> dict:
-    """An OpenAPI 3.1 document built from :data:`ROUTES`."""
-    paths: dict = {}
-    error = {"description": "a SimpleVector error",
-             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    for path, method, endpoint, op_id in ROUTES:
-        params = []
-        if "{name}" in path:
-            params.append({"name": "name", "in": "path", "required": True,
-                           "schema": {"type": "string"}})
-            params.append({"name": "version", "in": "query", "required": False,
-                           "schema": {"type": "integer", "minimum": 1}})
-        if "{key_id}" in path:
-            params.append({"name": "key_id", "in": "path", "required": True,
-                           "schema": {"type": "string"}})
-        op = {"operationId": op_id, "summary": (endpoint.__doc__ or "").strip(),
-              "parameters": params,
-              "responses": {"200": {"description": "OK"}, "4XX": error, "5XX": error}}
-        if PERMISSIONS[op_id][0] is None:
-            op["security"] = []
-        if method == "POST":
-            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}},
-                                             MSGPACK: {"schema": {"type": "object"}}}}
-        paths.setdefault(path, {})[method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "SimpleVector", "version": sv.__version__},
-        "paths": paths,
-        "security": [{"bearer": []}],
-        "components": {
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "an API key from `simplevector keys create`; needed once the "
-                               "database has any key"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"},
-                    "hint": {"type": ["string", "null"]}}}}}}},
-    }
+    """An OpenAPI 3.1 document built from :data:`ROUTES` (:mod:`simplevector._openapi`)."""
+    from simplevector._openapi import build
+    return build(ROUTES, PERMISSIONS, sv.__version__, MSGPACK)
 
 
 # -- errors: the one place the error tree becomes HTTP ------------------------------------------
@@ -496,8 +474,11 @@ def _error_response(request: Request, exc: Exception) -> Response:
         return _encode(None, {"error": exc.to_dict()}, exc.http_status)
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _encode(None, {"error": {"code": code, "message": str(exc.detail),
-                                        "hint": None}}, exc.status_code)
+        response = _encode(None, {"error": {"code": code, "message": str(exc.detail),
+                                            "hint": None}}, exc.status_code)
+        for name, value in (exc.headers or {}).items():     # Allow on a 405
+            response.headers[name] = value
+        return response
     return _encode(None, {"error": {"code": "internal", "message": "internal server error",
                                     "hint": "see the server log"}}, 500)
 
