@@ -92,12 +92,12 @@ def keys_list(db_path, as_json):
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", metavar="KEY")
 @db_option()
 @audit_dir_option
 @output_option
 def keys_revoke(key_id, db_path, audit_dir, as_json):
-    """Revoke the key KEY_ID (from `keys list`); requests with it get 401 from then on."""
+    """Revoke KEY (its id, or its --name when one key has it); it then gets 401."""
     with open_db(db_path, must_exist=True) as db:
         key = KeyStore(db).revoke(key_id)
     _cli_audit(db_path, audit_dir, {"action": "revoke_key", "revoked_key_id": key.id})

@@ -180,7 +180,8 @@ class KeyStore:
         return f"{KEY_PREFIX}{key_id}_{secret}", key
 
     def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
-        """Revoke ``key_id`` (idempotent: a revoked key keeps its first revocation time)."""
+        """Revoke ``key_id`` (an id, or a name that names one key); idempotent: a revoked
+        key keeps its first revocation time."""
         key = self.get(key_id)
         if key.revoked is None:
             rec = key._record()
@@ -191,12 +192,19 @@ class KeyStore:
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, key_id: str) -> ApiKey:
-        rec = self.db.ops_store.get(STORE_PREFIX + str(key_id)) if isinstance(
+        """The key with id ``key_id``, or else the one key whose ``name`` it is."""
+        rec = self.db.ops_store.get(STORE_PREFIX + key_id) if isinstance(
             key_id, str) and re.fullmatch(r"[0-9a-f]{12}", key_id) else None
-        if rec is None:
-            raise InvalidInput(f"key id {key_id!r} is not known; expected one of the ids "
-                               f"`simplevector keys list` shows")
-        return _from_record(rec)
+        if rec is not None:
+            return _from_record(rec)
+        named = [k for k in self.list() if k.name is not None and k.name == key_id]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise InvalidInput(f"key name {key_id!r} names {len(named)} keys "
+                               f"({', '.join(k.id for k in named)}); give the id instead")
+        raise InvalidInput(f"key {key_id!r} is not known; expected an id or a name that "
+                           f"`simplevector keys list` shows")
 
     def list(self) -> list:
         """Every key (active, expired, revoked), oldest first."""

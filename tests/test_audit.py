@@ -246,3 +246,27 @@ def test_a_failing_audit_write_answers_500_not_ok(served, monkeypatch):
     with TestClient(create_app(db, audit=log), raise_server_exceptions=False) as http:
         r = http.post("/v1/namespaces", json={"name": "d", "dim": 2})
     assert r.status_code == 500 and r.json()["error"]["code"] == "storage_error"
+
+
+def test_runbook_api_keys_and_audit_commands_run_as_written(tmp_path, monkeypatch):
+    import re
+    import shlex
+    import pathlib
+    monkeypatch.chdir(tmp_path)
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
+    body = text.split("## API keys and the audit log", 1)[1].split("\n## ", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0]) for block in
+                re.findall(r"```sh\n(.*?)```", body, re.S) for line in block.splitlines()
+                if line.split("#", 1)[0].strip()]
+    assert len(commands) >= 6
+    outputs = []
+    for argv in commands:
+        assert argv[0] == "simplevector"
+        result = CliRunner().invoke(main, argv[1:])
+        assert result.exit_code == 0, (argv, result.output, result.exception)
+        outputs.append(result.stdout)
+    with sv.open("data", readonly=True, checkpoint_interval=0) as db:
+        states = {k.name: k.state() for k in db.keys.list()}
+    assert states == {"ops-admin": "active", "ingest": "revoked"}
+    assert [e["action"] for e in json.loads(outputs[5])] == ["revoke_key"]
+    assert verify("data/audit").ok

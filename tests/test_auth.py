@@ -98,6 +98,15 @@ def test_revoking_an_unknown_id_is_invalid_input(db):
         db.keys.revoke("0123456789ab")
 
 
+def test_revoke_by_a_unique_name_and_not_by_an_ambiguous_one(db):
+    _, one = db.keys.create("reader", name="ingest")
+    assert db.keys.revoke("ingest").id == one.id and db.keys.get(one.id).state() == "revoked"
+    db.keys.create("reader", name="twice")
+    db.keys.create("reader", name="twice")
+    with pytest.raises(sv.InvalidInput, match="names 2 keys"):
+        db.keys.revoke("twice")
+
+
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400),
                                           ("45s", 45), ("2w", 14 * 86400), ("10", 10)])
 def test_parse_duration(text, seconds):
