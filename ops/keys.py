@@ -17,9 +17,9 @@ versions, promote, keys, snapshots, migrations). A key with ``namespaces`` may t
 those namespaces; database-wide routes (``changes``, ``lsn``, ``health``, ``latency``,
 ``/metrics``, keys) need an unscoped key, and ``list_namespaces`` shows only its namespaces.
 
-Rate limits per key (429 with ``Retry-After``) belong to ops/ratelimit.py (another step): the
-server calls :data:`RATE_LIMIT_HOOK`-style ``limiter.check(principal, action)`` after
-authorisation when one is configured (see ``simplevector.server.create_app(rate_limiter=)``).
+Rate limits per key (429 with ``Retry-After``) belong to ops/ratelimit.py (another step):
+``simplevector.server.create_app(db, rate_limiter=...)`` calls ``rate_limiter.check(principal,
+operation_id)`` after authorisation; a :class:`Principal`'s ``key_id`` is the bucket's key.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class ApiKey:
         d["state"] = self.state()
         return d
 
-    def _record(self) -> dict:
+    def record(self) -> dict:
+        """The stored form (with the digest, never the secret)."""
         d = asdict(self)
         d["namespaces"] = None if self.namespaces is None else list(self.namespaces)
         return d
@@ -176,7 +177,7 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         key = ApiKey(id=key_id, role=role, namespaces=scope, created=now, expires=until,
                      name=name, digest=_digest(secret))
-        self.db.ops_store.put(STORE_PREFIX + key_id, key._record())
+        self.db.ops_store.put(STORE_PREFIX + key_id, key.record())
         return f"{KEY_PREFIX}{key_id}_{secret}", key
 
     def revoke(self, key_id: str, *, now: float | None = None) -> ApiKey:
@@ -184,7 +185,7 @@ class KeyStore:
         key keeps its first revocation time."""
         key = self.get(key_id)
         if key.revoked is None:
-            rec = key._record()
+            rec = key.record()
             rec["revoked"] = time.time() if now is None else now
             self.db.ops_store.put(STORE_PREFIX + key.id, rec)
             key = _from_record(rec)
