@@ -370,3 +370,25 @@ class KeyStoreOpen:
 
     def __exit__(self, *exc):
         self.db.close()
+
+
+def test_the_rate_limit_hook_sees_each_authorised_request_and_its_error_is_answered(tmp_path):
+    seen = []
+
+    class Limiter:                      # the interface ops/ratelimit.py plugs into
+        def check(self, principal, operation_id):
+            seen.append((principal.key_id, operation_id))
+            if len(seen) > 2:
+                raise sv.LimitExceeded("over the rate", limit="requests", maximum=2,
+                                       actual=len(seen))
+    with sv.open(tmp_path / "db", checkpoint_interval=0) as d:
+        text, key = d.keys.create("reader")
+        with TestClient(create_app(d, rate_limiter=Limiter())) as http:
+            auth = {"Authorization": f"Bearer {text}"}
+            assert http.get("/healthz").status_code == 200           # open: not limited
+            assert http.get("/v1/lsn", headers=auth).status_code == 200
+            assert http.get("/v1/namespaces", headers=auth).status_code == 200
+            r = http.get("/v1/lsn", headers=auth)
+            assert r.status_code == sv.LimitExceeded.http_status
+            assert http.get("/v1/lsn").status_code == 401             # refused before the hook
+    assert seen == [(key.id, "lsn"), (key.id, "list_namespaces"), (key.id, "lsn")]

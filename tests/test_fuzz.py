@@ -23,7 +23,7 @@ from simplevector.server import ROUTES, create_app
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-EXAMPLES = 40
+EXAMPLES = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 OPERATIONS = [f"{method} {path}" for path, method, _, _ in ROUTES if path != "/openapi.json"]
