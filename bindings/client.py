@@ -2,7 +2,7 @@
 
 :class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
 (namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
-rows), ``metrics_text``) and
+rows), ``metrics_text``, ``keys`` (the server's API keys, for an admin key)) and
 :class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
 ``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
 arguments, return types and exceptions. Differences, by decision:
@@ -14,6 +14,9 @@ arguments, return types and exceptions. Differences, by decision:
 - A RemoteNamespace keeps the ``version``/``dim``/``metric``/``model``/``index``/``live``
   it had when it was fetched; a handle on the live version (``namespace(name)``) still
   addresses whatever version is live at each call, like the embedded one.
+
+``api_key`` is sent as ``Authorization: Bearer <key>``; a missing or refused key raises
+AuthenticationError (401), a key without the right PermissionDenied (403).
 
 Errors arrive as ``{"error": {"code", "message", "hint"}}`` and are raised as the class
 :func:`error_class_for_code` names (same message and hint). Only idempotent calls (GETs and
