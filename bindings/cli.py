@@ -604,6 +604,8 @@ def _register_ops_commands():
     register(main)
     from simplevector.cli_server import register as register_server
     register_server(main)
+    from simplevector.cli_security import register as register_security
+    register_security(main)
 
 
 _register_ops_commands()

@@ -405,6 +405,13 @@ class ObservedDatabase:
         self._check_open()
         return self._alerts.events(since)
 
+    @property
+    def keys(self):
+        """The API keys of this database (:class:`simplevector.ops.keys.KeyStore`):
+        ``create(role, namespaces=, expires=)``, ``list()``, ``revoke(id)``."""
+        from simplevector.ops.keys import KeyStore
+        return KeyStore(self)
+
     def capacity(self):
         """Growth rate and days until the map, the disk or the memory budget is full."""
         self._check_open()
