@@ -235,7 +235,10 @@ class Namespace:
         fixed-shape arrays (no per-hit objects).
         """
         include = validate.include_value(include)
-        single = np.ndim(vectors) == 1
+        try:
+            single = np.ndim(vectors) == 1
+        except (ValueError, TypeError):     # ragged rows: the validation below names them
+            single = False
         t0 = time.perf_counter()
         state, view, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact,
                                                        t0)
