@@ -14,6 +14,8 @@ from simplevector.engine.namespace import Namespace
 from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
 from simplevector.engine.snapshot import restore as _restore
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
+from simplevector.ops.embeddings import EmbeddingFunction
+from simplevector import embeddings  # noqa: E402  (simplevector.embeddings adapters)
 
 __version__ = "0.1.0"
 
@@ -71,4 +73,4 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
 
 __all__ = ["open", "connect", "restore", "Database", "Limits", "Namespace", "Hit", "Record",
            "NamespaceInfo", "VersionInfo", "Change", "SnapshotInfo", "RestoreReport",
-           *_errors_all]
+           "EmbeddingFunction", "embeddings", *_errors_all]
