@@ -9,9 +9,15 @@ Keys are built only by the helpers below so that the layout is written down once
 | ids       | vid + encoded external id            | rowid (u64 BE)                             |
 | vectors   | vid + rowid (u64 BE)                 | raw little-endian float32, dim values      |
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
+|           |                                      | or [id, metadata, document, provenance]    |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
 | segments  | vid + b":" + segment name            | one array or msgpack blob of a checkpoint  |
 | ops       | utf-8 key chosen by the ops layer    | msgpack (histogram totals, alert events)   |
+
+A row has a record when it has metadata, a document or provenance (a small msgpack map the
+ops layer gives ``upsert(..., provenance=)``: content hash, model, embedded-at time, source
+``updated_at``), written in the same transaction as its vector; 3-element records (no
+provenance) stay valid.
 
 A namespace alias (name -> live version) is part of each version's config (``live``),
 so promotion rewrites two catalog rows in one transaction.
