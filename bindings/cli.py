@@ -553,6 +553,8 @@ def _register_ops_commands():
     register(main)
     from simplevector.cli_server import register as register_server
     register_server(main)
+    from simplevector.cli_fresh import register as register_fresh
+    register_fresh(main)
 
 
 _register_ops_commands()
