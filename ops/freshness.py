@@ -9,8 +9,9 @@ progress, and an ETA for the backlog from the embedding rate the ledger measured
 
 The per-row figures come from one scan of the version's records, cached per (version, LSN).
 The health report turns them into findings ``stale_model``, ``stale_age`` and
-``source_drift`` (graded by ops/thresholds.py, so the default alert rules watch them), plus
-``budget``, ``cost_spike`` and the informational ``freshness_backlog`` and ``migration``.
+``source_drift``, ``freshness_backlog`` (the backlog's ETA) (graded by ops/thresholds.py,
+so the default alert rules watch them), plus ``budget``, ``cost_spike`` and the
+informational ``migration``.
 """
 
 from __future__ import annotations
@@ -146,14 +147,16 @@ def health_checks(db, t):
             f"{ns} v{r.version}: {r.source_changed} rows whose source changed after they "
             f"were embedded ({r.pending} pending re-embeds)", runbook("source-drift"),
             r.version))
-        if r.backlog:
-            eta = "unknown (no embedding rate measured yet)" if r.eta_seconds is None else \
-                f"{r.eta_seconds:.0f}s at {r.embed_rate:.1f} texts/s"
-            findings.append(Finding(
-                "freshness_backlog", "info", ns, r.backlog, None,
-                f"{ns}: {r.backlog} rows to (re-)embed ({r.pending} pending, "
-                f"{r.stale_model} by another model, {r.migration_remaining} to back-fill); "
-                f"ETA {eta}", runbook("source-drift"), r.version))
+        eta = None if r.eta_seconds is None else round(r.eta_seconds, 3)
+        rate = "no embedding rate measured yet" if r.embed_rate is None else \
+            f"{r.embed_rate:.1f} texts/s"
+        findings.append(Finding(
+            "freshness_backlog", grade("freshness_backlog", eta, t) if r.backlog else "ok",
+            ns, eta, t.backlog_eta_warning,
+            f"{ns}: {r.backlog} rows to (re-)embed ({r.pending} pending, {r.stale_model} by "
+            f"another model, {r.migration_remaining} to back-fill); ETA "
+            f"{'unknown' if eta is None else f'{eta:.0f}s'} at {rate}",
+            runbook("source-drift"), r.version))
         if r.migration is not None:
             findings.append(Finding(
                 "migration", "info", ns, r.migration, None,

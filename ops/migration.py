@@ -153,16 +153,24 @@ class Migration:
 
     def dual_write(self, ids, metas, docs, updated, *, report=None, wait=True) -> int:
         """Write ``ids`` (with their metadata, documents and source times) to the version
-        that is not live, embedded with its model. Rows without a document, or all rows when
-        that model's function is not attached here, are removed from it instead (the
-        verification pass of run() re-embeds them). Returns rows written."""
+        that is not live, embedded with its model. Rows without a document are removed from
+        it (their content cannot be embedded by the other model). When that model's
+        function is not attached in this process the rows stay as they were there and are
+        counted in ``mirror_behind`` (run()'s verification pass re-embeds them before
+        promotion). Returns rows written."""
         if not self.active:
             return 0
         with self.lock:
             ns, fn, model = self._mirror()
-            keep = [i for i, d in enumerate(docs) if d is not None] if fn is not None else []
-            drop = [ids[i] for i in range(len(ids)) if i not in set(keep)]
-            if drop:
+            if fn is None:
+                # cannot embed here: the mirror keeps its older row, counted as behind
+                # (run()'s verification pass re-embeds it; rollback() says so)
+                self.doc["mirror_behind"] = self.doc.get("mirror_behind", 0) + len(ids)
+                self.save()
+                return 0
+            keep = [i for i, d in enumerate(docs) if d is not None]
+            drop = [ids[i] for i in range(len(ids)) if docs[i] is None]
+            if drop:                        # no text to embed: the old content is gone
                 ns.delete(ids=drop)
             if not keep:
                 return 0
@@ -215,7 +223,8 @@ class Migration:
         out = {key: d.get(key) for key in (
             "namespace", "seq", "state", "from_version", "to_version", "from_model",
             "to_model", "index", "cursor", "cursor_done", "rows_done", "embedded", "skipped",
-            "tokens", "cost", "batches", "not_migratable", "not_migratable_ids", "created",
+            "tokens", "cost", "batches", "not_migratable", "not_migratable_ids", "mirror_behind",
+            "created",
             "updated", "shadow", "plan")}
         out["dual_write"] = self.active
         out["remaining"] = self.remaining()
@@ -260,10 +269,11 @@ class Migration:
             self.save()
         return self.status()
 
-    def _backfill(self, fn, page, wait) -> int:
-        """Embed and write the rows of ``page`` the new version lacks; returns texts embedded."""
+    def _backfill(self, fn, page, wait, new=None) -> int:
+        """Embed and write the rows of ``page`` that ``new`` (default: the new version)
+        lacks with ``fn``'s hash of their text; returns texts embedded."""
         model = fn.model
-        new = self._new()
+        new = self._new() if new is None else new
         todo, missing = [], []
         if page:
             have = new.provenance([r.id for r in page])
@@ -307,24 +317,28 @@ class Migration:
             if cursor is None:
                 return n
 
-    def _verify(self, fn, batch_size, wait) -> None:
-        """Every old row with text is in the new version with the new model's hash of its
-        current text (re-embedding what is not); rows only the new version has are removed."""
+    def _verify(self, fn, batch_size, wait, source=None, target=None) -> None:
+        """Every row of ``source`` (default: the old version) with text is in ``target``
+        (default: the new one) with ``fn``'s hash of its current text (re-embedding what is
+        not); rows only ``target`` has are removed."""
+        source = self._old if source is None else source
+        target = self._new if target is None else target
         cursor = None
-        old_ids = set()
+        seen = set()
         while True:
             with self.lock:
-                page, cursor = self._old().scan(after=cursor, limit=batch_size)
-                old_ids.update(r.id for r in page)
-                self._backfill(fn, page, wait)
+                page, cursor = source().scan(after=cursor, limit=batch_size)
+                seen.update(r.id for r in page)
+                self._backfill(fn, page, wait, new=target())
             if cursor is None:
                 break
         with self.lock:
-            new = self._new()
-            extra = [i for i in new.ids() if i not in old_ids]
+            tgt = target()
+            extra = [i for i in tgt.ids() if i not in seen]
             for start in range(0, len(extra), 1000):
-                new.delete(ids=extra[start:start + 1000])
+                tgt.delete(ids=extra[start:start + 1000])
             self.doc["not_migratable"] = self._count_missing()
+            self.doc["mirror_behind"] = 0
         self.save()
 
     # -- shadow ---------------------------------------------------------------------------------
@@ -405,9 +419,23 @@ class Migration:
             self._set_state("promoted", "forced" if force else "")
         return self.status()
 
-    def rollback(self) -> dict:
-        """Point the namespace back at the old version (atomic); dual-write continues."""
+    def rollback(self, *, batch_size: int = 256, wait: bool = True) -> dict:
+        """Point the namespace back at the old version (atomic); dual-write continues.
+
+        With the old model's function attached, a catch-up pass first re-embeds into the
+        old version whatever changed while the new one was live and it missed (normally
+        nothing: dual-write kept it current). Without it, a rollback with writes the old
+        version missed (``status()["mirror_behind"]``) raises MigrationError."""
         self._need("promoted")
+        old_fn = self.db.embedding_for(self.namespace, self.doc["from_model"])
+        if old_fn is None and self.doc.get("mirror_behind"):
+            raise MigrationError(
+                f"{self.doc['mirror_behind']} writes reached only the new version of "
+                f"{self.namespace!r} while {self.doc['from_model']} was not attached",
+                hint=f"attach it (db.namespace({self.namespace!r}, version="
+                     f"{self.from_version}, embedding=old_fn)), then roll back")
+        if old_fn is not None:
+            self._verify(old_fn, batch_size, wait, source=self._new, target=self._old)
         with self.lock:
             self.db.promote(self.namespace, self.from_version)
             self._set_state("rolled_back")

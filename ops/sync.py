@@ -216,14 +216,17 @@ def sync(tns, records, *, mode: str = "incremental", source_key: str | None = No
                     seen_sources.add(_hashable(meta[source_key]))
         hashes = [content_hash(rows[i][0], rows[i][1], fn.model) for i in ids]
         stored = eng.provenance(ids)
-        exists = eng.get(ids, include=())
+        # a row without provenance may still exist (a plain upsert): look those up
+        unknown = [extid for extid, prov in zip(ids, stored) if prov is None]
+        absent = {extid for extid, rec in zip(unknown, eng.get(unknown, include=()))
+                  if rec is None} if unknown else set()
         changed = []
-        for extid, digest, prov, rec in zip(ids, hashes, stored, exists):
-            if prov is not None and prov.get("h") == digest and rec is not None:
+        for extid, digest, prov in zip(ids, hashes, stored):
+            if prov is not None and prov.get("h") == digest:
                 report.unchanged += 1
                 pending.discard(extid)
             else:
-                changed.append((extid, digest, rec is not None))
+                changed.append((extid, digest, extid not in absent))
         if changed:
             try:
                 _write_changed(db, tns, eng, fn, rows, changed, report, wait)

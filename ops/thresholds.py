@@ -60,6 +60,7 @@ class HealthThresholds:
     source_drift_warning: int = 0           # rows whose source changed after embedding
     freshness_max_age: float = 30 * 86400.0  # seconds after which a row counts as old
     stale_age_warning: float = 0.25         # share of rows older than freshness_max_age
+    backlog_eta_warning: float = 3600.0     # seconds to embed the backlog at the measured rate
     # costs (ops/costs.py)
     budget_warning: float = 0.8             # share of a budget used in its period
     budget_critical: float = 1.0
@@ -141,6 +142,9 @@ TABLE = (
     Threshold("stale_age_ratio", "stale_age", "above", "stale_age_warning", None,
               "rows_too_old", "source-drift",
               "share of rows embedded longer than freshness_max_age ago"),
+    Threshold("backlog_eta_seconds", "freshness_backlog", "above", "backlog_eta_warning", None,
+              "backlog_slow", "source-drift",
+              "seconds to embed the freshness backlog at the measured embedding rate"),
     Threshold("budget_used_ratio", "budget", "above", "budget_warning", "budget_critical",
               "budget_high", "cost-spike", "largest share of a budget used in its period"),
     Threshold("cost_spike_ratio", "cost_spike", "above", "cost_spike_warning", None,

@@ -84,7 +84,9 @@ def test_backlog_and_eta_of_a_migration_in_progress(tmp_path):
         assert (r.migration, r.migration_remaining, r.backlog) == ("backfilling", 70, 70)
         assert r.embed_rate > 0 and r.eta_seconds == pytest.approx(70 / r.embed_rate)
         report = db.health()
-        assert report.find("freshness_backlog", "docs")[0].value == 70
+        backlog = report.find("freshness_backlog", "docs")[0]
+        assert backlog.value == round(r.eta_seconds, 3) and "70 rows to (re-)embed" in \
+            backlog.message
         assert report.find("migration", "docs")[0].value == "backfilling"
         assert _gauge(db, "simplevector_migration_in_progress") == 1
         m.run()

@@ -237,3 +237,26 @@ def test_migration_run_killed_with_kill_9_resumes_and_embeds_no_batch_twice(tmp_
         (m,) = db.migrations()
         assert m.state == "ready"
         _assert_new_version_matches_old(db, 2)
+
+
+def test_rollback_after_writes_the_old_version_missed_needs_and_uses_its_function(tmp_path):
+    path = tmp_path / "db"
+    db, old = _filled(path, n=30)
+    with db:
+        m = db.migrate("docs", embedding=Counting(NEW))
+        m.run()
+        m.promote()
+    with _open(path) as db:                   # a restart: only the new model attached
+        ns = db.namespace("docs", embedding=Counting(NEW))
+        ns.sync([{"id": "r3", "text": "record 3 rewritten", "metadata": {"src": "s3"}}])
+        (m,) = db.migrations()
+        assert m.status()["mirror_behind"] == 1
+        assert db.engine.namespace("docs", 1).get("r3").document == "record 3 text"
+        with pytest.raises(sv.MigrationError, match="1 writes reached only the new version"):
+            m.rollback()
+        db.namespace("docs", version=1, embedding=Counting(OLD))
+        m.rollback()
+        back = db.namespace("docs")
+        assert back.model == OLD and back.get("r3").document == "record 3 rewritten"
+        np.testing.assert_allclose(back.get("r3", include=("vectors",)).vector,
+                                   vector_of("record 3 rewritten", OLD), rtol=1e-6)
