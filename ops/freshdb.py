@@ -51,6 +51,9 @@ class FreshnessMixin:
         self.limiter.load()
         for key, doc in store.items(migration_mod.MIGRATION_PREFIX):
             self._migrations[key] = migration_mod.Migration(self, doc)
+        if self.engine.writable:
+            for m in self._migrations.values():
+                m.reconcile()
         for key, texts in store.items(QUERY_TEXTS_PREFIX):
             name = key[len(QUERY_TEXTS_PREFIX):]
             self._query_texts[name] = deque(texts or (), maxlen=QUERY_TEXTS)
@@ -214,8 +217,17 @@ class FreshnessMixin:
             if live.model == embedding.model:
                 raise MigrationError(f"namespace {name!r} already uses {embedding.model}; "
                                      "expected a different model to migrate to")
-            new = self.engine.create_version(name, dim=embedding.dim, model=embedding.model,
-                                             index=index)
+            # a version of this model that no migration owns was made by a migrate() killed
+            # before it recorded itself: adopt it instead of making another
+            owned = {m.to_version for m in self._migrations.values() if m.namespace == name}
+            orphan = [v for v in self.list_namespaces_versions(name)
+                      if not v.live and v.model == embedding.model and v.dim == embedding.dim
+                      and v.version not in owned]
+            if orphan:
+                new = self.engine.namespace(name, orphan[-1].version)
+            else:
+                new = self.engine.create_version(name, dim=embedding.dim,
+                                                 model=embedding.model, index=index)
             seq = 1 + max((m.doc["seq"] for m in self._migrations.values()
                            if m.namespace == name), default=0)
             doc = migration_mod.new_state(name, seq, live.version, new.version, live.model,
@@ -224,6 +236,13 @@ class FreshnessMixin:
             m.save()
             self._migrations[m.key] = m
             return m
+
+    def list_namespaces_versions(self, name: str) -> list:
+        """The VersionInfo list of ``name`` (empty when it does not exist)."""
+        for info in self.list_namespaces():
+            if info.name == name:
+                return list(info.versions)
+        return []
 
     def migration(self, name):
         """The migration in progress of ``name`` (MigrationError if there is none)."""

@@ -82,6 +82,20 @@ class Migration:
         self.embedding = embedding
         self.lock = threading.RLock()
 
+    def reconcile(self) -> None:
+        """After a crash between an alias swap and the state save, make the recorded state
+        agree with which version is live (promote and rollback are single engine writes)."""
+        if not self.active:
+            return
+        try:
+            live = self.db.engine.namespace(self.namespace).version
+        except NamespaceNotFound:
+            return
+        if self.state in ("ready", "rolled_back", "backfilling") and live == self.to_version:
+            self._set_state("promoted", "reconciled at open")
+        elif self.state == "promoted" and live == self.from_version:
+            self._set_state("rolled_back", "reconciled at open")
+
     # -- persisted fields -----------------------------------------------------------------
     @property
     def key(self) -> str:

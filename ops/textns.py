@@ -15,11 +15,24 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from simplevector.engine.errors import InvalidInput
 
 from . import sync as sync_mod
 
 __all__ = ["TextNamespace"]
+
+
+def _id_list(ids) -> list:
+    """``ids`` as a list (one id or many), for counting and dual-write; the engine
+    validates them."""
+    if isinstance(ids, (str, int, np.integer)) and not isinstance(ids, bool):
+        return [ids]
+    try:
+        return list(ids)
+    except TypeError:
+        return [ids]
 
 
 class TextNamespace:
@@ -75,12 +88,11 @@ class TextNamespace:
         embedded with the new model, rows without one are removed from the new version)."""
         if model is not None:
             sync_mod.check_model(self.name, self.engine_ns.model, model, "write")
-        n = len(ids) if isinstance(ids, (list, tuple)) else 1
-        self.db.limiter.check(self.name, "write", n)
+        ids_l = _id_list(ids)
+        self.db.limiter.check(self.name, "write", len(ids_l))
         lsn = self.engine_ns.upsert(ids, vectors, metadata, documents, provenance=provenance)
         migration = self._migration()
         if migration is not None:
-            ids_l = list(ids) if isinstance(ids, (list, tuple)) else [ids]
             metas = list(metadata) if metadata is not None else [None] * len(ids_l)
             docs = list(documents) if documents is not None else [None] * len(ids_l)
             migration.dual_write(ids_l, metas, docs, [None] * len(ids_l))
@@ -88,8 +100,7 @@ class TextNamespace:
 
     def delete(self, ids=None, where=None) -> int:
         """The engine's delete, plus the ``write`` rate limit and dual-write."""
-        n = len(ids) if isinstance(ids, (list, tuple)) else 1
-        self.db.limiter.check(self.name, "write", n)
+        self.db.limiter.check(self.name, "write", len(_id_list(ids)) if ids is not None else 1)
         deleted = self.engine_ns.delete(ids=ids, where=where)
         migration = self._migration()
         if migration is not None:
@@ -103,9 +114,7 @@ class TextNamespace:
         embedded with, refused with ModelMismatch when it is not the version's."""
         if model is not None:
             sync_mod.check_model(self.name, self.engine_ns.model, model, "query")
-        shape = getattr(vectors, "shape", None)
-        n = shape[0] if shape is not None and len(shape) == 2 else 1
-        self.db.limiter.check(self.name, "query", n)
+        self.db.limiter.check(self.name, "query", len(vectors) if np.ndim(vectors) == 2 else 1)
         return self.engine_ns.query(vectors, k, where, include, **options)
 
     def query_text(self, text, k: int = 10, where=None, include=("metadata",), **options):

@@ -260,3 +260,37 @@ def test_rollback_after_writes_the_old_version_missed_needs_and_uses_its_functio
         assert back.model == OLD and back.get("r3").document == "record 3 rewritten"
         np.testing.assert_allclose(back.get("r3", include=("vectors",)).vector,
                                    vector_of("record 3 rewritten", OLD), rtol=1e-6)
+
+
+def test_a_migrate_killed_after_creating_its_version_is_adopted_not_duplicated(tmp_path):
+    path = tmp_path / "db"
+    db, old = _filled(path, n=10)
+    # what a migrate() killed between the version's creation and its own record leaves
+    db.engine.create_version("docs", dim=8, model=NEW)
+    db.close()
+    with _open(path) as db:
+        assert db.migrations() == []
+        m = db.migrate("docs", embedding=Counting(NEW))
+        assert m.to_version == 2
+        assert [v.version for v in db.list_namespaces()[0].versions] == [1, 2]
+
+
+def test_a_state_save_lost_after_promote_or_rollback_is_reconciled_at_open(tmp_path):
+    path = tmp_path / "db"
+    db, old = _filled(path, n=10)
+    with db:
+        m = db.migrate("docs", embedding=Counting(NEW))
+        m.run()
+        saved = dict(m.doc)                 # the record as it was before promote()
+        m.promote()
+        db.ops_store.put(m.key, saved)      # as if killed before promote() saved its state
+    with _open(path) as db:
+        (m,) = db.migrations()
+        assert m.state == "promoted" and db.namespace("docs").version == 2
+        saved = dict(m.doc)
+        db.namespace("docs", version=1, embedding=Counting(OLD))
+        m.rollback()
+        db.ops_store.put(m.key, saved)
+    with _open(path) as db:
+        (m,) = db.migrations()
+        assert m.state == "rolled_back" and db.namespace("docs").version == 1
