@@ -9,6 +9,9 @@
         attach the old function, start (or resume) the migration of "docs" to the new
         model and run it, logging the new model's texts to LOG; prints "batch DONE TOTAL"
         after each batch, then "done".
+    python _fresh_child.py steps DB LOG BATCH
+        migrate with writes and deletes between the steps, printing "created", "written",
+        "batch" (each back-fill batch), "ran", "promoted", "done".
 """
 
 import hashlib
@@ -86,6 +89,23 @@ def migrate(path, log, batch):
     db.close()
 
 
+def steps(path, log, batch):
+    """Every step of a migration with writes between them, a marker line after each."""
+    db = _db(path)
+    ns = db.namespace("docs", embedding=Counting(OLD))
+    m = db.migrate("docs", embedding=Counting(NEW, log, delay=0.02))
+    print("created", flush=True)
+    ns.sync(records(150, changed={3, 4, 5})[2:], mode="full")      # dual-written
+    ns.delete(ids=["r10"])
+    print("written", flush=True)
+    m.run(batch_size=int(batch), progress=lambda done, total: print("batch", flush=True))
+    print("ran", flush=True)
+    m.promote()
+    print("promoted", flush=True)
+    print("done", flush=True)
+    db.close()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"sync": sync, "migrate": migrate}[mode](*args)
+    {"sync": sync, "migrate": migrate, "steps": steps}[mode](*args)

@@ -294,3 +294,39 @@ def test_a_state_save_lost_after_promote_or_rollback_is_reconciled_at_open(tmp_p
     with _open(path) as db:
         (m,) = db.migrations()
         assert m.state == "rolled_back" and db.namespace("docs").version == 1
+
+
+@pytest.mark.parametrize("marker, nth", [("written", 1), ("batch", 2), ("promoted", 1)])
+def test_kill_9_at_each_step_of_a_migration_recovers_and_promotes(tmp_path, marker, nth):
+    path, log = tmp_path / "db", tmp_path / "new.log"
+    db, old = _filled(path, n=150)
+    db.close()
+    batch = 30
+    proc = subprocess.Popen([sys.executable, CHILD, "steps", str(path), str(log), str(batch)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=1)
+    seen = 0
+    for line in proc.stdout:
+        if line.strip() == marker:
+            seen += 1
+            if seen >= nth:
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with _open(path) as db:
+        db.namespace("docs", version=1, embedding=Counting(OLD))
+        new = Counting(NEW, str(log))
+        m = db.active_migration("docs")
+        if m is not None and m.state != "promoted":
+            m = db.migrate("docs", embedding=new)
+            m.run(batch_size=batch)
+            m.promote()
+        if m is None:                       # killed before the migration recorded itself
+            m = db.migrate("docs", embedding=new)
+            m.run(batch_size=batch)
+            m.promote()
+        assert db.namespace("docs").version == 2 and m.state == "promoted"
+        _assert_new_version_matches_old(db, 2)
+    every = open(log).read().splitlines()
+    dup = len(every) - len(set(every))
+    assert dup <= batch, f"{dup} texts embedded twice"
