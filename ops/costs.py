@@ -32,7 +32,7 @@ __all__ = ["Ledger", "CostLine", "CostReport", "Budget", "PERIODS"]
 LEDGER_PREFIX = "ledger:"
 BUDGET_PREFIX = "budget:"
 PERIODS = ("hour", "day", "month", "total")
-FIELDS = ("calls", "texts", "tokens", "cost", "seconds")
+FIELDS = ("calls", "texts", "tokens", "cost", "seconds", "cpu_seconds")
 
 
 def _hour(ts: float) -> int:
@@ -53,10 +53,11 @@ def period_start(period: str, now: float) -> float:
 
 @dataclass
 class CostLine:
-    """Costs of one (namespace, model) over the report's window. ``queries`` and
-    ``op_seconds`` (wall seconds spent per operation, from the latency histograms) are per
-    namespace, repeated on each of its models' lines; ``stored_bytes``: raw vector bytes of
-    the namespace's versions with this model."""
+    """Costs of one (namespace, model) over the report's window. ``embed_seconds`` /
+    ``embed_cpu_seconds``: wall and this-process CPU (thread) time of the embedding calls.
+    ``queries`` and ``op_seconds`` (wall seconds spent per engine operation, from the
+    latency histograms) are per namespace, repeated on each of its models' lines;
+    ``stored_bytes``: raw vector bytes of the namespace's versions with this model."""
 
     namespace: str
     model: str | None
@@ -65,6 +66,7 @@ class CostLine:
     tokens: int = 0
     cost: float = 0.0
     embed_seconds: float = 0.0
+    embed_cpu_seconds: float = 0.0
     by_op: dict = field(default_factory=dict)
     queries: int = 0
     op_seconds: dict = field(default_factory=dict)
@@ -158,12 +160,12 @@ class Ledger:
     # -- recording -------------------------------------------------------------------------
     def record(self, namespace: str, model: str | None, op: str, *, calls: int = 1,
                texts: int = 0, tokens: int = 0, cost: float = 0.0, seconds: float = 0.0,
-               flush: bool = True, writable: bool = True) -> None:
+               cpu_seconds: float = 0.0, flush: bool = True, writable: bool = True) -> None:
         key = (_hour(self.clock()), namespace, model or "-", op)
         with self.lock:
             entry = self.entries.setdefault(key, dict.fromkeys(FIELDS, 0))
-            for name, value in zip(FIELDS, (calls, texts, tokens, cost, seconds)):
-                entry[name] += value
+            for name, value in zip(FIELDS, (calls, texts, tokens, cost, seconds, cpu_seconds)):
+                entry[name] = entry.get(name, 0) + value
             self.dirty.add(key)
         if flush and writable:
             self.flush()
@@ -187,7 +189,7 @@ class Ledger:
                     (model is not None and mdl != model):
                 continue
             for name in FIELDS:
-                out[name] += value[name]
+                out[name] += value.get(name, 0)
             slot = out["by_op"].setdefault(op, {"calls": 0, "texts": 0, "tokens": 0,
                                                 "cost": 0.0})
             for name in ("calls", "texts", "tokens", "cost"):

@@ -141,6 +141,7 @@ class FreshnessMixin:
             line = costs_mod.CostLine(
                 namespace=ns, model=model, embedding_calls=t["calls"], texts=t["texts"],
                 tokens=t["tokens"], cost=t["cost"], embed_seconds=t["seconds"],
+                embed_cpu_seconds=t["cpu_seconds"],
                 by_op=t["by_op"], queries=queries,
                 op_seconds={op: s.sum for op, s in lat.items()},
                 stored_bytes=stored.get((ns, model), 0))

@@ -147,14 +147,15 @@ def embed_texts(db, namespace: str, fn, texts: list, op: str, *, wait=None, chec
     if check:
         db.ledger.check(namespace, fn.model, tokens, cost)
     db.limiter.check(namespace, "embed", len(texts), wait=wait)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     X = embed_checked(fn, texts)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.thread_time() - c0
     used = getattr(fn, "last_usage", None)
     if isinstance(used, int) and not isinstance(used, bool):
         tokens, cost = used, price_of(fn, used)
     db.ledger.record(namespace, fn.model, op, texts=len(texts), tokens=tokens, cost=cost,
-                     seconds=seconds, flush=op != "query", writable=db.writable)
+                     seconds=seconds, cpu_seconds=cpu, flush=op != "query",
+                     writable=db.writable)
     return X, tokens, cost
 
 

@@ -32,6 +32,8 @@ def test_the_ledger_counts_tokens_cost_and_queries_and_persists(tmp_path):
         assert line.by_op["sync"]["tokens"] == 300 and line.by_op["query"]["texts"] == 2
         assert line.queries == 2 and line.cost_per_query == pytest.approx(line.cost / 2)
         assert line.stored_bytes == 100 * 8 * 4 and report.tokens == 306
+        assert line.embed_seconds > 0 and 0 < line.embed_cpu_seconds
+        assert set(line.op_seconds) >= {"query", "upsert"}
         assert db.cost("1h").tokens == 306
     with _open(path) as db:
         assert db.cost().line("docs", OLD).tokens == 306     # persisted
