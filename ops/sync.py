@@ -54,9 +54,11 @@ def normalise_text(text: str) -> str:
 
 
 def content_hash(text: str, metadata, model: str) -> str:
-    """Hex SHA-256 (first 128 bits) of (normalised text, metadata as canonical JSON, model)."""
-    payload = json.dumps([normalise_text(text), metadata or {}, model], sort_keys=True,
-                         separators=(",", ":"), ensure_ascii=False, default=str)
+    """Hex SHA-256 (first 128 bits) of the normalised text, the model and the metadata as
+    canonical JSON (sorted keys; empty for None and {})."""
+    meta = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str) if metadata else ""
+    payload = f"{normalise_text(text)}\x1f{model}\x1f{meta}"
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -90,28 +92,36 @@ def _epoch(value, where: str):
     return when.timestamp()
 
 
+_KEYS = frozenset(("id", "text", "metadata", "updated_at"))
+
+
 def validate_record(rec, n: int) -> tuple:
-    """(id, text, metadata, updated_at) of record number ``n``, or InvalidInput."""
-    if not isinstance(rec, dict):
+    """(id, text, metadata, updated_at) of record number ``n``, or InvalidInput. The id's
+    type is checked here; the batch's ids together by :func:`validate.id_list`."""
+    if type(rec) is not dict and not isinstance(rec, dict):
         raise InvalidInput(f"record {n} is {type(rec).__name__}; expected a dict with 'id' "
                            "and 'text'")
-    unknown = set(rec) - {"id", "text", "metadata", "updated_at"}
-    if unknown:
-        raise InvalidInput(f"record {n} has unknown keys {sorted(unknown)}; expected id, "
-                           "text, metadata, updated_at")
+    if not rec.keys() <= _KEYS:
+        raise InvalidInput(f"record {n} has unknown keys {sorted(set(rec) - _KEYS)}; expected "
+                           "id, text, metadata, updated_at")
     if "id" not in rec or "text" not in rec:
         raise InvalidInput(f"record {n} has no {'id' if 'id' not in rec else 'text'!r}; "
                            "expected a dict with 'id' and 'text'")
-    extid = validate.id_list([rec["id"]])[0]
+    extid = rec["id"]
+    if type(extid) not in (str, int):
+        extid = validate.id_list([extid])[0]        # raises for a bad id, converts np ints
     text = rec["text"]
-    if not isinstance(text, str):
+    if type(text) is not str:
         raise InvalidInput(f"record {n} (id {extid!r}) text is {type(text).__name__}; "
                            "expected str")
     meta = rec.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         raise InvalidInput(f"record {n} (id {extid!r}) metadata is {type(meta).__name__}; "
                            "expected a dict or None")
-    return extid, text, meta, _epoch(rec.get("updated_at"), f"record {n} updated_at")
+    updated = rec.get("updated_at")
+    if updated is not None:
+        updated = _epoch(updated, f"record {n} updated_at")
+    return extid, text, meta, updated
 
 
 @dataclass
@@ -209,7 +219,7 @@ def sync(tns, records, *, mode: str = "incremental", source_key: str | None = No
         n_done += len(batch)
         report.records += len(batch)
         report.batches += 1
-        ids = list(rows)
+        ids = validate.id_list(list(rows))          # empty strings, bools, ... for all at once
         seen_ids.update(ids)
         if source_key is not None:
             for text, meta, _ in rows.values():
