@@ -151,7 +151,7 @@ def health_checks(db, t):
         rate = "no embedding rate measured yet" if r.embed_rate is None else \
             f"{r.embed_rate:.1f} texts/s"
         findings.append(Finding(
-            "freshness_backlog", grade("freshness_backlog", eta, t) if r.backlog else "ok",
+            "freshness_backlog", grade("freshness_backlog", eta, t),
             ns, eta, t.backlog_eta_warning,
             f"{ns}: {r.backlog} rows to (re-)embed ({r.pending} pending, {r.stale_model} by "
             f"another model, {r.migration_remaining} to back-fill); ETA "
