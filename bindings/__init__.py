@@ -6,6 +6,8 @@
         docs.upsert(ids=["a"], vectors=X[:1])
         hits = docs.query(X[0], k=10)
 """
+import os as _os
+
 from simplevector.ops.database import ObservedDatabase as Database  # engine Database + ops layer
 from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
@@ -13,6 +15,9 @@ from simplevector.engine.limits import Limits
 from simplevector.engine.namespace import Namespace
 from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
 from simplevector.engine.snapshot import restore as _restore
+from simplevector.engine.snapshot import sweep_restore_leftovers as _sweep_restore_leftovers
+from simplevector.engine.upgrade import UpgradeReport
+from simplevector.engine.upgrade import upgrade as _upgrade
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 from simplevector.ops.embeddings import EmbeddingFunction
 from simplevector import embeddings  # noqa: E402  (simplevector.embeddings adapters)
@@ -21,8 +26,10 @@ __version__ = "0.1.0"
 
 
 def open(path, *, durability: str = "sync", readonly: bool = False,
-         checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
-         auto_index: bool = True, limits: Limits | None = None, **ops_options) -> Database:
+         checkpoint_interval: float = 60.0, wal_keep_bytes: int | None = None,
+         auto_index: bool = True, limits: Limits | None = None, wal_archive=None,
+         snapshot_interval: float = 0.0, snapshot_keep: int = 3,
+         **ops_options) -> Database:
     """Open (creating if missing) the database directory at ``path``.
 
     durability="sync": a write returns only after its WAL record is on disk (fdatasync,
@@ -31,17 +38,41 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     readonly=True: a second process may read a database another process writes; it sees
     every committed write, and raises ReadOnlyError on writes.
     checkpoint_interval: seconds between background checkpoints (0 turns them off).
-    wal_keep_bytes: WAL kept for the change feed after a checkpoint.
+    wal_keep_bytes: WAL bytes kept past what the checkpoint, named change-feed consumers,
+    the oldest snapshot (without an archive) and the archive still need; None (default)
+    sizes it to the database: max(16 MiB, 25% of the LMDB bytes used).
+    wal_archive: a directory that receives a copy of every sealed WAL segment before it may
+    be removed (a snapshot and a clean close seal the active one), for point-in-time
+    restore (``restore(..., to_lsn=, to_time=, wal_archive=)``).
+    snapshot_interval: seconds between automatic snapshots into ``<path>/snapshots`` (0 =
+    off); snapshot_keep: how many snapshots the automatic ones leave there (older removed).
     auto_index: train an IVF index in the background once a namespace grows past its
     spec's threshold ("auto": 50,000 rows).
     limits: a Limits (document, metadata and batch sizes; None = the defaults). An option
     of this open, not stored in the database; an upsert over a limit raises LimitExceeded.
     ops_options: the ops layer's options (probe_interval, alert_interval, alert_rules,
-    memory_budget, thresholds), see simplevector.ops.database.ObservedDatabase.
+    memory_budget, thresholds), see simplevector.ops.database.ObservedDatabase, and the
+    engine's disk_reserve (free bytes a write leaves besides 3x its size; 0 = no check)
+    and disk_free_probe (a callable(path) -> free bytes, for tests).
+
+    A writer's open first cleans up after a restore into ``path`` that was killed
+    (``<path>.restore-tmp-<pid>`` of a dead process), as the next restore would.
     """
+    if not readonly and isinstance(path, (str, _os.PathLike)):
+        _sweep_restore_leftovers(path)
     return Database(path, durability=durability, readonly=readonly,
                     checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes,
-                    auto_index=auto_index, limits=limits, **ops_options)
+                    auto_index=auto_index, limits=limits, wal_archive=wal_archive,
+                    snapshot_interval=snapshot_interval, snapshot_keep=snapshot_keep,
+                    **ops_options)
+
+
+def upgrade(path, *, progress=None) -> UpgradeReport:
+    """Convert the database directory ``path`` from an older on-disk format (a copy is
+    built beside it, verified row by row, then swapped in; the old directory is kept as
+    ``<path>.format<N>-backup``). Every process must have closed it. A current database
+    is left alone (``report.backup is None``). See ``simplevector upgrade``."""
+    return _upgrade(path, progress=progress)
 
 
 def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
@@ -63,14 +94,21 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
     its LSN, row counts and query fingerprint are checked, and only then is it renamed into
     place. A non-empty ``target`` raises TargetExists unless ``force=True``, which replaces
     it after the new copy verified. A failure leaves neither a target nor a staging
-    directory; leftovers of a killed restore are swept by the next restore to that target.
-    ``to_lsn``, ``to_time`` and ``wal_archive`` (point-in-time restore) need a WAL archive,
-    which is not implemented yet: giving any raises NotSupported and creates nothing.
+    directory; leftovers of a killed restore are swept by the next restore to that target
+    and by the next writer's ``open(target)``.
+
+    Point-in-time: with ``wal_archive`` (the directory given to ``open(...,
+    wal_archive=)``) the archived WAL after the snapshot's LSN is replayed on top of it, up
+    to ``to_lsn`` (inclusive), or every record written at or before ``to_time`` (epoch
+    seconds, a datetime, or an ISO-8601 string), or to the end of the archive. A gap in
+    the archive or a target beyond its end raises ChangeFeedGap, a bad checksum
+    CorruptionError; either leaves nothing behind. ``RestoreReport.lsn`` is the LSN reached.
     """
     return _restore(source, target, to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive,
                     force=force)
 
 
-__all__ = ["open", "connect", "restore", "Database", "Limits", "Namespace", "Hit", "Record",
-           "NamespaceInfo", "VersionInfo", "Change", "SnapshotInfo", "RestoreReport",
-           "EmbeddingFunction", "embeddings", *_errors_all]
+__all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "Database", "Limits",
+           "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo", "Change",
+           "SnapshotInfo", "RestoreReport", "EmbeddingFunction", "embeddings",
+           *_errors_all]

@@ -487,7 +487,7 @@ def _snapshot_row(info) -> dict:
 
 @main.group(context_settings=CONTEXT_SETTINGS)
 def snapshot():
-    """Online snapshots of the database: create, list, verify."""
+    """Online snapshots of the database: create, list, verify, prune."""
 
 
 @snapshot.command("create", context_settings=CONTEXT_SETTINGS)
@@ -529,23 +529,73 @@ def snapshot_verify(path, db_path, as_json):
           "files": len(manifest["files"]), "ok": True}, as_json)
 
 
+@snapshot.command("prune", context_settings=CONTEXT_SETTINGS)
+@click.option("--keep", type=click.IntRange(min=0), required=True,
+              help="How many of the newest snapshots in DB/snapshots to keep.")
+@db_option()
+@output_option
+def snapshot_prune(keep, db_path, as_json):
+    """Remove the snapshots in DB/snapshots older than the newest KEEP (frees disk)."""
+    with open_db(db_path, readonly=True) as db:
+        removed = db.prune_snapshots(keep)
+    if as_json:
+        emit([i.to_dict() for i in removed], True)
+    else:
+        emit([_snapshot_row(i) for i in removed], False,
+             columns=["path", "lsn", "created_at", "bytes", "namespaces"],
+             empty="nothing to remove")
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("source")
 @click.argument("target", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, default=False,
               help="Replace a non-empty TARGET (only after the new copy verified).")
+@click.option("--wal-archive", "wal_archive", default=None,
+              type=click.Path(file_okay=False, exists=True),
+              help="The database's WAL archive (open(..., wal_archive=)): replay it on top "
+                   "of the snapshot (point-in-time restore; to its end without --to-*).")
+@click.option("--to-lsn", "to_lsn", type=click.IntRange(min=0), default=None,
+              help="Replay the archived WAL up to this LSN, inclusive.")
+@click.option("--to-time", "to_time", default=None,
+              help="Replay records written at or before this time: epoch seconds or "
+                   "ISO-8601 (2026-12-02T01:30:00Z).")
 @db_option()
 @output_option
-def restore(source, target, force, db_path, as_json):
-    """Restore the snapshot SOURCE into the new database directory TARGET, verified.
+def restore(source, target, force, wal_archive, to_lsn, to_time, db_path, as_json):
+    """Restore the snapshot SOURCE into the new database directory TARGET, verified;
+    with --wal-archive, to a point in time (--to-lsn N or --to-time T).
     SOURCE is a snapshot directory or the name of one in DB/snapshots."""
-    report = sv.restore(_snapshot_path(source, db_path), target, force=force)
+    report = sv.restore(_snapshot_path(source, db_path), target, force=force,
+                        to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive)
     data = report.to_dict()
     data["seconds"] = round(data["seconds"], 3)
     if not as_json:
         data["namespaces"] = ", ".join(f"{n['name']} v{n['version']} ({n['count']})"
                                        for n in report.namespaces)
     emit(data, as_json)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@output_option
+def upgrade(path, as_json):
+    """Convert the database at PATH to this release's on-disk format: a copy is built
+    beside it and verified row by row, then swapped in; the old directory is kept as
+    PATH.format<N>-backup (delete it once you are satisfied). Close every process that
+    has the database open first."""
+    with _ProgressBar("converting rows") as bar:
+        report = sv.upgrade(path, progress=bar)
+    if report.backup is None:
+        emit({"path": report.path, "format_version": report.to_format,
+              "upgraded": False}, as_json)
+        return
+    with open_db(report.path):
+        pass                                # replay the copied WAL, write a checkpoint
+    emit({"path": report.path, "from_format": report.from_format,
+          "to_format": report.to_format, "backup": report.backup,
+          "versions": report.versions, "rows": report.rows,
+          "seconds": round(report.seconds, 3), "upgraded": True}, as_json)
 
 
 def _register_ops_commands():

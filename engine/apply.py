@@ -20,12 +20,14 @@ Record payloads (msgpack maps), all with ``op``, ``ns`` (name) and ``v`` (versio
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import msgpack
 import numpy as np
 
 from . import schema, segments
+from .arrayfile import RowFile
 from .errors import CorruptionError
 from .indexspec import IndexSpec
 from .state import VersionState
@@ -41,14 +43,22 @@ def unpack(raw: bytes):
 
 
 class Applier:
-    """Owns the catalog and version states of a database and applies records to them."""
+    """Owns the catalog and version states of a database and applies records to them.
 
-    def __init__(self, store):
+    ``write_rows``: this process writes rows into the row files (the writer, also while it
+    replays the WAL in memory at recovery); a read-only process only maps what the writer
+    wrote."""
+
+    def __init__(self, store, path: str, *, readonly: bool = False):
         self.store = store
+        self.path = path
+        self.readonly = readonly
+        self.write_rows = not readonly
         self.configs: dict[int, VersionConfig] = {}
         self.states: dict[int, VersionState] = {}
         self.next_vid = 1
         self.applied_lsn = 0
+        self.checkpoint_dir: str | None = None   # the checkpoint the states are based on
         self._handlers = {
             "create_namespace": self._create,
             "create_version": self._create,
@@ -58,90 +68,110 @@ class Applier:
             "delete": self._delete,
             "set_index": self._set_index,
         }
+        if not readonly:
+            os.makedirs(os.path.join(path, segments.ROWS_DIR), exist_ok=True)
+
+    def _row_file(self, config: VersionConfig, *, fresh: bool = False) -> RowFile:
+        path = segments.row_path(self.path, config.vid)
+        if fresh and self.write_rows:
+            with open(path, "wb"):
+                pass                        # a new version starts with no rows
+        elif self.readonly and not os.path.exists(path):
+            raise CorruptionError(
+                f"namespace {config.name!r} v{config.version}: its row file {path} is missing")
+        return RowFile(path, config.dim, readonly=self.readonly)
+
+    def close(self):
+        for state in self.states.values():
+            if state.rows is not None:
+                if self.write_rows:
+                    state.rows.trim(state.n)
+                state.rows.close()
+
+    def sync_rows(self):
+        for state in list(self.states.values()):
+            if state.rows is not None:
+                state.rows.sync()
 
     # -- loading ---------------------------------------------------------------------------
+    def _replace_states(self, states: dict):
+        old, self.states = self.states, states
+        for vid, state in old.items():
+            if state.rows is not None and states.get(vid) is not state:
+                state.rows.close()
+
     def load(self):
-        """Rebuild the catalog and every version's state from one LMDB snapshot."""
+        """Rebuild the catalog and every version's state from LMDB and the row files (when
+        no checkpoint can be used; per-row Python work)."""
         dbs = self.store.dbs
         with self.store.read() as txn:
             raw = txn.get(schema.META_APPLIED_LSN, db=dbs[b"meta"])
             self.applied_lsn = unpack(raw) if raw else 0
             raw = txn.get(schema.META_NEXT_VID, db=dbs[b"meta"])
             self.next_vid = unpack(raw) if raw else 1
-            self.configs.clear()
-            self.states.clear()
+            configs = {}
             for _key, value in txn.cursor(db=dbs[b"catalog"]):
                 config = VersionConfig.from_msg(unpack(value))
-                self.configs[config.vid] = config
-            for vid, config in self.configs.items():
-                self.states[vid] = self._load_version(txn, config)
+                configs[config.vid] = config
+            states = {vid: self._load_version(txn, config) for vid, config in configs.items()}
+        self.configs = configs
+        self._replace_states(states)
+        self.checkpoint_dir = None
 
     def snapshot_lsn(self):
-        """The LSN of the last checkpoint's segments, or None."""
+        """The LSN of the last checkpoint, or None."""
+        snap = self._snapshot_record()
+        return None if snap is None else snap["lsn"]
+
+    def _snapshot_record(self):
         with self.store.read() as txn:
             raw = txn.get(schema.META_SNAPSHOT, db=self.store.dbs[b"meta"])
-        return None if raw is None else unpack(raw)["lsn"]
+        return None if raw is None else unpack(raw)
 
     def load_snapshot(self) -> bool:
-        """Load every version from the last checkpoint's segments (False when incomplete).
-
-        Leaves ``applied_lsn`` at the snapshot's LSN: the caller replays the WAL after it.
-        """
-        dbs = self.store.dbs
-        with self.store.read(buffers=True) as txn:
-            raw = txn.get(schema.META_SNAPSHOT, db=dbs[b"meta"])
-            if raw is None:
+        """Load every version from the last checkpoint's bundles (False when there is none
+        or it is incomplete). Leaves ``applied_lsn`` at the checkpoint's LSN: the caller
+        replays the WAL after it."""
+        for _attempt in range(3):
+            snap = self._snapshot_record()
+            if snap is None or "dir" not in snap:
                 return False
-            snap = unpack(bytes(raw))
             configs = [VersionConfig.from_msg(c) for c in snap["configs"]]
             states = {}
-            for config in configs:
-                # arrays are views of the map: restore copies what it keeps, in this txn
-                named = segments.read(txn, dbs, config.vid, copy=False)
-                if "state.meta" not in named:
-                    return False
-                states[config.vid] = VersionState.restore(config, segments.unflatten(named))
-        self.configs = {c.vid: c for c in configs}
-        self.states = states
-        self.next_vid = snap["next_vid"]
-        self.applied_lsn = snap["lsn"]
-        return True
+            try:
+                for config in configs:
+                    meta, arrays = segments.read(self.path, snap["dir"], config.vid)
+                    states[config.vid] = VersionState.restore(
+                        config, meta, arrays, self._row_file(config))
+            except FileNotFoundError:
+                continue                    # the writer replaced that checkpoint: again
+            self.configs = {c.vid: c for c in configs}
+            self._replace_states(states)
+            self.next_vid = snap["next_vid"]
+            self.applied_lsn = snap["lsn"]
+            self.checkpoint_dir = snap["dir"]
+            return True
+        return False
 
     def _load_version(self, txn, config: VersionConfig) -> VersionState:
         dbs = self.store.dbs
         vid = config.vid
         raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
-        state = VersionState(config, schema.unpack_u64(raw) if raw else 0)
+        n = schema.unpack_u64(raw) if raw else 0
+        state = VersionState(config, n, rows=self._row_file(config))
         prefix = schema.vid_prefix(vid)
-        keys, blobs = [], []
-        for key, value in schema.scan_prefix(txn, dbs[b"vectors"], prefix):
-            keys.append(key)
-            blobs.append(value)
-        extid_of = {}                   # rowid -> external id, from the "ids" sub-db
+        alive_ids = {}                  # rowid (= position) -> external id
         for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
-            extid_of[schema.unpack_u64(value)] = schema.decode_id(key[4:])
-        meta_of = {}
+            alive_ids[schema.unpack_u64(value)] = schema.decode_id(key[4:])
+        metas = {}
         for key, value in schema.scan_prefix(txn, dbs[b"records"], prefix):
-            meta_of[schema.rowid_of_key(key)] = unpack(value)[1]
-        ids, metas = [], []
-        for key in keys:
-            rowid = schema.rowid_of_key(key)
-            if rowid not in extid_of:
-                raise CorruptionError(
-                    f"namespace {config.name!r} v{config.version}: row {rowid} has a vector "
-                    "but no id (LMDB sub-databases disagree)")
-            ids.append(extid_of[rowid])
-            metas.append(meta_of.get(rowid))
-        if len(extid_of) != len(keys):
+            metas[schema.rowid_of_key(key)] = unpack(value)[1]
+        bad = [r for r in alive_ids if r >= n]
+        if bad:
             raise CorruptionError(
-                f"namespace {config.name!r} v{config.version}: {len(keys)} vectors but "
-                f"{len(extid_of)} ids (LMDB sub-databases disagree)")
-        if keys:
-            rowids = np.fromiter((schema.rowid_of_key(k) for k in keys), np.int64, len(keys))
-            vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), config.dim)
-            next_rowid = state.next_rowid
-            state.load_rows(rowids, vectors.astype(np.float32, copy=False), ids, metas)
-            state.next_rowid = max(next_rowid, int(rowids[-1]) + 1)
+                f"namespace {config.name!r} v{config.version}: id entries point at rows "
+                f"{bad[:5]} past the version's {n} rows (LMDB sub-databases disagree)")
+        state.load_rows(n, dict(sorted(alive_ids.items())), metas)
         return state
 
     # -- applying ----------------------------------------------------------------------------
@@ -182,7 +212,7 @@ class Applier:
         if persist:
             self._write(lsn, txn_fn)
         self.configs[config.vid] = config
-        self.states[config.vid] = VersionState(config)
+        self.states[config.vid] = VersionState(config, rows=self._row_file(config, fresh=True))
         self.next_vid = max(self.next_vid, config.vid + 1)
         return config
 
@@ -217,9 +247,8 @@ class Applier:
             for vid in vids:
                 txn.delete(schema.catalog_key(vid), db=dbs[b"catalog"])
                 txn.delete(schema.counter_key(vid), db=dbs[b"counters"])
-                segments.delete(txn, dbs, vid)
                 prefix = schema.vid_prefix(vid)
-                for name in (b"ids", b"vectors", b"records"):
+                for name in (b"ids", b"records"):
                     cur = txn.cursor(db=dbs[name])
                     if cur.set_range(prefix):
                         while cur.key().startswith(prefix):
@@ -230,8 +259,27 @@ class Applier:
             self._write(lsn, txn_fn)
         for vid in vids:
             self.configs.pop(vid, None)
-            self.states.pop(vid, None)
+            state = self.states.pop(vid, None)
+            if state is not None and state.rows is not None:
+                state.rows.close()
+            if self.write_rows:
+                # after the commit; a crash before this leaves a file no version names,
+                # which the next open removes (Applier.remove_orphans)
+                try:
+                    os.unlink(segments.row_path(self.path, vid))
+                except FileNotFoundError:
+                    pass
         return len(vids)
+
+    def remove_orphans(self):
+        """Row files of versions the catalog no longer has (a drop cut short)."""
+        if not self.write_rows:
+            return
+        rows_dir = os.path.join(self.path, segments.ROWS_DIR)
+        for entry in os.listdir(rows_dir):
+            stem = entry.split(".")[0]
+            if stem.isdigit() and int(stem) not in self.configs and int(stem) < self.next_vid:
+                os.unlink(os.path.join(rows_dir, entry))
 
     def _upsert(self, lsn: int, op: dict, persist: bool, prepared=None):
         state = self.states.get(op["vid"])
@@ -247,8 +295,7 @@ class Applier:
         docs = op.get("docs") or [None] * m
         prov = op.get("prov") or [None] * m
         old, rowids = state.plan_upsert(ids)
-        view = state.view()
-        old_rowids = [int(view.rowids[o]) for o in old if o >= 0]
+        old_rowids = [o for o in old if o >= 0]
         dbs = self.store.dbs
 
         # a row has a record only when it has metadata, a document or provenance (a 4th
@@ -258,30 +305,32 @@ class Applier:
 
         def txn_fn(txn):
             for old_rowid in old_rowids:
-                key = schema.row_key(vid, old_rowid)
-                txn.delete(key, db=dbs[b"vectors"])
-                txn.delete(key, db=dbs[b"records"])
-            keys = schema.row_keys(vid, rowids)
+                txn.delete(schema.row_key(vid, old_rowid), db=dbs[b"records"])
             txn.cursor(db=dbs[b"ids"]).putmulti(
                 list(zip(schema.id_keys(vid, ids), schema.u64_values(rowids))))
-            raw = np.ascontiguousarray(vectors, dtype="<f4")
-            txn.cursor(db=dbs[b"vectors"]).putmulti(list(zip(keys, schema.rows_as_bytes(raw))))
             if with_record:
+                keys = schema.row_keys(vid, [rowids[i] for i in with_record])
                 txn.cursor(db=dbs[b"records"]).putmulti(
-                    [(keys[i], pack([ids[i], metas[i], docs[i]] if prov[i] is None
-                                    else [ids[i], metas[i], docs[i], prov[i]]))
-                     for i in with_record])
+                    [(key, pack([ids[i], metas[i], docs[i]] if prov[i] is None
+                                else [ids[i], metas[i], docs[i], prov[i]]))
+                     for key, i in zip(keys, with_record)])
             txn.put(schema.counter_key(vid), schema.pack_u64(rowids[-1] + 1),
                     db=dbs[b"counters"])
 
-        if persist:
-            self._write(lsn, txn_fn)
+        encoded = None
         if prepared is not None:
             index, stored, encoding = prepared
-            state.apply_upsert(ids, vectors, metas, old, rowids, stored=stored,
-                               encoded=(index, encoding))
+            encoded = (index, encoding)
         else:
-            state.apply_upsert(ids, vectors, metas, old, rowids)
+            stored = state.prepare(vectors)
+        # rows first: the LMDB commit that names them comes after them (arrayfile.py);
+        # rewriting them (a retried apply, WAL replay) writes the same bytes again
+        if self.write_rows and state.rows is not None:
+            state.rows.write(rowids[0], stored)
+        if persist:
+            self._write(lsn, txn_fn)
+        state.apply_upsert(ids, vectors, metas, old, rowids, stored=stored, encoded=encoded,
+                           write_rows=state.rows is None)
         return m
 
     def _delete(self, lsn: int, op: dict, persist: bool):
@@ -292,17 +341,14 @@ class Applier:
             return 0
         vid = state.config.vid
         positions = [state.position_of(extid) for extid in op["ids"]]
-        view = state.view()
         dbs = self.store.dbs
 
         def txn_fn(txn):
             for extid, pos in zip(op["ids"], positions):
                 if pos is None:
                     continue
-                key = schema.row_key(vid, int(view.rowids[pos]))
                 txn.delete(schema.id_key(vid, extid), db=dbs[b"ids"])
-                txn.delete(key, db=dbs[b"vectors"])
-                txn.delete(key, db=dbs[b"records"])
+                txn.delete(schema.row_key(vid, pos), db=dbs[b"records"])
 
         if persist:
             self._write(lsn, txn_fn)

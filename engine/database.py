@@ -12,9 +12,21 @@ append the WAL record
 apply to LMDB and memory in LSN order -> acknowledge. Catalog changes (create, promote,
 drop) hold the sequence lock until applied, so every later validation sees them.
 
+Before the WAL append a write checks the free disk space against a reserve (the batch and
+a floor, :meth:`Database.disk_reserve_for`) and raises :class:`~.errors.DiskFullError`
+without writing anything while it is short; writes resume by themselves once space returns.
 If applying a record that is already in the WAL fails (an I/O error, a full disk), the
-database stops accepting writes: the record will be applied by recovery on the next open,
-and acknowledging anything more in between could reorder history.
+record is durable: the caller gets a StorageError carrying its ``lsn`` (``durable=True``),
+the record waits in LSN order with any later ones, and the next write, checkpoint or close
+applies them first (no reopen; a write that arrives while they still cannot be applied is
+refused before its append).
+
+WAL retention (:meth:`Database.wal_retention`): a segment is removed only below the lowest
+LSN still needed by the checkpoint, each named change-feed consumer
+(``changes(since, consumer=...)``), the oldest snapshot in ``<db>/snapshots`` (when there is
+no WAL archive) and the archive (a segment goes only once copied, engine/archive.py); past
+those, the newest ``wal_keep_bytes`` are kept (default: sized to the database,
+:func:`default_wal_keep_bytes`).
 
 The layers above read :meth:`Database.status` / :meth:`Database.version_statuses`, register
 an :class:`~.observer.Observer` (:meth:`Database.add_observer`) and keep their own small
@@ -31,8 +43,9 @@ import time
 
 import numpy as np
 
-from . import indexer, schema, segments, snapshot, validate
+from . import indexer, retention, schema, segments, snapshot, upgrade, validate
 from .apply import Applier, pack, unpack
+from .archive import WalArchive
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
 from .indexspec import AUTO_THRESHOLD, IndexSpec
@@ -43,6 +56,8 @@ from .observer import Observer
 from .status import DatabaseStatus, VersionStatus
 from .store import Store
 from .types import Change, NamespaceInfo, VersionConfig, VersionInfo
+from .retention import (DISK_RESERVE_FLOOR, WAL_KEEP_FLOOR, WAL_KEEP_FRACTION,  # noqa: F401
+                        default_wal_keep_bytes)
 from .wal import WriteAheadLog
 
 DURABILITY_MODES = ("sync", "async")
@@ -56,9 +71,10 @@ class Database:
     """A SimpleVector database directory. Thread-safe; use as a context manager."""
 
     def __init__(self, path, *, durability: str = "sync", readonly: bool = False,
-                 checkpoint_interval: float = 60.0, wal_keep_bytes: int = 256 << 20,
+                 checkpoint_interval: float = 60.0, wal_keep_bytes: int | None = None,
                  auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD,
-                 limits=None):
+                 limits=None, wal_archive=None, disk_reserve: int | None = None,
+                 disk_free_probe=None, wal_segment_bytes: int = 64 << 20):
         if durability not in DURABILITY_MODES:
             raise InvalidInput(
                 f"durability {durability!r} is not valid; expected 'sync' or 'async'")
@@ -72,7 +88,14 @@ class Database:
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
         self.readonly = bool(readonly)
-        self.wal_keep_bytes = int(wal_keep_bytes)
+        #: explicit WAL retention past the pins (None: default_wal_keep_bytes)
+        self.wal_keep_bytes, self.disk_reserve, self.wal_archive, self._free_probe = \
+            retention.open_options(self.path, wal_keep_bytes, disk_reserve, disk_free_probe,
+                                   wal_archive)
+        self._archive = None
+        self._backlog: list = []            # (lsn, op) logged but not applied yet, in order
+        self._apply_error: Exception | None = None
+        self.disk_full_refusals = 0
         self._closed = False
         self._failed: Exception | None = None
         self._lock_fd = None
@@ -97,14 +120,22 @@ class Database:
         self.observer_errors = 0
         self.observer_last_error: str | None = None
         self.ops_store = OpsStore(self)
+        if not self.readonly:
+            upgrade.finish_interrupted(self.path)   # an upgrade killed between its renames
         self._open_dirs()
         if not self.readonly:
             snapshot.sweep_tmp(self.path)   # half-made snapshots of a dead process
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
-            self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly)
-            self._applier = Applier(self._store)
+            self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly,
+                                      segment_bytes=wal_segment_bytes)
+            self._applier = Applier(self._store, self.path, readonly=self.readonly)
             self._recover()
+            self._handled_lsn = self._applied_lsn  # applied, or waiting in the backlog
+            if self.wal_archive is not None and not self.readonly:
+                self._archive = WalArchive(self.wal_archive)
+                self._wal.seal()                # this process appends to a new segment
+                self._archive.copy_sealed(self._wal.sealed_segments())
         except BaseException:
             self._release_handles()
             raise
@@ -161,6 +192,8 @@ class Database:
             for lsn, payload in self._wal.iter_records(applier.applied_lsn):
                 applier.apply(lsn, unpack(payload))
                 self.replayed_records += 1
+            applier.remove_orphans()
+            segments.remove_others(self.path, applier.checkpoint_dir)
         with self._store.read() as txn:
             raw = txn.get(schema.META_CHECKPOINT_LSN, db=self._store.dbs[b"meta"])
             self.checkpoint_lsn = unpack(raw) if raw else 0
@@ -168,7 +201,7 @@ class Database:
         self._applied_lsn = applier.applied_lsn if self.readonly else self._last_lsn
 
     def _release_handles(self):
-        for name in ("_wal", "_store"):
+        for name in ("_applier", "_wal", "_store"):
             obj = getattr(self, name, None)
             if obj is not None:
                 try:
@@ -243,11 +276,15 @@ class Database:
         held = True
         try:
             self._check_writable()
+            if self._backlog:
+                self._drain_backlog(refuse=True)
             op = build_op()
             op["ts"] = time.time()
+            payload = pack(op)
+            self._check_disk(len(payload))
             lsn = self._last_lsn + 1
             try:
-                self._wal.append(lsn, pack(op))
+                self._wal.append(lsn, payload)
             except Exception as e:
                 # a partial frame may be on disk: nothing more may follow it in this process
                 self._fail(e)
@@ -271,39 +308,103 @@ class Database:
             self._fail(e)
             raise
         with self._apply_cond:
-            while self._applied_lsn != lsn - 1 and self._failed is None:
+            while self._handled_lsn != lsn - 1 and self._failed is None:
                 self._apply_cond.wait()
             if self._failed is not None:
                 raise StorageError(f"write {lsn} was logged but not applied: {self._failed}")
-            try:
-                result = self._applier.apply(lsn, op, prepared=prepared)
-            except Exception as e:
-                self._failed = e
+            error = None
+            if self._backlog and not self._apply_backlog():
+                error = self._apply_error
+            else:
+                try:
+                    result = self._applier.apply(lsn, op, prepared=prepared)
+                except Exception as e:
+                    error = self._apply_error = e
+            if error is not None:
+                # the record is in the WAL (synced in "sync" mode): it is not lost, it waits
+                # to be applied, and the caller must not retry it as if it had failed
+                self._backlog.append((lsn, op))
+                self._handled_lsn = lsn
                 self._apply_cond.notify_all()
-                # the record is in the WAL (synced in "sync" mode): it is not lost, and the
-                # caller must not retry it as if it had failed
                 err = StorageError(
-                    f"write {lsn} is in the write-ahead log but applying it failed ({e}); it "
-                    "is applied when the database is reopened, and no further writes are "
-                    "accepted until then",
-                    hint="fix the cause (e.g. free disk space), then close and reopen the "
-                         "database; do not repeat this write")
+                    f"write {lsn} is durable in the write-ahead log (LSN {lsn}) but applying "
+                    f"it failed ({error}); the database applies it by itself before the next "
+                    "write, at the next checkpoint or at close (no reopen needed)",
+                    hint="do not repeat this write; fix the cause (e.g. free disk space)")
                 err.lsn, err.durable = lsn, self.durability == "sync"
-                raise err from e
-            self._applied_lsn = lsn
+                raise err from error
+            self._applied_lsn = self._handled_lsn = lsn
             self._apply_cond.notify_all()
-            kind = op["op"]
-            if kind == "upsert":
-                self.counters["vectors_written"] += len(op["ids"])
-            elif kind == "delete":
-                self.counters["vectors_deleted"] += result
-            self.counters["writes"] += 1
+            self._count(op, result)
         return lsn, result
+
+    def _count(self, op: dict, result) -> None:
+        kind = op["op"]
+        if kind == "upsert":
+            self.counters["vectors_written"] += len(op["ids"])
+        elif kind == "delete":
+            self.counters["vectors_deleted"] += result
+        self.counters["writes"] += 1
+
+    def _apply_backlog(self) -> bool:
+        """Apply the logged-but-unapplied records in LSN order (``_apply_cond`` held);
+        False (error in ``_apply_error``) when one still fails."""
+        while self._backlog:
+            lsn, op = self._backlog[0]
+            try:
+                result = self._applier.apply(lsn, op)
+            except Exception as e:
+                self._apply_error = e
+                return False
+            self._backlog.pop(0)
+            self._applied_lsn = lsn
+            self._count(op, result)
+            self._apply_cond.notify_all()
+        self._apply_error = None
+        return True
+
+    def _drain_backlog(self, *, refuse: bool = False) -> bool:
+        """Apply waiting records once every logged one is handled; with ``refuse``, raise
+        (before anything is logged) when they still cannot be applied."""
+        with self._apply_cond:
+            while self._handled_lsn < self._last_lsn and self._failed is None:
+                self._apply_cond.wait()
+            if not self._backlog or self._apply_backlog():
+                return True
+            if not refuse:
+                return False
+            first, last = self._backlog[0][0], self._backlog[-1][0]
+            error = self._apply_error
+        raise StorageError(
+            f"this write was refused before it was logged: {last - first + 1} durable "
+            f"write(s) (LSN {first}..{last}) are waiting to be applied and applying them "
+            f"still fails ({error})",
+            hint="free disk space (or fix the cause); they are applied by the next write") \
+            from error
+
+    def disk_reserve_for(self, nbytes: int) -> int:
+        """Free disk bytes a write of ``nbytes`` WAL bytes needs: 3x the batch plus
+        ``disk_reserve`` (0 turns the check off; engine/retention.py)."""
+        return retention.reserve_for(self.disk_reserve, nbytes)
+
+    def disk_free(self) -> int | None:
+        """Free bytes on the database's disk, from the free-space probe (None: unknown)."""
+        try:
+            return int(self._free_probe(self.path))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _check_disk(self, nbytes: int) -> None:
+        need = retention.reserve_for(self.disk_reserve, nbytes)
+        free = self.disk_free() if need else None
+        if free is not None and free < need:
+            self.disk_full_refusals += 1
+            raise retention.disk_full_error(self.path, free, need, nbytes, self.disk_reserve)
 
     def _wait_applied(self):
         """Wait until every logged write is applied (call with the sequence lock held)."""
         with self._apply_cond:
-            while self._applied_lsn < self._last_lsn and self._failed is None:
+            while self._handled_lsn < self._last_lsn and self._failed is None:
                 self._apply_cond.wait()
 
     def _fail(self, exc: Exception):
@@ -528,7 +629,10 @@ class Database:
             observer_last_error=self.observer_last_error, counters=dict(self.counters),
             query_stats={"queries": self.query_stats["queries"],
                          "short": self.query_stats["short"],
-                         "plans": dict(self.query_stats["plans"])})
+                         "plans": dict(self.query_stats["plans"])},
+            wal_retention=self.wal_retention(), unapplied=len(self._backlog),
+            unapplied_error=None if not self._backlog else f"{self._apply_error}",
+            disk_free=self.disk_free(), disk_full_refusals=self.disk_full_refusals)
 
     def version_statuses(self) -> list[VersionStatus]:
         """A :class:`~.status.VersionStatus` for every namespace version, by (name, version)."""
@@ -554,20 +658,49 @@ class Database:
         self.refresh()
         return self._applied_lsn
 
-    def changes(self, since: int = 0):
-        """Iterate committed changes with LSN > ``since``, read from the WAL."""
+    def changes(self, since: int = 0, consumer: str | None = None):
+        """Iterate committed changes with LSN > ``since``, read from the WAL.
+
+        ``consumer="name"``: a named consumer acknowledges everything up to ``since``; its
+        position is recorded durably (the ops sub-database, synced) and WAL truncation
+        keeps every record after it until the consumer moves on or is dropped
+        (:meth:`drop_consumer`). Needs a writable database."""
         self._check_open()
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise InvalidInput(f"since {since!r} is not valid; expected an LSN (int >= 0)")
+        if consumer is not None:
+            consumer = retention.consumer_name(consumer)
+            self._check_writable()
         self.refresh()
-        upto = self._applied_lsn
-        first = self._wal.first_lsn
-        if since < upto and (first is None or first > since + 1):
-            raise ChangeFeedGap(
-                f"the change feed starts at LSN {first if first is not None else upto + 1}; "
-                f"changes after {since} were truncated at a checkpoint",
-                hint="raise wal_keep_bytes, or resynchronise from a full export")
+        with self._checkpoint_lock:         # no truncation between the check and the record
+            upto = self._applied_lsn
+            if consumer is not None and since > upto:
+                raise InvalidInput(f"since {since} is past the last committed LSN {upto}; a "
+                                   "consumer acknowledges only committed changes")
+            first = self._wal.first_lsn
+            if since < upto and (first is None or first > since + 1):
+                raise ChangeFeedGap(
+                    f"the change feed starts at LSN "
+                    f"{first if first is not None else upto + 1}; changes after {since} "
+                    "were truncated at a checkpoint",
+                    hint="read it as a named consumer (changes(since, consumer='name')) so "
+                         "the WAL is kept for it, or resynchronise from a full export")
+            if consumer is not None:
+                retention.record_consumer(self, consumer, since)
         return self._iter_changes(since, upto)
+
+    def consumers(self) -> list[dict]:
+        """The named change-feed consumers: ``name``, ``lsn`` (acknowledged up to), ``at``
+        (epoch seconds of the last acknowledgement), ``lag`` (committed records after it)."""
+        self._check_open()
+        self.refresh()
+        return retention.consumers(self, self._applied_lsn)
+
+    def drop_consumer(self, name: str) -> None:
+        """Forget the named consumer: its position no longer holds the WAL."""
+        name = retention.consumer_name(name)
+        self._check_writable()
+        retention.drop_consumer(self, name)
 
     def _iter_changes(self, since: int, upto: int):
         for lsn, payload in self._wal.iter_records(since):
@@ -592,7 +725,13 @@ class Database:
                 return
             first = self._wal.first_lsn
             if first is None or first > self._applied_lsn + 1:
-                self._applier.load()           # the WAL no longer reaches back: reload
+                # the WAL no longer reaches back: start again from the writer's checkpoint
+                applier = self._applier
+                if not (applier.load_snapshot() and applier.applied_lsn <= target):
+                    applier.load()
+                for lsn, payload in self._wal.iter_records(applier.applied_lsn,
+                                                           upto_lsn=target):
+                    applier.apply(lsn, unpack(payload), persist=False)
             else:
                 for lsn, payload in self._wal.iter_records(self._applied_lsn, upto_lsn=target):
                     self._applier.apply(lsn, unpack(payload), persist=False)
@@ -600,32 +739,47 @@ class Database:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> int:
-        """Persist the in-memory state as segments at one LSN, flush LMDB, and drop WAL
-        segments nobody needs any more. Returns the checkpoint LSN."""
+        """Persist the derived state of every changed version as array bundles at one
+        LSN (engine/segments.py), flush the row files and LMDB, and drop WAL segments
+        nobody needs any more. Returns the checkpoint LSN."""
         self._check_writable()
+        if self._backlog:
+            self._drain_backlog()           # applied first where possible; never blocks
+        applier = self._applier
         with self._checkpoint_lock:
             with self._apply_cond:
                 applied = self._applied_lsn
-                snapshot = {"lsn": applied, "next_vid": self._applier.next_vid,
-                            "configs": [c.to_msg() for c in self._applier.configs.values()]}
-                dirty = {vid: (st.mutations, st.capture())
-                         for vid, st in self._applier.states.items()
-                         if st.mutations != st.checkpointed_mutations}
+                previous = applier.checkpoint_dir
+                snapshot = {"lsn": applied, "next_vid": applier.next_vid,
+                            "configs": [c.to_msg() for c in applier.configs.values()]}
+                dirty, clean = {}, []
+                for vid, st in applier.states.items():
+                    if (st.mutations == st.checkpointed_mutations and previous is not None
+                            and segments.has(self.path, previous, vid)):
+                        clean.append(vid)
+                    else:
+                        dirty[vid] = (st.mutations, st.capture())
             self._wal.sync(self._last_lsn)
-            named = {vid: segments.flatten(cap) for vid, (_, cap) in dirty.items()}
+            # every row the checkpoint counts is on disk before LMDB records it
+            applier.sync_rows()
+            name, _ = segments.write(self.path, applied, {v: c for v, (_, c) in dirty.items()},
+                                     previous, clean)
+            snapshot["dir"] = name
             dbs = self._store.dbs
 
             def txn_fn(txn):
-                for vid, values in named.items():
-                    segments.write(txn, dbs, vid, values)
                 txn.put(schema.META_SNAPSHOT, pack(snapshot), db=dbs[b"meta"])
                 txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=dbs[b"meta"])
             self._store.write_with_retry(txn_fn)
             self._store.sync()
             for vid, (mutations, _) in dirty.items():
-                state = self._applier.states.get(vid)
+                state = applier.states.get(vid)
                 if state is not None:
                     state.checkpointed_mutations = mutations
+                    # the state now rests on the new bundle: its tail holds later rows only
+                    state.rebase(*segments.read(self.path, name, vid))
+            applier.checkpoint_dir = name
+            segments.remove_others(self.path, name)
             self.checkpoint_lsn = applied
             self.checkpoint_time = time.time()
             self._truncate_wal(applied)
@@ -638,34 +792,48 @@ class Database:
         writes continue: ``<path>/lmdb/data.mdb`` + ``<path>/manifest.json``. Without
         ``path`` it goes to ``<db>/snapshots/<lsn:020d>-<UTC time>/``. Works read-only."""
         self._check_open()
-        return snapshot.take(self, path)
+        info = snapshot.take(self, path)
+        if self._archive is not None and self.writable:
+            try:
+                self._wal.seal()            # every record so far goes to the archive
+                with self._checkpoint_lock:
+                    self._archive.copy_sealed(self._wal.sealed_segments())
+            except Exception:               # reported by status()["wal_archive"]
+                pass
+        return info
 
     def snapshots(self) -> list:
         """The complete snapshots in ``<db>/snapshots``, oldest first."""
         self._check_open()
         return snapshot.list_snapshots(self.path)
 
+    def prune_snapshots(self, keep: int) -> list:
+        """Remove the snapshots in ``<db>/snapshots`` older than the newest ``keep``;
+        returns the removed ones' SnapshotInfo. Works read-only (files only)."""
+        self._check_open()
+        return snapshot.prune(self.path, keep)
+
+    def wal_keep_target(self) -> int:
+        """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else
+        :func:`~.retention.default_wal_keep_bytes` of the LMDB bytes used now."""
+        return retention.keep_target(self)
+
+    def wal_retention(self) -> dict:
+        """WAL bytes and why they are kept (engine/retention.py): ``bytes``, ``segments``,
+        ``keep_bytes`` (the tail kept past the pins), ``pins`` (checkpoint, archive, oldest
+        snapshot, consumers), each with the LSN it needs from and the ``bytes`` of the
+        segments it holds, and ``archive`` (engine/archive.py status, or None)."""
+        self._check_open()
+        return retention.report(self)
+
     def _truncate_wal(self, checkpoint_lsn: int):
-        """Remove the oldest segments while the WAL exceeds ``wal_keep_bytes``; never any
-        record after the checkpoint (recovery needs those)."""
-        segments = self._wal.segments()
-        sizes = [os.path.getsize(p) for p, _ in segments]
-        total = sum(sizes)
-        cut = None
-        for i in range(1, len(segments)):
-            if total <= self.wal_keep_bytes:
-                break
-            first_of_next = segments[i][1]
-            if first_of_next > checkpoint_lsn + 1:
-                break
-            total -= sizes[i - 1]
-            cut = first_of_next
-        if cut is not None:
-            self._wal.truncate_before(cut)
+        retention.truncate(self, checkpoint_lsn)
 
     def _checkpoint_loop(self, interval: float):
         while not self._stop.wait(interval):
             try:
+                if self._backlog:
+                    self._drain_backlog()
                 if self.durability == "async":
                     self._wal.sync(self._last_lsn)
                 self.checkpoint()
@@ -709,7 +877,9 @@ class Database:
             if not self.readonly and self._failed is None:
                 try:
                     self._wait_applied()        # writes already logged finish first
-                    self.checkpoint()
+                    if self._archive is not None:
+                        self._wal.seal()        # the archive gets every committed record
+                    self.checkpoint()           # applies a backlog, archives, truncates
                 except Exception:
                     pass
             self._closed = True

@@ -26,6 +26,7 @@ __all__ = [
     "ChangeFeedGap",
     "TargetExists",
     "NotSupported",
+    "DiskFullError",
     "ModelMismatch",
     "EmbeddingError",
     "BudgetExceeded",
@@ -174,6 +175,17 @@ class NotSupported(SimpleVectorError, NotImplementedError):
 
     code = "not_supported"
     http_status = 501
+
+
+class DiskFullError(StorageError):
+    """A write was refused before its WAL append: free disk space is under the reserve
+    (the batch and a floor). Nothing was written; reads go on, and writes resume by
+    themselves once space is freed."""
+
+    code = "disk_full"
+    http_status = 507
+    hint = ("free disk space (old snapshots: `simplevector snapshot prune`, other files); "
+            "writes resume without a reopen")
 
 
 class ModelMismatch(InvalidInput):

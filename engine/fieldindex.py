@@ -34,6 +34,7 @@ does per namespace version).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from typing import Any, Iterator
@@ -216,6 +217,8 @@ class FieldIndex:
         self._paths: dict[tuple[str, ...], _Path] = {}
         self._rows = 0
         self._merge_threshold = merge_threshold
+        self._base: _Frozen | None = None   # positions below base_n, from a checkpoint
+        self.base_n = 0
 
     # ------------------------------------------------------------------ writes
 
@@ -291,27 +294,35 @@ class FieldIndex:
     # ------------------------------------------------------------------ reads
 
     def _eq_positions(self, path: tuple[str, ...], key: Any) -> np.ndarray:
+        base = self._base.eq(path, key) if self._base is not None else _EMPTY
         with self._lock:
             entry = self._paths.get(path)
             if entry is None:
-                return _EMPTY
+                return base
             arr = entry.eq_cache.get(key)
             if arr is None:
                 arr = _sorted_positions(entry.eq.get(key, ()))
                 entry.eq_cache[key] = arr
-            return arr
+        # base positions are all below base_n, the tail's all at or above: still sorted
+        return np.concatenate([base, arr]) if base.size else arr
 
     def _exists_positions(self, path: tuple[str, ...]) -> np.ndarray:
+        base = self._base.exists(path) if self._base is not None else _EMPTY
         with self._lock:
             entry = self._paths.get(path)
             if entry is None:
-                return _EMPTY
+                return base
             if entry.exists_cache is None:
                 entry.exists_cache = _sorted_positions(entry.exists)
-            return entry.exists_cache
+            arr = entry.exists_cache
+        return np.concatenate([base, arr]) if base.size else arr
 
     def _range(self, node: Field, n: int) -> np.ndarray:
         bitmap = np.zeros(n, dtype=bool)
+        if self._base is not None:
+            base = self._base.numeric(node.path)
+            if base is not None:
+                _scatter(bitmap, _range_slice(base, node.op, node.value), n, is_sorted=False)
         with self._lock:
             entry = self._paths.get(node.path)
             num = entry.numeric if entry is not None else None
@@ -407,4 +418,172 @@ class FieldIndex:
     def fields(self) -> list[str]:
         """The dotted paths currently indexed (sorted)."""
         with self._lock:
-            return sorted(".".join(p) for p in self._paths)
+            paths = set(self._paths)
+        if self._base is not None:
+            paths.update(self._base.paths)
+        return sorted(".".join(p) for p in paths)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def to_arrays(self, n: int, alive: np.ndarray) -> tuple[dict, dict]:
+        """(meta, arrays) of every index over the live rows below ``n``: the base merged
+        with the rows added since, dead positions dropped. Costs O(tail) Python plus
+        numpy work over the base."""
+        with self._lock:
+            tail = {path: (
+                [(key, np.fromiter(b, np.int64, len(b))) for key, b in entry.eq.items() if b],
+                np.fromiter(entry.exists, np.int64, len(entry.exists)),
+                None if entry.numeric is None else dict(entry.numeric.entries))
+                for path, entry in self._paths.items()}
+        base = self._base
+        paths = sorted(set(tail) | (set(base.paths) if base is not None else set()))
+        meta = {"paths": [], "inexact": {}}
+        arrays = {}
+        for i, path in enumerate(paths):
+            eq_h1, eq_h2, eq_pos, ex_pos = [], [], [], []
+            vals, poss, exact = [], [], []
+            if base is not None and path in base.paths:
+                h1, h2, off, pos = base.eq_arrays(path)
+                counts = np.diff(off)
+                eq_h1.append(np.repeat(h1, counts))
+                eq_h2.append(np.repeat(h2, counts))
+                eq_pos.append(pos)
+                ex_pos.append(base.exists(path))
+                num = base.numeric(path)
+                if num is not None:
+                    vals.append(num.vals)
+                    poss.append(num.poss)
+                    exact.append(num.exact if num.inexact else num.vals)
+            if path in tail:
+                pairs, exists, entries = tail[path]
+                t1, t2, tp = [], [], []
+                for key, b in pairs:
+                    a1, a2 = _key_hash(key)
+                    t1 += [a1] * len(b)
+                    t2 += [a2] * len(b)
+                    tp.append(b)
+                if pairs:
+                    eq_h1.append(np.array(t1, np.uint64))
+                    eq_h2.append(np.array(t2, np.uint64))
+                    eq_pos.append(np.concatenate(tp))
+                ex_pos.append(exists)
+                if entries:
+                    tv, tq = [], []
+                    for pos, values in entries.items():
+                        for v in values:
+                            tq.append(pos)
+                            tv.append(v)
+                    poss.append(np.array(tq, np.int64))
+                    vals.append(np.fromiter((_to_float(v) for v in tv), np.float64, len(tv)))
+                    exact.append(tv)
+            h1 = np.concatenate(eq_h1) if eq_h1 else np.zeros(0, np.uint64)
+            h2 = np.concatenate(eq_h2) if eq_h2 else np.zeros(0, np.uint64)
+            pos = np.concatenate(eq_pos) if eq_pos else _EMPTY
+            keep = (pos < n) & alive[np.minimum(pos, n - 1)] if n else np.zeros(len(pos), bool)
+            h1, h2, pos = h1[keep], h2[keep], pos[keep]
+            order = np.lexsort((pos, h2, h1))
+            h1, h2, pos = h1[order], h2[order], pos[order]
+            starts = np.flatnonzero(np.r_[True, (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])]) \
+                if len(h1) else _EMPTY
+            ex = np.concatenate(ex_pos) if ex_pos else _EMPTY
+            ex = np.sort(ex[(ex < n) & alive[np.minimum(ex, n - 1)]]) if n and len(ex) else _EMPTY
+            if not len(ex):
+                continue                    # the path has no live row any more
+            p = f"f{len(meta['paths'])}."
+            meta["paths"].append(list(path))
+            arrays[p + "h1"], arrays[p + "h2"] = h1[starts], h2[starts]
+            arrays[p + "off"] = np.r_[starts, len(h1)].astype(np.int64)
+            arrays[p + "pos"] = pos
+            arrays[p + "exists"] = ex
+            if vals:
+                v = np.concatenate(vals)
+                q = np.concatenate(poss)
+                keep = (q < n) & alive[np.minimum(q, n - 1)]
+                order = np.argsort(v[keep], kind="stable")
+                arrays[p + "vals"] = v[keep][order]
+                arrays[p + "vpos"] = q[keep][order]
+                # exact Python values are kept only for ints float64 cannot hold
+                if any(isinstance(e, list) and not all(_exact(x) for x in e) for e in exact):
+                    flat = [x for e in exact for x in (e if isinstance(e, list) else e.tolist())]
+                    sel = np.flatnonzero(keep)[order].tolist()
+                    meta["inexact"][str(len(meta["paths"]) - 1)] = [flat[j] for j in sel]
+        return meta, arrays
+
+    def load_arrays(self, meta: dict, arrays: dict, base_n: int) -> None:
+        """Make the checkpointed indexes the base of this (empty) index."""
+        self._base = _Frozen(meta, arrays)
+        self.base_n = base_n
+
+
+def _key_bytes(key) -> bytes:
+    """Canonical bytes of a :func:`scalar_key` (``1`` and ``1.0`` give the same)."""
+    tag = key[0]
+    if tag == 0:
+        return b"0"
+    if tag == 1:
+        return b"1" + (b"t" if key[1] else b"f")
+    if tag == 2:
+        v = key[1]
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return b"2" + repr(v).encode("ascii")
+    return b"3" + key[1].encode("utf-8", "surrogatepass")
+
+
+def _key_hash(key) -> tuple[int, int]:
+    d = hashlib.blake2b(_key_bytes(key), digest_size=16).digest()
+    return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little")
+
+
+class _FrozenNumeric:
+    __slots__ = ("vals", "poss", "exact", "inexact")
+
+    def __init__(self, vals, poss, exact):
+        self.vals, self.poss = vals, poss
+        self.exact = exact
+        self.inexact = exact is not None
+
+
+class _Frozen:
+    """Checkpointed field indexes: read-only arrays, answered by ``np.searchsorted``."""
+
+    def __init__(self, meta: dict, arrays: dict):
+        self.paths: dict[tuple[str, ...], int] = {
+            tuple(p): i for i, p in enumerate(meta["paths"])}
+        self._arrays = arrays
+        self._inexact = {int(k): v for k, v in meta.get("inexact", {}).items()}
+        self._numeric: dict[int, _FrozenNumeric | None] = {}
+
+    def _get(self, i: int, name: str):
+        return self._arrays.get(f"f{i}.{name}")
+
+    def eq_arrays(self, path):
+        i = self.paths[path]
+        return self._get(i, "h1"), self._get(i, "h2"), self._get(i, "off"), self._get(i, "pos")
+
+    def eq(self, path, key) -> np.ndarray:
+        i = self.paths.get(path)
+        if i is None or key is None:
+            return _EMPTY
+        h1, h2, off, pos = self.eq_arrays(path)
+        a1, a2 = _key_hash(key)
+        j = int(np.searchsorted(h1, np.uint64(a1)))
+        while j < len(h1) and int(h1[j]) == a1:
+            if int(h2[j]) == a2:
+                return pos[off[j]:off[j + 1]]
+            j += 1
+        return _EMPTY
+
+    def exists(self, path) -> np.ndarray:
+        i = self.paths.get(path)
+        return _EMPTY if i is None else self._get(i, "exists")
+
+    def numeric(self, path) -> _FrozenNumeric | None:
+        i = self.paths.get(path)
+        if i is None:
+            return None
+        if i not in self._numeric:
+            vals = self._get(i, "vals")
+            self._numeric[i] = None if vals is None else _FrozenNumeric(
+                vals, self._get(i, "vpos"), self._inexact.get(i))
+        return self._numeric[i]

@@ -91,7 +91,7 @@ class IVFIndex:
 
     def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
                  codebooks: np.ndarray | None, *, train_seconds: float = 0.0,
-                 trained_rows: int = 0, train_error: float = 0.0):
+                 trained_rows: int = 0, train_error: float = 0.0, pre=None):
         self.spec = spec
         self.spec_text = str(spec)
         self.dim = dim
@@ -109,7 +109,9 @@ class IVFIndex:
         # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
         # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
         # every construction (training and reopen), never stored
-        self._pre = self._precomputed()
+        self._pre = self._precomputed() if pre is None else pre
+        self._seals = 0                 # bumps whenever the sealed lists are replaced
+        self._seals_at_capture = -1
         self.train_seconds = train_seconds
         self.trained_rows = trained_rows
         self.train_error = train_error
@@ -229,6 +231,7 @@ class IVFIndex:
             self._lists = sealed
             self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
                                  np.zeros(0, np.int32), 0, self.nlist)
+            self._seals += 1
 
     def add(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray, alive=None):
         """Append encoded rows to the delta (writes are serialised by the caller)."""
@@ -338,38 +341,60 @@ class IVFIndex:
         return out
 
     # -- persistence ----------------------------------------------------------------------------
-    def to_arrays(self) -> tuple[dict, dict]:
-        """(meta, arrays) for a checkpoint segment; the delta is folded into the lists."""
+    def to_arrays(self, alive: np.ndarray) -> tuple[dict, dict]:
+        """(meta, arrays) for a checkpoint: the lists in sealed (CSR) form, delta folded
+        in and dead rows dropped, so that :meth:`from_arrays` uses them as they are."""
         sealed, d = self.snapshot()
         sizes = np.diff(sealed.offsets)
         lists = np.concatenate([np.repeat(np.arange(self.nlist, dtype=np.int64), sizes),
                                 d.lists[: d.n].astype(np.int64)])
+        pos = np.concatenate([sealed.pos, d.pos[: d.n]])
+        codes = np.concatenate([sealed.codes, d.codes[: d.n]])
+        keep = alive[pos] if len(pos) else np.zeros(0, bool)
+        pos, lists, codes = pos[keep], lists[keep], codes[keep]
+        order, offsets = ivfscan.build_csr(lists, self.nlist)
         meta = {"spec": str(self.spec), "dim": self.dim, "metric": self.metric,
                 "train_seconds": self.train_seconds, "trained_rows": self.trained_rows,
-                "train_error": self.train_error, "m": self.m, "trained_upto": self.trained_upto}
-        arrays = {"centroids": self.centroids,
-                  "lists": lists,
-                  "pos": np.concatenate([sealed.pos, d.pos[: d.n]]),
-                  "codes": np.concatenate([sealed.codes, d.codes[: d.n]])}
+                "train_error": self.train_error, "m": self.m, "trained_upto": self.trained_upto,
+                "covers": int(len(alive))}
+        arrays = {"centroids": self.centroids, "offsets": offsets,
+                  "pos": pos[order], "codes": codes[order], "pre": self._pre}
         if self.m:
             arrays["codebooks"] = self.codebooks
         return meta, arrays
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict) -> "IVFIndex":
-        """The index saved by :meth:`to_arrays`. The arrays may be views of storage that
-        goes away: nothing here keeps a reference to them."""
+        """The index saved by :meth:`to_arrays`; its lists, codes and precomputed tables
+        are the arrays themselves (views of a checkpoint bundle), not copies."""
         codebooks = arrays.get("codebooks")
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
                     np.array(arrays["centroids"], np.float32),
                     None if codebooks is None else np.array(codebooks, np.float32),
                     train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],
-                    train_error=meta["train_error"])
+                    train_error=meta["train_error"], pre=arrays.get("pre"))
         index.trained_upto = meta.get("trained_upto", 0)
-        m = meta["m"]
-        codes = arrays["codes"].reshape(-1, m) if m else np.zeros((len(arrays["pos"]), 0), np.uint8)
-        index.load_lists(arrays["pos"], arrays["lists"], codes)
+        index._lists = _Lists(arrays["offsets"], index._codes2d(arrays["codes"]),
+                              arrays["pos"], _end(arrays["pos"]))
         return index
+
+    def _codes2d(self, codes):
+        return codes.reshape(-1, self.m) if self.m else np.zeros((len(codes), 0), np.uint8)
+
+    def rebase(self, arrays: dict, n0: int):
+        """After a checkpoint that captured this index over positions below ``n0``: its
+        lists become the sealed part (views of the bundle), the delta keeps later rows.
+        Skipped when the lists were sealed again since (they are then newer)."""
+        with self._lock:
+            d = self._delta
+            if self._seals != self._seals_at_capture:
+                return
+            keep = np.flatnonzero(d.pos[: d.n] >= n0)
+            self._lists = _Lists(arrays["offsets"], self._codes2d(arrays["codes"]),
+                                 arrays["pos"], _end(arrays["pos"]))
+            self._delta = _delta(np.ascontiguousarray(d.codes[keep]),
+                                 np.ascontiguousarray(d.pos[keep]),
+                                 np.ascontiguousarray(d.lists[keep]), len(keep), self.nlist)
 
     def info(self) -> dict:
         sizes = self.sizes()

@@ -187,7 +187,7 @@ class Namespace:
             state = db._state(vid)
             view = state.view()
             mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
-            matched = [state.extids[p] for p in np.flatnonzero(mask)]
+            matched = state.extids_at(np.flatnonzero(mask))
             if ids is not None:
                 keep = set(ids)             # str and int ids are distinct keys
                 matched = [m for m in matched if m in keep]
@@ -223,6 +223,7 @@ class Namespace:
         ids = validate.id_list(ids, allow_duplicates=True)
         include = validate.include_value(include)
         dbs = self._db._store.dbs
+        state = self._db._state(config.vid)
         out = []
         with self._db._store.read() as txn:
             for extid in ids:
@@ -230,21 +231,19 @@ class Namespace:
                 if raw is None:
                     out.append(None)
                     continue
-                key = schema.row_key(config.vid, schema.unpack_u64(raw))
-                out.append(self._record(txn, key, extid, include, Record))
+                out.append(self._record(txn, state, schema.unpack_u64(raw), extid, include,
+                                        Record))
         return out[0] if single else out
 
-    def _record(self, txn, key, extid, include, cls, **extra):
+    def _record(self, txn, state, pos, extid, include, cls, **extra):
         dbs = self._db._store.dbs
         md = doc = vec = None
         if "metadata" in include or "documents" in include:
-            raw = txn.get(key, db=dbs[b"records"])
+            raw = txn.get(schema.row_key(state.config.vid, pos), db=dbs[b"records"])
             if raw is not None:
                 md, doc = unpack(raw)[1:3]
         if "vectors" in include:
-            raw = txn.get(key, db=dbs[b"vectors"])
-            if raw is not None:
-                vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            vec = state.row_vector(pos)
         return cls(id=extid, metadata=md if "metadata" in include else None,
                    document=doc if "documents" in include else None, vector=vec, **extra)
 
@@ -347,14 +346,13 @@ class Namespace:
         alive = np.flatnonzero(view.alive)
         rng = np.random.default_rng(seed)
         pick = alive if len(alive) <= n else np.sort(rng.choice(alive, n, replace=False))
-        return [state.extids[p] for p in pick], np.array(view.X[pick])
+        return state.extids_at(pick), np.array(view.X[pick])
 
     def ids(self) -> list:
         """The ids of the stored rows, in the order they were written (oldest first)."""
         state = self._db._state(self._config().vid)
         view = state.view()
-        extids = state.extids
-        return [extids[p] for p in np.flatnonzero(view.alive)]
+        return state.extids_at(np.flatnonzero(view.alive))
 
     def index_drift(self, sample: int = 2000, *, seed: int = 0):
         """(ratio, rows) for the trained IVF index: the quantization error of (up to
@@ -405,22 +403,22 @@ class Namespace:
         config = self._config()
         state = self._db._state(config.vid)
         view = state.view()
-        rowids = np.asarray(view.rowids[:view.n])
-        start = 0 if after is None else int(np.searchsorted(rowids, after, side="right"))
+        start = 0 if after is None else after + 1      # a rowid is the row's position
         alive = np.flatnonzero(view.alive[start:view.n]) + start
-        pick = alive[:limit]
+        pick = alive[:limit].tolist()
+        extids = state.extids_at(pick)
         dbs = self._db._store.dbs
         out = []
         with self._db._store.read() as txn:
-            for p in pick.tolist():
-                raw = txn.get(schema.row_key(config.vid, int(rowids[p])), db=dbs[b"records"])
+            for p, extid in zip(pick, extids):
+                raw = txn.get(schema.row_key(config.vid, p), db=dbs[b"records"])
                 rec = unpack(raw) if raw is not None else None
                 if rec is None:
-                    out.append(StoredRecord(id=state.extids[p]))
+                    out.append(StoredRecord(id=extid))
                 else:
-                    out.append(StoredRecord(id=state.extids[p], metadata=rec[1], document=rec[2],
+                    out.append(StoredRecord(id=extid, metadata=rec[1], document=rec[2],
                                             provenance=rec[3] if len(rec) > 3 else None))
-        cursor = int(rowids[pick[-1]]) if len(pick) and len(alive) > limit else None
+        cursor = int(pick[-1]) if pick and len(alive) > limit else None
         return out, cursor
 
     # -- index management ---------------------------------------------------------------------
@@ -479,25 +477,21 @@ class Namespace:
         return out
 
     def _hits(self, state, view, results, include):
-        vid = state.config.vid
         need_lmdb = bool(include)
         out = []
         if need_lmdb:
             ctx = self._db._store.read()
             txn = ctx.__enter__()
         try:
-            extids = state.extids
+            at = state.extid_at
             for dist, pos in results:
                 pos = pos.tolist()
                 dist = dist.tolist()
                 if not need_lmdb:
-                    out.append([Hit(extids[p], d) for d, p in zip(dist, pos)])
+                    out.append([Hit(at(p), d) for d, p in zip(dist, pos)])
                     continue
-                hits = []
-                for d, p in zip(dist, pos):
-                    key = schema.row_key(vid, int(view.rowids[p]))
-                    hits.append(self._record(txn, key, extids[p], include, Hit, distance=d))
-                out.append(hits)
+                out.append([self._record(txn, state, p, at(p), include, Hit, distance=d)
+                            for d, p in zip(dist, pos)])
         finally:
             if need_lmdb:
                 ctx.__exit__(None, None, None)

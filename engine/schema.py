@@ -7,17 +7,22 @@ Keys are built only by the helpers below so that the layout is written down once
 | meta      | ascii name                           | msgpack scalar (format, applied LSN, ...)  |
 | catalog   | b"v" + vid (u32 BE)                  | msgpack version config                     |
 | ids       | vid + encoded external id            | rowid (u64 BE)                             |
-| vectors   | vid + rowid (u64 BE)                 | raw little-endian float32, dim values      |
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
 |           |                                      | or [id, metadata, document, provenance]    |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
-| segments  | vid + b":" + segment name            | one array or msgpack blob of a checkpoint  |
 | ops       | utf-8 key chosen by the ops layer    | msgpack (histogram totals, alert events)   |
+
+Format 2 keeps each row once, outside LMDB: ``<db>/rows/<vid>.f32`` holds a version's
+float32 rows at ``rowid * dim * 4`` (a rowid is the row's position). Checkpoints are array
+bundles under ``<db>/ckpt/<lsn>/`` (engine/segments.py). Format 1 kept rows in a
+``vectors`` sub-database and checkpoint segments (rows again) in ``segments``; it is
+converted by ``simplevector upgrade PATH`` (engine/upgrade.py).
 
 A row has a record when it has metadata, a document or provenance (a small msgpack map the
 ops layer gives ``upsert(..., provenance=)``: content hash, model, embedded-at time, source
-``updated_at``), written in the same transaction as its vector; 3-element records (no
-provenance) stay valid.
+``updated_at``). Provenance travels in the same WAL record as the row's vector and is
+written by the LMDB transaction that applies it; 3-element records (no provenance) stay
+valid.
 
 A namespace alias (name -> live version) is part of each version's config (``live``),
 so promotion rewrites two catalog rows in one transaction.
@@ -29,16 +34,20 @@ import struct
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Formats that `simplevector upgrade` converts from.
+UPGRADABLE_FORMATS = (1,)
 
-SUBDBS = (b"meta", b"catalog", b"ids", b"vectors", b"records", b"counters", b"segments", b"ops")
+SUBDBS = (b"meta", b"catalog", b"ids", b"records", b"counters", b"ops")
+#: Format 1 had these too (rows, and checkpoint segments that copied the rows).
+FORMAT1_SUBDBS = (b"vectors", b"segments")
 
 META_FORMAT = b"format_version"
 META_APPLIED_LSN = b"applied_lsn"
 META_CHECKPOINT_LSN = b"checkpoint_lsn"
 META_NEXT_VID = b"next_vid"
 META_CREATED = b"created"
-#: msgpack {lsn, next_vid, configs}: the catalog as of the last checkpoint's segments
+#: msgpack {lsn, dir, next_vid, configs}: the last checkpoint and the catalog at its LSN
 META_SNAPSHOT = b"snapshot"
 
 _U32 = struct.Struct(">I")

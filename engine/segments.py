@@ -1,86 +1,102 @@
-"""Checkpoint segments: a version's in-memory state written to LMDB, and read back.
+"""Checkpoints: every version's derived state as of one LSN, one array bundle per version.
 
-A checkpoint stores, for every version, the row arrays, ids, metadata and IVF lists as of
-one LSN (``schema.META_SNAPSHOT`` holds that LSN and the catalog). Reopening loads them and
-replays only the WAL after that LSN, instead of decoding every row from LMDB. Segments are
-derived state: when they are missing or older than the retained WAL, the engine rebuilds
-from the LMDB rows. Segments keep tombstoned positions (a reopen from them has the same
-tombstones); the rebuild from LMDB rows is dense.
+A checkpoint at LSN ``L`` is the directory ``<db>/ckpt/<L:020d>/`` holding ``v<vid>.arr``
+(:func:`~.arrayfile.write_bundle`: alive mask, norms, id map, field indexes, IVF lists)
+for every version. It is written as ``<L>.tmp``, each file fsync'd, renamed into place and
+the directory fsync'd; only then does LMDB's ``meta`` record it (``schema.META_SNAPSHOT``:
+LSN, directory, catalog). A version that did not change since the previous checkpoint is
+hard-linked from it, not rewritten. Older checkpoint directories are removed after the
+record commits; a directory that no record names (a checkpoint cut short by a crash) is
+removed at the next open. Reopening maps the bundles and replays the WAL after ``L``.
 
-Encoding: an array is ``b"A" + u32 header length + msgpack [dtype, shape] + raw bytes``;
-anything else is ``b"M" + msgpack``.
+Checkpoints hold no rows: those are in the row files (``<db>/rows/<vid>.f32``).
 """
 
 from __future__ import annotations
 
-import struct
+import os
+import shutil
+import time
 
-import msgpack
-import numpy as np
+from .arrayfile import read_bundle, write_bundle
 
-from . import schema
-
-_U32 = struct.Struct("<I")
-
-
-def encode(value) -> bytes:
-    if isinstance(value, np.ndarray):
-        arr = np.ascontiguousarray(value)
-        header = msgpack.packb([arr.dtype.str, list(arr.shape)])
-        return b"A" + _U32.pack(len(header)) + header + arr.tobytes()
-    return b"M" + msgpack.packb(value, use_bin_type=True)
+CKPT_DIR = "ckpt"
+ROWS_DIR = "rows"
 
 
-def decode(raw, copy: bool = True):
-    """The value encoded in raw. With ``copy=False`` an array is a read-only view of raw
-    (an LMDB value: valid only while its read transaction is open)."""
-    raw = memoryview(raw)
-    if raw[:1] == b"A":
-        (hlen,) = _U32.unpack(raw[1:5])
-        dtype, shape = msgpack.unpackb(raw[5:5 + hlen])
-        arr = np.frombuffer(raw[5 + hlen:], dtype=np.dtype(dtype)).reshape(shape)
-        return arr.copy() if copy else arr
-    return msgpack.unpackb(raw[1:], raw=False, strict_map_key=False)
+def ckpt_root(dbpath: str) -> str:
+    return os.path.join(dbpath, CKPT_DIR)
 
 
-def flatten(captured: dict) -> dict:
-    """name -> value for one version's captured state."""
-    out = {f"state.{k}": v for k, v in captured.items() if k != "ivf"}
-    if "ivf" in captured:
-        meta, arrays = captured["ivf"]
-        out["ivf.meta"] = meta
-        out.update({f"ivf.{k}": v for k, v in arrays.items()})
-    return out
+def ckpt_name(lsn: int) -> str:
+    """Unique per checkpoint (two checkpoints at one LSN, e.g. after a training, differ)."""
+    return f"{lsn:020d}-{time.time_ns():020d}"
 
 
-def unflatten(named: dict) -> dict:
-    seg = {k[len("state."):]: v for k, v in named.items() if k.startswith("state.")}
-    if "ivf.meta" in named:
-        arrays = {k[len("ivf."):]: v for k, v in named.items()
-                  if k.startswith("ivf.") and k != "ivf.meta"}
-        seg["ivf"] = (named["ivf.meta"], arrays)
-    return seg
+def bundle_path(dbpath: str, name: str, vid: int) -> str:
+    return os.path.join(ckpt_root(dbpath), name, f"v{vid}.arr")
 
 
-def write(txn, dbs, vid: int, named: dict):
-    delete(txn, dbs, vid)
-    for name, value in named.items():
-        txn.put(schema.segment_key(vid, name), encode(value), db=dbs[b"segments"])
+def row_path(dbpath: str, vid: int) -> str:
+    return os.path.join(dbpath, ROWS_DIR, f"{vid}.f32")
 
 
-def read(txn, dbs, vid: int, copy: bool = True) -> dict:
-    """name -> value of one version's segments. ``copy=False``: arrays are views of the
-    LMDB map, valid only inside ``txn``; the caller copies what it keeps (a 1M x 128
-    reopen spent 1.3 s copying the vectors twice)."""
-    prefix = schema.vid_prefix(vid) + b":"
-    return {bytes(key[len(prefix):]).decode("ascii"): decode(value, copy)
-            for key, value in schema.scan_prefix(txn, dbs[b"segments"], prefix)}
+def _fsync_dir(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def delete(txn, dbs, vid: int):
-    prefix = schema.vid_prefix(vid) + b":"
-    cur = txn.cursor(db=dbs[b"segments"])
-    if cur.set_range(prefix):
-        while cur.key().startswith(prefix):
-            if not cur.delete():
-                break
+def write(dbpath: str, lsn: int, captured: dict, previous: str | None,
+          clean: list) -> tuple[str, int]:
+    """Write checkpoint ``lsn``: ``captured`` vid -> (meta, arrays) of changed versions,
+    ``clean`` the vids whose bundle in checkpoint ``previous`` is still current.
+    Returns (directory name, bytes written)."""
+    root = ckpt_root(dbpath)
+    os.makedirs(root, exist_ok=True)
+    name = ckpt_name(lsn)
+    tmp = os.path.join(root, name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    written = 0
+    for vid, (meta, arrays) in captured.items():
+        written += write_bundle(os.path.join(tmp, f"v{vid}.arr"), meta, arrays)
+    for vid in clean:
+        os.link(bundle_path(dbpath, previous, vid), os.path.join(tmp, f"v{vid}.arr"))
+    _fsync_dir(tmp)
+    os.rename(tmp, os.path.join(root, name))
+    _fsync_dir(root)
+    return name, written
+
+
+def read(dbpath: str, name: str, vid: int) -> tuple[dict, dict]:
+    return read_bundle(bundle_path(dbpath, name, vid))
+
+
+def has(dbpath: str, name: str, vid: int) -> bool:
+    return os.path.exists(bundle_path(dbpath, name, vid))
+
+
+def remove_others(dbpath: str, keep: str | None):
+    """Remove every checkpoint directory but ``keep`` (mapped bundles stay readable by
+    whoever has them mapped; the space returns when they unmap)."""
+    root = ckpt_root(dbpath)
+    if not os.path.isdir(root):
+        return
+    for entry in os.listdir(root):
+        if entry != keep:
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def bytes_on_disk(dbpath: str) -> int:
+    total = 0
+    for sub in (CKPT_DIR, ROWS_DIR):
+        for dirpath, _dirs, files in os.walk(os.path.join(dbpath, sub)):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
+                except OSError:
+                    pass
+    return total

@@ -3,6 +3,7 @@
 Snapshot layout::
 
     <snapshot>/lmdb/data.mdb     a compacted copy of LMDB as of one LSN
+    <snapshot>/rows/<vid>.f32    each version's rows up to that LSN (no checkpoint bundles)
     <snapshot>/manifest.json     format, LSN, time, catalog, per-file SHA-256, fingerprint
 
 A snapshot is taken while reads and writes continue: under the writer's apply condition
@@ -22,8 +23,17 @@ copies the snapshot's LMDB into it, checks every file's SHA-256, opens it with t
 and checks the LSN, the row counts and the fingerprint, closes it, then renames it into
 place and syncs the parent directory. Any failure removes the staging directory; a restore
 killed midway leaves a staging directory of a dead pid, which the next restore to the same
-target removes (:func:`sweep_restore_leftovers`). Point-in-time restore (``to_lsn``,
-``to_time``, ``wal_archive``) needs a WAL archive and is not implemented yet.
+target, and the next writer's ``simplevector.open(target)``, removes
+(:func:`sweep_restore_leftovers`).
+
+Point-in-time restore (``wal_archive`` with ``to_lsn``, ``to_time`` or neither): after the
+snapshot verified as above, the archived records after its LSN (engine/archive.py,
+:func:`~.archive.iter_archived`: strict, a hole is ChangeFeedGap, a bad frame
+CorruptionError) up to the target point, inclusive, are written to the staging
+directory's own WAL; the staging database is opened, which replays them into LMDB, and its
+LSN must be the one reached; it is closed (a checkpoint) and only then renamed into place.
+``to_time`` keeps every record whose write timestamp (``ts``, epoch seconds) is at or
+before it, stopping at the first later one.
 """
 
 from __future__ import annotations
@@ -39,9 +49,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import schema
+from . import schema, segments
 from .apply import unpack
-from .errors import (ClosedError, CorruptionError, InvalidInput, NotSupported, StorageError,
+from .archive import iter_archived
+from .errors import (ChangeFeedGap, ClosedError, CorruptionError, InvalidInput, StorageError,
                      TargetExists)
 from .types import VersionConfig
 
@@ -77,15 +88,22 @@ class RestoreReport:
 
     source: str
     target: str
-    lsn: int
-    namespaces: tuple             # ({name, version, count}, ...)
+    lsn: int                      # the LSN reached (the snapshot's, plus replayed WAL)
+    namespaces: tuple             # ({name, version, count}, ...) at the snapshot's LSN
     verified: bool
     seconds: float
+    snapshot_lsn: int = 0         # the snapshot's own LSN
+    wal_records: int = 0          # archived records replayed on top of it
+    to_lsn: int | None = None
+    to_time: float | None = None  # epoch seconds
+    wal_archive: str | None = None
 
     def to_dict(self) -> dict:
         return {"source": self.source, "target": self.target, "lsn": self.lsn,
                 "namespaces": [dict(n) for n in self.namespaces], "verified": self.verified,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "snapshot_lsn": self.snapshot_lsn,
+                "wal_records": self.wal_records, "to_lsn": self.to_lsn,
+                "to_time": self.to_time, "wal_archive": self.wal_archive}
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -148,18 +166,55 @@ def _catalog(txn, dbs) -> list:
     return sorted(out, key=lambda c: (c.name, c.version))
 
 
-def _rows(txn, dbs, config: VersionConfig):
-    """(external ids, float32 matrix) of a version's stored rows, in rowid order."""
+def _rows(txn, dbs, config: VersionConfig, rows_root: str):
+    """(external ids, float32 matrix) of a version's live rows, in rowid order, from the
+    row file under ``rows_root`` (a database or a snapshot directory)."""
     prefix = schema.vid_prefix(config.vid)
     extid_of = {}
     for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
         extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
-    ids, blobs = [], []
-    for key, value in schema.scan_prefix(txn, dbs[b"vectors"], prefix):
-        ids.append(extid_of.get(schema.rowid_of_key(key)))
-        blobs.append(bytes(value))
-    X = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), config.dim)
-    return ids, X
+    rowids = np.array(sorted(extid_of), dtype=np.int64)
+    n = _n_rows(txn, dbs, config.vid)
+    with open(segments.row_path(rows_root, config.vid), "rb") as f:
+        X = np.fromfile(f, dtype="<f4", count=n * config.dim).reshape(n, config.dim)
+    return [extid_of[r] for r in rowids.tolist()], X[rowids]
+
+
+def _n_rows(txn, dbs, vid: int) -> int:
+    raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
+    return schema.unpack_u64(raw) if raw else 0
+
+
+def _copy_rows(src: str, dst: str, nbytes: int) -> None:
+    """The first ``nbytes`` of a row file (rows below the snapshot's count never change)."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        left = nbytes
+        while left:
+            chunk = fin.read(min(left, 16 << 20))
+            if not chunk:
+                raise StorageError(f"row file {src} is shorter than the snapshot needs "
+                                   f"({nbytes} bytes)")
+            fout.write(chunk)
+            left -= len(chunk)
+
+
+def _drop_checkpoint_record(lmdb_dir: str) -> None:
+    """A snapshot carries no checkpoint bundles: its copy opens by rebuilding from its
+    rows, so the checkpoint record copied with LMDB must not point at the source's."""
+    import lmdb
+    env = lmdb.open(lmdb_dir, max_dbs=len(schema.SUBDBS) + 2, lock=False)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.delete(schema.META_SNAPSHOT, db=meta)
+            txn.delete(schema.META_CHECKPOINT_LSN, db=meta)
+        env.sync(True)
+    finally:
+        env.close()
+    lock = os.path.join(lmdb_dir, "lock.mdb")
+    if os.path.exists(lock):
+        os.unlink(lock)
 
 
 def probe_vectors(name: str, dim: int, n: int = FINGERPRINT_PROBES) -> np.ndarray:
@@ -184,12 +239,12 @@ def _exact_topk(X: np.ndarray, Q: np.ndarray, metric: str, k: int):
     return order, np.take_along_axis(D, order, axis=1)
 
 
-def _fingerprint(txn, dbs, configs) -> dict:
+def _fingerprint(txn, dbs, configs, rows_root: str) -> dict:
     out = {}
     for config in configs:
         if not config.live:
             continue
-        ids, X = _rows(txn, dbs, config)
+        ids, X = _rows(txn, dbs, config, rows_root)
         if not ids:
             continue
         k = min(FINGERPRINT_K, len(ids))
@@ -242,11 +297,14 @@ def take(db, path=None) -> SnapshotInfo:
             os.makedirs(os.path.join(tmp, "lmdb"))
             store.env.copy(os.path.join(tmp, "lmdb"), compact=True, txn=txn)
             configs = _catalog(txn, dbs)
+            for c in configs:
+                _copy_rows(segments.row_path(db.path, c.vid), segments.row_path(tmp, c.vid),
+                           _n_rows(txn, dbs, c.vid) * c.dim * 4)
             namespaces = [{"name": c.name, "version": c.version, "vid": c.vid, "live": c.live,
                            "dim": c.dim, "metric": c.metric, "model": c.model,
                            "index": c.index, "count": _count(txn, dbs, c.vid)}
                           for c in configs]
-            fingerprint = _fingerprint(txn, dbs, configs)
+            fingerprint = _fingerprint(txn, dbs, configs, tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -255,11 +313,15 @@ def take(db, path=None) -> SnapshotInfo:
     finally:
         reading.__exit__(None, None, None)
     try:
-        data_path = os.path.join(tmp, "lmdb", "data.mdb")
-        _fsync_file(data_path)
+        _drop_checkpoint_record(os.path.join(tmp, "lmdb"))
+        rels = ["lmdb/data.mdb"] + [f"{segments.ROWS_DIR}/{c.vid}.f32" for c in configs]
+        for rel in rels:
+            _fsync_file(os.path.join(tmp, rel))
         _fsync_dir(os.path.join(tmp, "lmdb"))
-        files = {"lmdb/data.mdb": {"sha256": _sha256(data_path),
-                                   "bytes": os.path.getsize(data_path)}}
+        if configs:
+            _fsync_dir(os.path.join(tmp, segments.ROWS_DIR))
+        files = {rel: {"sha256": _sha256(os.path.join(tmp, rel)),
+                       "bytes": os.path.getsize(os.path.join(tmp, rel))} for rel in rels}
         manifest = {"format": MANIFEST_FORMAT, "manifest_version": MANIFEST_VERSION,
                     "format_version": schema.FORMAT_VERSION, "lsn": lsn,
                     "created_at": _utc(created), "created_ts": created,
@@ -325,6 +387,25 @@ def list_snapshots(db_path: str) -> list:
         except Exception:                 # an unreadable manifest is not a snapshot
             continue
     return sorted(out, key=lambda s: (s.lsn, os.path.basename(s.path)))
+
+
+def prune(db_path: str, keep: int) -> list:
+    """Remove the oldest snapshots in ``<db>/snapshots`` beyond the newest ``keep``; each is
+    renamed to a ``.tmp`` name first (never listed again, swept if the removal is killed),
+    then deleted. Returns the SnapshotInfo of those removed, oldest first."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise InvalidInput(f"keep {keep!r} is not valid; expected an int >= 0")
+    snaps = list_snapshots(db_path)
+    doomed = snaps[:max(0, len(snaps) - keep)]
+    for info in doomed:
+        gone = f"{info.path}.{os.getpid()}.tmp"
+        try:
+            os.rename(info.path, gone)
+            _fsync_dir(os.path.dirname(info.path))
+        except OSError as e:
+            raise StorageError(f"cannot remove snapshot {info.path}: {e}") from e
+        shutil.rmtree(gone, ignore_errors=True)
+    return doomed
 
 
 def sweep_tmp(db_path: str) -> int:
@@ -457,17 +538,100 @@ def _undo(staging: str, old: str, target: str) -> None:
         os.rename(old, target)            # put the replaced database back
 
 
+def parse_time(value) -> float:
+    """Epoch seconds from a number, a datetime or an ISO-8601 string (naive = UTC)."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"to_time {value!r} is not valid; expected epoch seconds, a "
+                           "datetime or an ISO-8601 string")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            value = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(f"to_time {value!r} is not valid; expected epoch seconds or "
+                               "an ISO-8601 time such as 2026-12-02T01:30:00Z") from None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    raise InvalidInput(f"to_time {value!r} is not valid; expected epoch seconds, a datetime "
+                       "or an ISO-8601 string")
+
+
+def _check_point(manifest, to_lsn, to_time, wal_archive):
+    if to_lsn is not None and to_time is not None:
+        raise InvalidInput(f"give to_lsn ({to_lsn!r}) or to_time ({to_time!r}), not both")
+    if (to_lsn is not None or to_time is not None) and wal_archive is None:
+        raise InvalidInput("to_lsn and to_time need wal_archive: the directory the database "
+                           "archived its WAL to (open(..., wal_archive=PATH))")
+    if to_lsn is not None:
+        if isinstance(to_lsn, bool) or not isinstance(to_lsn, int) or to_lsn < 0:
+            raise InvalidInput(f"to_lsn {to_lsn!r} is not valid; expected an LSN (int >= 0)")
+        if to_lsn < manifest["lsn"]:
+            raise InvalidInput(f"to_lsn {to_lsn} is before the snapshot's LSN "
+                               f"{manifest['lsn']}; restore from an older snapshot")
+    if to_time is not None:
+        to_time = parse_time(to_time)
+        if to_time < float(manifest["created_ts"]):
+            raise InvalidInput(f"to_time {_utc(to_time)} is before the snapshot was taken "
+                               f"({manifest['created_at']}); restore from an older snapshot")
+    if wal_archive is not None:
+        if not isinstance(wal_archive, (str, os.PathLike)):
+            raise InvalidInput(f"wal_archive {wal_archive!r} is not a path")
+        wal_archive = os.path.abspath(os.fspath(wal_archive))
+        if not os.path.isdir(wal_archive):
+            raise InvalidInput(f"wal_archive {wal_archive} is not a directory; expected the "
+                               "WAL archive of the database the snapshot was taken from")
+    return to_time, wal_archive
+
+
+def _stage_wal(staging, wal_archive, since, to_lsn, to_time) -> int:
+    """Write the archived records after ``since`` up to the target point into the staging
+    database's WAL; returns how many."""
+    from .wal import WriteAheadLog
+    count = 0
+    wal = WriteAheadLog(os.path.join(staging, "wal"))
+    try:
+        for lsn, payload in iter_archived(wal_archive, since, to_lsn):
+            if to_time is not None and float(unpack(payload).get("ts") or 0.0) > to_time:
+                break
+            wal.append(lsn, payload)
+            count += 1
+        wal.sync()
+    finally:
+        wal.close()
+    return count
+
+
+def _check_replayed(staging, want_lsn, database_class) -> None:
+    db = database_class(staging, checkpoint_interval=0, auto_index=False)
+    try:
+        if db.lsn != want_lsn:
+            raise CorruptionError(f"restored database is at LSN {db.lsn} after replaying the "
+                                  f"archived WAL; expected {want_lsn}")
+        store = db._store
+        with store.read() as txn:       # LMDB's id entries agree with the loaded state
+            stored = {(c.name, c.version): _count(txn, store.dbs, c.vid)
+                      for c in _catalog(txn, store.dbs)}
+        loaded = {(info.name, v.version): v.count
+                  for info in db.list_namespaces() for v in info.versions}
+        if stored != loaded:
+            raise CorruptionError(f"restored database's rows disagree after the WAL replay: "
+                                  f"LMDB ids {stored}, loaded {loaded}")
+    finally:
+        db.close()
+
+
 def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, force=False,
             database_class=None) -> RestoreReport:
-    """Restore the snapshot directory ``source`` into the database directory ``target``."""
+    """Restore the snapshot directory ``source`` into the database directory ``target``,
+    optionally replaying ``wal_archive`` up to ``to_lsn`` / ``to_time`` (module docstring)."""
     t0 = time.perf_counter()
-    if to_lsn is not None or to_time is not None or wal_archive is not None:
-        given = [n for n, v in (("to_lsn", to_lsn), ("to_time", to_time),
-                                ("wal_archive", wal_archive)) if v is not None]
-        raise NotSupported(
-            f"point-in-time restore ({', '.join(given)}) needs a WAL archive, which is not "
-            "implemented yet; this release restores a snapshot as of its own LSN",
-            hint="call restore(snapshot, target) without to_lsn/to_time/wal_archive")
     if not isinstance(source, (str, os.PathLike)) or not isinstance(target, (str, os.PathLike)):
         raise InvalidInput(f"source {source!r} and target {target!r} must be paths")
     if database_class is None:
@@ -475,6 +639,9 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, forc
     source = os.path.abspath(os.fspath(source))
     target = os.path.abspath(os.fspath(target))
     manifest = read_manifest(source)
+    to_time, wal_archive = _check_point(manifest, to_lsn, to_time, wal_archive)
+    snap_lsn = int(manifest["lsn"])
+    reached, replayed = snap_lsn, 0
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     sweep_restore_leftovers(target)
@@ -501,6 +668,16 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, forc
             _fsync_dir(os.path.dirname(dest))
         _check_files(staging, manifest, named_as=source)
         namespaces = _check_restored(staging, manifest, database_class)
+        if wal_archive is not None:
+            replayed = _stage_wal(staging, wal_archive, snap_lsn, to_lsn, to_time)
+            reached = snap_lsn + replayed
+            if to_lsn is not None and reached < to_lsn:
+                raise ChangeFeedGap(
+                    f"the WAL archive {wal_archive} ends at LSN {reached}; to_lsn {to_lsn} "
+                    "is not reachable from it",
+                    hint="a clean close or a snapshot of the writer seals and archives the "
+                         "last records; restore to an LSN the archive holds")
+            _check_replayed(staging, reached, database_class)
         _fsync_dir(staging)
         if exists and os.listdir(target):
             os.rename(target, old)
@@ -513,6 +690,8 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, forc
         _undo(staging, old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return RestoreReport(source=source, target=target, lsn=int(manifest["lsn"]),
+    return RestoreReport(source=source, target=target, lsn=reached,
                          namespaces=namespaces, verified=True,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, snapshot_lsn=snap_lsn,
+                         wal_records=replayed, to_lsn=to_lsn, to_time=to_time,
+                         wal_archive=wal_archive)

@@ -1,15 +1,21 @@
-"""In-memory state of one namespace version: derived entirely from LMDB + WAL replay.
+"""State of one namespace version: rows read in place, derived structures in memory.
 
-Rows live at dense positions ``0..n-1`` in append order. A delete, or an upsert of an id
-that exists, leaves a tombstone at the old position (``alive[pos] = False``); an upsert
-appends the new row at a fresh position with a fresh rowid. Rows therefore never change in
-place, so a concurrent query sees each row either before or after a write, never torn.
-Tombstones stay until a compaction (not implemented yet), across reopens too: a checkpoint
-writes the arrays with their dead positions as segments (:meth:`VersionState.capture`),
-reopening restores them as they were (:meth:`VersionState.restore`) and WAL replay after the
-checkpoint adds its own. Only a rebuild from the LMDB rows, when the segments cannot be used
-(missing, or older than the retained WAL), yields dense arrays: deleted and replaced rows
-are not in LMDB. A re-index drops tombstones from the IVF lists, not from these arrays.
+Rows live at dense positions ``0..n-1`` in append order, and a row's position is its
+rowid (format 2). The rows themselves are in the version's row file
+(:class:`~.arrayfile.RowFile`), mapped, never copied into the heap. A delete, or an upsert
+of an id that exists, leaves a tombstone at the old position (``alive[pos] = False``); an
+upsert appends the new row at the next position. Rows therefore never change in place, so
+a concurrent query sees each row either before or after a write, never torn. Tombstones
+stay until a compaction.
+
+In memory: the alive mask and squared norms (one byte and four per row), the id map
+(:class:`~.idmap.IdMap`), the field indexes and the IVF lists. A checkpoint writes them as
+one array bundle (:meth:`VersionState.capture`); reopening maps that bundle
+(:meth:`VersionState.restore`): the id map, field indexes and IVF lists are then views of
+it, and only the rows written after the checkpoint (the WAL tail) are kept as Python
+objects. After a checkpoint the state is rebased on its new bundle (:meth:`rebase`), so
+the tail stays bounded. When no checkpoint can be used, :meth:`load_rows` rebuilds from
+LMDB's ids and records and the row file (slow: per-row Python).
 
 Writes are serialised by the database (one apply at a time, in LSN order); readers take a
 :class:`View` (array references and a row count) and need no lock.
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fieldindex import FieldIndex
+from .idmap import IdMap
 from .indexspec import IndexSpec
 from .kernels.distances import resolve_metric
 from .types import VersionConfig
@@ -35,31 +42,31 @@ _MIN_CAPACITY = 1024
 class View:
     """A consistent snapshot of the searchable arrays for one query."""
 
-    X: np.ndarray          # (n, dim) float32, unit rows for cosine
+    X: np.ndarray          # (n, dim) float32 rows (unit rows for cosine), a mapped view
     xnorm2: np.ndarray     # (n,) float32 squared norms of X rows
     alive: np.ndarray      # (n,) bool
-    rowids: np.ndarray     # (n,) int64
     n: int
     live: int
 
 
 class VersionState:
-    """Vectors, ids, tombstones and field indexes of one version, in memory."""
+    """Rows, ids, tombstones, field indexes and IVF lists of one version."""
 
-    def __init__(self, config: VersionConfig, next_rowid: int = 0):
+    def __init__(self, config: VersionConfig, next_rowid: int = 0, *, rows=None):
         self.config = config
         self.metric = resolve_metric(config.metric)
         self.dim = config.dim
+        self.rows = rows                 # a RowFile (None only in unit tests of the state)
         self.next_rowid = next_rowid
         self.n = 0
         self.live = 0
-        self._X = np.zeros((0, self.dim), np.float32)
         self._xnorm2 = np.zeros(0, np.float32)
         self._alive = np.zeros(0, np.bool_)
-        self._rowids = np.zeros(0, np.int64)
-        self.extids: list = []
-        self.metas: list = []
-        self.id_to_pos: dict = {}
+        self._X = np.zeros((0, self.dim), np.float32)   # used when rows is None
+        self.ids = IdMap()
+        # metadata of rows the field index holds in its mutable part (positions at or past
+        # its base): what remove() needs; rows of the base are answered through ``alive``
+        self.metas: dict[int, dict] = {}
         self._fields: FieldIndex | None = FieldIndex()
         self._lock = threading.Lock()   # guards array swaps on growth
         # held while a write mutates this state; an index build takes it to catch up and swap
@@ -75,14 +82,15 @@ class VersionState:
 
     @property
     def fields(self) -> FieldIndex:
-        """The metadata field indexes, built from the rows' metadata on first use."""
+        """The metadata field indexes (built from the rows' metadata on first use after a
+        rebuild without a checkpoint)."""
         fields = self._fields
         if fields is None:
             with self.mutate_lock:
                 if self._fields is None:
                     built = FieldIndex()
                     alive = self._alive
-                    for pos, md in enumerate(self.metas):
+                    for pos, md in self.metas.items():
                         if md and alive[pos]:
                             built.add(pos, md)
                     self._fields = built
@@ -90,16 +98,29 @@ class VersionState:
         return fields
 
     # -- reading ---------------------------------------------------------------------
+    def _rows_view(self, n: int) -> np.ndarray:
+        return self._X[:n] if self.rows is None else self.rows.rows(n)
+
     def view(self) -> View:
         with self._lock:
             n = self.n
-            return View(self._X[:n], self._xnorm2[:n], self._alive[:n], self._rowids[:n], n,
-                        self.live)
+            return View(self._rows_view(n), self._xnorm2[:n], self._alive[:n], n, self.live)
 
     def position_of(self, extid):
         # ids are str or int only (bools and floats are rejected at the boundary), so the
         # id itself is the key: 1 and "1" are different keys
-        return self.id_to_pos.get(extid)
+        pos = self.ids.lookup(extid, self._alive)
+        return None if pos < 0 else pos
+
+    def row_vector(self, pos: int) -> np.ndarray:
+        """A copy of the stored row at ``pos`` (unit length for cosine)."""
+        return np.array(self._rows_view(pos + 1)[pos])
+
+    def extid_at(self, pos: int):
+        return self.ids.at(pos)
+
+    def extids_at(self, positions) -> list:
+        return self.ids.at_many(positions)
 
     @property
     def tombstones(self) -> int:
@@ -108,20 +129,20 @@ class VersionState:
     # -- writing (called in LSN order by the database) -------------------------------------
     def _reserve(self, extra: int):
         need = self.n + extra
-        cap = self._X.shape[0]
+        cap = self._alive.shape[0]
         if need <= cap:
             return
         new_cap = max(_MIN_CAPACITY, cap * 2, need)
-        X = np.zeros((new_cap, self.dim), np.float32)
-        X[: self.n] = self._X[: self.n]
         xn = np.zeros(new_cap, np.float32)
         xn[: self.n] = self._xnorm2[: self.n]
         alive = np.zeros(new_cap, np.bool_)
         alive[: self.n] = self._alive[: self.n]
-        rowids = np.full(new_cap, -1, np.int64)
-        rowids[: self.n] = self._rowids[: self.n]
+        X = self._X
+        if self.rows is None:
+            X = np.zeros((new_cap, self.dim), np.float32)
+            X[: self.n] = self._X[: self.n]
         with self._lock:
-            self._X, self._xnorm2, self._alive, self._rowids = X, xn, alive, rowids
+            self._xnorm2, self._alive, self._X = xn, alive, X
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors as the index stores them (unit rows for cosine)."""
@@ -131,26 +152,25 @@ class VersionState:
                 return (v / math.sqrt(v @ v)).astype(np.float32).reshape(1, -1)
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
             return (vectors / norms[:, None]).astype(np.float32)
-        return vectors
+        return np.ascontiguousarray(vectors, np.float32)
 
     def plan_upsert(self, ids: list) -> tuple[list, list]:
-        """Old positions (or -1) and the new rowids an upsert of ``ids`` will use.
-
-        Deterministic in the state, so WAL replay assigns exactly the same rowids.
-        """
-        get = self.id_to_pos.get
-        old = [get(extid, -1) for extid in ids]
+        """Old positions (or -1) and the new rowids (= positions) an upsert of ``ids`` will
+        use. Deterministic in the state, so WAL replay assigns exactly the same rowids."""
+        old = self.ids.lookup_many(ids, self._alive)
         rowids = list(range(self.next_rowid, self.next_rowid + len(ids)))
         return old, rowids
 
     def apply_upsert(self, ids: list, vectors: np.ndarray, metas: list, old: list,
-                     rowids: list, *, stored: np.ndarray | None = None, encoded=None):
+                     rowids: list, *, stored: np.ndarray | None = None, encoded=None,
+                     write_rows: bool = True):
         """``encoded``: (index, future of index.encode(stored)) started before the write was
-        logged; used only if that index is still the live one."""
+        logged; used only if that index is still the live one. ``write_rows=False``: the
+        rows are already in the row file (a read-only process following the writer)."""
         with self.mutate_lock:
-            self._apply_upsert(ids, vectors, metas, old, rowids, stored, encoded)
+            self._apply_upsert(ids, vectors, metas, old, rowids, stored, encoded, write_rows)
 
-    def _apply_upsert(self, ids, vectors, metas, old, rowids, stored, encoded=None):
+    def _apply_upsert(self, ids, vectors, metas, old, rowids, stored, encoded, write_rows):
         m = len(ids)
         self.mutations += 1
         if old and max(old) >= 0:          # some ids existed: their old rows die
@@ -159,18 +179,23 @@ class VersionState:
                     self._kill(pos)
         self._reserve(m)
         start = self.n
+        if rowids and rowids[0] != start:
+            raise AssertionError(f"rowid {rowids[0]} is not the next position {start}")
         if stored is None:
             stored = self.prepare(vectors)
-        self._X[start:start + m] = stored
+        if self.rows is None:
+            self._X[start:start + m] = stored
+        elif write_rows:
+            self.rows.write(start, stored)
+        else:
+            self.rows.rows(start + m)       # map what was written (maybe by the writer)
         self._xnorm2[start:start + m] = np.einsum("ij,ij->i", stored, stored)
-        self._rowids[start:start + m] = rowids
-        self.extids.extend(ids)
-        self.metas.extend(metas)
-        self.id_to_pos.update(zip(ids, range(start, start + m)))
+        self.ids.append(ids, start)
         fields = self._fields
-        if fields is not None:
-            for i, md in enumerate(metas):
-                if md:
+        for i, md in enumerate(metas):
+            if md:
+                self.metas[start + i] = md
+                if fields is not None:
                     fields.add(start + i, md)
         self._alive[start:start + m] = True
         self.next_rowid = rowids[-1] + 1 if rowids else self.next_rowid
@@ -190,13 +215,11 @@ class VersionState:
         if not self._alive[pos]:
             return
         self._alive[pos] = False
-        md = self.metas[pos]
-        if md and self._fields is not None:
-            self._fields.remove(pos, md)
-        self.metas[pos] = None
-        extid = self.extids[pos]
-        if self.id_to_pos.get(extid) == pos:
-            del self.id_to_pos[extid]
+        md = self.metas.pop(pos, None)
+        fields = self._fields
+        if md and fields is not None and pos >= fields.base_n:
+            fields.remove(pos, md)
+        self.ids.forget(self.ids.at(pos), pos)
         self.live -= 1
 
     def apply_delete(self, positions: list) -> int:
@@ -209,64 +232,97 @@ class VersionState:
                     killed += 1
         return killed
 
-    def load_rows(self, rowids: np.ndarray, vectors: np.ndarray, ids: list, metas: list):
-        """Bulk load at open (rows in rowid order, all alive)."""
-        m = len(ids)
-        if m == 0:
-            return
-        self.apply_upsert(ids, vectors, metas, [-1] * m, list(map(int, rowids)))
+    def load_rows(self, n: int, alive_ids: dict, metas: dict):
+        """Rebuild without a checkpoint: ``n`` positions, ``alive_ids`` position -> id of
+        the live rows (from LMDB), ``metas`` position -> metadata; rows from the row file."""
+        self._reserve(n)
+        X = self._rows_view(n)
+        alive = np.zeros(n, bool)
+        if alive_ids:
+            alive[np.fromiter(alive_ids, np.int64, len(alive_ids))] = True
+        xn = np.empty(n, np.float32)
+        for lo in range(0, n, 65536):
+            chunk = X[lo:lo + 65536]
+            xn[lo:lo + len(chunk)] = np.einsum("ij,ij->i", chunk, chunk)
+        tail = [None] * n
+        for pos, extid in alive_ids.items():
+            tail[pos] = extid
+        self.ids = IdMap()
+        self.ids.tail = tail
+        self.ids.recent = {extid: pos for pos, extid in alive_ids.items()}
+        self.metas = {p: md for p, md in metas.items() if md}
+        self._fields = None               # built from metas on first filtered query
+        with self._lock:
+            self._xnorm2[:n] = xn
+            self._alive[:n] = alive
+            self.n, self.live = n, len(alive_ids)
+        self.next_rowid = max(self.next_rowid, n)
 
-    # -- checkpoint segments ---------------------------------------------------------------------
-    def capture(self) -> dict:
-        """A consistent copy of this state for a checkpoint (the caller holds writes off).
-
-        Rows never change in place, so the row arrays are shared, not copied; the alive
-        mask and the lists are copied.
-        """
+    # -- checkpoints ---------------------------------------------------------------------------
+    def capture(self) -> tuple[dict, dict]:
+        """(meta, arrays) of this state for a checkpoint bundle (the caller holds writes
+        off). Rows are not part of it: they are in the row file already."""
         with self.mutate_lock:
             n = self.n
-            out = {
-                "meta": {"n": n, "live": self.live, "next_rowid": self.next_rowid,
-                         "spec": str(self.spec), "mutations": self.mutations},
-                "X": self._X[:n],
-                "alive": self._alive[:n].copy(),
-                "rowids": self._rowids[:n],
-                "extids": list(self.extids[:n]),
-                "metas": list(self.metas[:n]),
-            }
+            alive = self._alive[:n].copy()
+            meta = {"n": n, "live": self.live, "next_rowid": self.next_rowid,
+                    "spec": str(self.spec), "mutations": self.mutations}
+            arrays = {"alive": alive, "xnorm2": self._xnorm2[:n]}
+            arrays.update(self.ids.to_arrays(n, alive))
+            fmeta, farrays = self.fields.to_arrays(n, alive)
+            meta["fields"] = fmeta
+            arrays.update({"fields." + k: v for k, v in farrays.items()})
             if self.index is not None:
-                out["ivf"] = self.index.to_arrays()
-        return out
+                imeta, iarrays = self.index.to_arrays(alive)
+                meta["ivf"] = imeta
+                arrays.update({"ivf." + k: v for k, v in iarrays.items()})
+            meta["captured_index"] = id(self.index) if self.index is not None else 0
+        return meta, arrays
 
     @classmethod
-    def restore(cls, config: VersionConfig, seg: dict) -> "VersionState":
-        """Rebuild from checkpoint segments (positions, tombstones and lists as they were).
-
-        The segment arrays may be views of the LMDB map (see segments.read): everything kept
-        is copied into this state's own buffers."""
-        meta = seg["meta"]
-        state = cls(config, meta["next_rowid"])
+    def restore(cls, config: VersionConfig, meta: dict, arrays: dict, rows) -> "VersionState":
+        """The state saved by :meth:`capture`, its arrays views of the bundle's mapping
+        (alive and norms are copied: they change). O(1) in Python per row."""
+        state = cls(config, meta["next_rowid"], rows=rows)
         n = meta["n"]
         state._reserve(n)
-        X = seg["X"].reshape(n, config.dim)
-        state._X[:n] = X
-        state._xnorm2[:n] = np.einsum("ij,ij->i", X, X)
-        state._alive[:n] = seg["alive"]
-        state._rowids[:n] = seg["rowids"]
-        state.extids = list(seg["extids"])
-        state.metas = list(seg["metas"])
-        alive = seg["alive"]
-        live_pos = np.flatnonzero(alive).tolist()
-        ext = state.extids
-        if len(live_pos) == n:
-            state.id_to_pos = dict(zip(ext, range(n)))
-        else:
-            state.id_to_pos = dict(zip([ext[p] for p in live_pos], live_pos))
+        state._alive[:n] = arrays["alive"]
+        state._xnorm2[:n] = arrays["xnorm2"]
+        state.rows.rows(n)                  # the file must hold every checkpointed row
+        state._adopt(meta, arrays, n)
         state.n, state.live = n, meta["live"]
-        state._fields = None            # built from metas on first filtered query
         state.mutations = state.checkpointed_mutations = 0
-        if "ivf" in seg:
+        if "ivf" in meta:
             from .ivf import IVFIndex
-            ivf_meta, arrays = seg["ivf"]
-            state.index = IVFIndex.from_arrays(ivf_meta, arrays)
+            state.index = IVFIndex.from_arrays(meta["ivf"], _sub(arrays, "ivf."))
         return state
+
+    def _adopt(self, meta: dict, arrays: dict, n: int):
+        self.ids = IdMap(arrays)
+        fields = FieldIndex()
+        fields.load_arrays(meta["fields"], _sub(arrays, "fields."), n)
+        self._fields = fields
+        self.metas = {}
+
+    def rebase(self, meta: dict, arrays: dict):
+        """After a checkpoint: use its bundle as the base, keep only later rows in the tail
+        (called with the bundle of this state's :meth:`capture`)."""
+        n0 = meta["n"]
+        with self.mutate_lock:
+            old_ids, old_metas = self.ids, self.metas
+            self._adopt(meta, arrays, n0)
+            ids = self.ids
+            ids.tail = old_ids.tail[n0 - old_ids.base_n:]
+            ids.recent = {x: p for x, p in old_ids.recent.items() if p >= n0}
+            for pos in range(n0, self.n):
+                md = old_metas.get(pos)
+                if md and self._alive[pos]:
+                    self.metas[pos] = md
+                    self._fields.add(pos, md)
+            index = self.index
+            if index is not None and "ivf" in meta and id(index) == meta["captured_index"]:
+                index.rebase(_sub(arrays, "ivf."), n0)
+
+
+def _sub(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

@@ -59,7 +59,10 @@ class DatabaseStatus:
     WAL (ahead of ``lsn`` only while a write is between its append and its apply);
     checkpoint_time is None until this process checkpoints. failed: why the database
     stopped accepting writes (None while healthy). observer_errors: exceptions raised by
-    observers (each swallowed so the engine operation succeeded).
+    observers (each swallowed so the engine operation succeeded). wal_retention:
+    why the WAL holds what it holds (see Database.wal_retention). unapplied: writes that
+    are durable in the WAL but not applied yet (e.g. a full disk); the next write, the
+    checkpoint or close applies them.
     """
 
     path: str
@@ -85,6 +88,13 @@ class DatabaseStatus:
     observer_last_error: Optional[str]
     counters: dict = field(default_factory=dict)
     query_stats: dict = field(default_factory=dict)
+    #: Database.wal_retention(): WAL bytes, the tail kept, and the pins (checkpoint,
+    #: archive, oldest snapshot, named consumers) with the LSN and bytes each holds
+    wal_retention: dict = field(default_factory=dict)
+    unapplied: int = 0                  # durable writes waiting to be applied (disk full)
+    unapplied_error: Optional[str] = None
+    disk_free: Optional[int] = None     # free bytes, from the free-space probe
+    disk_full_refusals: int = 0         # writes refused by the disk reserve since open
 
     @property
     def records_since_checkpoint(self) -> int:

@@ -134,11 +134,17 @@ class Store:
         if found != schema.FORMAT_VERSION:
             self.env.close()
             self._closed = True
-            raise FormatVersionError(
-                f"database at {self.path} has format version {found!r}; this SimpleVector "
-                f"reads format version {schema.FORMAT_VERSION}",
-                hint="open it with the SimpleVector release that wrote it",
-            )
+            dbdir = os.path.dirname(self.path)
+            if found in schema.UPGRADABLE_FORMATS:
+                hint = (f"run `simplevector upgrade {dbdir}` (it converts a copy, verifies it "
+                        "and keeps the old directory beside it)")
+            else:
+                hint = "open it with the SimpleVector release that wrote it"
+            err = FormatVersionError(
+                f"database at {dbdir} has format version {found!r}; this SimpleVector "
+                f"reads format version {schema.FORMAT_VERSION}", hint=hint)
+            err.found = found
+            raise err
 
     # -- transactions ----------------------------------------------------------------
     def _check_open(self):

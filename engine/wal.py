@@ -432,16 +432,39 @@ class WriteAheadLog:
         if err is not None:
             raise _storage_error("fdatasync", path, err) from err
 
+    def seal(self) -> bool:
+        """Make the active segment durable and close it for appending, so every record so
+        far is in a sealed segment (the next append starts a new one). Returns whether a
+        segment was sealed (False when the active segment holds no record)."""
+        with self._cond:
+            self._check_writable()
+            if self._fd is None or not self._seg_records:
+                return False
+            self._roll_over()
+            return True
+
+    def sealed_segments(self) -> list[tuple[str, int]]:
+        """``(path, first_lsn)`` of the retained segments no append will touch again (all
+        but the active one), oldest first."""
+        self._check_open()
+        with self._lock:
+            if self._readonly:
+                return _list_segments(self._dir)[:-1]
+            return list(self._segs if self._fd is None else self._segs[:-1])
+
     def truncate_before(self, lsn: int) -> int:
         """Remove whole segments all of whose records have an LSN below *lsn* (never the
-        active segment); return how many were removed."""
+        active segment; the last one only once sealed by :meth:`seal`); return how many were
+        removed."""
         if isinstance(lsn, bool) or not isinstance(lsn, int):
             raise InvalidInput(f"lsn must be an int, got {lsn!r}")
         with self._cond:
             self._check_writable()
             removed = 0
-            # segment i holds LSNs below segment i+1's first LSN
-            while len(self._segs) >= 2 and self._segs[1][1] <= lsn:
+            # segment i holds LSNs below segment i+1's first LSN; a sealed last segment
+            # holds LSNs up to the last appended one
+            while (len(self._segs) >= 2 and self._segs[1][1] <= lsn) or (
+                    len(self._segs) == 1 and self._fd is None and self._last_lsn < lsn):
                 path = self._segs[0][0]
                 try:
                     os.unlink(path)

@@ -95,14 +95,22 @@ class ObservedDatabase(FreshnessMixin):
     alert_rules: a TOML path or a list of AlertRule added to the default rules.
     memory_budget: bytes the in-memory vectors may use (capacity forecast; None = none).
     thresholds: HealthThresholds overriding the health report's defaults.
+    snapshot_interval: seconds between scheduled snapshots into ``<db>/snapshots`` (0 =
+        off); after each, snapshots beyond the newest ``snapshot_keep`` are removed, and the
+        run is recorded as an event (``alert_events()``, rule ``scheduled_snapshot``).
     """
 
     def __init__(self, path, *, probe_interval: float = 0.0, alert_interval: float = 0.0,
                  alert_rules=None, memory_budget: int | None = None,
                  thresholds: HealthThresholds | None = None, clock=time.monotonic,
-                 **kwargs):
+                 snapshot_interval: float = 0.0, snapshot_keep: int = 3, **kwargs):
+        if isinstance(snapshot_keep, bool) or not isinstance(snapshot_keep, int) or \
+                snapshot_keep < 1:
+            raise InvalidInput(f"snapshot_keep {snapshot_keep!r} is not valid; expected an "
+                               "int >= 1 (snapshots the scheduler leaves)")
         for name, value in (("probe_interval", probe_interval),
-                            ("alert_interval", alert_interval)):
+                            ("alert_interval", alert_interval),
+                            ("snapshot_interval", snapshot_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInput(f"{name} {value!r} is not valid; expected seconds >= 0 "
                                    "(0 turns the loop off)")
@@ -143,6 +151,8 @@ class ObservedDatabase(FreshnessMixin):
         self.engine.add_observer(self.ops_observer)
         self._start_loop("probe", probe_interval, self._probe_all)
         self._start_loop("alerts", alert_interval, self.alerts)
+        self.snapshot_keep = snapshot_keep
+        self._start_loop("snapshots", snapshot_interval, self.scheduled_snapshot)
 
     def _check_open(self):
         if self.engine.closed:
@@ -401,6 +411,34 @@ class ObservedDatabase(FreshnessMixin):
         self._check_open()
         return capacity.forecast(self)
 
+    # -- scheduled snapshots -------------------------------------------------------------------
+    def scheduled_snapshot(self) -> dict:
+        """One run of the snapshot scheduler: ``db.snapshot()``, then remove the snapshots
+        beyond the newest ``snapshot_keep``; the run (or its failure) is recorded as an
+        event. Returns the event."""
+        self._check_open()
+        now = time.time()
+        try:
+            info = self.engine.snapshot()
+            removed = self.engine.prune_snapshots(self.snapshot_keep)
+            event = {"state": "done", "severity": "info", "value": info.lsn,
+                     "message": f"snapshot {info.path} at LSN {info.lsn} ({info.bytes} "
+                                f"bytes); removed {len(removed)} older: "
+                                + (", ".join(r.path for r in removed) or "none"),
+                     "path": info.path, "removed": [r.path for r in removed]}
+        except Exception as e:
+            event = {"state": "failed", "severity": "warning", "value": None,
+                     "message": f"scheduled snapshot failed: {type(e).__name__}: {e}"}
+        event.update({"ts": now, "rule": "scheduled_snapshot", "metric": None,
+                      "namespace": None, "version": None, "threshold": None})
+        if self.engine.writable:
+            try:
+                self.engine.ops_store.put(f"{alerts_mod.EVENT_PREFIX}{now:020.6f}:000:"
+                                          "scheduled_snapshot:", event)
+            except Exception:
+                pass
+        return event
+
     # -- background loops ---------------------------------------------------------------------
     def _start_loop(self, name, interval, fn):
         if not interval or self.readonly:
@@ -439,8 +477,11 @@ class ObservedDatabase(FreshnessMixin):
 # create_namespace and namespace are FreshnessMixin's (they return TextNamespace handles).
 _ENGINE_METHODS = ("create_version", "promote", "drop_namespace", "list_namespaces", "changes",
                    "checkpoint", "refresh", "info", "status", "version_statuses",
-                   "version_status", "add_observer", "remove_observer", "snapshot", "snapshots")
-_ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "auto_index",
+                   "version_status", "add_observer", "remove_observer", "snapshot", "snapshots",
+                   "prune_snapshots", "consumers", "drop_consumer", "wal_retention",
+                   "wal_keep_target", "disk_free", "disk_reserve_for")
+_ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "wal_archive",
+                      "disk_reserve", "auto_index",
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",
                       "replayed_records", "memory_replayed_records", "counters",
                       "query_stats", "lsn", "writable", "closed", "ops_store", "limits")

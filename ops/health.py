@@ -205,10 +205,80 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
     return findings, stats
 
 
+def _restorable(snapshots, archive, now: float) -> Finding:
+    """Informational: the last snapshot's age and how far back a restore can go."""
+    if not snapshots:
+        return Finding("restorable_window", "ok", None, None, None,
+                       "no snapshots in <db>/snapshots: nothing to restore from",
+                       runbook("back-up-and-restore"))
+    oldest, newest = snapshots[0], snapshots[-1]
+    age = round(now - _epoch(newest.created_at), 1)
+    reach = (f"point-in-time restore reaches any LSN from {oldest.lsn} "
+             f"({oldest.created_at}) on through the WAL archive"
+             if archive is not None and archive["first_lsn"] is not None
+             and archive["first_lsn"] <= oldest.lsn + 1 else
+             f"restores reach the {len(snapshots)} snapshot LSN(s) "
+             f"{', '.join(str(s.lsn) for s in snapshots[-5:])}"
+             + ("" if archive is None else " (the archive does not reach back to them)"))
+    return Finding("restorable_window", "ok", None, age, None,
+                   f"last snapshot {age:.0f}s ago at LSN {newest.lsn}; {reach}",
+                   runbook("point-in-time-restore"))
+
+
+def _epoch(iso: str) -> float:
+    import datetime
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def retention_findings(status, consumers, t: HealthThresholds, db_snapshots=(),
+                       now: float = 0.0) -> list:
+    """wal_retention (informational: what holds the WAL), consumer_lag, wal_archive."""
+    ret = status.wal_retention or {}
+    pins = ret.get("pins", [])
+    held = [p for p in pins if p["bytes"]]
+    why = "; ".join(f"{p['kind']}{' ' + p['name'] if p['name'] else ''} needs LSN "
+                    f">= {p['lsn']} ({p['bytes']} bytes)" for p in held) or "nothing pinned"
+    out = [Finding("wal_retention", "ok", None, ret.get("bytes"), ret.get("keep_bytes"),
+                   f"WAL {ret.get('bytes')} bytes in {ret.get('segments')} segment(s); "
+                   f"kept past the pins: up to {ret.get('keep_bytes')} bytes; {why}",
+                   runbook("wal-and-checkpoints"))]
+    worst = max(consumers, key=lambda c: c["lag"], default=None)
+    lag = None if worst is None else worst["lag"]
+    out.append(Finding(
+        "consumer_lag", grade("consumer_lag", lag, t), None, lag, t.consumer_lag_warning,
+        "no named change-feed consumers" if worst is None else
+        "; ".join(f"consumer {c['name']!r} at LSN {c['lsn']}, {c['lag']} records behind"
+                  for c in sorted(consumers, key=lambda c: -c["lag"]))
+        + ("; it holds the WAL: catch it up or drop it (db.drop_consumer)"
+           if grade("consumer_lag", lag, t) != "ok" else ""),
+        runbook("wal-and-checkpoints")))
+    out.append(_restorable(db_snapshots, ret.get("archive"), now))
+    archive = ret.get("archive")
+    if archive is not None:
+        failing = 1 if archive["error"] else 0
+        out.append(Finding(
+            "wal_archive", grade("wal_archive", failing, t), None, failing,
+            t.wal_archive_warning,
+            f"WAL archive {archive['path']}: {archive['error']}; the segments it has not "
+            "copied stay in the WAL" if failing else
+            f"WAL archive {archive['path']}: {archive['segments']} segment(s), "
+            f"{archive['bytes']} bytes, from LSN {archive['first_lsn']}",
+            runbook("point-in-time-restore")))
+    return out
+
+
 def storage_checks(db, t: HealthThresholds):
     info = db.info()
     findings = []
-    lag = db.status().records_since_checkpoint
+    status = db.status()
+    findings += retention_findings(status, db.consumers(), t, db.snapshots(), time.time())
+    if status.unapplied:
+        findings.append(Finding(
+            "unapplied_writes", "critical", None, status.unapplied, 0,
+            f"{status.unapplied} durable write(s) are not applied yet "
+            f"({status.unapplied_error}); they are applied by the next write or checkpoint "
+            "once the cause is fixed", runbook("disk-full")))
+    lag = status.records_since_checkpoint
     age = None if db.checkpoint_time is None else time.time() - db.checkpoint_time
     findings.append(Finding(
         "wal_bytes", grade("wal_bytes", info["wal_bytes"], t), None, info["wal_bytes"],
@@ -241,7 +311,8 @@ def storage_checks(db, t: HealthThresholds):
         + (f"{fc.limiting} full in {days:.1f} days" if days is not None else "no limit in sight"),
         runbook("scaling-and-capacity")))
     stats = dict(info)
-    stats.update({"wal_records_since_checkpoint": lag, "checkpoint_age": age,
+    stats.update({"wal_retention": status.wal_retention, "unapplied": status.unapplied,
+                  "wal_records_since_checkpoint": lag, "checkpoint_age": age,
                   "disk_total": total, "disk_free": free, "capacity": fc.to_dict(),
                   "counters": dict(db.counters), "query_stats": {
                       k: v for k, v in db.query_stats.items() if k != "plans"}})

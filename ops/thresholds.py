@@ -55,6 +55,14 @@ class HealthThresholds:
     latency_window: float = 300.0
     short_results_warning: int = 0          # short results within the window
     short_results_window: float = 3600.0
+    # committed records a named change-feed consumer has not acknowledged: it holds the WAL
+    # (never skipped), so past these it is reported; the warning matches wal_records_warning
+    consumer_lag_warning: int = 100_000
+    consumer_lag_critical: int = 1_000_000
+    # the WAL archive copy is failing (1) or not (0): any failure is critical, since the
+    # segments it blocks stay on disk and point-in-time restore cannot reach past them
+    wal_archive_warning: int = 0
+    wal_archive_critical: int = 0
     # freshness (ops/freshness.py): rows counted, any is a warning
     stale_model_warning: int = 0            # rows embedded by another model than the live one
     source_drift_warning: int = 0           # rows whose source changed after embedding
@@ -125,6 +133,12 @@ TABLE = (
     Threshold("checkpoint_age_seconds", "checkpoint_age", "above", "checkpoint_age_warning",
               None, "checkpoint_stale", "wal-and-checkpoints",
               "seconds since the last checkpoint while records wait (else 0)"),
+    Threshold("consumer_lag_records", "consumer_lag", "above", "consumer_lag_warning",
+              "consumer_lag_critical", "consumer_lag", "wal-and-checkpoints",
+              "records the most lagging named change-feed consumer has not acknowledged"),
+    Threshold("wal_archive_failing", "wal_archive", "above", "wal_archive_warning",
+              "wal_archive_critical", "wal_archive_failing", "point-in-time-restore",
+              "1 while copying sealed WAL segments to the archive fails, else 0"),
     Threshold("disk_free_ratio", "disk_free", "below", "disk_free_warning",
               "disk_free_critical", "disk_free_low", "disk-full", "free / total disk"),
     Threshold("map_growth_headroom", "map_growth", "below", "map_growth_warning",

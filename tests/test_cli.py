@@ -169,7 +169,10 @@ def test_export_then_import_round_trips_vectors_ids_metadata_documents(tmp_path,
         assert (b.id, b.metadata, b.document) == (a.id, a.metadata, a.document)
         assert type(b.id) is type(a.id)
         np.testing.assert_array_equal(b.vector, a.vector)
-    np.testing.assert_array_equal(np.load(out["npy"]), dataset["X"])
+    # a cosine namespace stores (and so exports) unit rows
+    X = dataset["X"].astype(np.float64)
+    np.testing.assert_allclose(np.load(out["npy"]), X / np.linalg.norm(X, axis=1, keepdims=True),
+                               rtol=1e-6, atol=1e-7)
     assert [json.loads(line) for line in out["ids.jsonl"].read_text().splitlines()] == \
         dataset["ids"]
 
@@ -179,7 +182,9 @@ def test_get_with_int_ids_and_vectors(dataset, loaded):
     assert records[2] is None
     assert records[0]["metadata"] is None and records[0]["document"] is None
     assert records[1]["metadata"] == dataset["meta"][3]
-    np.testing.assert_array_equal(np.float32(records[1]["vector"]), dataset["X"][3])
+    x = dataset["X"][3].astype(np.float64)          # cosine: the stored unit row
+    np.testing.assert_allclose(np.float32(records[1]["vector"]), x / np.linalg.norm(x),
+                               rtol=1e-6, atol=1e-7)
     table = ok("get", "items", "doc-1", "nope", "--db", loaded).stdout
     assert table.splitlines()[0].split()[:2] == ["ID", "FOUND"]
     assert "text 1" in table and "nope" in table

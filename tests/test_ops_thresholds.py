@@ -84,7 +84,9 @@ def busy_db(tmp_path_factory):
     """A database where every metric of the table has a measured value."""
     from simplevector.engine.namespace import Plan
 
-    db = open_db(tmp_path_factory.mktemp("busy") / "db")
+    root = tmp_path_factory.mktemp("busy")
+    db = open_db(root / "db", wal_archive=root / "archive")
+    db.changes(0, consumer="feed")                        # a named consumer that lags
     rng = np.random.default_rng(3)
     X = rng.standard_normal((3000, 16)).astype(np.float32)
     ns = db.create_namespace("v", dim=16, metric="l2")

@@ -248,12 +248,22 @@ def test_snapshots_lists_complete_snapshots_only_oldest_first(tmp_path):
     assert not stray.exists()
 
 
-def test_point_in_time_restore_raises_not_supported_and_creates_nothing(tmp_path):
+def test_point_in_time_arguments_that_cannot_be_met_raise_invalid_input_and_create_nothing(
+        tmp_path):
     with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
         _fill(db, n=10)
         info = db.snapshot()
-    for kwargs in ({"to_lsn": 3}, {"to_time": time.time()}, {"wal_archive": tmp_path}):
-        with pytest.raises(sv.NotSupported, match="WAL archive"):
+    (tmp_path / "arch").mkdir()
+    bad = ({"to_lsn": 3},                                   # no archive given
+           {"to_time": time.time()},                        # no archive given
+           {"to_lsn": info.lsn - 1, "wal_archive": tmp_path / "arch"},   # before snapshot
+           {"to_time": 1.0, "wal_archive": tmp_path / "arch"},           # before snapshot
+           {"to_lsn": 5, "to_time": time.time(), "wal_archive": tmp_path / "arch"},
+           {"to_lsn": -1, "wal_archive": tmp_path / "arch"},
+           {"to_time": "yesterday", "wal_archive": tmp_path / "arch"},
+           {"wal_archive": tmp_path / "no-such-dir"})
+    for kwargs in bad:
+        with pytest.raises(sv.InvalidInput):
             sv.restore(info.path, tmp_path / "out", **kwargs)
         assert not (tmp_path / "out").exists() and _leftovers(tmp_path / "out") == []
 
@@ -288,10 +298,13 @@ def test_manifest_holds_lsn_catalog_checksums_and_fingerprint(tmp_path):
     assert manifest["lsn"] == info.lsn and manifest["created_at"] == info.created_at
     assert manifest["namespaces"][0]["model"] == "m@1.0.0"
     assert manifest["namespaces"][0]["count"] == 40
-    assert set(manifest["files"]) == {"lmdb/data.mdb"}
+    vid = manifest["namespaces"][0]["vid"]
+    assert set(manifest["files"]) == {"lmdb/data.mdb", f"rows/{vid}.f32"}
     assert len(manifest["files"]["lmdb/data.mdb"]["sha256"]) == 64
+    # the row file holds exactly the rows written up to the snapshot's LSN
+    assert manifest["files"][f"rows/{vid}.f32"]["bytes"] == 40 * DIM * 4
     assert len(manifest["fingerprint"]["docs"]["ids"]) == snapmod.FINGERPRINT_PROBES
-    assert sorted(os.listdir(info.path)) == ["lmdb", "manifest.json"]
+    assert sorted(os.listdir(info.path)) == ["lmdb", "manifest.json", "rows"]
 
 
 # --------------------------------------------------------------------------- CLI and runbook
