@@ -19,6 +19,8 @@ from simplevector.engine.snapshot import sweep_restore_leftovers as _sweep_resto
 from simplevector.engine.upgrade import UpgradeReport
 from simplevector.engine.upgrade import upgrade as _upgrade
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
+from simplevector.ops.embeddings import EmbeddingFunction
+from simplevector import embeddings  # noqa: E402  (simplevector.embeddings adapters)
 
 __version__ = "0.1.0"
 
@@ -108,5 +110,5 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
 
 __all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "Database", "Limits",
            "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo", "Change",
-           "SnapshotInfo", "RestoreReport",
+           "SnapshotInfo", "RestoreReport", "EmbeddingFunction", "embeddings",
            *_errors_all]
