@@ -577,3 +577,14 @@ def test_import_simplevector_does_not_import_ray():
     assert sv.ShardUnavailable.http_status == 503
     assert sv.error_class_for_code("shard_unavailable") is sv.ShardUnavailable
     assert sv.error_class_for_code("shard_count_mismatch") is sv.ShardCountMismatch
+
+
+def test_the_readme_example_runs_as_written(ray_local, tmp_path, monkeypatch):
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Scaling past one machine", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "cluster-data" / "cluster.json").exists()
+    assert sorted(p.name for p in (tmp_path / "cluster-data").iterdir()) == \
+        ["cluster.json", "shard-0", "shard-1"]
