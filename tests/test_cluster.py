@@ -617,3 +617,22 @@ def test_the_readme_example_runs_as_written(ray_local, tmp_path, monkeypatch):
     assert (tmp_path / "cluster-data" / "cluster.json").exists()
     assert sorted(p.name for p in (tmp_path / "cluster-data").iterdir()) == \
         ["cluster.json", "shard-0", "shard-1"]
+
+
+def test_bench_cluster_runs_end_to_end_at_a_tiny_size(ray_local, tmp_path):
+    """bench/cluster.py on the module's Ray: every figure and ratio is written (no speed
+    is asserted; the figures live in the README with the command and CPU)."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from bench import cluster as bench_cluster
+    out = tmp_path / "cluster.json"
+    result = bench_cluster.main(["--n", "400", "--dim", "8", "--batch", "100", "--queries",
+                                 "8", "--clients", "2", "--shards", "1,2", "--dir",
+                                 str(tmp_path), "--out", str(out), "--quiet"])
+    assert set(result["runs"]) == {"embedded", "embedded_1thread", "cluster_1", "cluster_2"}
+    for run in result["runs"].values():
+        assert run["ingest_rows_per_s"] > 0 and run["qps_clients"] > 0 and run["p50_ms"] > 0
+    assert sum(result["runs"]["cluster_2"]["rows_per_shard"]) == 400
+    assert set(result["ratios_over_embedded_1thread"]) == {"cluster_1", "cluster_2"}
+    assert "p50_ms_added" in result["coordinator_overhead"]
+    assert {"cpu_model", "cores"} <= set(result["machine"]) and result["versions"]["ray"]
+    assert out.exists() and ray.is_initialized()       # the caller's Ray is left running
