@@ -318,6 +318,7 @@ class ClusterDatabase:
         _check_open(self)
         validate.namespace_name(name)
         if version is not None:
+            validate.version_number(version)
             raise NotSupported("a cluster has no namespace versions yet; drop_namespace(name) "
                                f"drops every version (got version={version!r})")
         with self._ddl_lock:
@@ -334,6 +335,7 @@ class ClusterDatabase:
         _check_open(self)
         validate.namespace_name(name)
         if version is not None:
+            validate.version_number(version)
             raise NotSupported(f"a cluster has no namespace versions yet (got version="
                                f"{version!r}); use cl.namespace(name)")
         config, holders = self._complete(self._catalogs(f"namespace({name!r})"), name)

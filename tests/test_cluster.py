@@ -29,6 +29,21 @@ from simplevector.cluster_db import ShardInfo, shard_of
 from simplevector.ops.cluster_health import ClusterFinding
 
 from _numeric import assert_same_hits
+# the conformance suite's tests that a cluster must pass as written (not: versions and
+# promote, the change feed, a single Plan from explain, one index_info dict, db.lsn)
+from test_conformance import (  # noqa: F401
+    test_bad_filter_raises_filter_error as test_conformance_bad_filter,
+    test_create_list_and_drop_namespace as test_conformance_create_list_and_drop,
+    test_delete_by_ids_and_by_where as test_conformance_delete_by_ids_and_by_where,
+    test_errors_keep_message_and_hint as test_conformance_errors_keep_message_and_hint,
+    test_existing_namespace_raises_namespace_exists as test_conformance_namespace_exists,
+    test_k_zero_raises_invalid_input as test_conformance_k_zero,
+    test_missing_namespace_raises_namespace_not_found as test_conformance_namespace_not_found,
+    test_query_single_and_batch_match_exact_reference as test_conformance_query_exact,
+    test_query_with_where_and_include as test_conformance_query_where_include,
+    test_upsert_replaces_a_row as test_conformance_upsert_replaces_a_row,
+    test_version_zero_raises_invalid_input as test_conformance_version_zero,
+    test_wrong_dimension_raises_dimension_mismatch as test_conformance_dimension_mismatch)
 
 _names = itertools.count()
 _PIDS: set = set()
@@ -105,6 +120,17 @@ def single(tmp_path_factory):
     db = sv.open(tmp_path_factory.mktemp("single") / "db", checkpoint_interval=0)
     yield db
     db.close()
+
+
+@pytest.fixture
+def backend(clusters):
+    """The conformance suite's backend: a 3-shard cluster."""
+    return clusters(3)
+
+
+@pytest.fixture
+def name():
+    return _fresh("conf")
 
 
 def _tie_key(extid):
@@ -241,8 +267,8 @@ def test_upsert_get_delete_count_have_the_embedded_return_types(clusters):
     assert ns.delete(ids=[1, 2, 777]) == 2
     assert ns.delete(where={"i": {"$gte": 8}}) == 2
     assert ns.count() == 6
-    assert [i.name for i in cl.list_namespaces()] == [name]
-    assert cl.list_namespaces()[0].versions[0].count == 6
+    infos = {i.name: i for i in cl.list_namespaces()}
+    assert infos[name].versions[0].count == 6 and infos[name].live_version == 1
     assert cl.namespace(name).dim == 3
     hits, plans = ns.query(X[0], k=2, explain=True)
     assert hits[0].id == 0 and len(plans) == 3
