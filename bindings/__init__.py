@@ -74,8 +74,10 @@ def cluster(root, *, shards: int, ray_address=None, **options):
     ``root`` (:class:`simplevector.cluster_db.ClusterDatabase`: the namespace API of a
     ``Database``, sharded by a stable hash of the id). Needs the ``cluster`` extra (Ray);
     ``ray_address=None`` starts or joins a local Ray. ``options``: ``timeout`` (seconds a
-    call waits for a shard), ``shard_cpus`` (Ray CPUs reserved per shard actor, default 0)
-    and each shard's ``sv.open`` options. Ray is imported only when this is called."""
+    call waits for a shard), ``shard_cpus`` (Ray CPUs reserved per shard actor, default 0),
+    ``shard_options`` (a list of Ray actor options per shard, e.g. to pin a shard to the
+    node holding its directory) and each shard's ``sv.open`` options. Ray is imported only
+    when this is called."""
     from simplevector.cluster_db import cluster as _cluster
     return _cluster(root, shards=shards, ray_address=ray_address, **options)
 

@@ -222,9 +222,15 @@ class ClusterDatabase:
     """The coordinator: routes writes, scatters queries, merges; see the module docstring."""
 
     def __init__(self, root, *, shards: int, ray_address=None, timeout=DEFAULT_TIMEOUT,
-                 shard_cpus: float = 0.0, **open_options):
+                 shard_cpus: float = 0.0, shard_options=None, **open_options):
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise InvalidInput(f"shards={shards!r} is not valid; expected an int >= 1")
+        if shard_options is not None and (not isinstance(shard_options, (list, tuple))
+                                          or len(shard_options) != shards
+                                          or not all(isinstance(o, dict)
+                                                     for o in shard_options)):
+            raise InvalidInput(f"shard_options={shard_options!r} is not valid; expected a "
+                               f"list of {shards} dicts of Ray actor options, one per shard")
         if not isinstance(root, (str, os.PathLike)):
             raise InvalidInput(f"root {root!r} must be a path")
         self.root = os.path.abspath(os.fspath(root))
@@ -239,11 +245,14 @@ class ClusterDatabase:
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
             self._started_ray = True
-        remote = ray.remote(ShardActor).options(
-            max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=shard_cpus)
+        base = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": 16,
+                "num_cpus": shard_cpus}
+        remote = ray.remote(ShardActor)
         self.shard_count = shards
         self.paths = [os.path.join(self.root, f"shard-{i}") for i in range(shards)]
-        self._actors = [remote.remote(i, self.paths[i], dict(open_options))
+        self._actors = [remote.options(**{**base, **(shard_options[i] if shard_options
+                                                     else {})})
+                        .remote(i, self.paths[i], dict(open_options))
                         for i in range(shards)]
         answers = _gather(self, {i: ("ping",) for i in range(shards)},
                           timeout=max(self.timeout, 120.0))
@@ -642,11 +651,15 @@ class ClusterNamespace:
 
 
 def cluster(root, *, shards: int, ray_address=None, timeout: float = DEFAULT_TIMEOUT,
-            shard_cpus: float = 0.0, **open_options) -> ClusterDatabase:
+            shard_cpus: float = 0.0, shard_options=None, **open_options) -> ClusterDatabase:
     """Open (creating if missing) the cluster rooted at ``root`` with ``shards`` shard
-    actors; see :class:`ClusterDatabase`. ``open_options`` go to each shard's ``sv.open``."""
+    actors; see :class:`ClusterDatabase`. ``open_options`` go to each shard's ``sv.open``.
+    ``shard_options``: one dict of Ray actor options per shard, merged over the defaults
+    (e.g. ``{"resources": {"node-a": 0.01}}`` or a ``NodeAffinitySchedulingStrategy`` to
+    keep a shard on the node that holds its directory)."""
     return ClusterDatabase(root, shards=shards, ray_address=ray_address, timeout=timeout,
-                           shard_cpus=shard_cpus, **open_options)
+                           shard_cpus=shard_cpus, shard_options=shard_options,
+                           **open_options)
 
 
 __all__ += ["ClusterSnapshotInfo", "Hit", "ShardUnavailable"]

@@ -345,6 +345,17 @@ def test_another_shard_count_for_a_root_is_a_typed_error(clusters, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_shard_options_reach_each_shard_actor_and_are_checked(ray_local, tmp_path):
+    with pytest.raises(sv.InvalidInput, match="shard_options"):
+        sv.cluster(tmp_path / "bad", shards=2, shard_options=[{}])
+    names = [f"sv-test-shard-{i}" for i in range(2)]
+    with sv.cluster(tmp_path / "c", shards=2, shard_options=[{"name": n} for n in names],
+                    checkpoint_interval=0) as cl:
+        _PIDS.update(s.pid for s in cl.shards())
+        for i, n in enumerate(names):
+            assert ray.get(ray.get_actor(n).ping.remote()) == i
+
+
 def test_interrupted_ddl_stays_invisible_and_a_retry_completes_it(clusters):
     cl = clusters(3)
     name = _fresh("ddl")
