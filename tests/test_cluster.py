@@ -71,6 +71,17 @@ def _ray_children() -> set:
     return out
 
 
+def _cmdlines(pids) -> dict:
+    out = {}
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except OSError:
+            out[pid] = "(gone)"
+    return out
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -79,7 +90,7 @@ def ray_local():
     assert started, "ray.init started no local Ray processes"
     yield
     ray.shutdown()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60            # a loaded 2-core machine exits slowly
     alive = set(_PIDS) | started
     while alive and time.monotonic() < deadline:
         for pid in list(alive):
@@ -95,7 +106,7 @@ def ray_local():
             except OSError:
                 alive.discard(pid)
         time.sleep(0.2)
-    assert not alive, f"Ray processes {sorted(alive)} outlived ray.shutdown()"
+    assert not alive, f"Ray processes outlived ray.shutdown(): {_cmdlines(alive)}"
 
 
 @pytest.fixture(scope="module")
