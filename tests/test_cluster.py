@@ -54,7 +54,7 @@ def _fresh(prefix: str) -> str:
 
 
 def _ray_children() -> set:
-    """Live (not zombie) child processes of this one whose command line names Ray."""
+    """Live (not zombie) child processes of this one that run Ray's own programs."""
     out = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -66,7 +66,8 @@ def _ray_children() -> set:
                 cmdline = f.read()
         except OSError:
             continue
-        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"ray" in cmdline:
+        is_ray = b"site-packages/ray/" in cmdline or cmdline.startswith(b"ray::")
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and is_ray:
             out.add(int(entry))
     return out
 
@@ -84,9 +85,10 @@ def _cmdlines(pids) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_local():
+    before = _ray_children()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
-    started = _ray_children()
+    started = _ray_children() - before
     assert started, "ray.init started no local Ray processes"
     yield
     ray.shutdown()
