@@ -34,6 +34,8 @@ __all__ = [
     "BudgetExceeded",
     "RateLimited",
     "MigrationError",
+    "ShardUnavailable",
+    "ShardCountMismatch",
     "error_class_for_code",
 ]
 
@@ -207,6 +209,8 @@ class PermissionDenied(SimpleVectorError):
     http_status = 403
     hint = "use a key with the role (reader < writer < admin) and namespace scope the " \
            "request needs"
+
+
 class ModelMismatch(InvalidInput):
     """An embedding function, a query or a write declares a model other than the version's."""
 
@@ -252,6 +256,35 @@ class MigrationError(SimpleVectorError):
 
     code = "migration_state"
     http_status = 409
+
+
+class ShardUnavailable(StorageError):
+    """A shard of a cluster (``sv.cluster``) did not answer: its actor is down, restarting
+    or timed out. ``shard`` is the first such shard's index, ``shards`` all of them. For a
+    write, ``applied_ids`` were acknowledged (durable) by other shards and ``unknown_ids``
+    were sent to the failed shard, which may or may not have logged them before it died;
+    an upsert is idempotent, so retrying ``unknown_ids`` is safe."""
+
+    code = "shard_unavailable"
+    http_status = 503
+    hint = ("Ray restarts a dead shard actor; retry shortly, check cl.shards(), or query "
+            "with partial=True for the other shards' results")
+
+    def __init__(self, message: str, *, hint: str | None = None, shard: int | None = None,
+                 shards: tuple = (), applied_ids: tuple = (), unknown_ids: tuple = ()):
+        super().__init__(message, hint=hint)
+        self.shard = shard
+        self.shards = tuple(shards) if shards else (() if shard is None else (shard,))
+        self.applied_ids, self.unknown_ids = tuple(applied_ids), tuple(unknown_ids)
+
+
+class ShardCountMismatch(InvalidInput):
+    """A cluster root was opened with another shard count than it was created with."""
+
+    code = "shard_count_mismatch"
+    http_status = 409
+    hint = ("open it with the recorded shard count; re-sharding goes through a migration "
+            "into a new cluster root")
 
 
 def _all_subclasses(cls):
