@@ -172,10 +172,16 @@ def child_query_sv(path, qfile, gtfile, target, nprobes):
     t1 = time.perf_counter()
     db = sv.open(path, checkpoint_interval=0, auto_index=False, readonly=True)
     ns = db.namespace("scale")
+    t_open = time.perf_counter() - t1
     ns.query(Q[0], k=10, include=())
     first = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    ns.query(Q[1], k=10, include=())
+    second = time.perf_counter() - t2
     after_open = _proc_status()
-    out = {"import_s": t_import, "first_answer_s": first, "status_after_open": after_open}
+    out = {"import_s": t_import, "first_answer_s": first, "open_s": t_open,
+           "first_query_s": first - t_open, "second_query_s": second,
+           "status_after_open": after_open}
     sweep = []
     for nprobe in nprobes:
         for q in Q[:5]:                     # warm (the single-query kernels, both paths)

@@ -74,6 +74,9 @@ def _end(pos) -> int:
 
 
 def _delta(codes, pos, lists, n, nlist) -> _Delta:
+    if n == 0:                          # the empty delta of a new or reopened index
+        return _Delta(codes, pos, lists, 0, np.zeros(0, np.int64),
+                      np.zeros(nlist + 1, np.int64), 0)
     order, offsets = ivfscan.build_csr(lists[:n].astype(np.int64), nlist)
     return _Delta(codes, pos, lists, n, order, offsets, _end(pos[:n]))
 
@@ -104,8 +107,10 @@ class IVFIndex:
         # ranks like cosine; measured on GloVe 400k with IVF1024, inner-product lists for
         # cosine had a 4x larger largest list and scanned 60-95% more codes per query)
         self.list_metric = IP if metric == IP else L2
+        # (m, dsub, ksub): table loops run over codewords innermost (numpy, not a kernel:
+        # a reopen then loads no compiled code before the first query needs it)
         self._cbT = (None if self.codebooks is None
-                     else pq_k.transpose_codebooks(self.codebooks))
+                     else np.ascontiguousarray(self.codebooks.transpose(0, 2, 1)))
         # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
         # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
         # every construction (training and reopen), never stored
