@@ -5,6 +5,7 @@
     python -m bench run --dataset glove --systems simplevector-ivfpq,hnswlib --n 100000
     python -m bench report bench/results/RUN.json [--out DIR]
     python -m bench systems               # which adapters can run here
+    python -m bench filtered [-h]         # filtered recall/QPS by selectivity vs FAISS
 
 See bench/HARNESS.md.
 """
@@ -179,6 +180,19 @@ def report(runs, out, target_recall):
     for text, md, pngs in rep.report(list(runs), out, target_recall):
         click.echo(text)
         click.echo(f"report: {md}" + "".join(f"\nplot: {p}" for p in pngs), err=True)
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True,
+                 "help_option_names": []}
+
+
+@cli.command(context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def filtered(args):
+    """Filtered search by selectivity: recall@10 and QPS, SimpleVector against FAISS's
+    IDSelector (bench/filtered.py; -h for its options)."""
+    from . import filtered as filtered_mod
+    raise SystemExit(filtered_mod.main(list(args)))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -577,15 +577,16 @@ def restore(source, target, force, wal_archive, to_lsn, to_time, db_path, as_jso
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@db_option()
 @output_option
-def upgrade(path, as_json):
-    """Convert the database at PATH to this release's on-disk format: a copy is built
-    beside it and verified row by row, then swapped in; the old directory is kept as
+def upgrade(path, db_path, as_json):
+    """Convert the database at PATH (default: --db) to this release's on-disk format: a
+    copy is built beside it and verified row by row, then swapped in; the old directory is kept as
     PATH.format<N>-backup (delete it once you are satisfied). Close every process that
     has the database open first."""
     with _ProgressBar("converting rows") as bar:
-        report = sv.upgrade(path, progress=bar)
+        report = sv.upgrade(path or db_path, progress=bar)
     if report.backup is None:
         emit({"path": report.path, "format_version": report.to_format,
               "upgraded": False}, as_json)
@@ -603,6 +604,8 @@ def _register_ops_commands():
     register(main)
     from simplevector.cli_server import register as register_server
     register_server(main)
+    from simplevector.cli_security import register as register_security
+    register_security(main)
 
 
 _register_ops_commands()

@@ -22,6 +22,7 @@ checkpoints, so ``latency`` shows those totals (plus this process's, i.e. none);
 from __future__ import annotations
 
 import datetime
+import json
 import math
 
 import click
@@ -172,18 +173,30 @@ def events_cmd(db_path, since, as_json):
               help="Query vectors to probe with.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="Recall@k.")
+@click.option("--where", "where_json", default=None,
+              help='Probe filtered queries: a metadata filter as JSON, e.g. \'{"lang": "en"}\' '
+              '(recall against exact search over the matching rows).')
 @output_option
-def probe_cmd(namespace, db_path, samples, k, as_json):
+def probe_cmd(namespace, db_path, samples, k, where_json, as_json):
     """Measure recall@k of NAMESPACE's live index against exact search."""
+    where = None
+    if where_json is not None:
+        try:
+            where = json.loads(where_json)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"{where_json!r} is not valid JSON: {e}",
+                                     param_hint="--where")
     with open_db(db_path, must_exist=True, fallback_readonly=True) as db:
-        result = db.probe_recall(namespace, samples=samples, k=k)
+        result = db.probe_recall(namespace, samples=samples, k=k, where=where)
     data = result.to_dict()
     if as_json:
         click.echo(dumps(data, indent=2))
         return
-    emit({key: data[key] for key in ("namespace", "version", "index", "recall", "ci_low",
-                                     "ci_high", "samples", "k", "source", "seconds", "worst")},
-         False)
+    keys = ["namespace", "version", "index", "recall", "ci_low", "ci_high", "samples", "k",
+            "source", "seconds", "worst"]
+    if where is not None:
+        keys[3:3] = ["where", "matched", "plan"]
+    emit({key: data[key] for key in keys}, False)
 
 
 COMMANDS = (latency_cmd, metrics_cmd, health_cmd, alerts_cmd, events_cmd, probe_cmd)

@@ -2,7 +2,7 @@
 
 :class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
 (namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
-rows), ``metrics_text``) and
+rows), ``metrics_text``, ``keys`` (the server's API keys, for an admin key)) and
 :class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
 ``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
 arguments, return types and exceptions. Differences, by decision:
@@ -14,6 +14,9 @@ arguments, return types and exceptions. Differences, by decision:
 - A RemoteNamespace keeps the ``version``/``dim``/``metric``/``model``/``index``/``live``
   it had when it was fetched; a handle on the live version (``namespace(name)``) still
   addresses whatever version is live at each call, like the embedded one.
+
+``api_key`` is sent as ``Authorization: Bearer <key>``; a missing or refused key raises
+AuthenticationError (401), a key without the right PermissionDenied (403).
 
 Errors arrive as ``{"error": {"code", "message", "hint"}}`` and are raised as the class
 :func:`error_class_for_code` names (same message and hint). Only idempotent calls (GETs and
@@ -36,7 +39,7 @@ from simplevector.engine.errors import InvalidInput, SimpleVectorError, error_cl
 from simplevector.engine.planner import Plan
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
-__all__ = ["Client", "RemoteNamespace", "connect"]
+__all__ = ["Client", "RemoteNamespace", "RemoteKeys", "connect"]
 
 RETRIES = 2
 RETRY_WAIT = 0.2
@@ -215,6 +218,12 @@ class Client:
             "namespace": namespace, "op": op, "window": window})["latency"]
         return [LatencySummary(**r) for r in rows]
 
+    @property
+    def keys(self) -> "RemoteKeys":
+        """The server's API keys (admin key needed): ``create``, ``list``, ``revoke``, the
+        methods of ``db.keys`` (:class:`simplevector.ops.keys.KeyStore`)."""
+        return RemoteKeys(self)
+
     def metrics_text(self) -> str:
         """The Prometheus text of the server (database metrics plus HTTP request metrics)."""
         return self._request("GET", "/metrics")
@@ -238,6 +247,38 @@ class Client:
 
     def __repr__(self):
         return f"<simplevector.Client {self.url}{' closed' if self._closed else ''}>"
+
+
+def _api_key(d: dict):
+    from simplevector.ops.keys import ApiKey
+    ns = d.get("namespaces")
+    return ApiKey(id=d["id"], role=d["role"], namespaces=None if ns is None else tuple(ns),
+                  created=d["created"], expires=d.get("expires"), revoked=d.get("revoked"),
+                  name=d.get("name"))
+
+
+class RemoteKeys:
+    """``client.keys``: the server's KeyStore over ``/v1/keys`` (an admin key's right)."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def create(self, role: str, *, namespaces=None, expires=None, name=None):
+        """``(key text, ApiKey)``; the text is shown only in this answer."""
+        body = {"role": role}
+        for field, value in (("namespaces", namespaces), ("expires", expires), ("name", name)):
+            if value is not None:
+                body[field] = list(value) if field == "namespaces" and not isinstance(
+                    value, str) else value
+        d = self._client._request("POST", "/v1/keys", body=body)
+        return d["key"], _api_key(d)
+
+    def list(self) -> list:
+        return [_api_key(d) for d in self._client._request("GET", "/v1/keys")["keys"]]
+
+    def revoke(self, key_id: str):
+        return _api_key(self._client._request(
+            "DELETE", f"/v1/keys/{quote(str(key_id), safe='')}", idempotent=False))
 
 
 class RemoteNamespace:

@@ -15,17 +15,23 @@ vector or matrix may be sent as ``{"__ndarray__": <little-endian float32 bytes>,
 accepts msgpack) are msgpack with vectors in that form.
 
 Namespace routes take ``?version=N`` to address a version that is not live (default: the
-live one). Not yet here (later steps of issue 13): API keys and roles, the audit log, rate
-limits; without keys the ``serve`` command binds only to loopback.
+live one).
+
+Security (:mod:`simplevector._security`): once the database holds an API key, every ``/v1``
+route and ``/metrics`` need ``Authorization: Bearer <key>`` with the role and namespace
+scope :data:`~simplevector._security.PERMISSIONS` names (401 ``unauthenticated``, 403
+``permission_denied``); ``/healthz``, ``/readyz`` and ``/openapi.json`` stay open. Every
+write, admin action and denied request (and every read, with ``audit_reads``) is one entry
+of the hash-chained audit log (:mod:`simplevector.ops.audit`), fsync'd before the answer.
+Every response carries ``X-Request-ID`` (the client's, when it sent a valid one).
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -35,8 +41,12 @@ from starlette.routing import Route
 
 import simplevector as sv
 from simplevector._output import to_jsonable
+from simplevector._security import PERMISSIONS, authorize_namespace, guarded, note
 from simplevector._wire import MSGPACK, ND, pack, unpack
 from simplevector.engine.errors import InvalidInput, LimitExceeded, SimpleVectorError
+from simplevector.ops.health import disk_findings
+from simplevector.ops.capacity import disk_usage
+from simplevector.ops.keys import KeyStore
 
 __all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "ND", "openapi_document"]
 
@@ -134,20 +144,48 @@ async def healthz(request):
     return _encode(request, {"status": "ok"})
 
 
-async def readyz(request):
-    """Ready: the database is open, writable (unless read-only) and has not failed."""
-    db = request.app.state.db
-    reasons = []
+def readiness(db) -> dict:
+    """The checks behind /readyz, from the database's public status: open; WAL replayed
+    (the open finished recovery: LMDB's applied LSN has caught up with the logged one);
+    indexes loaded (every version's status readable with an active index); disk headroom
+    (the health report's disk_free and map_growth findings not critical); not read-only by
+    fault (``status().failed`` is None and a writer can write)."""
+    checks, reasons = {}, []
     if db.closed:
-        reasons.append("the database is closed")
-    else:
-        status = await _call(db.status)
-        if status.failed is not None:
-            reasons.append(f"the database stopped accepting writes: {status.failed}")
-        if not db.readonly and not db.writable:
-            reasons.append("the database is not writable")
-    body = {"ready": not reasons, "readonly": db.readonly, "reasons": reasons}
-    return _encode(request, body, 200 if not reasons else 503)
+        return {"ready": False, "readonly": db.readonly, "checks": {"open": False},
+                "reasons": ["the database is closed"]}
+    checks["open"] = True
+    status = db.status()
+    checks["wal_replayed"] = status.lsn >= status.logged_lsn or not db.writable
+    if not checks["wal_replayed"]:
+        reasons.append(f"WAL replay incomplete: applied LSN {status.lsn} < logged "
+                       f"{status.logged_lsn}")
+    versions = db.version_statuses()
+    unloaded = [f"{v.name} v{v.version}" for v in versions if not v.index_active]
+    checks["indexes_loaded"] = not unloaded
+    if unloaded:
+        reasons.append(f"indexes not loaded: {', '.join(unloaded)}")
+    total, free = disk_usage(db.path)
+    findings = disk_findings(db.path, status.map_size, status.map_used, total, free,
+                             db.thresholds)
+    critical = [f.message for f in findings if f.severity == "critical"]
+    checks["disk_headroom"] = not critical
+    checks["disk_free_bytes"] = free
+    reasons += [f"disk: {m}" for m in critical]
+    checks["not_failed"] = status.failed is None
+    if status.failed is not None:
+        reasons.append(f"the database stopped accepting writes: {status.failed}")
+    checks["writable"] = db.readonly or db.writable
+    if not checks["writable"]:
+        reasons.append("the database is not writable")
+    return {"ready": not reasons, "readonly": db.readonly, "checks": checks,
+            "reasons": reasons}
+
+
+async def readyz(request):
+    """Ready: open, WAL replayed, indexes loaded, disk headroom, not read-only by fault."""
+    body = await _call(readiness, request.app.state.db)
+    return _encode(request, body, 200 if body["ready"] else 503)
 
 
 async def metrics_route(request):
@@ -202,8 +240,11 @@ async def changes(request):
 
 
 async def list_namespaces(request):
-    """Every namespace with its versions."""
+    """Every namespace with its versions (those the key's scope covers)."""
     infos = await _call(request.app.state.db.list_namespaces)
+    principal = request.state.principal
+    if principal is not None:
+        infos = [i for i in infos if principal.sees(i.name)]
     return _encode(request, {"namespaces": [i.to_dict() for i in infos]})
 
 
@@ -212,6 +253,7 @@ async def create_namespace(request):
     data = await _payload(request, ("name", "dim", "metric", "model", "index"))
     if "name" not in data or "dim" not in data:
         raise InvalidInput("creating a namespace needs 'name' and 'dim' in the body")
+    authorize_namespace(request, "admin", data["name"])
     db = request.app.state.db
     ns = await _call(db.create_namespace, data["name"],
                      **_pick(data, "dim", "metric", "model", "index"))
@@ -246,6 +288,7 @@ async def promote(request):
     if "version" not in data:
         raise InvalidInput("promote needs 'version' in the body")
     db = request.app.state.db
+    note(request, version=data["version"])
     await _call(db.promote, request.path_params["name"], data["version"])
     return _encode(request, {"name": request.path_params["name"],
                              "live_version": data["version"]})
@@ -257,8 +300,10 @@ async def upsert(request):
     ns = await _call(_namespace, request)
     if "ids" not in data or "vectors" not in data:
         raise InvalidInput("upsert needs 'ids' and 'vectors' in the body")
+    note(request, ids=_audit_ids(data["ids"]), count=_count(data["ids"]))
     written = await _call(ns.upsert, data["ids"], data["vectors"], data.get("metadata"),
                           data.get("documents"))
+    note(request, lsn=written)
     return _encode(request, {"lsn": written})
 
 
@@ -268,6 +313,7 @@ async def get_records(request):
     if "ids" not in data:
         raise InvalidInput("get needs 'ids' in the body")
     ns = await _call(_namespace, request)
+    note(request, count=_count(data["ids"]))
     out = await _call(ns.get, data["ids"], **_pick(data, "include"))
     single = not isinstance(out, list)
     return _encode(request, {"single": single, "records": [out] if single else out})
@@ -277,7 +323,12 @@ async def delete(request):
     """Delete rows by ``ids`` and/or ``where``; returns how many were deleted."""
     data = await _payload(request, ("ids", "where"))
     ns = await _call(_namespace, request)
+    if data.get("ids") is not None:
+        note(request, ids=_audit_ids(data["ids"]))
+    if data.get("where") is not None:
+        note(request, where=data["where"])
     deleted = await _call(ns.delete, data.get("ids"), data.get("where"))
+    note(request, count=deleted)
     return _encode(request, {"deleted": deleted})
 
 
@@ -293,12 +344,14 @@ async def query(request):
                                     "exact", "explain"))
     if "vectors" not in data:
         raise InvalidInput("query needs 'vectors' in the body")
+    _numeric_or_raise(data["vectors"], "query vectors")
     ns = await _call(_namespace, request)
     explain = data.get("explain", False)
     out = await _call(ns.query, data["vectors"],
                       **_pick(data, "k", "where", "include", "nprobe", "refine", "exact",
                               "explain"))
     hits, plan = out if explain else (out, None)
+    note(request, count=len(hits) if hits and isinstance(hits[0], list) else 1)
     body = {"single": np.ndim(data["vectors"]) == 1 if not isinstance(
         data["vectors"], np.ndarray) else data["vectors"].ndim == 1, "hits": hits}
     if plan is not None:
@@ -317,6 +370,61 @@ async def index_info(request):
     """The live index: spec, training, list sizes."""
     ns = await _call(_namespace, request)
     return _encode(request, await _call(ns.index_info))
+
+
+def _numeric_or_raise(value, what: str) -> None:
+    """InvalidInput for a value numpy cannot read as an array (ragged rows, nested junk):
+    the engine's query reads the input's shape before validating it, and would answer 500
+    (found by schemathesis, tests/test_fuzz.py)."""
+    if isinstance(value, np.ndarray):
+        return
+    try:
+        np.ndim(value)
+    except (ValueError, TypeError) as e:
+        raise InvalidInput(f"{what} could not be read as a vector or a matrix of numbers: "
+                           f"{e}") from None
+
+
+def _count(ids) -> int:
+    return len(ids) if isinstance(ids, (list, tuple)) else 1
+
+
+def _audit_ids(ids):
+    if isinstance(ids, (list, tuple)):
+        return [i if isinstance(i, (int, str)) else str(i) for i in ids]
+    return [ids] if isinstance(ids, (int, str)) else [str(ids)]
+
+
+def _keystore(request) -> KeyStore:
+    return request.app.state.keys
+
+
+async def list_keys(request):
+    """Every API key (id, role, namespaces, created, expires, revoked, state); no secrets."""
+    keys = await _call(_keystore(request).list)
+    return _encode(request, {"keys": [k.to_dict() for k in keys]})
+
+
+async def create_key(request):
+    """Create an API key. Body: role, namespaces, expires (e.g. "30d"), name. The answer
+    holds the key text, shown this once."""
+    data = await _payload(request, ("role", "namespaces", "expires", "name"))
+    if "role" not in data:
+        raise InvalidInput("creating a key needs 'role' in the body (reader, writer, admin)")
+    text, key = await _call(_keystore(request).create, data["role"],
+                            namespaces=data.get("namespaces"), expires=data.get("expires"),
+                            name=data.get("name"))
+    note(request, created_key_id=key.id, created_role=key.role,
+         created_namespaces=None if key.namespaces is None else list(key.namespaces))
+    return _encode(request, {"key": text, **key.to_dict()}, 201)
+
+
+async def revoke_key(request):
+    """Revoke the key ``{key_id}``; it keeps its record, marked revoked."""
+    key_id = request.path_params["key_id"]
+    note(request, revoked_key_id=key_id)
+    key = await _call(_keystore(request).revoke, key_id)
+    return _encode(request, key.to_dict())
 
 
 async def openapi(request):
@@ -348,38 +456,16 @@ ROUTES = [
     (NS + "/query", "POST", query, "query"),
     (NS + "/index", "POST", build_index, "build_index"),
     (NS + "/index", "GET", index_info, "index_info"),
+    ("/v1/keys", "GET", list_keys, "list_keys"),
+    ("/v1/keys", "POST", create_key, "create_key"),
+    ("/v1/keys/{key_id}", "DELETE", revoke_key, "revoke_key"),
 ]
 
 
 def openapi_document() -> dict:
-    """An OpenAPI 3.1 document built from :data:`ROUTES`."""
-    paths: dict = {}
-    error = {"description": "a SimpleVector error",
-             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    for path, method, endpoint, op_id in ROUTES:
-        params = []
-        if "{name}" in path:
-            params.append({"name": "name", "in": "path", "required": True,
-                           "schema": {"type": "string"}})
-            params.append({"name": "version", "in": "query", "required": False,
-                           "schema": {"type": "integer", "minimum": 1}})
-        op = {"operationId": op_id, "summary": (endpoint.__doc__ or "").strip(),
-              "parameters": params,
-              "responses": {"200": {"description": "OK"}, "4XX": error, "5XX": error}}
-        if method == "POST":
-            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}},
-                                             MSGPACK: {"schema": {"type": "object"}}}}
-        paths.setdefault(path, {})[method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "SimpleVector", "version": sv.__version__},
-        "paths": paths,
-        "components": {"schemas": {"Error": {
-            "type": "object",
-            "properties": {"error": {"type": "object", "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"},
-                "hint": {"type": ["string", "null"]}}}}}}},
-    }
+    """An OpenAPI 3.1 document built from :data:`ROUTES` (:mod:`simplevector._openapi`)."""
+    from simplevector._openapi import build
+    return build(ROUTES, PERMISSIONS, sv.__version__, MSGPACK)
 
 
 # -- errors: the one place the error tree becomes HTTP ------------------------------------------
@@ -388,60 +474,60 @@ def _error_response(request: Request, exc: Exception) -> Response:
         return _encode(None, {"error": exc.to_dict()}, exc.http_status)
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _encode(None, {"error": {"code": code, "message": str(exc.detail),
-                                        "hint": None}}, exc.status_code)
+        response = _encode(None, {"error": {"code": code, "message": str(exc.detail),
+                                            "hint": None}}, exc.status_code)
+        for name, value in (exc.headers or {}).items():     # Allow on a 405
+            response.headers[name] = value
+        return response
     return _encode(None, {"error": {"code": "internal", "message": "internal server error",
                                     "hint": "see the server log"}}, 500)
 
 
-def _status_of(exc: Exception) -> int:
-    if isinstance(exc, SimpleVectorError):
-        return exc.http_status
-    if isinstance(exc, HTTPException):
-        return exc.status_code
-    return 500
+class _Metrics:
+    """The server's own Prometheus metrics (one registry per app)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests_total = Counter(
+            "simplevector_http_requests", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=self.registry)
+        self.request_seconds = Histogram(
+            "simplevector_http_request_seconds", "HTTP request latency by route",
+            ["route", "method"], registry=self.registry)
+        self.in_flight = Gauge("simplevector_http_requests_in_flight",
+                               "HTTP requests being served now", registry=self.registry)
+        self.auth_failures = Counter(
+            "simplevector_http_auth_failures", "Requests refused by authentication (401, "
+            "code unauthenticated) or authorisation (403, code permission_denied)",
+            ["code"], registry=self.registry)
 
 
-def _instrumented(endpoint, path, method, requests_total, request_seconds):
-    """The endpoint, counting requests and timing them by route template."""
-    async def run(request):
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await endpoint(request)
-            status = response.status_code
-            return response
-        except Exception as e:
-            status = _status_of(e)
-            raise
-        finally:
-            request_seconds.labels(path, method).observe(time.perf_counter() - t0)
-            requests_total.labels(path, method, str(status)).inc()
-    run.__name__ = endpoint.__name__
-    run.__doc__ = endpoint.__doc__
-    return run
-
-
-def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
+               audit_reads: bool = False, rate_limiter=None) -> Starlette:
     """The ASGI app serving ``db`` (an ops-enabled :class:`simplevector.Database`).
 
     The app does not close ``db``; its owner does (``simplevector serve`` closes it, which
     checkpoints, after the server has stopped). ``max_body_bytes``: larger request bodies
-    are refused with 413 (code ``limit_exceeded``).
+    are refused with 413 (code ``limit_exceeded``). ``audit``: an
+    :class:`simplevector.ops.audit.AuditLog` that receives every write, admin action and
+    denied request (and reads with ``audit_reads``); None: no audit log. ``rate_limiter``:
+    an object with ``check(principal, operation_id)`` that raises the 429 error when a key
+    is over its rate (ops/ratelimit.py, another step of the work, plugs in here); None: no
+    limit.
     """
-    registry = CollectorRegistry(auto_describe=True)
-    requests_total = Counter("simplevector_http_requests", "HTTP requests by route",
-                             ["route", "method", "status"], registry=registry)
-    request_seconds = Histogram("simplevector_http_request_seconds",
-                                "HTTP request latency by route", ["route", "method"],
-                                registry=registry)
-    routes = [Route(path, _instrumented(endpoint, path, method, requests_total,
-                                        request_seconds), methods=[method], name=op_id)
+    metrics = _Metrics()
+    routes = [Route(path, guarded(endpoint, path, method, op_id, metrics, _error_response),
+                    methods=[method], name=op_id)
               for path, method, endpoint, op_id in ROUTES]
     app = Starlette(routes=routes, exception_handlers={
         SimpleVectorError: _error_response, HTTPException: _error_response,
         Exception: _error_response})
     app.state.db = db
     app.state.max_body_bytes = int(max_body_bytes)
-    app.state.registry = registry
+    app.state.registry = metrics.registry
+    app.state.keys = KeyStore(db)
+    app.state.auth_on = False
+    app.state.audit = audit
+    app.state.audit_reads = bool(audit_reads)
+    app.state.rate_limiter = rate_limiter
     return app

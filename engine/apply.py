@@ -84,6 +84,8 @@ class Applier:
     def close(self):
         for state in self.states.values():
             if state.rows is not None:
+                if self.write_rows:
+                    state.rows.trim(state.n)
                 state.rows.close()
 
     def sync_rows(self):

@@ -103,6 +103,11 @@ class RowFile:
         """Bytes the file takes on disk (its unwritten sparse tail is not counted)."""
         return os.fstat(self._fd).st_blocks * 512
 
+    def trim(self, n: int):
+        """Give back the sparse slack past row ``n`` (the writer, at close)."""
+        if not self.readonly and self._fd is not None and n < self.capacity:
+            os.ftruncate(self._fd, n * self.row_bytes)
+
     def close(self):
         # the mapping itself is released when the last view of it goes away
         self._mm = None

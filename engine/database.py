@@ -921,7 +921,7 @@ def _version_status(config: VersionConfig, state) -> VersionStatus:
         index_active="Flat" if index is None else str(index.spec),
         rows=state.live, tombstones=state.tombstones, positions=state.n,
         training=bool(state.training), training_error=state.training_error,
-        rows_since_training=since, memory_bytes=state.n * (state.dim * 4 + 4 + 8 + 1),
+        rows_since_training=since, memory_bytes=state.heap_bytes(),
         index_info=info)
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "TargetExists",
     "NotSupported",
     "DiskFullError",
+    "AuthenticationError",
+    "PermissionDenied",
     "error_class_for_code",
 ]
 
@@ -181,6 +183,25 @@ class DiskFullError(StorageError):
     http_status = 507
     hint = ("free disk space (old snapshots: `simplevector snapshot prune`, other files); "
             "writes resume without a reopen")
+
+
+class AuthenticationError(SimpleVectorError):
+    """The request carries no API key, or one the server does not accept (unknown,
+    expired or revoked). The message never repeats the key."""
+
+    code = "unauthenticated"
+    http_status = 401
+    hint = "send a valid key as `Authorization: Bearer <key>` (simplevector.connect(url, " \
+           "api_key=...)); create one with `simplevector keys create`"
+
+
+class PermissionDenied(SimpleVectorError):
+    """The API key is valid but its role or namespace scope does not allow the request."""
+
+    code = "permission_denied"
+    http_status = 403
+    hint = "use a key with the role (reader < writer < admin) and namespace scope the " \
+           "request needs"
 
 
 def _all_subclasses(cls):

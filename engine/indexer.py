@@ -11,6 +11,10 @@ import numpy as np
 
 from .errors import InvalidInput
 from .indexspec import IndexSpec, auto_spec
+from .ivf import HELD_OUT_POINTS, MAX_TRAIN_POINTS_PER_LIST, PQ_TRAIN_POINTS
+
+#: Rows encoded per chunk when a build encodes every row (64 MiB of float32 at 256-d).
+ENCODE_CHUNK = 65536
 
 
 def effective_spec(state) -> IndexSpec | None:
@@ -65,17 +69,29 @@ def build(state, *, seed: int = 0, should_stop=lambda: False):
                     f"(nlist x 39); namespace {state.config.name!r} has {len(positions)}",
                     hint="use fewer lists (IVF<n>) or add rows first; "
                          "queries stay exact until then")
-            X = np.ascontiguousarray(view.X[positions])
+            # training reads a bounded sample of the mapped rows; encoding streams them in
+            # chunks, so a build never copies the whole version into the heap
+            rng = np.random.default_rng(seed + 7)
+            want = max(spec.nlist * MAX_TRAIN_POINTS_PER_LIST, PQ_TRAIN_POINTS + HELD_OUT_POINTS)
+            sample = positions if len(positions) <= want else np.sort(
+                rng.choice(positions, want, replace=False))
             try:
-                index = IVFIndex.train(spec, X, state.metric.code, seed=seed,
-                                       should_stop=should_stop)
+                index = IVFIndex.train(spec, np.ascontiguousarray(view.X[sample]),
+                                       state.metric.code, seed=seed, should_stop=should_stop)
             except TrainingCancelled:
                 return None
+            index.trained_rows = len(positions)
+            lists = np.empty(len(positions), np.int32)
+            codes = np.empty((len(positions), index.m), np.uint8)
+            for lo in range(0, len(positions), ENCODE_CHUNK):
+                if should_stop():
+                    return None
+                part = positions[lo:lo + ENCODE_CHUNK]
+                lists[lo:lo + len(part)], codes[lo:lo + len(part)] = index.encode(
+                    np.ascontiguousarray(view.X[part]))
             if should_stop():
                 return None
-            lists, codes = index.encode(X)
             index.load_lists(positions.astype(np.int64), lists, codes)
-            del X
             with state.mutate_lock:
                 if should_stop():
                     return None

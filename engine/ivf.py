@@ -105,7 +105,7 @@ class IVFIndex:
         # cosine had a 4x larger largest list and scanned 60-95% more codes per query)
         self.list_metric = IP if metric == IP else L2
         self._cbT = (None if self.codebooks is None
-                     else ivfscan._transpose_codebooks(self.codebooks))
+                     else pq_k.transpose_codebooks(self.codebooks))
         # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
         # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
         # every construction (training and reopen), never stored
@@ -281,13 +281,17 @@ class IVFIndex:
         return sizes
 
     # -- search --------------------------------------------------------------------------------
-    def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False):
+    def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
+               min_lists: int = -1):
         """Top-k (distance, position) for one query, exact distances for what is returned.
 
         Probe (one compiled call), then the ADC scan of the probed lists (rows not allowed
         by ``mask`` are skipped inside the scan; ``all_alive`` lets it skip the lookup, see
         :func:`_scan_mask`) and exact re-ranking of the best ``k * refine`` (a second one).
-        Returns (dist, pos, candidates).
+        ``min_lists`` >= 0 widens a filtered scan: ``nprobe`` lists are probed in order and
+        the scan stops, after the first ``min_lists``, once it has seen as many allowed rows
+        as those first lists hold (kernels/ivfscan.py ``widen_target``).
+        Returns (dist, pos, lists scanned, whether the widened scan saw that many rows).
         """
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
@@ -298,24 +302,23 @@ class IVFIndex:
                                                      self.list_metric, sealed.offsets, d.offsets)
             threads = numba.get_num_threads() if count > PARALLEL_SCAN_CODES else 1
             if threads > 1:
-                dist, pos = ivffused.pq_search_parallel(
+                return ivffused.pq_search_parallel(
                     q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                     sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
-                    self.list_metric, self.metric, kk, k, threads)
-            else:
-                dist, pos = ivffused.pq_search_serial(
-                    q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
-                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
-                    self.list_metric, self.metric, kk, k)
-            return dist, pos, kk
-        dist, pos = ivffused.flat_lists_serial(
+                    self.list_metric, self.metric, kk, k, threads, min_lists)
+            return ivffused.pq_search_serial(
+                q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
+                sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
+                self.list_metric, self.metric, kk, k, min_lists)
+        return ivffused.flat_lists_serial(
             q, X, self.centroids, nprobe, self.list_metric, sealed.offsets, sealed.pos, d.pos,
-            d.order, d.offsets, mask, use_mask, self.metric, k)
-        return dist, pos, k
+            d.order, d.offsets, mask, use_mask, self.metric, k, min_lists)
 
-    def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
-                     all_alive: bool = False):
-        """:meth:`search` for every row of Q, queries in parallel; a list of (dist, pos)."""
+    def search_batch_padded(self, X, Q, k: int, nprobe: int, refine: int, mask,
+                            all_alive: bool = False, min_lists: int = -1):
+        """:meth:`search` for every row of Q, queries in parallel: ``(D (nq, k) float32,
+        I (nq, k) int64 positions, lists scanned (nq,), reached (nq,) bool)`` padded with
+        +inf / -1."""
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
         use_mask = _scan_mask(mask, all_alive, sealed, d)
@@ -326,19 +329,36 @@ class IVFIndex:
             probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
         if self.m:
             kk = max(k * refine, k)
-            D, I = ivffused.pq_search_batch(
+            return ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
                 sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric,
-                self.metric, kk, k)
-        else:
-            D, I = ivffused.flat_lists_batch(
-                Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
-                self.metric, k)
+                self.metric, kk, k, min_lists)
+        return ivffused.flat_lists_batch(
+            Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
+            self.metric, k, min_lists)
+
+    def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
+                     all_alive: bool = False, min_lists: int = -1):
+        """:meth:`search_batch_padded` as a list of (dist, pos) per query, padding cut."""
+        D, I, _, _ = self.search_batch_padded(X, Q, k, nprobe, refine, mask, all_alive, min_lists)
         out = []
         for i in range(len(Q)):
             keep = I[i] >= 0
             out.append((D[i][keep], I[i][keep]))
         return out
+
+    def scan_costs(self) -> tuple[int, int]:
+        """(cost of opening one probed list, cost of scoring one allowed code) in the
+        planner's units (multiply-adds or table reads; engine/planner.py)."""
+        if not self.m:
+            return 0, self.dim
+        m, ksub, _ = self.codebooks.shape
+        strategy = self.table_strategy
+        if strategy == "query":
+            return self.dim, m
+        if strategy == "precomputed":
+            return m * ksub + self.dim, m
+        return ksub * self.dim, m
 
     # -- persistence ----------------------------------------------------------------------------
     def to_arrays(self, alive: np.ndarray) -> tuple[dict, dict]:

@@ -23,6 +23,15 @@ from .types import Hit, Record
 __all__ = ["Namespace", "Plan"]
 
 
+def _padded(d, p, k):
+    """One query's (dist, pos) as (1, k) arrays padded with +inf / -1."""
+    D = np.full((1, k), np.inf, np.float32)
+    P = np.full((1, k), -1, np.int64)
+    D[0, :len(d)] = d
+    P[0, :len(p)] = p
+    return D, P
+
+
 def _observed(op: str):
     """Time a public data operation and report it to the database's observers, with the
     numba compilation it triggered split out (engine/observer.py)."""
@@ -222,17 +231,58 @@ class Namespace:
         With ``where``, exactly the k nearest among matching rows; fewer than k only when
         fewer rows match. ``nprobe`` and ``refine`` override the IVF spec's defaults for
         this call. ``exact=True`` bypasses the IVF index (the recall reference).
-        ``explain=True`` returns ``(hits, Plan)``.
+        ``explain=True`` returns ``(hits, Plan)``. :meth:`search` is the same query as
+        fixed-shape arrays (no per-hit objects).
+        """
+        include = validate.include_value(include)
+        try:
+            single = np.ndim(vectors) == 1
+        except (ValueError, TypeError):     # ragged rows: the validation below names them
+            single = False
+        t0 = time.perf_counter()
+        state, view, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact,
+                                                       t0)
+        keep = P >= 0
+        results = [(D[i][keep[i]], P[i][keep[i]]) for i in range(len(P))]
+        hits = self._hits(state, view, results, include)
+        plan.seconds["fetch"] = time.perf_counter() - t3
+        self._db._notify_query(self.name, plan, Q)
+        out = hits[0] if single else hits
+        return (out, plan) if explain else out
+
+    @_observed("query")
+    def search(self, vectors, k: int = 10, where=None, *, nprobe: int | None = None,
+               refine: int | None = None, exact: bool = False, explain: bool = False):
+        """The k nearest rows as fixed-shape arrays, FAISS's contract: ``(distances, ids)``.
+
+        ``distances``: float32 (nq, k), nearest first, ``+inf`` where fewer than k rows
+        exist (or match ``where``). ``ids``: a numpy **object** array (nq, k) holding each
+        row's id as stored (int or str, the same objects :meth:`query` returns), ``None``
+        where the distance is ``+inf``. One vector gives nq = 1. Same planning, filters and
+        options as :meth:`query` (the same hits, in the same order), but no ``Hit`` per
+        result and no metadata fetch; ``explain=True`` returns ``(distances, ids, Plan)``.
+        For int ids, ``np.where(ids == None, -1, ids).astype(np.int64)`` gives FAISS's -1
+        padding.
         """
         t0 = time.perf_counter()
+        state, _, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact, t0)
+        ids = np.full(P.shape, None, dtype=object)
+        keep = P >= 0
+        if keep.any():
+            ids[keep] = state.extids_at(P[keep])
+        plan.seconds["fetch"] = time.perf_counter() - t3
+        self._db._notify_query(self.name, plan, Q)
+        return (D, ids, plan) if explain else (D, ids)
+
+    def _execute(self, vectors, k, where, nprobe, refine, exact, t0):
+        """Validate, plan and run a query: (state, view, prepared queries, D (nq, k) float32,
+        P (nq, k) positions padded with +inf / -1, Plan, time the search ended)."""
         config = self._config()
         k = validate.k_value(k)
-        include = validate.include_value(include)
         if nprobe is not None:
             nprobe = validate.positive_int(nprobe, "nprobe")
         if refine is not None:
             refine = validate.positive_int(refine, "refine")
-        single = np.ndim(vectors) == 1
         Q = validate.vector_matrix(vectors, config.dim, what="query vectors",
                                    zero_ok=config.metric != "cosine")
         node = compile_filter(where) if where is not None else None
@@ -252,10 +302,11 @@ class Namespace:
         all_alive = node is None and view.live == view.n   # no tombstones, no filter
         index = None if exact else state.index
         if matched == 0:
-            results = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(Q))]
+            D = np.full((len(Q), k), np.inf, np.float32)
+            P = np.full((len(Q), k), -1, np.int64)
         elif index is not None:
-            results = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
-                                       refine, plan, all_alive)
+            D, P = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
+                                    refine, plan, all_alive)
         else:
             plan.index = flat_plan(node is not None, matched, view.n)
             if plan.index == "flat-subset":
@@ -264,44 +315,54 @@ class Namespace:
             plan.candidates = matched
             if all_alive:
                 mask = None                 # nothing to skip
-            results = self._search(view, Q, code, k, mask, positions)
+            D, P = self._search(view, Q, code, k, mask, positions)
         t3 = time.perf_counter()
-        hits = self._hits(state, view, results, include)
         want = min(k, matched)
-        plan.short = sum(1 for h in hits if len(h) < want)
-        plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2,
-                        "fetch": time.perf_counter() - t3}
-        self._db._notify_query(self.name, plan, Q)
-        out = hits[0] if single else hits
-        return (out, plan) if explain else out
+        plan.short = int(np.count_nonzero((P >= 0).sum(axis=1) < want)) if want else 0
+        plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2}
+        return state, view, Q, D, P, plan, t3
 
     def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
                     all_alive):
+        """(D, P) padded (nq, k) by the IVF plan (engine/planner.py)."""
         spec = index.spec
-        plan.index, nprobe, refine, kk = ivf_plan(
-            filtered=plan.matched is not None, matched=matched, k=k, nprobe=nprobe,
-            refine=refine, spec_nprobe=spec.default_nprobe(), spec_refine=spec.refine,
-            nlist=index.nlist, has_codes=bool(index.m))
-        plan.spec, plan.nprobe, plan.refine, plan.candidates = index.spec_text, nprobe, refine, kk
+        list_cost, code_cost = index.scan_costs()
+        choice = ivf_plan(
+            filtered=plan.matched is not None, matched=matched, live=view.live, k=k,
+            nprobe=nprobe, refine=refine, spec_nprobe=spec.default_nprobe(),
+            spec_refine=spec.refine, nlist=index.nlist, has_codes=bool(index.m), dim=index.dim,
+            list_cost=list_cost, code_cost=code_cost)
+        plan.index, plan.spec, plan.nprobe = choice.index, index.spec_text, choice.nprobe
+        plan.refine, plan.candidates, plan.reason = choice.refine, choice.candidates, choice.reason
+        plan.max_lists = choice.max_lists
         if plan.index == "flat-subset":
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
         if len(Q) == 1:
-            d, p, _ = index.search(view.X, Q[0], k, nprobe, refine, mask, all_alive)
-            results = [(d, p)]
+            d, p, scanned, reached = index.search(view.X, Q[0], k, choice.max_lists,
+                                                  choice.refine, mask, all_alive,
+                                                  choice.min_lists)
+            D, P = _padded(d, p, k)
+            scanned, reached = np.array([scanned]), np.array([reached])
         else:
-            results = index.search_batch(view.X, Q, k, nprobe, refine, mask, all_alive)
+            D, P, scanned, reached = index.search_batch_padded(
+                view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
+        plan.lists = float(np.mean(scanned)) if len(scanned) else 0.0
         want = min(k, matched)
-        short = [i for i, (d, _) in enumerate(results) if len(d) < want]
-        if short:
-            # the probed lists could not yield k matches: go exact for those queries
+        # short: the probed lists could not yield k matches; or a widened scan ran out of
+        # lists (max_lists < nlist) before it saw an unfiltered query's worth of matching
+        # rows, so its k may not be the nearest: both go exact
+        short = (P >= 0).sum(axis=1) < want
+        if choice.min_lists >= 0 and choice.max_lists < index.nlist:
+            short |= ~np.asarray(reached, bool)
+        short = np.flatnonzero(short)
+        if len(short):
             plan.index = "ivf+exact-fallback"
             if plan.matched is not None:
-                exact = self._search(view, Q[short], code, k, None, np.flatnonzero(mask))
+                ED, EP = self._search(view, Q[short], code, k, None, np.flatnonzero(mask))
             else:
-                exact = self._search(view, Q[short], code, k, mask, None)
-            for i, res in zip(short, exact):
-                results[i] = res
-        return results
+                ED, EP = self._search(view, Q[short], code, k, mask, None)
+            D[short], P[short] = ED, EP
+        return D, P
 
     def sample(self, n: int, *, seed: int = 0):
         """Up to ``n`` stored rows chosen at random: (ids, vectors as the index holds them,
@@ -372,8 +433,7 @@ class Namespace:
 
     @staticmethod
     def _search(view, Q, code, k, mask, positions):
-        """(distances, positions) per query, nearest first, no padding."""
-        out = []
+        """Exact (D, P): (nq, k) distances and positions, nearest first, padded +inf / -1."""
         if len(Q) == 1:
             if positions is not None:
                 d, p = flat.search_subset(view.X, view.xnorm2, Q[0], code, k, positions)
@@ -381,17 +441,12 @@ class Namespace:
                 d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
             else:
                 d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)
-            return [(d, p)]
+            return _padded(d, p, k)
         if positions is not None:
             Xs = np.ascontiguousarray(view.X[positions])
             D, I = flat.search_batch(Xs, view.xnorm2[positions], Q, code, k, None)
-            I = np.where(I >= 0, positions[np.maximum(I, 0)], -1)
-        else:
-            D, I = flat.search_batch(view.X, view.xnorm2, Q, code, k, mask)
-        for d, p in zip(D, I):
-            keep = p >= 0
-            out.append((d[keep], p[keep]))
-        return out
+            return D, np.where(I >= 0, positions[np.maximum(I, 0)], -1)
+        return flat.search_batch(view.X, view.xnorm2, Q, code, k, mask)
 
     def _hits(self, state, view, results, include):
         need_lmdb = bool(include)

@@ -122,6 +122,11 @@ class VersionState:
     def extids_at(self, positions) -> list:
         return self.ids.at_many(positions)
 
+    def heap_bytes(self) -> int:
+        """Heap this state holds: alive + norms per position, and ~100 bytes for each row
+        written since the last checkpoint (its id, metadata and field-index entries)."""
+        return self.n * 5 + (self.n - self.ids.base_n) * 100
+
     @property
     def tombstones(self) -> int:
         return self.n - self.live

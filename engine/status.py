@@ -22,7 +22,9 @@ class VersionStatus:
     compaction); positions: rows + tombstones. index_active is "Flat" until an IVF index is
     trained; index_info is ``Namespace.index_info()``'s IVF part (nlist, list sizes and
     balance, training error, ...) or None. rows_since_training: live rows written after the
-    index was trained (the drift check's input). memory_bytes: the in-memory row arrays.
+    index was trained (the drift check's input). memory_bytes: heap held for the version
+    (alive mask and norms, about 5 bytes a position, plus the rows written since the last
+    checkpoint); the rows themselves are mapped from the row file (page cache, not heap).
     """
 
     name: str

@@ -172,7 +172,7 @@ def project(r: dict, *, map_size: int, map_used: int, disk_total: int, disk_free
 
 
 def memory_used(db) -> int:
-    """Bytes of the in-memory row arrays (vectors and norms) of every version."""
+    """Heap bytes of every version (``VersionStatus.memory_bytes``; the rows are mapped)."""
     return sum(v.memory_bytes for v in db.version_statuses())
 
 

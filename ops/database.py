@@ -337,15 +337,19 @@ class ObservedDatabase:
         return health_mod.build_report(self, drift_sample=drift_sample)
 
     def probe_recall(self, namespace, samples: int = 200, k: int = 10, *,
-                     source: str = "auto", seed: int = 0):
-        """Recall@k of the live index against exact search (see ops/probe.py)."""
+                     source: str = "auto", seed: int = 0, where=None):
+        """Recall@k of the live index against exact search (see ops/probe.py); with
+        ``where``, of filtered queries against exact search over the matching rows (not
+        kept as the namespace's latest probe)."""
         self._check_open()
         self._internal.active = True
         try:
             result = probe_mod.probe_recall(self, namespace, samples=samples, k=k,
-                                            source=source, seed=seed)
+                                            source=source, seed=seed, where=where)
         finally:
             self._internal.active = False
+        if where is not None:
+            return result
         self._probes[result.namespace] = result
         if self.engine.writable:
             try:
@@ -400,6 +404,13 @@ class ObservedDatabase:
         """Recorded alert state changes, oldest first (``since``: epoch seconds)."""
         self._check_open()
         return self._alerts.events(since)
+
+    @property
+    def keys(self):
+        """The API keys of this database (:class:`simplevector.ops.keys.KeyStore`):
+        ``create(role, namespaces=, expires=)``, ``list()``, ``revoke(id)``."""
+        from simplevector.ops.keys import KeyStore
+        return KeyStore(self)
 
     def capacity(self):
         """Growth rate and days until the map, the disk or the memory budget is full."""

@@ -8,6 +8,11 @@ id is in the exact top k or its distance is within 1e-5 of the k-th exact distan
 index returns exact distances for what it returns: PQ candidates are re-ranked). Recall
 is the correct hits over the expected ones (min(k, rows) per query), with a Wilson score
 interval at 95 %; the worst queries are listed by id (stored vectors) or as "query:<i>".
+
+With ``where``, both sides run with the filter: recall of filtered queries against exact
+search over the matching rows, the measure the planner's widened IVF scan is held to
+(engine/planner.py). A filtered probe is returned but not kept as the namespace's latest
+probe (health reports the unfiltered one).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class ProbeResult:
     """recall@k of the live index with a 95 % Wilson interval over the hits.
 
     index: the live index spec the probe measured ("Flat" means recall is 1 by design).
+    where: the filter both sides ran with (None: unfiltered). matched: rows it matched.
+    plan: the plan the filtered queries took ("ivf", "flat-subset", ...), None unfiltered.
     source: "stored" (sampled stored vectors) or "queries" (the recent-query reservoir).
     worst: up to 5 (id, recall) pairs, lowest recall first. at: epoch seconds.
     """
@@ -48,6 +55,9 @@ class ProbeResult:
     seconds: float
     at: float
     worst: list = field(default_factory=list)
+    where: dict | None = None
+    matched: int | None = None
+    plan: str | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -86,7 +96,7 @@ def count_correct(approx_hits, exact_hits, k: int) -> tuple[int, int]:
 
 
 def probe_recall(db, namespace, *, samples: int = 200, k: int = 10, source: str = "auto",
-                 seed: int = 0) -> ProbeResult:
+                 seed: int = 0, where: dict | None = None) -> ProbeResult:
     """Measure recall@k of ``namespace``'s live index (see the module docstring).
 
     source="auto" uses the recent-query reservoir when it holds at least ``samples``
@@ -121,9 +131,12 @@ def probe_recall(db, namespace, *, samples: int = 200, k: int = 10, source: str 
     index_name = config.index_active
     hits = expected = 0
     per_query = []
+    matched = plan_index = None
     if len(queries):
-        approx = ns.query(queries, k=k, include=())
-        exact = ns.query(queries, k=k, include=(), exact=True)
+        approx, plan = ns.query(queries, k=k, where=where, include=(), explain=True)
+        exact = ns.query(queries, k=k, where=where, include=(), exact=True)
+        if where is not None:
+            matched, plan_index = plan.matched, plan.index
         for label, a, e in zip(labels, approx, exact):
             c, n = count_correct(a, e, k)
             hits += c
@@ -137,4 +150,5 @@ def probe_recall(db, namespace, *, samples: int = 200, k: int = 10, source: str 
                        ci_low=lo, ci_high=hi, samples=len(queries), k=k, hits=hits,
                        expected=expected, index=index_name, source=used,
                        seconds=time.perf_counter() - t0, at=time.time(),
-                       worst=[(i, r) for i, r in per_query[:5] if r < 1.0])
+                       worst=[(i, r) for i, r in per_query[:5] if r < 1.0], where=where,
+                       matched=matched, plan=plan_index)

@@ -52,6 +52,13 @@ class ServerProcess:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")[-4000:]
 
+    def kill(self) -> int:
+        """kill -9: no shutdown, no checkpoint, no flush; returns the exit code (-9)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait; returns the exit code (kill -9 after ``timeout``)."""
         if self.proc.poll() is None:

@@ -259,6 +259,14 @@ def filtered_ns(tmp_path):
     db.close()
 
 
+@pytest.fixture
+def ivf_preferred(monkeypatch):
+    """Filtered queries take the (widened) IVF scan even where the planner's cost model
+    would go exact over the matching rows (small test data makes exact cheap)."""
+    from simplevector.engine import planner
+    monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
+
+
 def _matching(metas_fn, n=N_FILTER):
     return np.array([metas_fn(i) for i in range(n)], bool)
 
@@ -294,7 +302,7 @@ def test_very_selective_filter_single_query_also_runs_flat_subset(filtered_ns):
     assert all(D[r] <= kth + TIE for r in rows), "not the exact top-10 (ties aside)"
 
 
-def test_moderately_selective_filter_returns_k_hits_all_matching(filtered_ns):
+def test_moderately_selective_filter_returns_k_hits_all_matching(filtered_ns, ivf_preferred):
     ns, X, _, centres = filtered_ns
     rng = np.random.default_rng(7)
     Q = near(rng, centres, rng.integers(0, 50, 30), 16)
@@ -319,34 +327,54 @@ def test_filter_with_fewer_matches_than_k_returns_every_match(filtered_ns):
     assert plan.short == 0
 
 
-def test_filter_whose_rows_are_absent_from_the_probed_lists_falls_back_to_exact(filtered_ns):
-    """20% of rows match (clusters 0-9), enough for the planner to try the lists, but the
-    queries sit at clusters 40-49, so the 3 probed lists hold too few matches: those
-    queries go exact over the matching rows and return exactly their top-k."""
+def test_filter_far_from_the_query_widens_the_scan_to_the_matching_lists(filtered_ns,
+                                                                         ivf_preferred):
+    """20% of rows match (clusters 0-9) but the queries sit at clusters 40-49, so the 3
+    nearest lists hold few matches: the widened scan goes on to further lists until it has
+    seen as many matching rows as those 3 lists hold, and finds the matching top-k."""
+    ns, X, labels, centres = filtered_ns
+    allowed = labels < 10
+    where = {"cluster": {"$in": list(range(10))}}
+    Q = centres[40:50].astype(np.float32)
+    hits = []
+    for q in Q:
+        h, plan = ns.query(q, k=10, where=where, nprobe=3, explain=True, include=())
+        assert plan.index in ("ivf", "ivf+exact-fallback") and plan.short == 0
+        assert plan.lists > 3, "the scan stopped at nprobe lists"
+        rows = [row_of(x.id) for x in h]
+        assert len(rows) == 10 and all(allowed[r] for r in rows)
+        hits.append(h)
+    assert tie_aware_recall(hits, exact_distances(X, Q, "l2"), 10, allowed) >= RECALL_THRESHOLD
+    batch, plan = ns.query(Q, k=10, where=where, nprobe=3, explain=True, include=())
+    assert plan.short == 0 and all(len(h) == 10 for h in batch)
+
+
+def test_widened_scan_that_runs_out_of_lists_falls_back_to_exact(filtered_ns, ivf_preferred,
+                                                                 monkeypatch):
+    """No headroom: the widened scan may open only the nprobe lists, which (far from the
+    matching clusters) hold fewer matching rows than rows: the query goes exact over the
+    matching rows and returns exactly their top-k."""
+    from simplevector.engine import planner
+    monkeypatch.setattr(planner, "WIDEN_HEADROOM", 1e-9)
     ns, X, labels, centres = filtered_ns
     allowed = labels < 10
     where = {"cluster": {"$in": list(range(10))}}
     Q = centres[40:50].astype(np.float32)
     D = np.where(allowed[None, :], exact_distances(X, Q, "l2"), np.inf)
-    fallbacks = 0
     for i, q in enumerate(Q):
         hits, plan = ns.query(q, k=10, where=where, nprobe=3, explain=True, include=())
-        assert plan.index in ("ivf", "ivf+exact-fallback")
-        assert plan.short == 0
+        assert plan.max_lists == 3 and plan.index == "ivf+exact-fallback"
         rows = [row_of(x.id) for x in hits]
-        assert len(rows) == 10 and all(allowed[r] for r in rows)
-        if plan.index == "ivf+exact-fallback":
-            fallbacks += 1
-            kth = np.sort(D[i])[9]
-            assert all(D[i, r] <= kth + TIE for r in rows), f"query {i} is not the exact top-10"
-    assert fallbacks >= 5, f"only {fallbacks} of 10 queries needed the fallback"
+        kth = np.sort(D[i])[9]
+        assert len(rows) == 10 and all(D[i, r] <= kth + TIE for r in rows), \
+            f"query {i} is not the exact top-10"
     batch, plan = ns.query(Q, k=10, where=where, nprobe=3, explain=True, include=())
     assert plan.index == "ivf+exact-fallback" and plan.short == 0
     assert all(len(h) == 10 for h in batch)
 
 
 @pytest.mark.parametrize("modulus", [1000, 97, 20, 5, 2])
-def test_filtered_ivf_query_is_never_short(filtered_ns, modulus):
+def test_filtered_ivf_query_is_never_short(filtered_ns, ivf_preferred, modulus):
     ns, X, _, centres = filtered_ns
     rng = np.random.default_rng(modulus)
     where = {"i": {"$in": list(range(0, N_FILTER, modulus))}}
@@ -847,7 +875,8 @@ def test_new_explicit_spec_that_could_not_train_yet_trains_itself_once_enough_ro
             f"configured {configured!r} but {info['active']!r} stays active"
 
 
-def test_filtered_ivf_query_after_reopen_sees_checkpointed_and_replayed_rows(tmp_path):
+def test_filtered_ivf_query_after_reopen_sees_checkpointed_and_replayed_rows(tmp_path,
+                                                                             ivf_preferred):
     rng = np.random.default_rng(29)
     X, _, _ = clustered(rng, 4000, 16)
     metas = [{"odd": i % 2} for i in range(4000)]

@@ -14,18 +14,18 @@ from _numeric import assert_same_topk as assert_answers_agree
 
 from simplevector.engine.errors import InvalidInput
 from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
+from simplevector.engine.kernels import ivffused
 from simplevector.engine.kernels.ivfscan import (
-    adc_search,
-    adc_search_batch,
+    NO_MASK,
+    adc_scan,
     adc_search_ref,
     build_csr,
     build_csr_ref,
-    ivfflat_search,
-    ivfflat_search_batch,
     ivfflat_search_ref,
-    probe_lists,
+    probe,
     probe_lists_batch,
     probe_lists_ref,
+    widen_ref,
 )
 from simplevector.engine.kernels.kmeans import (
     assign,
@@ -40,7 +40,9 @@ from simplevector.engine.kernels.pq import (
     pq_encode,
     pq_encode_ref,
     pq_train,
+    transpose_codebooks,
 )
+from simplevector.engine.kernels.topk import heap_sort
 
 ALL_METRICS = [L2, IP, COSINE]
 
@@ -279,13 +281,8 @@ def test_build_csr_is_a_stable_counting_sort():
     assert offsets[-1] == 1000 and offsets[-2] == offsets[-4]  # empty lists 17..19
 
 
-def test_build_csr_list_out_of_range_raises_invalid_input():
-    with pytest.raises(InvalidInput, match="lists span"):
-        build_csr(np.array([0, 5]), 5)
-
-
 @pytest.mark.parametrize("metric", ALL_METRICS)
-def test_probe_lists_single_and_batch_match_reference(metric):
+def test_probe_single_and_batch_match_reference(metric):
     rng = np.random.default_rng(11)
     C = rng.standard_normal((200, 12), dtype=np.float32)
     Q = rng.standard_normal((30, 12), dtype=np.float32)
@@ -296,9 +293,9 @@ def test_probe_lists_single_and_batch_match_reference(metric):
         ref = probe_lists_ref(Q[i], C, 7, metric)
         q = Q[i].astype(np.float64)
         full = -(Cd @ q) if metric == IP else ((Cd - q) ** 2).sum(1)   # as the reference
-        for got in (probe_lists(Q[i], C, 7, metric), B[i]):
+        for got in (probe(Q[i], C, 7, metric), B[i]):
             assert_answers_agree(full[got], got, full[ref], ref)
-    assert probe_lists(Q[0], C, 500, metric).shape == (200,)
+    assert probe(Q[0], C, 500, metric).shape == (200,)
 
 
 # --------------------------------------------------------------------------- ADC scans
@@ -335,13 +332,51 @@ def make_ivf(seed, metric, n=3000, dim=16, nlist=24, m=4, ksub=32, ndelta=300):
 
 
 def adc_args(q, ivf, probes, mask, metric, kk):
+    """Arguments of the numpy reference adc_search_ref."""
     return (q, ivf["centroids"], ivf["codebooks"], probes, ivf["offsets"], ivf["codes"],
             ivf["pos"], ivf["dcodes"], ivf["dpos"], ivf["dlist"], ivf["dn"], mask, metric, kk)
 
 
 def flat_args(q, X, ivf, probes, mask, metric, kk):
+    """Arguments of the numpy reference ivfflat_search_ref."""
     return (q, X, ivf["centroids"], probes, ivf["offsets"], ivf["pos"], ivf["dpos"],
             ivf["dlist"], ivf["dn"], mask, metric, kk)
+
+
+def engine_layout(ivf, mask, pre=None):
+    """The arrays the IVF index hands the kernels: transposed codebooks, the l2 table
+    strategy (``pre``; None: per-list tables), the delta bucketed by list, the mask."""
+    m, ksub, _ = ivf["codebooks"].shape
+    dorder, doffsets = build_csr(ivf["dlist"][: ivf["dn"]], ivf["centroids"].shape[0])
+    return dict(cbT=transpose_codebooks(ivf["codebooks"]),
+                pre=np.zeros((0, m, ksub), np.float32) if pre is None else pre,
+                dorder=dorder, doffsets=doffsets,
+                mask=NO_MASK if mask is None else mask, use_mask=mask is not None)
+
+
+def adc_topk(q, ivf, probes, mask, metric, kk, pre=None, min_lists=-1):
+    """The engine's ADC scan (ivfscan.adc_scan) of one query, sorted: (dist, pos)."""
+    e = engine_layout(ivf, mask, pre)
+    hd, hi = np.empty(kk, np.float32), np.empty(kk, np.int64)
+    size, _, _ = adc_scan(q, ivf["centroids"], e["cbT"], e["pre"], probes, ivf["offsets"],
+                          ivf["codes"], ivf["pos"], ivf["dcodes"], ivf["dpos"], e["dorder"],
+                          e["doffsets"], e["mask"], e["use_mask"], metric, hd, hi, min_lists)
+    heap_sort(hd, hi, size)
+    return hd[:size].copy(), hi[:size].copy()
+
+
+def pq_args(q, X, ivf, probes, mask, scan, metric, kk, k, pre=None):
+    """Arguments of ivffused.pq_search_serial / _batch, minus min_lists."""
+    e = engine_layout(ivf, mask, pre)
+    return (q, X, ivf["centroids"], e["cbT"], e["pre"], probes, ivf["offsets"], ivf["codes"],
+            ivf["pos"], ivf["dcodes"], ivf["dpos"], e["dorder"], e["doffsets"], e["mask"],
+            e["use_mask"], scan, metric, kk, k)
+
+
+def flat_kernel_args(X, ivf, mask):
+    e = engine_layout(ivf, mask)
+    return (ivf["offsets"], ivf["pos"], ivf["dpos"], e["dorder"], e["doffsets"], e["mask"],
+            e["use_mask"])
 
 
 def assert_same_topk(dist, pos, ref_dist, ref_pos):
@@ -360,6 +395,8 @@ def assert_same_topk(dist, pos, ref_dist, ref_pos):
 
 
 MASKS = ["none", "half", "sparse"]
+#: (scan metric, exact metric) as the engine pairs them: cosine lists scan by l2
+PAIRS = {L2: (L2, L2), IP: (IP, IP), COSINE: (L2, COSINE)}
 
 
 def make_mask(kind, n, seed):
@@ -371,89 +408,133 @@ def make_mask(kind, n, seed):
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
 @pytest.mark.parametrize("mask_kind", MASKS)
-def test_adc_search_matches_reference_with_delta_and_mask(metric, mask_kind):
+def test_adc_scan_matches_reference_with_delta_and_mask(metric, mask_kind):
     X, Q, ivf = make_ivf(12, metric)
     mask = make_mask(mask_kind, X.shape[0], 1)
     for i, q in enumerate(Q):
-        probes = probe_lists(q, ivf["centroids"], 3 + i, metric)
-        got = adc_search(*adc_args(q, ivf, probes, mask, metric, 20))
+        probes = probe(q, ivf["centroids"], 3 + i, metric)
+        got = adc_topk(q, ivf, probes, mask, metric, 20)
         ref = adc_search_ref(*adc_args(q, ivf, probes, mask, metric, 20))
         assert_same_topk(*got, *ref)
         if mask is not None:
             assert mask[got[1]].all()
 
 
-def test_adc_search_scans_the_delta_rows_of_probed_lists_only():
+def test_adc_scan_scans_the_delta_rows_of_probed_lists_only():
     X, Q, ivf = make_ivf(13, L2)
     q = Q[0]
-    probes = probe_lists(q, ivf["centroids"], 2, L2)
-    _, pos = adc_search(*adc_args(q, ivf, probes, None, L2, X.shape[0]))
+    probes = probe(q, ivf["centroids"], 2, L2)
+    _, pos = adc_topk(q, ivf, probes, None, L2, X.shape[0])
     delta = ivf["dpos"][: ivf["dn"]]
     in_probe = np.isin(ivf["dlist"][: ivf["dn"]], probes)
     assert set(delta[in_probe].tolist()) <= set(pos.tolist())
     assert not set(delta[~in_probe].tolist()) & set(pos.tolist())
     # rows past dn are ignored even if they name a probed list
     ivf["dlist"][ivf["dn"]:] = probes[0]
-    _, pos2 = adc_search(*adc_args(q, ivf, probes, None, L2, X.shape[0]))
+    _, pos2 = adc_topk(q, ivf, probes, None, L2, X.shape[0])
     np.testing.assert_array_equal(np.sort(pos), np.sort(pos2))
 
 
-def test_adc_search_kk_larger_than_allowed_returns_all_allowed():
+def test_adc_scan_kk_larger_than_allowed_returns_all_allowed():
     X, Q, ivf = make_ivf(14, IP)
     mask = np.zeros(X.shape[0], bool)
     mask[ivf["pos"][:3]] = True
     probes = np.arange(ivf["centroids"].shape[0])
-    dist, pos = adc_search(*adc_args(Q[0], ivf, probes, mask, IP, 50))
+    dist, pos = adc_topk(Q[0], ivf, probes, mask, IP, 50)
     assert sorted(pos.tolist()) == sorted(ivf["pos"][:3].tolist())
-    dist, pos = adc_search(*adc_args(Q[0], ivf, probes, None, IP, 0))
-    assert dist.shape == pos.shape == (0,)
-
-
-@pytest.mark.parametrize("metric", ALL_METRICS)
-def test_adc_search_batch_equals_single_query_loop(metric):
-    X, Q, ivf = make_ivf(15, metric)
-    mask = make_mask("half", X.shape[0], 2)
-    P = probe_lists_batch(Q, ivf["centroids"], 4, metric)
-    D, I = adc_search_batch(*adc_args(Q, ivf, P, mask, metric, 3000))
-    assert D.shape == I.shape == (Q.shape[0], 3000)
-    for i in range(Q.shape[0]):
-        d, p = adc_search(*adc_args(Q[i], ivf, P[i], mask, metric, 3000))
-        assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
-        assert np.all(np.isinf(D[i, d.size :])) and np.all(I[i, p.size :] == -1)
 
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
 @pytest.mark.parametrize("mask_kind", MASKS)
-def test_ivfflat_search_matches_reference(metric, mask_kind):
-    X, Q, ivf = make_ivf(16, metric)
-    mask = make_mask(mask_kind, X.shape[0], 3)
+def test_engine_pq_kernels_match_reference(metric, mask_kind):
+    """pq_search_serial, _parallel and _batch (what engine/ivf.py calls) against
+    pq_search_ref: the ADC top-kk re-ranked exactly."""
+    scan, exact = PAIRS[metric]
+    X, Q, ivf = make_ivf(24, metric)
+    mask = make_mask(mask_kind, X.shape[0], 6)
+    P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
+    D, I, scanned, reached = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, scan, exact,
+                                                               40, 10), -1)
+    assert D.shape == I.shape == (len(Q), 10) and (scanned == 4).all() and reached.all()
     for i, q in enumerate(Q):
-        probes = probe_lists(q, ivf["centroids"], 2 + i, metric)
-        got = ivfflat_search(*flat_args(q, X, ivf, probes, mask, metric, 15))
-        ref = ivfflat_search_ref(*flat_args(q, X, ivf, probes, mask, metric, 15))
-        assert_same_topk(*got, *ref)
+        probes = probe(q, ivf["centroids"], 4, scan)
+        np.testing.assert_array_equal(probes, P[i])
+        ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], probes,
+                                     ivf["offsets"], ivf["codes"], ivf["pos"], ivf["dcodes"],
+                                     ivf["dpos"], ivf["dlist"], ivf["dn"], mask, scan, exact,
+                                     40, 10)
+        d, p, n, ok = ivffused.pq_search_serial(*pq_args(q, X, ivf, probes, mask, scan, exact,
+                                                         40, 10), -1)
+        assert n == 4 and ok
+        assert_same_topk(d, p, *ref)
+        for chunks in (2, 3):
+            dp, pp, n, _ = ivffused.pq_search_parallel(
+                *pq_args(q, X, ivf, probes, mask, scan, exact, 40, 10), chunks, -1)
+            assert n == 4
+            assert_answers_agree(dp, pp, d, p)
+        keep = I[i] >= 0
+        assert_answers_agree(D[i][keep], I[i][keep], d, p)
+        assert np.isinf(D[i][~keep]).all()
+
+
+@pytest.mark.parametrize("mask_kind", ["half", "sparse"])
+def test_widened_scan_opens_the_lists_the_reference_names(mask_kind):
+    """min_lists >= 0: the scan opens the prefix of the probes that widen_ref names and
+    returns the reference's answer over exactly those lists."""
+    X, Q, ivf = make_ivf(25, L2)
+    mask = make_mask(mask_kind, X.shape[0], 7)
+    nlist = ivf["centroids"].shape[0]
+    P = probe_lists_batch(Q, ivf["centroids"], nlist, L2)
+    _, _, scanned, reached = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 30,
+                                                               10), 2)
+    for i, q in enumerate(Q):
+        opened, ok = widen_ref(P[i], ivf["offsets"], ivf["pos"], ivf["dpos"], ivf["dlist"],
+                               ivf["dn"], mask, 2)
+        d, p, n, got_ok = ivffused.pq_search_serial(*pq_args(q, X, ivf, P[i], mask, L2, L2, 30,
+                                                             10), 2)
+        assert n == scanned[i] == len(opened) and got_ok == reached[i] == ok
+        assert n > 2 if mask_kind == "sparse" else n >= 2
+        ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], opened,
+                                     ivf["offsets"], ivf["codes"], ivf["pos"], ivf["dcodes"],
+                                     ivf["dpos"], ivf["dlist"], ivf["dn"], mask, L2, L2, 30, 10)
+        assert_same_topk(d, p, *ref)
+        fd, fp, fn, _ = ivffused.flat_lists_serial(q, X, ivf["centroids"], nlist, L2,
+                                                   *flat_kernel_args(X, ivf, mask), L2, 10, 2)
+        assert fn == len(opened)
+        flat_ref = ivfflat_search_ref(*flat_args(q, X, ivf, opened, mask, L2, 10))
+        assert_same_topk(fd, fp, *flat_ref)
 
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
-def test_ivfflat_search_batch_equals_single_query_loop(metric):
-    X, Q, ivf = make_ivf(17, metric)
-    P = probe_lists_batch(Q, ivf["centroids"], 3, metric)
-    D, I = ivfflat_search_batch(*flat_args(Q, X, ivf, P, None, metric, 4000))
-    for i in range(Q.shape[0]):
-        d, p = ivfflat_search(*flat_args(Q[i], X, ivf, P[i], None, metric, 4000))
-        assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
-        assert np.all(I[i, p.size :] == -1)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_engine_ivfflat_kernels_match_reference(metric, mask_kind):
+    X, Q, ivf = make_ivf(16, metric)
+    mask = make_mask(mask_kind, X.shape[0], 3)
+    probe_metric = IP if metric == IP else L2
+    P = probe_lists_batch(Q, ivf["centroids"], 3, probe_metric)
+    D, I, _, _ = ivffused.flat_lists_batch(Q, X, P, *flat_kernel_args(X, ivf, mask), metric, 15,
+                                           -1)
+    for i, q in enumerate(Q):
+        d, p, n, _ = ivffused.flat_lists_serial(q, X, ivf["centroids"], 3, probe_metric,
+                                                *flat_kernel_args(X, ivf, mask), metric, 15, -1)
+        assert n == 3
+        ref = ivfflat_search_ref(*flat_args(q, X, ivf, P[i], mask, metric, 15))
+        assert_same_topk(d, p, *ref)
+        keep = I[i] >= 0
+        assert_answers_agree(D[i][keep], I[i][keep], d, p)
+        assert (I[i][~keep] == -1).all()
 
 
 def test_ivfflat_with_every_list_probed_equals_exact_search():
     X, Q, ivf = make_ivf(18, L2)
-    probes = np.arange(ivf["centroids"].shape[0])
-    dist, pos = ivfflat_search(*flat_args(Q[0], X, ivf, probes, None, L2, 10))
+    nlist = ivf["centroids"].shape[0]
+    dist, pos, _, _ = ivffused.flat_lists_serial(Q[0], X, ivf["centroids"], nlist, L2,
+                                                 *flat_kernel_args(X, ivf, None), L2, 10, -1)
     exact = ((X.astype(np.float64) - Q[0]) ** 2).sum(1)
     np.testing.assert_allclose(dist, np.sort(exact)[:10], rtol=1e-4, atol=1e-3)
 
 
-def test_every_entry_point_accepts_read_only_arrays():
+def test_every_engine_kernel_accepts_read_only_arrays():
     X, Q, ivf = make_ivf(19, L2)
     X, Q = read_only(X), read_only(Q)
     ivf = {k: read_only(v) if isinstance(v, np.ndarray) else v for k, v in ivf.items()}
@@ -463,25 +544,16 @@ def test_every_entry_point_accepts_read_only_arrays():
     kmeans(X, 8, niter=2)
     cb = pq_train(X, 4, ksub=16, niter=2)
     pq_decode(read_only(pq_encode(X, read_only(cb))), read_only(cb))
-    probes = read_only(probe_lists(Q[0], C, 3, L2))
+    probes = read_only(probe(Q[0], C, 3, L2))
     P = read_only(probe_lists_batch(Q, C, 3, L2))
-    assert adc_search(*adc_args(Q[0], ivf, probes, mask, L2, 5))[0].size == 5
-    assert adc_search_batch(*adc_args(Q, ivf, P, mask, L2, 5))[0].shape == (8, 5)
-    assert ivfflat_search(*flat_args(Q[0], X, ivf, probes, mask, L2, 5))[0].size == 5
-    assert ivfflat_search_batch(*flat_args(Q, X, ivf, P, mask, L2, 5))[0].shape == (8, 5)
+    args = [read_only(a) if isinstance(a, np.ndarray) else a
+            for a in pq_args(Q[0], X, ivf, probes, mask, L2, L2, 5, 5)]
+    assert ivffused.pq_search_serial(*args, -1)[0].size == 5
+    assert ivffused.pq_search_parallel(*args, 2, -1)[0].size == 5
+    args[0], args[5] = Q, P
+    assert ivffused.pq_search_batch(*args, -1)[0].shape == (8, 5)
+    flat = [read_only(a) if isinstance(a, np.ndarray) else a
+            for a in flat_kernel_args(X, ivf, mask)]
+    assert ivffused.flat_lists_serial(Q[0], X, C, 3, L2, *flat, L2, 5, -1)[0].size == 5
+    assert ivffused.flat_lists_batch(Q, X, P, *flat, L2, 5, -1)[0].shape == (8, 5)
     build_csr(read_only(ivf["dlist"]), C.shape[0])
-
-
-def test_adc_search_bad_inputs_raise_invalid_input_naming_the_value():
-    X, Q, ivf = make_ivf(20, L2)
-    probes = probe_lists(Q[0], ivf["centroids"], 3, L2)
-    with pytest.raises(InvalidInput, match="probes span"):
-        adc_search(*adc_args(Q[0], ivf, np.array([0, 999]), None, L2, 5))
-    with pytest.raises(InvalidInput, match="dn is"):
-        adc_search(*adc_args(Q[0], ivf | {"dn": 10_000}, probes, None, L2, 5))
-    with pytest.raises(InvalidInput, match="query has dim"):
-        adc_search(*adc_args(Q[0, :8].copy(), ivf, probes, None, L2, 5))
-    with pytest.raises(InvalidInput, match="metric code"):
-        adc_search(*adc_args(Q[0], ivf, probes, None, 7, 5))
-    with pytest.raises(InvalidInput, match="nprobe"):
-        probe_lists(Q[0], ivf["centroids"], 0, L2)

@@ -10,9 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _numeric import assert_same_topk as assert_answers_agree
-from test_ivf_kernels import adc_args, assert_same_topk, clustered, make_ivf, make_mask
+from test_ivf_kernels import (
+    adc_args,
+    adc_topk,
+    assert_same_topk,
+    clustered,
+    make_ivf,
+    make_mask,
+    pq_args,
+)
 
-from simplevector.engine.errors import InvalidInput
 from simplevector.engine.indexspec import IndexSpec
 from simplevector.engine.ivf import IVFIndex
 from simplevector.engine.kernels import adctables
@@ -24,13 +31,8 @@ from simplevector.engine.kernels.adctables import (
     use_precomputed,
 )
 from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
-from simplevector.engine.kernels.ivfscan import (
-    adc_search,
-    adc_search_batch,
-    adc_search_ref,
-    probe_lists,
-    probe_lists_batch,
-)
+from simplevector.engine.kernels import ivffused
+from simplevector.engine.kernels.ivfscan import adc_search_ref, probe, probe_lists_batch
 
 
 def test_precompute_l2_terms_matches_reference():
@@ -58,37 +60,30 @@ def test_precomputed_terms_give_the_expanded_l2_distance():
 
 @pytest.mark.parametrize("metric", [L2, COSINE])
 @pytest.mark.parametrize("mask_kind", ["none", "half", "sparse"])
-def test_adc_search_with_precomputed_tables_matches_reference(metric, mask_kind):
+def test_adc_scan_with_precomputed_tables_matches_reference(metric, mask_kind):
     X, Q, ivf = make_ivf(21, metric)
     pre = precompute_l2_terms(ivf["centroids"], ivf["codebooks"])
     mask = make_mask(mask_kind, X.shape[0], 4)
     scan = L2 if metric == COSINE else metric     # cosine lists scan by l2 in the engine
     for i, q in enumerate(Q):
-        probes = probe_lists(q, ivf["centroids"], 2 + i, scan)
-        got = adc_search(*adc_args(q, ivf, probes, mask, scan, 25), precomputed=pre)
+        probes = probe(q, ivf["centroids"], 2 + i, scan)
+        got = adc_topk(q, ivf, probes, mask, scan, 25, pre=pre)
         ref = adc_search_ref(*adc_args(q, ivf, probes, mask, scan, 25))
-        per_list = adc_search(*adc_args(q, ivf, probes, mask, scan, 25))
+        per_list = adc_topk(q, ivf, probes, mask, scan, 25)
         assert_same_topk(*got, *ref)
         assert_answers_agree(*got, *per_list)
 
 
-def test_adc_search_batch_with_precomputed_tables_equals_single_query_loop():
+def test_pq_search_batch_with_precomputed_tables_equals_single_query_loop():
     X, Q, ivf = make_ivf(22, L2)
     pre = precompute_l2_terms(ivf["centroids"], ivf["codebooks"])
     mask = make_mask("half", X.shape[0], 5)
     P = probe_lists_batch(Q, ivf["centroids"], 5, L2)
-    D, I = adc_search_batch(*adc_args(Q, ivf, P, mask, L2, 40), precomputed=pre)
+    D, I, _, _ = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 40, 10, pre), -1)
     for i in range(Q.shape[0]):
-        d, p = adc_search(*adc_args(Q[i], ivf, P[i], mask, L2, 40), precomputed=pre)
+        d, p, _, _ = ivffused.pq_search_serial(*pq_args(Q[i], X, ivf, P[i], mask, L2, L2, 40, 10,
+                                                        pre), -1)
         assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
-
-
-def test_adc_search_precomputed_of_the_wrong_shape_raises_invalid_input():
-    X, Q, ivf = make_ivf(23, L2)
-    probes = probe_lists(Q[0], ivf["centroids"], 2, L2)
-    bad = np.zeros((3, 4, 32), np.float32)
-    with pytest.raises(InvalidInput, match="precomputed has shape"):
-        adc_search(*adc_args(Q[0], ivf, probes, None, L2, 5), precomputed=bad)
 
 
 def test_rule_precomputes_wide_subvectors_within_the_budget_only():
@@ -177,8 +172,8 @@ def test_precomputed_terms_are_checkpointed_and_reused_on_reopen_with_the_same_a
     np.testing.assert_allclose(again._pre, index._pre, rtol=0, atol=1e-6)
     mask = np.ones(len(X), bool)
     for q in X[:5]:
-        d1, p1, _ = index.search(X, q, 10, 4, 2, mask, True)
-        d2, p2, _ = again.search(X, q, 10, 4, 2, mask, True)
+        d1, p1 = index.search(X, q, 10, 4, 2, mask, True)[:2]
+        d2, p2 = again.search(X, q, 10, 4, 2, mask, True)[:2]
         assert_answers_agree(d1, p1, d2, p2)
 
 

@@ -264,3 +264,38 @@ def test_msgpack_client_sends_and_receives_msgpack(app_db):
 def test_connect_rejects_an_unknown_wire_format():
     with pytest.raises(sv.InvalidInput):
         sv.connect("http://127.0.0.1:9", wire="xml")
+
+
+# -- readiness and the serve notices (issue 13, security step) ------------------------------------
+def test_readyz_reports_each_check(http):
+    body = http.get("/readyz").json()
+    assert body["checks"]["wal_replayed"] and body["checks"]["indexes_loaded"]
+    assert body["checks"]["disk_headroom"] and body["checks"]["not_failed"]
+    assert body["checks"]["disk_free_bytes"] > 0 and body["reasons"] == []
+
+
+def test_readyz_is_503_without_disk_headroom(tmp_path):
+    from simplevector.ops.thresholds import HealthThresholds
+    # a threshold no real disk meets: more than 100% free
+    t = HealthThresholds(disk_free_warning=1.5, disk_free_critical=1.2)
+    with sv.open(tmp_path / "db", checkpoint_interval=0, thresholds=t) as db:
+        with TestClient(create_app(db)) as client:
+            r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["disk_headroom"] is False
+    assert any(reason.startswith("disk:") for reason in r.json()["reasons"])
+
+
+def test_serve_says_it_runs_without_keys_and_copies_audit_lines_to_stdout(tmp_path):
+    import json as json_mod
+    server = ServerProcess(tmp_path / "db", "--audit-stdout")
+    try:
+        with sv.connect(server.url) as client:
+            client.create_namespace("n", dim=2)
+    finally:
+        assert server.stop() == 0
+    log = server.log()
+    assert "WITHOUT authentication" in log and "loopback only" in log
+    lines = [json_mod.loads(line) for line in log.splitlines() if line.startswith('{"')]
+    assert [e["action"] for e in lines] == ["create_namespace"]
+    with open(next((tmp_path / "db" / "audit").glob("audit-*.jsonl"))) as f:
+        assert json_mod.loads(f.readline()) == lines[0]

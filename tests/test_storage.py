@@ -292,3 +292,51 @@ def test_rows_lost_from_the_page_cache_after_a_checkpoint_are_rewritten_from_the
         want[3] = B[0]
         np.testing.assert_array_equal(got, want)
         assert ns.query(B[7], k=1)[0].id == 107
+
+
+@pytest.mark.parametrize("kind", ["int-increasing", "int-shuffled", "str", "mixed"])
+def test_id_map_agrees_with_a_dict_through_checkpoints(kind):
+    """The id map against a dict model over appends, replacements and deletes, with the
+    base rebuilt from to_arrays() every few steps (int form sorted or not, hashed form,
+    and the switch from int to hashed when a str id arrives)."""
+    from simplevector.engine.idmap import IdMap
+    rng = np.random.default_rng({"int-increasing": 1, "int-shuffled": 2, "str": 3,
+                                 "mixed": 4}[kind])
+    pool = list(range(0, 3000, 3))
+    if kind == "int-shuffled":
+        rng.shuffle(pool)
+    elif kind == "str":
+        pool = [f"k{i}" for i in pool]
+    elif kind == "mixed":
+        pool = [i if i % 2 else f"s{i}" for i in pool]
+    ids, alive, model = IdMap(), np.zeros(0, bool), {}
+    cursor = 0
+    for step in range(40):
+        new = pool[cursor:cursor + 20]
+        cursor += 20
+        again = [x for x in rng.choice(list(model), min(5, len(model)), replace=False)] \
+            if model else []
+        batch = list(dict.fromkeys(new + [x.item() if hasattr(x, "item") else x
+                                          for x in again]))
+        old = ids.lookup_many(batch, alive)
+        assert old == [model.get(x, -1) for x in batch]
+        start = ids.n
+        alive = np.concatenate([alive, np.ones(len(batch), bool)])
+        for p in old:
+            if p >= 0:
+                alive[p] = False
+        ids.append(batch, start)
+        model.update({x: start + i for i, x in enumerate(batch)})
+        for x in list(model)[:: 7][:2]:                       # deletes
+            alive[model[x]] = False
+            ids.forget(x, model.pop(x))
+        if step % 5 == 4:
+            base = IdMap(ids.to_arrays(ids.n, alive))
+            assert ("id_int" in ids.to_arrays(ids.n, alive)) == kind.startswith("int")
+            base.tail, base.recent = [], {}
+            ids = base
+        for x in pool[:cursor]:
+            assert ids.lookup(x, alive) == model.get(x, -1), (step, x)
+        live = np.flatnonzero(alive)
+        assert sorted(map(str, ids.at_many(live))) == sorted(map(str, model))
+        assert ids.lookup(10**12, alive) == -1 and ids.lookup("absent", alive) == -1

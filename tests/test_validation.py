@@ -48,6 +48,13 @@ def test_upsert_with_wrong_dim_raises_dimension_mismatch_and_writes_nothing(db, 
                     f"dim={DIM}")
 
 
+@pytest.mark.parametrize("method", ["query", "search"])
+def test_ragged_query_vectors_raise_invalid_input_naming_them(ns, method):
+    ragged = [[0.1] * DIM, [0.2] * (DIM - 1)]
+    with pytest.raises(sv.InvalidInput, match="query vectors"):
+        getattr(ns, method)(ragged, k=1)
+
+
 def test_query_with_wrong_dim_raises_dimension_mismatch(db, ns):
     with pytest.raises(sv.DimensionMismatch):
         ns.query(np.ones(DIM + 2))

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from simplevector.engine.kernels.distances import L2
-from simplevector.engine.kernels.ivfscan import adc_search, adc_search_ref, build_csr, probe_lists
+from simplevector.engine.kernels.ivfscan import NO_MASK, adc_scan, adc_search_ref, build_csr
+from simplevector.engine.kernels.ivfscan import probe as probe_lists
 from simplevector.engine.kernels.kmeans import _assign_unchecked, _update_kernel, assign, kmeans
-from simplevector.engine.kernels.pq import pq_decode, pq_encode, pq_train
+from simplevector.engine.kernels.pq import pq_decode, pq_encode, pq_train, transpose_codebooks
+from simplevector.engine.kernels.topk import heap_sort
 
 N, DIM, K, NLIST, M, NPROBE, KK = 50_000, 50, 1024, 256, 25, 16, 10
 
@@ -90,10 +92,19 @@ def ivf():
 
 
 def adc_call(ivf, q, probes, kk=KK):
+    """The engine's ADC scan (ivfscan.adc_scan, per-list l2 tables, no delta), sorted."""
     empty = np.zeros((0, M), np.uint8)
     none = np.zeros(0, np.int64)
-    return adc_search(q, ivf["C"], ivf["cb"], probes, ivf["offsets"], ivf["codes"], ivf["pos"],
-                      empty, none, none.astype(np.int32), 0, None, L2, kk)
+    if "cbT" not in ivf:
+        ivf["cbT"] = transpose_codebooks(ivf["cb"])
+        ivf["no_pre"] = np.zeros((0, M, ivf["cb"].shape[1]), np.float32)
+        ivf["no_delta"] = np.zeros(ivf["C"].shape[0] + 1, np.int64)
+    hd, hi = np.empty(kk, np.float32), np.empty(kk, np.int64)
+    size, _, _ = adc_scan(q, ivf["C"], ivf["cbT"], ivf["no_pre"], probes, ivf["offsets"],
+                          ivf["codes"], ivf["pos"], empty, none, none, ivf["no_delta"], NO_MASK,
+                          False, L2, hd, hi, -1)
+    heap_sort(hd, hi, size)
+    return hd[:size], hi[:size]
 
 
 def numpy_adc(ivf, q, probes, kk=KK):
@@ -203,7 +214,7 @@ def compare_with_faiss(n=200_000, dim=50, nlist=1024, m=25, niter=20, nprobe=32,
     import numba
 
     from simplevector.engine.kernels.flat import numba_threads
-    from simplevector.engine.kernels.ivfscan import probe_lists as probe
+    from simplevector.engine.kernels.ivfscan import probe
 
     X = clustered(7, n, dim, 3000)
     Q = clustered(8, 200, dim, 3000)
@@ -267,7 +278,7 @@ def compare_with_faiss(n=200_000, dim=50, nlist=1024, m=25, niter=20, nprobe=32,
     faiss.omp_set_num_threads(threads)
     with numba_threads(1):
         t_o1 = _best(ours_all, 5) / nq * 1e6
-    print(f"single query nprobe={nprobe} k={k} (probe_lists + adc_search, best of 5 x {nq} "
+    print(f"single query nprobe={nprobe} k={k} (probe + adc_scan, best of 5 x {nq} "
           f"queries): ours {t_o:.0f} us ({t_o1:.0f} us with 1 numba thread; the scan is serial); "
           f"faiss IndexIVFPQ.search {t_f:.0f} us with {threads} omp threads, {t_f1:.0f} us "
           "with 1")

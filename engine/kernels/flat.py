@@ -35,7 +35,7 @@ from .distances import (
     prepare_rows_query,
     readonly_view,
 )
-from .topk import heap_offer, heap_sort, topk_smallest
+from .topk import heap_consider, heap_offer, heap_sort, topk_smallest
 
 __all__ = [
     "search_one",
@@ -82,19 +82,13 @@ def numba_threads(n: int):
 @njit(cache=True, nogil=True)
 def _scan(X, q, metric, mask, use_mask, positions, use_positions, start, stop, hd, hi):
     """Offer rows start..stop (or positions[start:stop]) to the heap hd/hi; return its size."""
-    k = hd.shape[0]
     size = 0
     worst = np.float32(np.inf)  # heap root once full: anything farther is rejected inline
     for t in range(start, stop):
         i = positions[t] if use_positions else t
         if use_mask and mask[i] == 0:
             continue
-        d = distance(X[i], q, metric)
-        if d > worst:
-            continue
-        size = heap_offer(hd, hi, size, k, d, i)
-        if size == k:
-            worst = hd[0]
+        size, worst = heap_consider(hd, hi, size, worst, distance(X[i], q, metric), i)
     return size
 
 
@@ -154,11 +148,7 @@ def _merge_block(G, metric, xn2, qn2, row0, mask, use_mask, hd, hi, counts, q0):
                 d = -g[j]
             else:
                 d = np.float32(1.0) - g[j]
-            if d > worst:
-                continue
-            size = heap_offer(hdr, hir, size, k, d, i)
-            if size == k:
-                worst = hdr[0]
+            size, worst = heap_consider(hdr, hir, size, worst, d, i)
         counts[qi] = size
 
 

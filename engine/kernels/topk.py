@@ -4,8 +4,9 @@ Order is by value ascending, ties broken by the lower index, so results are dete
 match a stable argsort. Selection keeps a bounded max-heap of size k (the root is the worst
 entry kept), which costs O(n log k) and touches each value once.
 
-The heap helpers (``heap_offer``, ``heap_sort``) work on a pair of parallel arrays (values,
-ids) and are shared with the flat search kernels in :mod:`.flat`. Inputs must be finite: a
+The heap helpers (``heap_offer``, ``heap_consider``, ``heap_sort``) work on a pair of
+parallel arrays (values, ids) and are shared by every kernel that keeps a top-k (:mod:`.flat`,
+:mod:`.ivfscan`, :mod:`.ivffused`). Inputs must be finite: a
 NaN never compares as better or worse, so it is not defined where it lands.
 """
 
@@ -80,6 +81,20 @@ def heap_offer(hd, hi, size, k, d, i):
     return size
 
 
+@njit(cache=True, nogil=True, inline="always")
+def heap_consider(hd, hi, size, worst, d, i):
+    """The scan loop's one step: offer (d, i) to the bounded max-heap hd/hi (capacity
+    ``hd.shape[0]``) unless it is farther than ``worst``, the root once the heap is full
+    (+inf before). Returns (size, worst). Every kernel that keeps a top-k uses this."""
+    if d > worst:
+        return size, worst
+    k = hd.shape[0]
+    size = heap_offer(hd, hi, size, k, d, i)
+    if size == k:
+        worst = hd[0]
+    return size, worst
+
+
 @njit(cache=True, nogil=True)
 def heap_sort(hd, hi, size):
     """Sort the max-heap hd/hi[:size] in place into ascending (value, id) order."""
@@ -103,11 +118,7 @@ def _topk_smallest_kernel(d, k):
     size = 0
     worst = np.float32(np.inf)  # heap root once full: anything larger is rejected inline
     for j in range(d.shape[0]):
-        if d[j] > worst:
-            continue
-        size = heap_offer(hd, hi, size, k, d[j], j)
-        if size == k:
-            worst = hd[0]
+        size, worst = heap_consider(hd, hi, size, worst, d[j], j)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
@@ -124,11 +135,7 @@ def _topk_rows_kernel(D, k):
         worst = np.float32(np.inf)
         row = D[r]
         for j in range(row.shape[0]):
-            if row[j] > worst:
-                continue
-            size = heap_offer(hd, hi, size, k, row[j], j)
-            if size == k:
-                worst = hd[0]
+            size, worst = heap_consider(hd, hi, size, worst, row[j], j)
         heap_sort(hd, hi, size)
     return V, I
 
