@@ -19,6 +19,8 @@ from simplevector.engine.snapshot import sweep_restore_leftovers as _sweep_resto
 from simplevector.engine.upgrade import UpgradeReport
 from simplevector.engine.upgrade import upgrade as _upgrade
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
+from simplevector.ops.embeddings import EmbeddingFunction
+from simplevector import embeddings  # noqa: E402  (simplevector.embeddings adapters)
 
 __version__ = "0.1.0"
 
@@ -107,7 +109,37 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
                     force=force)
 
 
-__all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "Database", "Limits",
+def cluster(root, *, shards: int, ray_address=None, **options):
+    """Open (creating if missing) a cluster of ``shards`` Ray shard actors rooted at
+    ``root`` (:class:`simplevector.cluster_db.ClusterDatabase`: the namespace API of a
+    ``Database``, sharded by a stable hash of the id). Needs the ``cluster`` extra (Ray);
+    ``ray_address=None`` starts or joins a local Ray. ``options``: ``timeout`` (seconds a
+    call waits for a shard), ``shard_cpus`` (Ray CPUs reserved per shard actor, default 0),
+    ``shard_options`` (a list of Ray actor options per shard, e.g. to pin a shard to the
+    node holding its directory) and each shard's ``sv.open`` options. Ray is imported only
+    when this is called."""
+    from simplevector.cluster_db import cluster as _cluster
+    return _cluster(root, shards=shards, ray_address=ray_address, **options)
+
+
+def restore_cluster(path, root):
+    """Restore the cluster snapshot ``path`` (made by ``cl.snapshot()``) into the new
+    cluster root ``root``: every shard restored with :func:`restore` and verified, its LSN
+    checked against the cluster manifest, or nothing at ``root``."""
+    from simplevector.cluster_files import restore_cluster as _restore_cluster
+    return _restore_cluster(path, root)
+
+
+def __getattr__(name):
+    # the cluster's classes, without importing the cluster module (or Ray) at import time
+    if name in ("ClusterDatabase", "ShardInfo", "PartialResult", "WriteAck"):
+        from simplevector import cluster_db as _cluster_module
+        return getattr(_cluster_module, name)
+    raise AttributeError(f"module 'simplevector' has no attribute {name!r}")
+
+
+__all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "cluster",
+           "restore_cluster", "Database", "Limits",
            "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo", "Change",
-           "SnapshotInfo", "RestoreReport",
+           "SnapshotInfo", "RestoreReport", "EmbeddingFunction", "embeddings",
            *_errors_all]

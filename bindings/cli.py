@@ -606,6 +606,8 @@ def _register_ops_commands():
     register_server(main)
     from simplevector.cli_security import register as register_security
     register_security(main)
+    from simplevector.cli_fresh import register as register_fresh
+    register_fresh(main)
 
 
 _register_ops_commands()

@@ -13,7 +13,7 @@ Record payloads (msgpack maps), all with ``op``, ``ns`` (name) and ``v`` (versio
 | create_version     | ``config`` (live=False)                                  |
 | promote            | ``vid`` of the new live version                          |
 | drop_namespace     | ``vids`` dropped                                         |
-| upsert             | ``vid``, ``ids``, ``vec`` (float32 LE bytes), ``meta``, ``docs`` |
+| upsert             | ``vid``, ``ids``, ``vec`` (float32 LE bytes), ``meta``, ``docs``, ``prov`` |
 | delete             | ``vid``, ``ids``                                         |
 | set_index          | ``vid``, ``index`` (spec string)                         |
 """
@@ -293,12 +293,15 @@ class Applier:
         vectors = np.frombuffer(op["vec"], dtype="<f4").reshape(m, state.dim)
         metas = op.get("meta") or [None] * m
         docs = op.get("docs") or [None] * m
+        prov = op.get("prov") or [None] * m
         old, rowids = state.plan_upsert(ids)
         old_rowids = [o for o in old if o >= 0]
         dbs = self.store.dbs
 
-        # a row has a record only when it has metadata or a document; its id lives in "ids"
-        with_record = [i for i in range(m) if metas[i] is not None or docs[i] is not None]
+        # a row has a record only when it has metadata, a document or provenance (a 4th
+        # element); its id lives in "ids"
+        with_record = [i for i in range(m)
+                       if metas[i] is not None or docs[i] is not None or prov[i] is not None]
 
         def txn_fn(txn):
             for old_rowid in old_rowids:
@@ -308,7 +311,8 @@ class Applier:
             if with_record:
                 keys = schema.row_keys(vid, [rowids[i] for i in with_record])
                 txn.cursor(db=dbs[b"records"]).putmulti(
-                    [(key, pack([ids[i], metas[i], docs[i]]))
+                    [(key, pack([ids[i], metas[i], docs[i]] if prov[i] is None
+                                else [ids[i], metas[i], docs[i], prov[i]]))
                      for key, i in zip(keys, with_record)])
             txn.put(schema.counter_key(vid), schema.pack_u64(rowids[-1] + 1),
                     db=dbs[b"counters"])

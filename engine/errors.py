@@ -29,6 +29,13 @@ __all__ = [
     "DiskFullError",
     "AuthenticationError",
     "PermissionDenied",
+    "ModelMismatch",
+    "EmbeddingError",
+    "BudgetExceeded",
+    "RateLimited",
+    "MigrationError",
+    "ShardUnavailable",
+    "ShardCountMismatch",
     "error_class_for_code",
 ]
 
@@ -202,6 +209,82 @@ class PermissionDenied(SimpleVectorError):
     http_status = 403
     hint = "use a key with the role (reader < writer < admin) and namespace scope the " \
            "request needs"
+
+
+class ModelMismatch(InvalidInput):
+    """An embedding function, a query or a write declares a model other than the version's."""
+
+    code = "model_mismatch"
+    http_status = 409
+    hint = ("attach the embedding function of the version's model, or migrate the "
+            "namespace with db.migrate(name, embedding=new_fn)")
+
+
+class EmbeddingError(SimpleVectorError):
+    """An embedding function failed or returned something other than (n, dim) float32."""
+
+    code = "embedding_failed"
+    http_status = 502
+
+
+class BudgetExceeded(SimpleVectorError):
+    """A hard budget would be exceeded: refused before the model is called and before
+    anything is written."""
+
+    code = "budget_exceeded"
+    http_status = 402
+    hint = "raise the budget with db.set_budget(...), or wait for the next period"
+
+
+class RateLimited(SimpleVectorError):
+    """A token-bucket rate limit refused the call; ``retry_after`` is seconds to wait."""
+
+    code = "rate_limited"
+    http_status = 429
+    retry_after: float = 0.0
+
+    def __init__(self, message: str, *, retry_after: float = 0.0, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.retry_after = float(retry_after)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "retry_after": self.retry_after}
+
+
+class MigrationError(SimpleVectorError):
+    """A migration step is not possible in the migration's current state."""
+
+    code = "migration_state"
+    http_status = 409
+
+
+class ShardUnavailable(StorageError):
+    """A shard of a cluster (``sv.cluster``) did not answer: its actor is down, restarting
+    or timed out. ``shard`` is the first such shard's index, ``shards`` all of them. For a
+    write, ``applied_ids`` were acknowledged (durable) by other shards and ``unknown_ids``
+    were sent to the failed shard, which may or may not have logged them before it died;
+    an upsert is idempotent, so retrying ``unknown_ids`` is safe."""
+
+    code = "shard_unavailable"
+    http_status = 503
+    hint = ("Ray restarts a dead shard actor; retry shortly, check cl.shards(), or query "
+            "with partial=True for the other shards' results")
+
+    def __init__(self, message: str, *, hint: str | None = None, shard: int | None = None,
+                 shards: tuple = (), applied_ids: tuple = (), unknown_ids: tuple = ()):
+        super().__init__(message, hint=hint)
+        self.shard = shard
+        self.shards = tuple(shards) if shards else (() if shard is None else (shard,))
+        self.applied_ids, self.unknown_ids = tuple(applied_ids), tuple(unknown_ids)
+
+
+class ShardCountMismatch(InvalidInput):
+    """A cluster root was opened with another shard count than it was created with."""
+
+    code = "shard_count_mismatch"
+    http_status = 409
+    hint = ("open it with the recorded shard count; re-sharding goes through a migration "
+            "into a new cluster root")
 
 
 def _all_subclasses(cls):

@@ -12,15 +12,42 @@ import time
 import numpy as np
 
 from . import schema, validate
-from .apply import unpack
+from .apply import pack, unpack
 from .errors import InvalidInput
 from .filters import compile_filter
 from .kernels import flat
 from .observer import compile_clock
 from .planner import Plan, flat_plan, ivf_plan, use_blas_scan
-from .types import Hit, Record
+from .types import Hit, Record, StoredRecord
 
 __all__ = ["Namespace", "Plan"]
+
+#: largest packed provenance map of one row, bytes
+MAX_PROVENANCE_BYTES = 1024
+
+
+def _provenance_list(provenance, n: int) -> list:
+    """None or one map (or None) per row, each small and msgpack-able."""
+    if provenance is None:
+        return [None] * n
+    if not isinstance(provenance, (list, tuple)) or len(provenance) != n:
+        raise InvalidInput(f"provenance {type(provenance).__name__} of "
+                           f"{len(provenance) if hasattr(provenance, '__len__') else '?'} "
+                           f"items is not valid; expected a list of {n} maps (or None)")
+    for i, p in enumerate(provenance):
+        if p is None:
+            continue
+        if not isinstance(p, dict):
+            raise InvalidInput(f"provenance[{i}] {type(p).__name__} is not valid; expected a "
+                               "map or None")
+        try:
+            size = len(pack(p))
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"provenance[{i}] is not msgpack-able: {e}") from None
+        if size > MAX_PROVENANCE_BYTES:
+            raise InvalidInput(f"provenance[{i}] is {size} bytes packed; expected at most "
+                               f"{MAX_PROVENANCE_BYTES}")
+    return list(provenance)
 
 
 def _padded(d, p, k):
@@ -102,8 +129,12 @@ class Namespace:
 
     # -- writes ---------------------------------------------------------------------------
     @_observed("upsert")
-    def upsert(self, ids, vectors, metadata=None, documents=None) -> int:
-        """Insert or replace rows; returns the LSN of the write. All-or-nothing."""
+    def upsert(self, ids, vectors, metadata=None, documents=None, *, provenance=None) -> int:
+        """Insert or replace rows; returns the LSN of the write. All-or-nothing.
+
+        ``provenance``: one small map (or None) per row, stored with the row in the same
+        transaction as its vector (the ops layer's content hash, model and times); read
+        back with :meth:`provenance` and :meth:`scan`."""
         db = self._db
         db._check_writable()
         config = self._config()
@@ -114,6 +145,7 @@ class Namespace:
                 f"{len(ids)} ids for {X.shape[0]} vectors; expected one id per vector")
         metas = validate.metadata_list(metadata, len(ids))
         docs = validate.document_list(documents, len(ids))
+        prov = _provenance_list(provenance, len(ids))
         validate.upsert_limits(db.limits, ids, X, metas, docs)
         vid = config.vid
         # with a trained index, encoding the batch starts now on the encoder thread and
@@ -137,6 +169,8 @@ class Namespace:
                 op["meta"] = metas
             if docs.count(None) != len(docs):
                 op["docs"] = docs
+            if prov.count(None) != len(prov):
+                op["prov"] = prov
             return op
 
         lsn, _ = db._commit(build, prepared=prepared)
@@ -216,7 +250,7 @@ class Namespace:
         if "metadata" in include or "documents" in include:
             raw = txn.get(schema.row_key(state.config.vid, pos), db=dbs[b"records"])
             if raw is not None:
-                _, md, doc = unpack(raw)
+                md, doc = unpack(raw)[1:3]
         if "vectors" in include:
             vec = state.row_vector(pos)
         return cls(id=extid, metadata=md if "metadata" in include else None,
@@ -398,6 +432,55 @@ class Namespace:
             new = np.sort(np.random.default_rng(seed).choice(new, sample, replace=False))
         err = index.quantization_error(np.ascontiguousarray(view.X[new]))
         return err / index.train_error, len(new)
+
+    def provenance(self, ids) -> list:
+        """The provenance map stored with each of ``ids`` (None where the id is not stored
+        or was written without one), in the same order."""
+        config = self._config()
+        ids = validate.id_list(ids, allow_duplicates=True)
+        dbs = self._db._store.dbs
+        out = []
+        with self._db._store.read() as txn:
+            for extid in ids:
+                raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                rec = None
+                if raw is not None:
+                    rec = txn.get(schema.row_key(config.vid, schema.unpack_u64(raw)),
+                                  db=dbs[b"records"])
+                rec = unpack(rec) if rec is not None else None
+                out.append(rec[3] if rec is not None and len(rec) > 3 else None)
+        return out
+
+    def scan(self, after: int | None = None, limit: int = 1000):
+        """Stored rows in write order, ``limit`` at a time: ``(records, cursor)`` with
+        :class:`StoredRecord` items (id, metadata, document, provenance). Pass ``cursor``
+        as ``after`` for the next page; it is None after the last row. A cursor is a
+        position in the version's history (a row id): rows rewritten after it was taken
+        come again later, deleted rows do not."""
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)
+                                  or after < 0):
+            raise InvalidInput(f"after {after!r} is not valid; expected a cursor from scan()")
+        limit = validate.positive_int(limit, "limit")
+        config = self._config()
+        state = self._db._state(config.vid)
+        view = state.view()
+        start = 0 if after is None else after + 1      # a rowid is the row's position
+        alive = np.flatnonzero(view.alive[start:view.n]) + start
+        pick = alive[:limit].tolist()
+        extids = state.extids_at(pick)
+        dbs = self._db._store.dbs
+        out = []
+        with self._db._store.read() as txn:
+            for p, extid in zip(pick, extids):
+                raw = txn.get(schema.row_key(config.vid, p), db=dbs[b"records"])
+                rec = unpack(raw) if raw is not None else None
+                if rec is None:
+                    out.append(StoredRecord(id=extid))
+                else:
+                    out.append(StoredRecord(id=extid, metadata=rec[1], document=rec[2],
+                                            provenance=rec[3] if len(rec) > 3 else None))
+        cursor = int(pick[-1]) if pick and len(alive) > limit else None
+        return out, cursor
 
     # -- index management ---------------------------------------------------------------------
     def build_index(self, spec=None) -> dict:

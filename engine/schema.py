@@ -8,6 +8,7 @@ Keys are built only by the helpers below so that the layout is written down once
 | catalog   | b"v" + vid (u32 BE)                  | msgpack version config                     |
 | ids       | vid + encoded external id            | rowid (u64 BE)                             |
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
+|           |                                      | or [id, metadata, document, provenance]    |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
 | ops       | utf-8 key chosen by the ops layer    | msgpack (histogram totals, alert events)   |
 
@@ -16,6 +17,12 @@ float32 rows at ``rowid * dim * 4`` (a rowid is the row's position). Checkpoints
 bundles under ``<db>/ckpt/<lsn>/`` (engine/segments.py). Format 1 kept rows in a
 ``vectors`` sub-database and checkpoint segments (rows again) in ``segments``; it is
 converted by ``simplevector upgrade PATH`` (engine/upgrade.py).
+
+A row has a record when it has metadata, a document or provenance (a small msgpack map the
+ops layer gives ``upsert(..., provenance=)``: content hash, model, embedded-at time, source
+``updated_at``). Provenance travels in the same WAL record as the row's vector and is
+written by the LMDB transaction that applies it; 3-element records (no provenance) stay
+valid.
 
 A namespace alias (name -> live version) is part of each version's config (``live``),
 so promotion rewrites two catalog rows in one transaction.

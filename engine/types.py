@@ -42,6 +42,20 @@ class Record:
         return out
 
 
+@dataclass
+class StoredRecord:
+    """A stored row with its provenance, as ``Namespace.scan`` returns it. ``provenance``
+    is the map the writer gave ``upsert(..., provenance=)`` (None when it gave none)."""
+
+    id: Any
+    metadata: Optional[dict] = None
+    document: Optional[str] = None
+    provenance: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class VersionConfig:
     """What one namespace version fixes: dim, metric, embedding model and index spec.

@@ -1,5 +1,6 @@
 """The ops-enabled database: the engine's Database plus latency histograms, a health
-report, recall probes, alerts and a capacity forecast.
+report, recall probes, alerts, a capacity forecast, and (ops/freshdb.py) embedding
+functions, sync, freshness, the cost ledger, budgets, rate limits and model migration.
 
 :class:`ObservedDatabase` wraps an engine :class:`~simplevector.engine.database.Database`
 (``db.engine``) and offers its whole public API, forwarded, plus the ops methods. It
@@ -34,6 +35,7 @@ from simplevector.engine.observer import Observer, compile_clock
 
 from . import alerts as alerts_mod
 from . import capacity, health as health_mod, metrics, probe as probe_mod
+from .freshdb import FreshnessMixin
 from .health import HealthThresholds
 from .histogram import Histogram, RollingHistogram, parse_window
 
@@ -85,7 +87,7 @@ class OpsObserver(Observer):
         self.on_checkpoint = on_checkpoint
 
 
-class ObservedDatabase:
+class ObservedDatabase(FreshnessMixin):
     """A Database that watches itself (see the module docstring and docs/runbook.md).
 
     probe_interval: seconds between background recall probes of every live namespace
@@ -130,6 +132,7 @@ class ObservedDatabase:
         self._loop_stop = threading.Event()
         self._counter_base: dict = {}
         self.engine = Database(path, **kwargs)
+        self._init_fresh()
         self.growth = capacity.GrowthTracker()
         self._alerts = alerts_mod.AlertManager(self)
         self.ops_observer = OpsObserver(self._on_operation, self._on_query,
@@ -170,6 +173,7 @@ class ObservedDatabase:
         self._counter_base = dict(store.get(COUNTERS_KEY, None) or {})
         self.growth.load(store.get(capacity.GROWTH_KEY, None))
         self._alerts.load()
+        self._load_fresh_state()
         self._ops_loaded = True
 
     # -- observer callbacks (engine -> ops) ---------------------------------------------
@@ -210,6 +214,7 @@ class ObservedDatabase:
         store.put(COUNTERS_KEY, self.lifetime_counters())
         self.growth.update(self)
         store.put(capacity.GROWTH_KEY, self.growth.to_msg())
+        self._persist_fresh_state()
 
     def lifetime_counters(self) -> dict:
         """vectors_written, vectors_deleted, writes: totals over the database's life
@@ -480,12 +485,12 @@ class ObservedDatabase:
 
 
 # The engine's public API, forwarded unchanged (same signatures and docstrings).
-_ENGINE_METHODS = ("create_namespace", "create_version", "promote", "drop_namespace",
-                   "namespace", "list_namespaces", "changes", "checkpoint", "refresh", "info",
-                   "status", "version_statuses", "version_status", "add_observer",
-                   "remove_observer", "snapshot", "snapshots", "prune_snapshots",
-                   "consumers", "drop_consumer", "wal_retention", "wal_keep_target",
-                   "disk_free", "disk_reserve_for")
+# create_namespace and namespace are FreshnessMixin's (they return TextNamespace handles).
+_ENGINE_METHODS = ("create_version", "promote", "drop_namespace", "list_namespaces", "changes",
+                   "checkpoint", "refresh", "info", "status", "version_statuses",
+                   "version_status", "add_observer", "remove_observer", "snapshot", "snapshots",
+                   "prune_snapshots", "consumers", "drop_consumer", "wal_retention",
+                   "wal_keep_target", "disk_free", "disk_reserve_for")
 _ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "wal_archive",
                       "disk_reserve", "auto_index",
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",

@@ -8,6 +8,8 @@ Checks: per namespace version rows and tombstone ratio, index state (training er
 an IVF spec still searching exact), IVF list balance (largest / mean list, empty lists),
 drift (quantization error of the rows added since training against the error measured at
 training time), measured recall (the latest probe), short results, model versions in use;
+freshness (ops/freshness.py: rows by another model, old rows, source changed after
+embedding, backlog and ETA, migrations), budget use and cost spikes;
 WAL bytes, records not yet checkpointed, checkpoint age; LMDB map use (informational:
 the map grows by itself), disk free, disk headroom for the next map growth, the capacity
 forecast; p99 query latency over 5 minutes.
@@ -26,7 +28,7 @@ from simplevector.engine.indexspec import IndexSpec
 
 from simplevector.engine.store import next_map_size
 
-from . import capacity
+from . import capacity, freshness
 from .thresholds import HealthThresholds, grade
 
 __all__ = ["Finding", "HealthReport", "HealthThresholds", "build_report"]
@@ -365,6 +367,8 @@ def build_report(db, *, drift_sample: int = 2000) -> HealthReport:
     findings, versions = version_checks(db, t, drift_sample)
     more, storage = storage_checks(db, t)
     findings += more + latency_checks(db, t)
+    fresh, fresh_stats = freshness.health_checks(db, t)
+    findings += fresh
     if db.ops_persist_error:
         findings.append(Finding("ops_persist", "warning", None, db.ops_persist_error, None,
                                 "ops state could not be saved at the last checkpoint",
@@ -372,4 +376,5 @@ def build_report(db, *, drift_sample: int = 2000) -> HealthReport:
     worst = max((_RANK[f.severity] for f in findings), default=0)
     status = {0: "ok", 1: "ok", 2: "warning", 3: "critical"}[worst]
     return HealthReport(status=status, findings=findings,
-                        stats={"versions": versions, "storage": storage}, at=time.time())
+                        stats={"versions": versions, "storage": storage, **fresh_stats},
+                        at=time.time())

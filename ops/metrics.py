@@ -51,6 +51,7 @@ class OpsCollector:
         yield from self._operations(db)
         yield from self._versions(db)
         yield from self._storage(db)
+        yield from self._freshness(db)
 
     def _operations(self, db):
         hist = HistogramMetricFamily(
@@ -102,6 +103,9 @@ class OpsCollector:
                                 "Exceptions raised by engine observers in this process.")
         c.add_metric([], db.status().observer_errors)
         yield c
+
+    def _freshness(self, db):
+        yield from _freshness_families(db)
 
     def _versions(self, db):
         labels = ["namespace", "version", "model", "live"]
@@ -211,6 +215,62 @@ class OpsCollector:
             if value is not None:
                 days.add_metric([resource], value)
         yield days
+
+
+def _freshness_families(db):
+    """Freshness, backlog, the cost ledger, budgets and migrations (ops/freshness.py)."""
+    ns = ["namespace"]
+    fams = {
+        "stale": GaugeMetricFamily(f"{PREFIX}_rows_stale_model",
+                                   "Rows embedded by a model other than the live one.", labels=ns),
+        "old": GaugeMetricFamily(f"{PREFIX}_rows_older_than_max_age",
+                                 "Rows embedded longer than freshness_max_age ago.", labels=ns),
+        "changed": GaugeMetricFamily(f"{PREFIX}_rows_source_changed",
+                                     "Rows whose source changed after embedding (incl. "
+                                     "pending).", labels=ns),
+        "backlog": GaugeMetricFamily(f"{PREFIX}_freshness_backlog_rows",
+                                     "Rows to (re-)embed: pending, other model, back-fill.",
+                                     labels=ns),
+        "eta": GaugeMetricFamily(f"{PREFIX}_freshness_backlog_eta_seconds",
+                                 "Backlog / measured embedding rate, seconds.", labels=ns),
+        "migrating": GaugeMetricFamily(f"{PREFIX}_migration_in_progress",
+                                       "1 while a model migration of the namespace runs.",
+                                       labels=ns),
+    }
+    for r in db.freshness():
+        lab = [r.namespace]
+        fams["stale"].add_metric(lab, r.stale_model)
+        fams["old"].add_metric(lab, r.older_than_max_age)
+        fams["changed"].add_metric(lab, r.source_changed)
+        fams["backlog"].add_metric(lab, r.backlog)
+        if r.eta_seconds is not None:
+            fams["eta"].add_metric(lab, r.eta_seconds)
+        fams["migrating"].add_metric(lab, 1 if r.migration else 0)
+    yield from fams.values()
+    labels = ["namespace", "model"]
+    calls = CounterMetricFamily(f"{PREFIX}_embedding_calls", "Embedding model calls (ledger).",
+                                labels=labels)
+    texts = CounterMetricFamily(f"{PREFIX}_embedding_texts", "Texts embedded (ledger).",
+                                labels=labels)
+    tokens = CounterMetricFamily(f"{PREFIX}_embedding_tokens", "Tokens billed (ledger).",
+                                 labels=labels)
+    cost = CounterMetricFamily(f"{PREFIX}_embedding_cost", "Embedding cost (ledger).",
+                               labels=labels)
+    for name, model in db.ledger.keys():
+        t = db.ledger.totals(0.0, name, model or "-")
+        lab = [name, model or ""]
+        calls.add_metric(lab, t["calls"])
+        texts.add_metric(lab, t["texts"])
+        tokens.add_metric(lab, t["tokens"])
+        cost.add_metric(lab, t["cost"])
+    yield from (calls, texts, tokens, cost)
+    used = GaugeMetricFamily(f"{PREFIX}_budget_used_ratio",
+                             "Share of each budget used in its current period.",
+                             labels=["namespace", "model", "period"])
+    for u in db.budgets():
+        used.add_metric([u["namespace"] or "*", u["model"] or "*", u["period"]],
+                        min(u["used_ratio"], 1e9))
+    yield used
 
 
 def metrics_text(db) -> str:

@@ -63,6 +63,17 @@ class HealthThresholds:
     # segments it blocks stay on disk and point-in-time restore cannot reach past them
     wal_archive_warning: int = 0
     wal_archive_critical: int = 0
+    # freshness (ops/freshness.py): rows counted, any is a warning
+    stale_model_warning: int = 0            # rows embedded by another model than the live one
+    source_drift_warning: int = 0           # rows whose source changed after embedding
+    freshness_max_age: float = 30 * 86400.0  # seconds after which a row counts as old
+    stale_age_warning: float = 0.25         # share of rows older than freshness_max_age
+    backlog_eta_warning: float = 3600.0     # seconds to embed the backlog at the measured rate
+    # costs (ops/costs.py)
+    budget_warning: float = 0.8             # share of a budget used in its period
+    budget_critical: float = 1.0
+    cost_spike_warning: float = 3.0         # tokens this hour / mean hour of the last 24
+    cost_spike_floor_tokens: int = 50_000   # the mean hour is at least this many tokens
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,23 @@ TABLE = (
     Threshold("days_until_full", "capacity", "below", "days_full_warning",
               "days_full_critical", "capacity", "scaling-and-capacity",
               "days until disk or memory budget is full"),
+    Threshold("stale_model_rows", "stale_model", "above", "stale_model_warning", None,
+              "stale_model", "model-updates",
+              "rows embedded by a model other than the live version's"),
+    Threshold("source_changed_rows", "source_drift", "above", "source_drift_warning", None,
+              "source_drift", "source-drift",
+              "rows whose source changed after they were embedded (incl. pending)"),
+    Threshold("stale_age_ratio", "stale_age", "above", "stale_age_warning", None,
+              "rows_too_old", "source-drift",
+              "share of rows embedded longer than freshness_max_age ago"),
+    Threshold("backlog_eta_seconds", "freshness_backlog", "above", "backlog_eta_warning", None,
+              "backlog_slow", "source-drift",
+              "seconds to embed the freshness backlog at the measured embedding rate"),
+    Threshold("budget_used_ratio", "budget", "above", "budget_warning", "budget_critical",
+              "budget_high", "cost-spike", "largest share of a budget used in its period"),
+    Threshold("cost_spike_ratio", "cost_spike", "above", "cost_spike_warning", None,
+              "cost_spike", "cost-spike",
+              "embedding tokens this hour / mean hour of the previous 24"),
 )
 
 BY_CHECK = {row.check: row for row in TABLE}

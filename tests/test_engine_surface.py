@@ -238,15 +238,20 @@ def test_planner_rules():
     assert planner.flat_plan(True, 24, 100) == "flat-subset"
     assert planner.flat_plan(True, 25, 100) == "flat"
     common = dict(k=10, nprobe=None, refine=None, spec_nprobe=8, spec_refine=4, nlist=64,
-                  has_codes=True)
-    assert planner.ivf_plan(filtered=False, matched=10_000, **common) == ("ivf", 8, 4, 40)
-    # 10k matching rows x 8/64 probed = 1250 expected >= 2 x 40: stay on the index
-    assert planner.ivf_plan(filtered=True, matched=10_000, **common)[0] == "ivf"
-    # 500 x 8/64 = 62.5 < 80: exact over the matching rows
-    assert planner.ivf_plan(filtered=True, matched=500, **common) == \
-        ("flat-subset", 8, 4, 500)
-    assert planner.ivf_plan(filtered=False, matched=10, **{**common, "nprobe": 999,
-                                                           "refine": 2}) == ("ivf", 64, 2, 20)
+                  has_codes=True, dim=16, list_cost=4 * 256 + 16, code_cost=4, live=10_000)
+
+    def plan(**kw):
+        c = planner.ivf_plan(**{**common, **kw})
+        return c.index, c.nprobe, c.refine, c.candidates, c.max_lists, c.min_lists
+
+    assert plan(filtered=False, matched=10_000) == ("ivf", 8, 4, 40, 8, -1)
+    # a filter matching every row: widened (at most 2 x 8 / 1 lists), IVF cheaper than exact
+    assert plan(filtered=True, matched=10_000) == ("ivf", 8, 4, 40, 16, 8)
+    # 5% match: ~160 lists > nlist would be opened; exact over 500 rows is cheaper
+    assert plan(filtered=True, matched=500) == ("flat-subset", 8, 4, 500, 0, -1)
+    # no more rows match than k x refine candidates: exact
+    assert plan(filtered=True, matched=40)[0] == "flat-subset"
+    assert plan(filtered=False, matched=10, nprobe=999, refine=2) == ("ivf", 64, 2, 20, 64, -1)
     assert planner.default_nprobe(1024) == 64 and planner.default_nprobe(64) == 8
     assert planner.default_nprobe(4) == 4 and planner.default_nprobe(1024, 5) == 5
     assert planner.use_blas_scan(1 << 20) and not planner.use_blas_scan((1 << 20) - 1)

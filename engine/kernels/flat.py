@@ -88,7 +88,9 @@ def _scan(X, q, metric, mask, use_mask, positions, use_positions, start, stop, h
         i = positions[t] if use_positions else t
         if use_mask and mask[i] == 0:
             continue
-        size, worst = heap_consider(hd, hi, size, worst, distance(X[i], q, metric), i)
+        d = distance(X[i], q, metric)
+        if d <= worst:
+            size, worst = heap_consider(hd, hi, size, worst, d, i)
     return size
 
 
@@ -148,7 +150,8 @@ def _merge_block(G, metric, xn2, qn2, row0, mask, use_mask, hd, hi, counts, q0):
                 d = -g[j]
             else:
                 d = np.float32(1.0) - g[j]
-            size, worst = heap_consider(hdr, hir, size, worst, d, i)
+            if d <= worst:
+                size, worst = heap_consider(hdr, hir, size, worst, d, i)
         counts[qi] = size
 
 

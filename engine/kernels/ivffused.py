@@ -53,7 +53,9 @@ def _rerank(X, q, metric, cd, ci, csize, k):
     worst = np.float32(np.inf)
     for t in range(csize):
         p = ci[t]
-        size, worst = heap_consider(od, oi, size, worst, distance(X[p], q, metric), p)
+        d = distance(X[p], q, metric)
+        if d <= worst:
+            size, worst = heap_consider(od, oi, size, worst, d, p)
     heap_sort(od, oi, size)
     return od[:size].copy(), oi[:size].copy()
 
@@ -66,7 +68,9 @@ def _merge(HD, HI, sizes, kk):
     worst = np.float32(np.inf)
     for c in range(HD.shape[0]):
         for t in range(sizes[c]):
-            size, worst = heap_consider(hd, hi, size, worst, HD[c, t], HI[c, t])
+            d = HD[c, t]
+            if d <= worst:
+                size, worst = heap_consider(hd, hi, size, worst, d, HI[c, t])
     return hd, hi, size
 
 

@@ -109,7 +109,8 @@ def probe(q, centroids, nprobe, metric):
     worst = np.float32(np.inf)
     for l in range(centroids.shape[0]):
         d = -_dot(q, centroids[l]) if metric == IP else _l2sq(q, centroids[l])
-        size, worst = heap_consider(hd, hi, size, worst, d, l)
+        if d <= worst:
+            size, worst = heap_consider(hd, hi, size, worst, d, l)
     heap_sort(hd, hi, size)
     return hi[:size].copy()
 
@@ -277,23 +278,29 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
             s0, s1, s2, s3 = _adc4(T, codes, r)
             for i in range(4):
                 pr = pos[r + i]
-                if allowed(mask, use_mask, pr):
-                    seen += 1
-                    d = base + (s0 if i == 0 else s1 if i == 1 else s2 if i == 2 else s3)
+                if not allowed(mask, use_mask, pr):
+                    continue
+                seen += 1
+                d = base + (s0 if i == 0 else s1 if i == 1 else s2 if i == 2 else s3)
+                if d <= worst:
                     size, worst = heap_consider(hd, hi, size, worst, d, pr)
             r += 4
         while r < end:
             pr = pos[r]
             if allowed(mask, use_mask, pr):
                 seen += 1
-                size, worst = heap_consider(hd, hi, size, worst, base + _adc(T, codes[r]), pr)
+                d = base + _adc(T, codes[r])
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
             r += 1
         for t in range(doffsets[l], doffsets[l + 1]):
             r = dorder[t]
             pr = dpos[r]
             if allowed(mask, use_mask, pr):
                 seen += 1
-                size, worst = heap_consider(hd, hi, size, worst, base + _adc(T, dcodes[r]), pr)
+                d = base + _adc(T, dcodes[r])
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
     return size, scanned, seen >= target
 
 
@@ -316,12 +323,16 @@ def flat_scan(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask
             pr = pos[r]
             if allowed(mask, use_mask, pr):
                 seen += 1
-                size, worst = heap_consider(hd, hi, size, worst, distance(X[pr], q, metric), pr)
+                d = distance(X[pr], q, metric)
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
         for t in range(doffsets[l], doffsets[l + 1]):
             pr = dpos[dorder[t]]
             if allowed(mask, use_mask, pr):
                 seen += 1
-                size, worst = heap_consider(hd, hi, size, worst, distance(X[pr], q, metric), pr)
+                d = distance(X[pr], q, metric)
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
     return size, scanned, seen >= target
 
 

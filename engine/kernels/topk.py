@@ -81,11 +81,14 @@ def heap_offer(hd, hi, size, k, d, i):
     return size
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def heap_consider(hd, hi, size, worst, d, i):
-    """The scan loop's one step: offer (d, i) to the bounded max-heap hd/hi (capacity
-    ``hd.shape[0]``) unless it is farther than ``worst``, the root once the heap is full
-    (+inf before). Returns (size, worst). Every kernel that keeps a top-k uses this."""
+    """Offer (d, i) to the bounded max-heap hd/hi (capacity ``hd.shape[0]``) and return
+    (size, worst): ``worst`` is the root once the heap is full (+inf before), the bound the
+    caller rejects against. Every kernel that keeps a top-k uses this, as
+    ``if d <= worst: size, worst = heap_consider(...)``: the rejection stays inline in the
+    caller's loop (measured: calling this for every value made topk_smallest over 2M values
+    80x slower, 135 ms against 1.7 ms; only accepted values reach the call)."""
     if d > worst:
         return size, worst
     k = hd.shape[0]
@@ -118,7 +121,9 @@ def _topk_smallest_kernel(d, k):
     size = 0
     worst = np.float32(np.inf)  # heap root once full: anything larger is rejected inline
     for j in range(d.shape[0]):
-        size, worst = heap_consider(hd, hi, size, worst, d[j], j)
+        v = d[j]
+        if v <= worst:
+            size, worst = heap_consider(hd, hi, size, worst, v, j)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
@@ -135,7 +140,9 @@ def _topk_rows_kernel(D, k):
         worst = np.float32(np.inf)
         row = D[r]
         for j in range(row.shape[0]):
-            size, worst = heap_consider(hd, hi, size, worst, row[j], j)
+            d = row[j]
+            if d <= worst:
+                size, worst = heap_consider(hd, hi, size, worst, d, j)
         heap_sort(hd, hi, size)
     return V, I
 
