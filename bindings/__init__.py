@@ -43,7 +43,8 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     sizes it to the database: max(16 MiB, 25% of the LMDB bytes used).
     wal_archive: a directory that receives a copy of every sealed WAL segment before it may
     be removed (a snapshot and a clean close seal the active one), for point-in-time
-    restore (``restore(..., to_lsn=, to_time=, wal_archive=)``).
+    restore (``restore(..., to_lsn=, to_time=, wal_archive=)``); only the writer archives
+    (a read-only open ignores it).
     snapshot_interval: seconds between automatic snapshots into ``<path>/snapshots`` (0 =
     off); snapshot_keep: how many snapshots the automatic ones leave there (older removed).
     auto_index: train an IVF index in the background once a namespace grows past its

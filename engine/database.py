@@ -36,6 +36,7 @@ persisted state in :attr:`Database.ops_store`; none of them touches a private na
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import os
 import threading
@@ -672,7 +673,8 @@ class Database:
             consumer = retention.consumer_name(consumer)
             self._check_writable()
         self.refresh()
-        with self._checkpoint_lock:         # no truncation between the check and the record
+        # a consumer: no truncation between the gap check and the recorded position
+        with self._checkpoint_lock if consumer is not None else contextlib.nullcontext():
             upto = self._applied_lsn
             if consumer is not None and since > upto:
                 raise InvalidInput(f"since {since} is past the last committed LSN {upto}; a "

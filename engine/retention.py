@@ -166,8 +166,7 @@ def truncate(db, checkpoint_lsn: int) -> None:
 # -- named consumers -------------------------------------------------------------------------
 def record_consumer(db, name: str, lsn: int) -> None:
     db.ops_store.put(CONSUMER_PREFIX + name, {"lsn": int(lsn), "at": time.time()})
-    if db.durability == "sync":
-        db._wal.sync(db._last_lsn)      # LMDB never durably ahead of the WAL
+    db._wal.sync(db._last_lsn)          # LMDB never durably ahead of the WAL (async too)
     db._store.sync()
 
 

@@ -181,6 +181,31 @@ class OpsCollector:
             g = GaugeMetricFamily(f"{PREFIX}_{name}", help_)
             g.add_metric([], float(value))
             yield g
+        status = db.status()
+        archive = (status.wal_retention or {}).get("archive")
+        for name, help_, value in (
+                ("unapplied_writes", "Durable writes waiting to be applied (a full disk).",
+                 status.unapplied),
+                ("disk_full_refusals", "Writes refused by the disk reserve in this process.",
+                 status.disk_full_refusals),
+                ("wal_archive_failing", "1 while copying WAL segments to the archive fails.",
+                 None if archive is None else (1 if archive["error"] else 0))):
+            if value is not None:
+                g = GaugeMetricFamily(f"{PREFIX}_{name}", help_)
+                g.add_metric([], float(value))
+                yield g
+        pinned = GaugeMetricFamily(f"{PREFIX}_wal_pinned_bytes",
+                                   "WAL bytes each pin holds (checkpoint, archive, snapshot, "
+                                   "consumer).", labels=["kind", "name"])
+        for pin in (status.wal_retention or {}).get("pins", ()):
+            pinned.add_metric([pin["kind"], pin["name"] or ""], float(pin["bytes"]))
+        yield pinned
+        lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag_records",
+                                "Committed records a named change-feed consumer has not "
+                                "acknowledged.", labels=["consumer"])
+        for c in db.consumers():
+            lag.add_metric([c["name"]], float(c["lag"]))
+        yield lag
         days = GaugeMetricFamily(f"{PREFIX}_days_until_full",
                                  "Projected days until a resource is full at current growth.",
                                  labels=["resource"])

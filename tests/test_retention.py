@@ -174,6 +174,22 @@ def test_a_lagging_consumer_is_reported_by_health_and_an_alert_never_skipped(tmp
         assert db.health().stats["storage"]["wal_retention"]["pins"]
 
 
+def test_metrics_export_consumer_lag_pins_and_unapplied_writes(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    with _open(tmp_path / "db", wal_archive=tmp_path / "arch") as db:
+        ns = db.create_namespace("docs", dim=DIM, metric="l2")
+        db.changes(0, consumer="feed")
+        _write(ns, 5)
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(db.metrics_text())
+                   for s in f.samples}
+        assert samples[("simplevector_consumer_lag_records", (("consumer", "feed"),))] == 6
+        assert samples[("simplevector_wal_pinned_bytes",
+                        (("kind", "consumer"), ("name", "feed")))] == db.status().wal_bytes
+        assert samples[("simplevector_unapplied_writes", ())] == 0
+        assert samples[("simplevector_wal_archive_failing", ())] == 0
+
+
 def test_the_oldest_snapshot_pins_the_wal_when_there_is_no_archive(tmp_path):
     with _open(tmp_path / "db", wal_keep_bytes=0) as db:
         ns = db.create_namespace("docs", dim=DIM, metric="l2")
