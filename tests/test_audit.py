@@ -249,15 +249,9 @@ def test_a_failing_audit_write_answers_500_not_ok(served, monkeypatch):
 
 
 def test_runbook_api_keys_and_audit_commands_run_as_written(tmp_path, monkeypatch):
-    import re
-    import shlex
-    import pathlib
+    from _runbook import runbook_commands
     monkeypatch.chdir(tmp_path)
-    text = (pathlib.Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
-    body = text.split("## API keys and the audit log", 1)[1].split("\n## ", 1)[0]
-    commands = [shlex.split(line.split("#", 1)[0]) for block in
-                re.findall(r"```sh\n(.*?)```", body, re.S) for line in block.splitlines()
-                if line.split("#", 1)[0].strip()]
+    commands = runbook_commands("API keys and the audit log")
     assert len(commands) >= 6
     outputs = []
     for argv in commands:

@@ -5,12 +5,10 @@ without a reopen; a real 40 MB tmpfs; docs/runbook.md "Disk full" run as written
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,8 @@ import simplevector as sv
 from simplevector.engine import store as store_mod
 from simplevector.engine.database import DISK_RESERVE_FLOOR
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+from _runbook import runbook_commands  # noqa: E402
+
 DIM = 16
 
 
@@ -208,19 +207,6 @@ def test_a_real_full_tmpfs_refuses_writes_before_the_wal_and_resumes_when_space_
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _runbook_commands(section: str) -> list:
-    import re
-    text = RUNBOOK.read_text(encoding="utf-8")
-    body = text.split(f"### {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
-        for line in block.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                commands.append(shlex.split(line))
-    return commands
-
-
 def _du(path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -250,7 +236,7 @@ def test_runbook_disk_full_commands_run_as_written_and_writes_resume(tmp_path, m
             ns.upsert(["late"], _rows(1).repeat(4, axis=1))
         exe = shutil.which("simplevector", path=os.path.dirname(sys.executable))
         assert exe is not None
-        for argv in _runbook_commands("Disk full"):
+        for argv in runbook_commands("Disk full", level="###"):
             assert argv[0] == "simplevector"
             result = subprocess.run([exe, *argv[1:]], capture_output=True, text=True)
             ok = {0, 1, 2} if argv[1] == "health" else {0}   # health: 1/2 while not ok

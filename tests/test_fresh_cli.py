@@ -2,9 +2,6 @@
 (docs/runbook.md: Model updates, Source drift, Cost spike), run as written."""
 
 import json
-import re
-import shlex
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +10,8 @@ import simplevector as sv
 from simplevector import embeddings
 from simplevector.cli import main
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+from _runbook import runbook_commands  # noqa: E402
+
 TEXTS = ["the king and the queen", "a prince and a princess", "stock market prices fell",
          "the cat sat on the mat", "dogs bark at night", "rain in the mountains",
          "football match tonight", "a new phone was released", "bread and butter",
@@ -27,18 +25,6 @@ def _records():
 
 def _write_jsonl(path, recs):
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-
-
-def _section_commands(section: str) -> list:
-    text = RUNBOOK.read_text(encoding="utf-8")
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
-        for line in block.splitlines():
-            line = line.split("  #", 1)[0].strip()
-            if line:
-                commands.append(shlex.split(line))
-    return commands
 
 
 def _run_all(commands):
@@ -59,7 +45,7 @@ def test_runbook_source_drift_commands_run_as_written(tmp_path, monkeypatch):
     recs = _records()[2:]
     recs[0]["text"] = "stock market prices rose"
     _write_jsonl(tmp_path / "source.jsonl", recs)
-    commands = _section_commands("Source drift")
+    commands = runbook_commands("Source drift", comment="  #")
     assert len(commands) == 4
     out = _run_all(commands)
     assert "updated" in out[1]
@@ -75,7 +61,7 @@ def test_runbook_model_update_commands_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with sv.open("data", checkpoint_interval=0) as db:
         db.create_namespace("docs", embedding=embeddings.GloVeMean()).sync(_records())
-    commands = _section_commands("Model updates")
+    commands = runbook_commands("Model updates", comment="  #")
     steps = [c[1:3] for c in commands][:5]
     assert steps == [["migrate", "plan"], ["migrate", "start"], ["migrate", "status"],
                      ["migrate", "shadow"], ["migrate", "promote"]]
@@ -93,7 +79,7 @@ def test_runbook_cost_spike_commands_run_as_written(tmp_path, monkeypatch):
     _write_jsonl(tmp_path / "source.jsonl", _records())
     CliRunner().invoke(main, ["sync", "docs", "--jsonl", "source.jsonl", "--create",
                               "--db", "./data"])
-    out = _run_all(_section_commands("Cost spike"))
+    out = _run_all(runbook_commands("Cost spike", comment="  #"))
     assert "docs" in out[0]
     assert json.loads(out[1])["tokens"] > 0
     with sv.open("data", checkpoint_interval=0) as db:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import datetime
 import os
 import random
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +28,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _life_child as child  # noqa: E402
 
 CHILD = os.path.join(os.path.dirname(__file__), "_life_child.py")
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+from _runbook import runbook_commands  # noqa: E402
+
 DIM = 8
 SMALL = 4 << 10          # WAL segment bytes: a few records each, so segments roll over
 
@@ -391,19 +390,6 @@ def test_kill9_during_point_in_time_restore_leaves_nothing_and_is_cleaned_up(tmp
 
 # --------------------------------------------------------------------------- runbook
 
-def _runbook_commands(section: str) -> list:
-    import re
-    text = RUNBOOK.read_text(encoding="utf-8")
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
-        for line in block.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                commands.append(shlex.split(line))
-    return commands
-
-
 def test_runbook_point_in_time_restore_commands_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with _open("data", "wal-archive") as db:
@@ -412,7 +398,7 @@ def test_runbook_point_in_time_restore_commands_run_as_written(tmp_path, monkeyp
         db.snapshot("backup/base")                                       # holds LSN 2
         ns.upsert(["extra"], np.ones((1, DIM), np.float32))              # 3
         ns.delete([f"r{i}" for i in range(10)])                          # 4: the mistake
-    commands = _runbook_commands("Point-in-time restore")
+    commands = runbook_commands("Point-in-time restore")
     assert len(commands) >= 4
     outputs = []
     for argv in commands:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import simplevector as sv
 from simplevector.cli import main
 from simplevector.engine import snapshot as snapmod
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+from _runbook import runbook_commands  # noqa: E402
+
 DIM = 8
 
 
@@ -339,23 +339,11 @@ def test_cli_restore_refuses_existing_target_without_force(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def _runbook_commands(section: str) -> list:
-    text = RUNBOOK.read_text(encoding="utf-8")
-    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
-        for line in block.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                commands.append(shlex.split(line))
-    return commands
-
-
 def test_runbook_back_up_and_restore_commands_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with sv.open("data", checkpoint_interval=0) as db:
         _fill(db, n=30)
-    commands = _runbook_commands("Back up and restore")
+    commands = runbook_commands("Back up and restore")
     assert len(commands) >= 5
     for argv in commands:
         assert argv[0] == "simplevector"

@@ -146,15 +146,10 @@ def test_kill9_during_upgrade_loses_nothing_and_a_rerun_or_open_finishes(old_db,
 
 
 def test_runbook_upgrade_procedure_runs_as_written(tmp_path, monkeypatch):
-    import re
-    import shlex
+    from _runbook import runbook_commands
     monkeypatch.chdir(tmp_path)
     shutil.copytree(DATA / "format1-db", tmp_path / "data-v1")
-    text = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text(encoding="utf-8")
-    body = text.split("## Upgrade the on-disk format", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```sh\n(.*?)```", body, re.S)
-    commands = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines()
-                if line.split("#", 1)[0].strip()]
+    commands = runbook_commands("Upgrade the on-disk format")
     assert [c[1] for c in commands] == ["info", "upgrade", "info", "snapshot"]
     first = CliRunner().invoke(main, commands[0][1:])
     assert first.exit_code == 1 and "simplevector upgrade" in first.output
