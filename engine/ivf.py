@@ -41,7 +41,11 @@ MIN_SEAL_ROWS = 16384
 #: query from the probed lists' real sizes: queries land in populous lists, which hold
 #: 2-3x the average (1M x 128 synthetic, IVF1024, nprobe 8: 21.8k codes against 7.8k).
 #: GloVe 400k, IVF1024,PQ25, nprobe 64 (~25k codes): 1,770 QPS on one thread, 2,690 on two.
-PARALLEL_SCAN_CODES = 10_000
+#: On a shared machine the split scan waits for the second thread: 60k x 384, IVF256,PQ48x8,
+#: nprobe 64 (~15-25k codes), 2-core Xeon at load 2.5-11, one process, same queries: serial
+#: 1.1-1.8 ms a query, split 2.1-18.5 ms (the bench's nprobe-64 single queries fell to 42
+#: QPS). Only scans of more than 100k codes split now.
+PARALLEL_SCAN_CODES = 100_000
 #: Encodes of at most this many rows (a write batch) run on one thread.
 SMALL_ENCODE_ROWS = 16384
 

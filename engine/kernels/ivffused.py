@@ -115,9 +115,12 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
     for c in prange(nchunks):
         sub = np.ascontiguousarray(probes[c::nchunks])
         share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
-        sizes[c], scanned[c], reached[c] = adc_scan(
-            q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes, dpos, dorder, doffsets,
-            mask, use_mask, scan_metric, HD[c], HI[c], share)
+        size, lists, ok = adc_scan(q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes,
+                                   dpos, dorder, doffsets, mask, use_mask, scan_metric, HD[c],
+                                   HI[c], share)
+        sizes[c] = size
+        scanned[c] = lists
+        reached[c] = ok
     hd, hi, size = _merge(HD, HI, sizes, kk)
     od, oi = _rerank(X, q, metric, hd, hi, size, k)
     return od, oi, scanned.sum(), reached.all()
