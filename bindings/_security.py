@@ -19,6 +19,7 @@ Without keys every request runs as :data:`~simplevector.ops.keys.ANONYMOUS` (all
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -26,7 +27,8 @@ import uuid
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from simplevector.engine.errors import AuthenticationError, PermissionDenied, SimpleVectorError
+from simplevector.engine.errors import (AuthenticationError, PermissionDenied, RateLimited,
+                                        SimpleVectorError)
 from simplevector.ops.keys import ANONYMOUS, parse_bearer
 
 __all__ = ["PERMISSIONS", "guarded", "authorize", "authorize_namespace", "note"]
@@ -130,7 +132,7 @@ def guarded(endpoint, path: str, method: str, op_id: str, metrics, error_respons
                 request.state.principal = principal
                 limiter = app.state.rate_limiter
                 if limiter is not None and principal is not None:
-                    # ops/ratelimit.py (another step) raises its 429 error from here
+                    # e.g. ops/ratelimit.KeyRateLimiter: RateLimited (429) before the call
                     limiter.check(principal, op_id)
                 response = await endpoint(request)
             except Exception as e:      # one place turns errors into responses
@@ -139,6 +141,8 @@ def guarded(endpoint, path: str, method: str, op_id: str, metrics, error_respons
                     _log.exception("unhandled error in %s %s (request %s)", method, path,
                                    request_id)
                 response = error_response(request, e)
+            if isinstance(error, RateLimited):
+                response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
             if isinstance(error, (AuthenticationError, PermissionDenied)):
                 metrics.auth_failures.labels(error.code).inc()
                 if isinstance(error, AuthenticationError):

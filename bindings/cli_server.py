@@ -60,11 +60,16 @@ def is_loopback(host: str) -> bool:
               show_default=True, help="Rotate the audit file past this size.")
 @click.option("--audit-keep", type=click.IntRange(min=1), default=20, show_default=True,
               help="Audit files to retain (older ones are deleted).")
+@click.option("--key-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per second allowed to each API key (a token bucket per key; "
+                   "over it: 429 with Retry-After). Default: no limit.")
+@click.option("--key-burst", type=click.FloatRange(min=1), default=None,
+              help="Burst of --key-rate (default: one second's worth).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="uvicorn's log level.")
 def serve(db_path, host, port, insecure, readonly, max_body_bytes, audit_dir, audit_stdout,
-          audit_reads, audit_max_bytes, audit_keep, log_level):
+          audit_reads, audit_max_bytes, audit_keep, key_rate, key_burst, log_level):
     """Serve the database at --db over HTTP (JSON and msgpack) until SIGTERM or Ctrl-C."""
     exposed = not is_loopback(host)
     if exposed and not insecure and not os.path.isdir(os.path.join(db_path, "lmdb")):
@@ -90,8 +95,12 @@ def serve(db_path, host, port, insecure, readonly, max_body_bytes, audit_dir, au
                        err=True)
         log = AuditLog(audit_dir or os.path.join(db_path, "audit"), max_bytes=audit_max_bytes,
                        keep=audit_keep, stdout=sys.stdout if audit_stdout else None)
+        limiter = None
+        if key_rate is not None:
+            from simplevector.ops.ratelimit import KeyRateLimiter
+            limiter = KeyRateLimiter(key_rate, key_burst)
         app = create_app(db, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
-                         audit=log, audit_reads=audit_reads)
+                         audit=log, audit_reads=audit_reads, rate_limiter=limiter)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 lifespan="off", timeout_graceful_shutdown=30)
         _run_until_signal(uvicorn.Server(config))

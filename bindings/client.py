@@ -62,9 +62,12 @@ def _error_from(response: httpx.Response) -> SimpleVectorError:
         return SimpleVectorError(f"HTTP {response.status_code} from the server: "
                                  f"{response.text[:200]}")
     try:
-        return cls(message, hint=hint)
+        exc = cls(message, hint=hint)
     except TypeError:       # pragma: no cover - every class takes (message, hint=)
         return SimpleVectorError(message, hint=hint)
+    if "retry_after" in err and hasattr(exc, "retry_after"):
+        exc.retry_after = float(err["retry_after"])        # RateLimited
+    return exc
 
 
 def _vector(value):

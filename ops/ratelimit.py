@@ -153,3 +153,32 @@ class RateLimits:
             f"rate limit of {limit.per_second:g}/s (burst {limit.burst:g}) for {op} on "
             f"namespace {namespace!r} reached; retry after {retry:.3f}s",
             retry_after=retry, hint="slow down, or raise it with db.set_rate_limit(...)")
+
+
+class KeyRateLimiter:
+    """Per API key rate limit for the server (``create_app(db, rate_limiter=...)``): one
+    :class:`TokenBucket` of ``per_second`` requests (``burst``) for each key. Over the limit
+    a request gets ``RateLimited`` (429 with ``Retry-After``) before it runs. The anonymous
+    loopback user of a database without keys is not limited."""
+
+    def __init__(self, per_second: float, burst: float | None = None, clock=time.monotonic):
+        TokenBucket(per_second, burst, clock)           # validates the two numbers
+        self.per_second, self.burst, self.clock = per_second, burst, clock
+        self._buckets: dict = {}
+        self._lock = threading.Lock()
+
+    def check(self, principal, operation: str) -> None:
+        key_id = getattr(principal, "key_id", None)
+        if key_id is None:
+            return
+        with self._lock:
+            bucket = self._buckets.get(key_id)
+            if bucket is None:
+                bucket = self._buckets[key_id] = TokenBucket(self.per_second, self.burst,
+                                                             self.clock)
+        wait = bucket.try_take(1)
+        if wait > 0:
+            raise RateLimited(
+                f"API key {key_id} is over its rate limit of {self.per_second:g} requests/s "
+                f"({operation}); retry in {wait:.3f} s", retry_after=wait,
+                hint="slow down, or ask an admin for a higher --key-rate")

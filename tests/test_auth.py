@@ -8,6 +8,8 @@ import os
 import time
 import warnings
 
+import httpx
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -392,3 +394,54 @@ def test_the_rate_limit_hook_sees_each_authorised_request_and_its_error_is_answe
             assert r.status_code == sv.LimitExceeded.http_status
             assert http.get("/v1/lsn").status_code == 401             # refused before the hook
     assert seen == [(key.id, "lsn"), (key.id, "list_namespaces"), (key.id, "lsn")]
+
+
+def test_key_rate_limiter_admits_the_rate_per_key_with_an_injected_clock():
+    from simplevector.ops.keys import Principal
+    from simplevector.ops.ratelimit import KeyRateLimiter
+    now = [0.0]
+    limiter = KeyRateLimiter(8, burst=5, clock=lambda: now[0])     # 1/8 s: exact in floats
+    a, b = Principal("ka", "reader"), Principal("kb", "reader")
+    for _ in range(5):
+        limiter.check(a, "query")
+    with pytest.raises(sv.RateLimited, match="ka") as info:
+        limiter.check(a, "query")
+    assert info.value.retry_after == pytest.approx(0.125)
+    limiter.check(b, "query")                     # each key has its own bucket
+    limiter.check(Principal(None, "admin"), "query")   # the keyless loopback user: no limit
+    now[0] += 0.125
+    limiter.check(a, "query")                     # one token back after 1/8 s
+    admitted = 0
+    for step in range(100):                       # 12.5 s at 8/s: 100 (+ at most the burst)
+        now[0] += 0.125
+        for _ in range(3):
+            try:
+                limiter.check(a, "query")
+                admitted += 1
+            except sv.RateLimited:
+                pass
+    assert 100 <= admitted <= 105
+    with pytest.raises(sv.InvalidInput):
+        KeyRateLimiter(0)
+
+
+def test_real_server_with_key_rate_answers_429_with_retry_after(tmp_path):
+    path = tmp_path / "db"
+    with sv.open(path, checkpoint_interval=0) as d:
+        admin, _ = d.keys.create("admin")
+        d.create_namespace("docs", dim=2, metric="l2")
+    # one request per 5 s after a burst of 2: the third and fourth come well inside that
+    server = ServerProcess(path, "--key-rate", "0.2", "--key-burst", "2")
+    try:
+        auth = {"Authorization": f"Bearer {admin}"}
+        responses = [httpx.get(f"{server.url}/v1/namespaces", headers=auth) for _ in range(4)]
+        assert [r.status_code for r in responses] == [200, 200, 429, 429]
+        limited = responses[2]
+        assert 1 <= int(limited.headers["Retry-After"]) <= 5
+        assert limited.json()["error"]["code"] == "rate_limited"
+        with sv.connect(server.url, api_key=admin) as c:
+            with pytest.raises(sv.RateLimited) as info:
+                c.list_namespaces()
+            assert 0 < info.value.retry_after <= 5
+    finally:
+        assert server.stop() == 0, server.log()
