@@ -303,30 +303,35 @@ class VersionState:
         return state
 
     def _adopt(self, meta: dict, arrays: dict, n: int):
-        self.ids = IdMap(arrays)
-        fields = FieldIndex()
-        fields.load_arrays(meta["fields"], _sub(arrays, "fields."), n)
-        self._fields = fields
-        self.metas = {}
+        self.ids, self._fields, self.metas = _base_structures(meta, arrays, n)
 
     def rebase(self, meta: dict, arrays: dict):
         """After a checkpoint: use its bundle as the base, keep only later rows in the tail
-        (called with the bundle of this state's :meth:`capture`)."""
+        (called with the bundle of this state's :meth:`capture`). The new id map and field
+        indexes are complete before they replace the old ones, so a concurrent query sees
+        one or the other, never a half-built one."""
         n0 = meta["n"]
         with self.mutate_lock:
             old_ids, old_metas = self.ids, self.metas
-            self._adopt(meta, arrays, n0)
-            ids = self.ids
+            ids, fields, metas = _base_structures(meta, arrays, n0)
             ids.tail = old_ids.tail[n0 - old_ids.base_n:]
             ids.recent = {x: p for x, p in old_ids.recent.items() if p >= n0}
             for pos in range(n0, self.n):
                 md = old_metas.get(pos)
                 if md and self._alive[pos]:
-                    self.metas[pos] = md
-                    self._fields.add(pos, md)
+                    metas[pos] = md
+                    fields.add(pos, md)
+            self.ids, self._fields, self.metas = ids, fields, metas
             index = self.index
             if index is not None and "ivf" in meta and id(index) == meta["captured_index"]:
                 index.rebase(_sub(arrays, "ivf."), n0)
+
+
+def _base_structures(meta: dict, arrays: dict, n: int):
+    """(id map, field indexes, tail metadata) resting on a checkpoint bundle of n rows."""
+    fields = FieldIndex()
+    fields.load_arrays(meta["fields"], _sub(arrays, "fields."), n)
+    return IdMap(arrays), fields, {}
 
 
 def _sub(arrays: dict, prefix: str) -> dict:

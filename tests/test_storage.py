@@ -340,3 +340,48 @@ def test_id_map_agrees_with_a_dict_through_checkpoints(kind):
         live = np.flatnonzero(alive)
         assert sorted(map(str, ids.at_many(live))) == sorted(map(str, model))
         assert ids.lookup(10**12, alive) == -1 and ids.lookup("absent", alive) == -1
+
+
+def test_queries_during_checkpoints_see_a_complete_state(tmp_path):
+    """A checkpoint rebases the id map, field indexes and IVF lists on its new bundle while
+    rows keep arriving and queries run: a query sees the old structures or the new ones,
+    never a half-built one. Rows are only added here, so the number of rows a filter finds
+    never goes down, and every hit has its id."""
+    import threading
+    rng = np.random.default_rng(9)
+    with sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False) as db:
+        ns = db.create_namespace("c", dim=8, metric="l2")
+        ns.upsert(list(range(300)), rng.standard_normal((300, 8)).astype(np.float32),
+                  metadata=[{"stable": True}] * 300)
+        errors, stop = [], threading.Event()
+
+        def reader():
+            seen = 0
+            while not stop.is_set():
+                try:
+                    hits = ns.query(np.zeros(8, np.float32), k=100_000,
+                                    where={"stable": True}, include=())
+                    assert len(hits) >= max(seen, 300), (len(hits), seen)
+                    assert all(h.id is not None for h in hits)
+                    seen = len(hits)
+                except Exception as e:          # reported below, with the test's assertion
+                    errors.append(e)
+                    return
+
+        def writer():
+            for r in range(60):
+                ids = list(range(1000 + 20 * r, 1020 + 20 * r))
+                ns.upsert(ids, rng.standard_normal((20, 8)).astype(np.float32),
+                          metadata=[{"stable": True}] * 20)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        threads.append(threading.Thread(target=writer))
+        for t in threads:
+            t.start()
+        while threads[-1].is_alive():
+            db.checkpoint()
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert ns.count() == 300 + 60 * 20
