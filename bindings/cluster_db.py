@@ -604,9 +604,9 @@ class ClusterNamespace:
             nprobe = validate.positive_int(nprobe, "nprobe")
         if refine is not None:
             refine = validate.positive_int(refine, "refine")
-        single = np.ndim(vectors) == 1
         Q = validate.vector_matrix(vectors, self.dim, what="query vectors",
                                    zero_ok=self.metric != "cosine")
+        single = np.ndim(vectors) == 1          # after validation: ragged input raised there
         if where is not None:
             compile_filter(where)
         call = ("query", self.name, Q, k, where, include, nprobe, refine, exact, explain)

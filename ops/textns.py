@@ -114,7 +114,7 @@ class TextNamespace:
         embedded with, refused with ModelMismatch when it is not the version's."""
         if model is not None:
             sync_mod.check_model(self.name, self.engine_ns.model, model, "query")
-        self.db.limiter.check(self.name, "query", len(vectors) if np.ndim(vectors) == 2 else 1)
+        self.db.limiter.check(self.name, "query", _query_rows(vectors))
         return self.engine_ns.query(vectors, k, where, include, **options)
 
     def query_text(self, text, k: int = 10, where=None, include=("metadata",), **options):
@@ -136,3 +136,12 @@ class TextNamespace:
         :class:`~simplevector.ops.sync.SyncReport` (see ops/sync.py)."""
         return sync_mod.sync(self, records, mode=mode, source_key=source_key,
                              batch_size=batch_size, progress=progress, wait=wait)
+
+
+def _query_rows(vectors) -> int:
+    """Queries in ``vectors`` for the rate limiter (1 when it is not a matrix: ragged or
+    otherwise bad input is then refused, with its typed error, by the engine's query)."""
+    try:
+        return len(vectors) if np.ndim(vectors) == 2 else 1
+    except (ValueError, TypeError):
+        return 1
