@@ -136,6 +136,23 @@ def _recall(got: list, gt: np.ndarray) -> float:
     return hits / gt.size
 
 
+def _sweep(search, Q, gt, target, nprobes) -> list:
+    """Single-query QPS and recall@10 per nprobe, up to the first reaching ``target``.
+    ``search(q, nprobe)`` -> the ids of one query's top 10; five warm-up queries each."""
+    sweep = []
+    for nprobe in nprobes:
+        for q in Q[:5]:
+            search(q, nprobe)
+        t = time.perf_counter()
+        got = [search(q, nprobe) for q in Q]
+        secs = time.perf_counter() - t
+        rec = _recall(got, gt)
+        sweep.append({"nprobe": nprobe, "recall": rec, "qps": len(Q) / secs})
+        if rec >= target:
+            break
+    return sweep
+
+
 # -- children ------------------------------------------------------------------------------------
 def child_build_sv(path, n, dim, seed, spec, batch):
     import simplevector as sv
@@ -182,18 +199,8 @@ def child_query_sv(path, qfile, gtfile, target, nprobes):
     out = {"import_s": t_import, "first_answer_s": first, "open_s": t_open,
            "first_query_s": first - t_open, "second_query_s": second,
            "status_after_open": after_open}
-    sweep = []
-    for nprobe in nprobes:
-        for q in Q[:5]:                     # warm (the single-query kernels, both paths)
-            ns.query(q, k=10, nprobe=nprobe, include=())
-        t = time.perf_counter()
-        got = [[h.id for h in ns.query(q, k=10, nprobe=nprobe, include=())] for q in Q]
-        secs = time.perf_counter() - t
-        rec = _recall(got, gt)
-        sweep.append({"nprobe": nprobe, "recall": rec, "qps": len(Q) / secs})
-        if rec >= target:
-            break
-    out["sweep"] = sweep
+    out["sweep"] = _sweep(lambda q, nprobe: [h.id for h in ns.query(
+        q, k=10, nprobe=nprobe, include=())], Q, gt, target, nprobes)
     out["status_after_queries"] = _proc_status()
     db.close()
     return out
@@ -230,19 +237,12 @@ def child_query_faiss(path, qfile, gtfile, target, nprobes):
     first = time.perf_counter() - t1
     out = {"import_s": t_import, "first_answer_s": first, "status_after_open": _proc_status()}
     faiss.omp_set_num_threads(1)
-    sweep = []
-    for nprobe in nprobes:
+
+    def one(q, nprobe):
         ivf.nprobe = nprobe
-        for q in Q[:5]:
-            index.search(q[None, :], 10)
-        t = time.perf_counter()
-        got = [index.search(q[None, :], 10)[1][0].tolist() for q in Q]
-        secs = time.perf_counter() - t
-        rec = _recall(got, gt)
-        sweep.append({"nprobe": nprobe, "recall": rec, "qps": len(Q) / secs})
-        if rec >= target:
-            break
-    out["sweep"] = sweep
+        return index.search(q[None, :], 10)[1][0].tolist()
+
+    out["sweep"] = _sweep(one, Q, gt, target, nprobes)
     out["status_after_queries"] = _proc_status()
     return out
 
