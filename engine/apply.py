@@ -330,7 +330,7 @@ class Applier:
         if persist:
             self._write(lsn, txn_fn)
         state.apply_upsert(ids, vectors, metas, old, rowids, stored=stored, encoded=encoded,
-                           write_rows=state.rows is None)
+                           write_rows=False)       # written above (or mapped, read-only)
         return m
 
     def _delete(self, lsn: int, op: dict, persist: bool):

@@ -28,6 +28,7 @@ import hashlib
 import numpy as np
 
 from . import schema
+from .errors import CorruptionError
 
 _EMPTY_U64 = np.zeros(0, np.uint64)
 _EMPTY_I64 = np.zeros(0, np.int64)
@@ -158,7 +159,9 @@ class IdMap:
     # -- writing -------------------------------------------------------------------------------
     def append(self, ids: list, start: int):
         """Positions ``start..`` now hold ``ids`` (``start`` must be :attr:`n`)."""
-        assert start == self.n, (start, self.n)
+        if start != self.n:
+            raise CorruptionError(f"id map: rows appended at position {start}, but the map "
+                                  f"holds {self.n} (positions must be dense)")
         self.tail.extend(ids)
         self.recent.update(zip(ids, range(start, start + len(ids))))
 

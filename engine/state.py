@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import CorruptionError
 from .fieldindex import FieldIndex
 from .idmap import IdMap
 from .indexspec import IndexSpec
@@ -185,7 +186,8 @@ class VersionState:
         self._reserve(m)
         start = self.n
         if rowids and rowids[0] != start:
-            raise AssertionError(f"rowid {rowids[0]} is not the next position {start}")
+            raise CorruptionError(f"namespace {self.config.name!r}: rowid {rowids[0]} is not "
+                                  f"the next position {start} (positions must be dense)")
         if stored is None:
             stored = self.prepare(vectors)
         if self.rows is None:
