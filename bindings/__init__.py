@@ -13,6 +13,8 @@ from simplevector.engine.errors import *  # noqa: F401,F403
 from simplevector.engine.errors import __all__ as _errors_all
 from simplevector.engine.limits import Limits
 from simplevector.engine.namespace import Namespace
+from simplevector.engine.compact import (DEFAULT_COMPACT_RATIO, CompactedVersion,
+                                         CompactReport)
 from simplevector.engine.snapshot import RestoreReport, SnapshotInfo
 from simplevector.engine.snapshot import restore as _restore
 from simplevector.engine.snapshot import sweep_restore_leftovers as _sweep_restore_leftovers
@@ -29,6 +31,7 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
          checkpoint_interval: float = 60.0, wal_keep_bytes: int | None = None,
          auto_index: bool = True, limits: Limits | None = None, wal_archive=None,
          snapshot_interval: float = 0.0, snapshot_keep: int = 3,
+         compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_rows: int = 1024,
          **ops_options) -> Database:
     """Open (creating if missing) the database directory at ``path``.
 
@@ -49,6 +52,9 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     off); snapshot_keep: how many snapshots the automatic ones leave there (older removed).
     auto_index: train an IVF index in the background once a namespace grows past its
     spec's threshold ("auto": 50,000 rows).
+    compact_ratio, compact_min_rows: compact a version in the background once this share
+    of its positions, and at least this many, are tombstones (``compact_ratio=0``: never
+    by itself; ``db.compact()`` / ``ns.compact()`` any time).
     limits: a Limits (document, metadata and batch sizes; None = the defaults). An option
     of this open, not stored in the database; an upsert over a limit raises LimitExceeded.
     ops_options: the ops layer's options (probe_interval, alert_interval, alert_rules,
@@ -65,6 +71,7 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
                     checkpoint_interval=checkpoint_interval, wal_keep_bytes=wal_keep_bytes,
                     auto_index=auto_index, limits=limits, wal_archive=wal_archive,
                     snapshot_interval=snapshot_interval, snapshot_keep=snapshot_keep,
+                    compact_ratio=compact_ratio, compact_min_rows=compact_min_rows,
                     **ops_options)
 
 
@@ -141,5 +148,6 @@ def __getattr__(name):
 __all__ = ["open", "connect", "restore", "upgrade", "UpgradeReport", "cluster",
            "restore_cluster", "Database", "Limits",
            "Namespace", "Hit", "Record", "NamespaceInfo", "VersionInfo", "Change",
-           "SnapshotInfo", "RestoreReport", "EmbeddingFunction", "embeddings",
+           "SnapshotInfo", "RestoreReport", "CompactReport", "CompactedVersion",
+           "DEFAULT_COMPACT_RATIO", "EmbeddingFunction", "embeddings",
            *_errors_all]

@@ -547,6 +547,32 @@ def snapshot_prune(keep, db_path, as_json):
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("namespace", required=False)
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="That version of NAMESPACE (default: its live one).")
+@db_option()
+@output_option
+def compact(namespace, version, db_path, as_json):
+    """Rewrite versions without their tombstones and give the space back: every version,
+    or NAMESPACE's live one (or --version). It opens DB as its writer (in a process that
+    already writes, call db.compact() there); read-only processes keep reading. Exit code 0
+    when done (also when nothing needed it), 1 on an error."""
+    if version is not None and namespace is None:
+        raise click.UsageError("--version needs a NAMESPACE")
+    with open_db(db_path, must_exist=True) as db, _ProgressBar("compacting") as bar:
+        report = db.compact(namespace, version, progress=bar)
+    if as_json:
+        emit(report.to_dict(), True)
+        return
+    emit([v.to_dict() for v in report.versions], False,
+         columns=["namespace", "version", "positions_before", "rows", "tombstones_removed",
+                  "generation", "seconds"], empty="no namespaces")
+    click.echo(f"{report.tombstones_removed} tombstones removed; on disk "
+               f"{report.bytes_before} -> {report.bytes_after} bytes "
+               f"({report.bytes_reclaimed} reclaimed) in {report.seconds:.2f} s")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("source")
 @click.argument("target", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, default=False,

@@ -16,17 +16,25 @@ Record payloads (msgpack maps), all with ``op``, ``ns`` (name) and ``v`` (versio
 | upsert             | ``vid``, ``ids``, ``vec`` (float32 LE bytes), ``meta``, ``docs``, ``prov`` |
 | delete             | ``vid``, ``ids``                                         |
 | set_index          | ``vid``, ``index`` (spec string)                         |
+| compact            | ``vid``, ``gen`` (the row file generation it starts)      |
+
+``compact`` renumbers the version's live rows to ``0..live-1`` (engine/compact.py): the
+rows go to a new row file generation, written and fsync'd before the LMDB transaction
+that rekeys the version's ids and records and names the generation. Replaying it on the
+state it was first applied to gives the same layout; the old generation's file is kept
+until a checkpoint no longer needs it (a replay from an older checkpoint reads it).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import replace
 
 import msgpack
 import numpy as np
 
-from . import schema, segments
+from . import compact, schema, segments
 from .arrayfile import RowFile
 from .errors import CorruptionError
 from .indexspec import IndexSpec
@@ -67,12 +75,15 @@ class Applier:
             "upsert": self._upsert,
             "delete": self._delete,
             "set_index": self._set_index,
+            "compact": self._compact,
         }
+        # per thread: callable(rows) the compaction applied on that thread reports to
+        self.compact_progress = threading.local()
         if not readonly:
             os.makedirs(os.path.join(path, segments.ROWS_DIR), exist_ok=True)
 
-    def _row_file(self, config: VersionConfig, *, fresh: bool = False) -> RowFile:
-        path = segments.row_path(self.path, config.vid)
+    def _row_file(self, config: VersionConfig, *, fresh: bool = False, gen: int = 0) -> RowFile:
+        path = segments.row_path(self.path, config.vid, gen)
         if fresh and self.write_rows:
             with open(path, "wb"):
                 pass                        # a new version starts with no rows
@@ -142,7 +153,7 @@ class Applier:
                 for config in configs:
                     meta, arrays = segments.read(self.path, snap["dir"], config.vid)
                     states[config.vid] = VersionState.restore(
-                        config, meta, arrays, self._row_file(config))
+                        config, meta, arrays, self._row_file(config, gen=meta.get("gen", 0)))
             except FileNotFoundError:
                 continue                    # the writer replaced that checkpoint: again
             self.configs = {c.vid: c for c in configs}
@@ -158,7 +169,10 @@ class Applier:
         vid = config.vid
         raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
         n = schema.unpack_u64(raw) if raw else 0
-        state = VersionState(config, n, rows=self._row_file(config))
+        raw = txn.get(schema.gen_key(vid), db=dbs[b"counters"])
+        gen = schema.unpack_u64(raw) if raw else 0
+        state = VersionState(config, n, rows=self._row_file(config, gen=gen))
+        state.gen = gen
         prefix = schema.vid_prefix(vid)
         alive_ids = {}                  # rowid (= position) -> external id
         for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
@@ -247,6 +261,7 @@ class Applier:
             for vid in vids:
                 txn.delete(schema.catalog_key(vid), db=dbs[b"catalog"])
                 txn.delete(schema.counter_key(vid), db=dbs[b"counters"])
+                txn.delete(schema.gen_key(vid), db=dbs[b"counters"])
                 prefix = schema.vid_prefix(vid)
                 for name in (b"ids", b"records"):
                     cur = txn.cursor(db=dbs[name])
@@ -262,24 +277,31 @@ class Applier:
             state = self.states.pop(vid, None)
             if state is not None and state.rows is not None:
                 state.rows.close()
-            if self.write_rows:
+            if self.write_rows and state is not None:
                 # after the commit; a crash before this leaves a file no version names,
                 # which the next open removes (Applier.remove_orphans)
                 try:
-                    os.unlink(segments.row_path(self.path, vid))
+                    os.unlink(segments.row_path(self.path, vid, state.gen))
                 except FileNotFoundError:
                     pass
         return len(vids)
 
-    def remove_orphans(self):
-        """Row files of versions the catalog no longer has (a drop cut short)."""
+    def remove_orphans(self, keep=()):
+        """Row files no version uses: of versions the catalog no longer has (a drop cut
+        short), and generations a compaction replaced, except the (vid, gen) pairs in
+        ``keep`` (those the last checkpoint still names: a replay from it reads them)."""
         if not self.write_rows:
             return
+        current = {(vid, st.gen) for vid, st in self.states.items()} | set(keep)
         rows_dir = os.path.join(self.path, segments.ROWS_DIR)
         for entry in os.listdir(rows_dir):
-            stem = entry.split(".")[0]
-            if stem.isdigit() and int(stem) not in self.configs and int(stem) < self.next_vid:
+            parsed = segments.parse_row_name(entry)
+            if parsed is None or parsed in current or parsed[0] >= self.next_vid:
+                continue
+            try:
                 os.unlink(os.path.join(rows_dir, entry))
+            except FileNotFoundError:
+                pass
 
     def _upsert(self, lsn: int, op: dict, persist: bool, prepared=None):
         state = self.states.get(op["vid"])
@@ -378,3 +400,88 @@ class Applier:
                 state.index = None
             state.mutations += 1
         return new
+
+    def _compact(self, lsn: int, op: dict, persist: bool):
+        """Renumber the version's live rows to ``0..live-1`` in a new row file generation
+        (module docstring). Returns (positions before, live rows), or None when the
+        version was dropped."""
+        state = self.states.get(op["vid"])
+        if state is None:
+            if persist:
+                self._write(lsn, lambda txn: None)
+            return None
+        config, vid, gen = state.config, state.config.vid, op["gen"]
+        what = f"compaction of namespace {config.name!r} v{config.version}"
+        with state.mutate_lock:
+            meta, arrays = state.capture()
+            keep = compact.survivors(arrays["alive"])
+            before, live = int(meta["n"]), len(keep)
+            new_meta, new_arrays = compact.remap_bundle(meta, arrays, keep, what=what)
+            new_meta["gen"] = gen
+            path = segments.row_path(self.path, vid, gen)
+            row_bytes = config.dim * 4
+            if self.readonly:
+                if not os.path.exists(path):
+                    raise StaleRowFile(f"{what}: row file {path} is gone (a later compaction "
+                                       "replaced it); reload from the checkpoint")
+                rows = RowFile(path, config.dim, readonly=True)
+            else:
+                have = os.path.getsize(path) if os.path.exists(path) else -1
+                # a replay in memory (persist=False) finds the file the first apply wrote
+                # and fsync'd before its LMDB commit; a replay into LMDB writes it again
+                rewrite = persist or have < live * row_bytes
+                if rewrite:
+                    with open(path, "wb"):
+                        pass
+                rows = RowFile(path, config.dim)
+                if rewrite:
+                    compact.copy_rows(state.rows.rows(before), keep, rows,
+                                      progress=getattr(self.compact_progress, "fn", None))
+                    rows.sync()
+                    segments.fsync_dir(os.path.dirname(path))
+            if persist:
+                self._write(lsn, lambda txn: self._rekey(txn, vid, gen, keep, before))
+            new_state = VersionState.restore(config, new_meta, new_arrays, rows)
+            new_state.mutations, new_state.checkpointed_mutations = 1, -1   # not in a bundle yet
+            new_state.remaps = {g: k for g, k in state.remaps.items() if g >= gen - 4}
+            new_state.remaps[state.gen] = keep
+            old = state
+            self.states[vid] = new_state
+        if old.rows is not None:
+            old.rows.close()        # the mapping lives on while a query still reads it
+        return before, live
+
+    def _rekey(self, txn, vid: int, gen: int, keep: np.ndarray, before: int):
+        """The version's ids and records renumbered like its rows (one transaction)."""
+        dbs = self.store.dbs
+        remap = np.full(before, -1, np.int64)
+        remap[keep] = np.arange(len(keep), dtype=np.int64)
+        prefix = schema.vid_prefix(vid)
+        ids = list(schema.scan_prefix(txn, dbs[b"ids"], prefix))
+        old = np.frombuffer(b"".join(v for _k, v in ids), ">u8").astype(np.int64)
+        if len(old) and (int(old.max()) >= before or int(remap[old].min()) < 0):
+            raise CorruptionError(f"namespace version {vid}: an id entry names a row that is "
+                                  "not live; compaction stopped before changing anything",
+                                  hint="run `simplevector verify` for details")
+        new = remap[old] if len(old) else old
+        txn.cursor(db=dbs[b"ids"]).putmulti(
+            list(zip([k for k, _v in ids], schema.u64_values(new))))
+        records = list(schema.scan_prefix(txn, dbs[b"records"], prefix))
+        for key, _v in records:
+            txn.delete(key, db=dbs[b"records"])
+        if records:
+            rows = np.frombuffer(b"".join(k[4:12] for k, _v in records), ">u8").astype(np.int64)
+            if int(rows.max()) >= before or int(remap[rows].min()) < 0:
+                raise CorruptionError(f"namespace version {vid}: a record names a row that "
+                                      "is not live; compaction stopped before changing anything",
+                                      hint="run `simplevector verify` for details")
+            keys = schema.row_keys(vid, remap[rows])
+            txn.cursor(db=dbs[b"records"]).putmulti(
+                list(zip(keys, [v for _k, v in records])))
+        txn.put(schema.counter_key(vid), schema.pack_u64(len(keep)), db=dbs[b"counters"])
+        txn.put(schema.gen_key(vid), schema.pack_u64(gen), db=dbs[b"counters"])
+
+
+class StaleRowFile(CorruptionError):
+    """A read-only process followed the WAL to a compaction whose row file a later one
+    already replaced: it reloads from the writer's checkpoint instead."""

@@ -96,6 +96,7 @@ class RowFile:
         if self._mm is not None and not self.readonly:
             try:
                 self._mm.flush()
+                os.fsync(self._fd)          # the file's size too (it grew by ftruncate)
             except OSError as e:
                 raise StorageError(f"cannot sync the row file {self.path}: {e}") from e
 

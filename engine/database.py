@@ -44,8 +44,8 @@ import time
 
 import numpy as np
 
-from . import indexer, retention, schema, segments, snapshot, upgrade, validate
-from .apply import Applier, pack, unpack
+from . import compact, indexer, retention, schema, segments, snapshot, upgrade, validate
+from .apply import Applier, StaleRowFile, pack, unpack
 from .archive import WalArchive
 from .errors import (ChangeFeedGap, ClosedError, InvalidInput, LockedError, NamespaceExists,
                      NamespaceNotFound, ReadOnlyError, StorageError, VersionNotFound)
@@ -75,7 +75,9 @@ class Database:
                  checkpoint_interval: float = 60.0, wal_keep_bytes: int | None = None,
                  auto_index: bool = True, auto_index_threshold: int = AUTO_THRESHOLD,
                  limits=None, wal_archive=None, disk_reserve: int | None = None,
-                 disk_free_probe=None, wal_segment_bytes: int = 64 << 20):
+                 disk_free_probe=None, wal_segment_bytes: int = 64 << 20,
+                 compact_ratio: float = compact.DEFAULT_COMPACT_RATIO,
+                 compact_min_rows: int = compact.DEFAULT_MIN_ROWS):
         if durability not in DURABILITY_MODES:
             raise InvalidInput(
                 f"durability {durability!r} is not valid; expected 'sync' or 'async'")
@@ -85,6 +87,14 @@ class Database:
                 or not isinstance(checkpoint_interval, (int, float)) or checkpoint_interval < 0):
             raise InvalidInput(f"checkpoint_interval {checkpoint_interval!r} is not valid; "
                                "expected seconds >= 0 (0 turns the checkpointer off)")
+        if (isinstance(compact_ratio, bool) or not isinstance(compact_ratio, (int, float))
+                or not 0 <= compact_ratio < 1):
+            raise InvalidInput(f"compact_ratio {compact_ratio!r} is not valid; expected a "
+                               "tombstone ratio in [0, 1) (0 turns automatic compaction off)")
+        if (isinstance(compact_min_rows, bool) or not isinstance(compact_min_rows, int)
+                or compact_min_rows < 1):
+            raise InvalidInput(f"compact_min_rows {compact_min_rows!r} is not valid; expected "
+                               "an int >= 1 (tombstones a version needs before it is compacted)")
         self.limits = limits_value(limits)     # an open option, not persisted (limits.py)
         self.path = os.path.abspath(os.fspath(path))
         self.durability = durability
@@ -121,6 +131,8 @@ class Database:
         self.observer_errors = 0
         self.observer_last_error: str | None = None
         self.ops_store = OpsStore(self)
+        self._compactor = compact.Compactor(self, 0 if readonly else compact_ratio,
+                                            compact_min_rows)
         if not self.readonly:
             upgrade.finish_interrupted(self.path)   # an upgrade killed between its renames
         self._open_dirs()
@@ -193,7 +205,9 @@ class Database:
             for lsn, payload in self._wal.iter_records(applier.applied_lsn):
                 applier.apply(lsn, unpack(payload))
                 self.replayed_records += 1
-            applier.remove_orphans()
+            # row files the checkpoint record names stay: a replay from it reads them
+            snap = applier._snapshot_record() or {}
+            applier.remove_orphans(keep=set((snap.get("gens") or {}).items()))
             segments.remove_others(self.path, applier.checkpoint_dir)
         with self._store.read() as txn:
             raw = txn.get(schema.META_CHECKPOINT_LSN, db=self._store.dbs[b"meta"])
@@ -337,6 +351,10 @@ class Database:
             self._applied_lsn = self._handled_lsn = lsn
             self._apply_cond.notify_all()
             self._count(op, result)
+        if op["op"] in ("upsert", "delete") and self._compactor.enabled:
+            state = self._applier.states.get(op["vid"])
+            if state is not None:
+                self._compactor.poke(op["vid"], state)
         return lsn, result
 
     def _count(self, op: dict, result) -> None:
@@ -735,8 +753,18 @@ class Database:
                                                            upto_lsn=target):
                     applier.apply(lsn, unpack(payload), persist=False)
             else:
-                for lsn, payload in self._wal.iter_records(self._applied_lsn, upto_lsn=target):
-                    self._applier.apply(lsn, unpack(payload), persist=False)
+                try:
+                    for lsn, payload in self._wal.iter_records(self._applied_lsn,
+                                                               upto_lsn=target):
+                        self._applier.apply(lsn, unpack(payload), persist=False)
+                except StaleRowFile:
+                    # a compaction's rows were replaced by a later one: use the checkpoint
+                    applier = self._applier
+                    if not (applier.load_snapshot() and applier.applied_lsn <= target):
+                        applier.load()
+                    for lsn, payload in self._wal.iter_records(applier.applied_lsn,
+                                                               upto_lsn=target):
+                        applier.apply(lsn, unpack(payload), persist=False)
             self._applied_lsn = self._last_lsn = self._applier.applied_lsn
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -753,19 +781,20 @@ class Database:
                 applied = self._applied_lsn
                 previous = applier.checkpoint_dir
                 snapshot = {"lsn": applied, "next_vid": applier.next_vid,
-                            "configs": [c.to_msg() for c in applier.configs.values()]}
+                            "configs": [c.to_msg() for c in applier.configs.values()],
+                            "gens": {vid: st.gen for vid, st in applier.states.items()}}
                 dirty, clean = {}, []
                 for vid, st in applier.states.items():
                     if (st.mutations == st.checkpointed_mutations and previous is not None
                             and segments.has(self.path, previous, vid)):
                         clean.append(vid)
                     else:
-                        dirty[vid] = (st.mutations, st.capture())
+                        dirty[vid] = (st.mutations, st.capture(), st)
             self._wal.sync(self._last_lsn)
             # every row the checkpoint counts is on disk before LMDB records it
             applier.sync_rows()
-            name, _ = segments.write(self.path, applied, {v: c for v, (_, c) in dirty.items()},
-                                     previous, clean)
+            name, _ = segments.write(self.path, applied,
+                                     {v: c for v, (_, c, _) in dirty.items()}, previous, clean)
             snapshot["dir"] = name
             dbs = self._store.dbs
 
@@ -774,19 +803,72 @@ class Database:
                 txn.put(schema.META_CHECKPOINT_LSN, pack(applied), db=dbs[b"meta"])
             self._store.write_with_retry(txn_fn)
             self._store.sync()
-            for vid, (mutations, _) in dirty.items():
+            for vid, (mutations, _, captured) in dirty.items():
                 state = applier.states.get(vid)
-                if state is not None:
+                # a compaction may have replaced the state since: it is not this bundle's
+                if state is captured:
                     state.checkpointed_mutations = mutations
                     # the state now rests on the new bundle: its tail holds later rows only
                     state.rebase(*segments.read(self.path, name, vid))
             applier.checkpoint_dir = name
             segments.remove_others(self.path, name)
+            with self._apply_cond:          # no compaction is between its file and its swap
+                # generations a compaction replaced, but those this checkpoint names (a
+                # compaction after its LSN is replayed from them)
+                applier.remove_orphans(keep=set(snapshot["gens"].items()))
             self.checkpoint_lsn = applied
             self.checkpoint_time = time.time()
             self._truncate_wal(applied)
         self._notify("on_checkpoint", applied)
         return applied
+
+    # -- compaction (engine/compact.py) ----------------------------------------------------------
+    def compact(self, namespace=None, version=None, *, progress=None) -> "compact.CompactReport":
+        """Rewrite versions without their tombstones, online: every version (``namespace``
+        None), the live one of ``namespace``, or ``(namespace, version)``. Each goes through
+        the WAL and is swapped in atomically (queries see the old layout or the new one);
+        then a checkpoint drops the old rows and bundles, so the directory shrinks.
+        Writes wait while a version's live rows are copied; reads go on. ``progress``:
+        ``callable(rows_done, rows_total)`` while rows are copied (the CLI's bar)."""
+        self._check_writable()
+        if namespace is None:
+            if version is not None:
+                raise InvalidInput(f"version {version!r} given without a namespace; expected "
+                                   "compact(namespace, version)")
+            configs = sorted(self._applier.configs.values(), key=lambda c: (c.name, c.version))
+        else:
+            configs = [self._resolve(validate.namespace_name(namespace), version)]
+        if progress is None:
+            return self._compact_configs(configs)
+        total = sum(st.live for st in (self._applier.states.get(c.vid) for c in configs)
+                    if st is not None and st.tombstones)
+        copied = [0]
+
+        def step(rows):
+            copied[0] += rows
+            progress(copied[0], total)
+        self._applier.compact_progress.fn = step
+        try:
+            return self._compact_configs(configs)
+        finally:
+            self._applier.compact_progress.fn = None
+
+    def _compact_configs(self, configs, *, automatic: bool = False):
+        t0 = time.perf_counter()
+        before = compact.engine_bytes(self.path)
+        done = tuple(compact.compact_version(self, c, automatic=automatic) for c in configs)
+        if any(v.lsn for v in done):
+            self.checkpoint()
+        report = compact.CompactReport(done, before, compact.engine_bytes(self.path),
+                                       time.perf_counter() - t0, automatic)
+        if any(v.lsn for v in done):
+            self._compactor.record(report)
+            self._notify("on_compact", report)
+        return report
+
+    def compaction_status(self) -> dict:
+        """The ``compact_ratio`` policy and its last run (engine/compact.py Compactor)."""
+        return self._compactor.status()
 
     # -- snapshots (engine/snapshot.py) ---------------------------------------------------------
     def snapshot(self, path=None) -> "snapshot.SnapshotInfo":
@@ -869,6 +951,7 @@ class Database:
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        self._compactor.join()
         # a background build notices the stop flag before it swaps its index in; it is not
         # waited for (training is derived state: the next open trains again if needed)
         for thread in self._trainers:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import schema, validate
 from .apply import pack, unpack
-from .errors import InvalidInput
+from .errors import InvalidInput, StorageError
 from .filters import compile_filter
 from .kernels import flat
 from .observer import compile_clock
@@ -233,22 +233,40 @@ class Namespace:
         include = validate.include_value(include)
         dbs = self._db._store.dbs
         state = self._db._state(config.vid)
-        out = []
-        with self._db._store.read() as txn:
-            for extid in ids:
-                raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
-                if raw is None:
-                    out.append(None)
+        for _attempt in range(_LAYOUT_RETRIES):
+            out = []
+            with self._db._store.read() as txn:
+                if not _same_layout(txn, dbs, state):
+                    # a compaction committed its new layout and is swapping the state in
+                    # (a read-only process catches up with the writer instead)
+                    if self._db.readonly:
+                        self._db.refresh()
+                    else:
+                        time.sleep(0.001)
+                    state = self._db._state(config.vid)
                     continue
-                out.append(self._record(txn, state, schema.unpack_u64(raw), extid, include,
-                                        Record))
-        return out[0] if single else out
+                for extid in ids:
+                    raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                    if raw is None:
+                        out.append(None)
+                        continue
+                    out.append(self._record(txn, state, schema.unpack_u64(raw), extid,
+                                            include, Record))
+            return out[0] if single else out
+        raise StorageError(f"namespace {self.name!r}: the stored layout did not settle after a "
+                           "compaction (LMDB and the in-memory state disagree)",
+                           hint="run `simplevector verify`")
 
-    def _record(self, txn, state, pos, extid, include, cls, **extra):
+    def _record(self, txn, state, pos, extid, include, cls, *, rec_pos=None, **extra):
+        """``rec_pos``: the row's rowid in ``txn`` when it differs from ``pos`` (the row's
+        position in ``state``: a compaction committed between the two), -1 when ``txn``
+        no longer has the row."""
         dbs = self._db._store.dbs
         md = doc = vec = None
         if "metadata" in include or "documents" in include:
-            raw = txn.get(schema.row_key(state.config.vid, pos), db=dbs[b"records"])
+            key_pos = pos if rec_pos is None else rec_pos
+            raw = None if key_pos < 0 else txn.get(
+                schema.row_key(state.config.vid, key_pos), db=dbs[b"records"])
             if raw is not None:
                 md, doc = unpack(raw)[1:3]
         if "vectors" in include:
@@ -456,7 +474,9 @@ class Namespace:
         :class:`StoredRecord` items (id, metadata, document, provenance). Pass ``cursor``
         as ``after`` for the next page; it is None after the last row. A cursor is a
         position in the version's history (a row id): rows rewritten after it was taken
-        come again later, deleted rows do not."""
+        come again later, deleted rows do not. A cursor stays valid across a compaction
+        of the version in this process (it names the row generation it was taken in);
+        one older than that raises InvalidInput (start the scan again)."""
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)
                                   or after < 0):
             raise InvalidInput(f"after {after!r} is not valid; expected a cursor from scan()")
@@ -464,23 +484,33 @@ class Namespace:
         config = self._config()
         state = self._db._state(config.vid)
         view = state.view()
-        start = 0 if after is None else after + 1      # a rowid is the row's position
+        start = 0 if after is None else state.cursor_position(after) + 1
         alive = np.flatnonzero(view.alive[start:view.n]) + start
         pick = alive[:limit].tolist()
         extids = state.extids_at(pick)
         dbs = self._db._store.dbs
         out = []
         with self._db._store.read() as txn:
+            moved = not _same_layout(txn, dbs, state)
             for p, extid in zip(pick, extids):
-                raw = txn.get(schema.row_key(config.vid, p), db=dbs[b"records"])
+                rp = _rowid_in(txn, dbs, state, extid) if moved else p
+                raw = None if rp < 0 else txn.get(schema.row_key(config.vid, rp),
+                                                  db=dbs[b"records"])
                 rec = unpack(raw) if raw is not None else None
                 if rec is None:
                     out.append(StoredRecord(id=extid))
                 else:
                     out.append(StoredRecord(id=extid, metadata=rec[1], document=rec[2],
                                             provenance=rec[3] if len(rec) > 3 else None))
-        cursor = int(pick[-1]) if pick and len(alive) > limit else None
+        cursor = state.cursor_of(int(pick[-1])) if pick and len(alive) > limit else None
         return out, cursor
+
+    # -- maintenance ----------------------------------------------------------------------------
+    def compact(self):
+        """Rewrite this version without its tombstones (see :meth:`Database.compact`);
+        returns a :class:`~.compact.CompactReport`."""
+        config = self._config()
+        return self._db.compact(config.name, config.version)
 
     # -- index management ---------------------------------------------------------------------
     def build_index(self, spec=None) -> dict:
@@ -539,15 +569,40 @@ class Namespace:
             txn = ctx.__enter__()
         try:
             at = state.extid_at
+            moved = need_lmdb and not _same_layout(txn, self._db._store.dbs, state)
             for dist, pos in results:
                 pos = pos.tolist()
                 dist = dist.tolist()
                 if not need_lmdb:
                     out.append([Hit(at(p), d) for d, p in zip(dist, pos)])
-                    continue
-                out.append([self._record(txn, state, p, at(p), include, Hit, distance=d)
-                            for d, p in zip(dist, pos)])
+                elif moved:
+                    hits = []
+                    for d, p in zip(dist, pos):
+                        extid = at(p)
+                        hits.append(self._record(txn, state, p, extid, include, Hit,
+                                                 rec_pos=_rowid_in(txn, self._db._store.dbs,
+                                                                   state, extid), distance=d))
+                    out.append(hits)
+                else:
+                    out.append([self._record(txn, state, p, at(p), include, Hit, distance=d)
+                                for d, p in zip(dist, pos)])
         finally:
             if need_lmdb:
                 ctx.__exit__(None, None, None)
         return out
+
+
+#: reads that find LMDB already on a compaction's new layout wait this often for the swap
+_LAYOUT_RETRIES = 5000
+
+
+def _same_layout(txn, dbs, state) -> bool:
+    """True when ``txn`` sees the row generation ``state`` is on (rowids agree)."""
+    raw = txn.get(schema.gen_key(state.config.vid), db=dbs[b"counters"])
+    return (schema.unpack_u64(raw) if raw else 0) == state.gen
+
+
+def _rowid_in(txn, dbs, state, extid) -> int:
+    """The rowid ``txn`` has for ``extid`` (-1: not stored there)."""
+    raw = txn.get(schema.id_key(state.config.vid, extid), db=dbs[b"ids"])
+    return -1 if raw is None else schema.unpack_u64(raw)

@@ -12,6 +12,8 @@ synchronously, on the thread that did the work, after the work is done:
 * ``on_query(namespace, plan, queries)`` after every query, with its :class:`~.planner.Plan`
   and the prepared query rows.
 * ``on_checkpoint(lsn)`` after every checkpoint (the place to persist derived totals).
+* ``on_compact(report)`` after every compaction that rewrote a version, with its
+  :class:`~.compact.CompactReport` (``report.automatic``: started by the policy).
 
 Observers must be quick and must not call back into writes of the same database from
 ``on_operation``/``on_query``. An exception raised by an observer never fails the engine
@@ -39,6 +41,9 @@ class Observer:
         pass
 
     def on_checkpoint(self, lsn: int) -> None:
+        pass
+
+    def on_compact(self, report) -> None:
         pass
 
 

@@ -10,6 +10,7 @@ Keys are built only by the helpers below so that the layout is written down once
 | records   | vid + rowid                          | msgpack [external id, metadata, document]  |
 |           |                                      | or [id, metadata, document, provenance]    |
 | counters  | b"rowid" + vid                       | next rowid (u64 BE)                        |
+|           | b"gen" + vid                         | row file generation (u64 BE; absent = 0)   |
 | ops       | utf-8 key chosen by the ops layer    | msgpack (histogram totals, alert events)   |
 
 Format 2 keeps each row once, outside LMDB: ``<db>/rows/<vid>.f32`` holds a version's
@@ -102,6 +103,11 @@ def unpack_u64(raw: bytes) -> int:
 
 def counter_key(vid: int) -> bytes:
     return b"rowid" + _U32.pack(vid)
+
+
+def gen_key(vid: int) -> bytes:
+    """The version's row file generation (absent: 0), bumped by each compaction."""
+    return b"gen" + _U32.pack(vid)
 
 
 def segment_key(vid: int, name: str) -> bytes:

@@ -37,11 +37,25 @@ def bundle_path(dbpath: str, name: str, vid: int) -> str:
     return os.path.join(ckpt_root(dbpath), name, f"v{vid}.arr")
 
 
-def row_path(dbpath: str, vid: int) -> str:
-    return os.path.join(dbpath, ROWS_DIR, f"{vid}.f32")
+def row_path(dbpath: str, vid: int, gen: int = 0) -> str:
+    """A version's row file: ``<vid>.f32``, then ``<vid>.g<gen>.f32`` after each
+    compaction (engine/compact.py) starts a new generation."""
+    name = f"{vid}.f32" if not gen else f"{vid}.g{gen}.f32"
+    return os.path.join(dbpath, ROWS_DIR, name)
 
 
-def _fsync_dir(path: str):
+def parse_row_name(name: str):
+    """(vid, gen) of a row file name, or None for anything else."""
+    parts = name.split(".")
+    if len(parts) == 2 and parts[1] == "f32" and parts[0].isdigit():
+        return int(parts[0]), 0
+    if (len(parts) == 3 and parts[2] == "f32" and parts[0].isdigit()
+            and parts[1][:1] == "g" and parts[1][1:].isdigit()):
+        return int(parts[0]), int(parts[1][1:])
+    return None
+
+
+def fsync_dir(path: str):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -65,9 +79,9 @@ def write(dbpath: str, lsn: int, captured: dict, previous: str | None,
         written += write_bundle(os.path.join(tmp, f"v{vid}.arr"), meta, arrays)
     for vid in clean:
         os.link(bundle_path(dbpath, previous, vid), os.path.join(tmp, f"v{vid}.arr"))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.rename(tmp, os.path.join(root, name))
-    _fsync_dir(root)
+    fsync_dir(root)
     return name, written
 
 

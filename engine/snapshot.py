@@ -3,7 +3,8 @@
 Snapshot layout::
 
     <snapshot>/lmdb/data.mdb     a compacted copy of LMDB as of one LSN
-    <snapshot>/rows/<vid>.f32    each version's rows up to that LSN (no checkpoint bundles)
+    <snapshot>/rows/<vid>.f32    each version's rows up to that LSN (no checkpoint bundles;
+                                 ``<vid>.g<gen>.f32`` for a version compacted ``gen`` times)
     <snapshot>/manifest.json     format, LSN, time, catalog, per-file SHA-256, fingerprint
 
 A snapshot is taken while reads and writes continue: under the writer's apply condition
@@ -175,7 +176,7 @@ def _rows(txn, dbs, config: VersionConfig, rows_root: str):
         extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
     rowids = np.array(sorted(extid_of), dtype=np.int64)
     n = _n_rows(txn, dbs, config.vid)
-    with open(segments.row_path(rows_root, config.vid), "rb") as f:
+    with open(segments.row_path(rows_root, config.vid, _gen(txn, dbs, config.vid)), "rb") as f:
         X = np.fromfile(f, dtype="<f4", count=n * config.dim).reshape(n, config.dim)
     return [extid_of[r] for r in rowids.tolist()], X[rowids]
 
@@ -185,10 +186,17 @@ def _n_rows(txn, dbs, vid: int) -> int:
     return schema.unpack_u64(raw) if raw else 0
 
 
-def _copy_rows(src: str, dst: str, nbytes: int) -> None:
-    """The first ``nbytes`` of a row file (rows below the snapshot's count never change)."""
+def _gen(txn, dbs, vid: int) -> int:
+    raw = txn.get(schema.gen_key(vid), db=dbs[b"counters"])
+    return schema.unpack_u64(raw) if raw else 0
+
+
+def _copy_rows(fin, src: str, dst: str, nbytes: int) -> None:
+    """The first ``nbytes`` of a row file, from ``fin`` opened on it when the snapshot's
+    transaction began (rows below the snapshot's count never change; a compaction may
+    replace the file meanwhile, the open file keeps the generation the snapshot names)."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with fin, open(dst, "wb") as fout:
         left = nbytes
         while left:
             chunk = fin.read(min(left, 16 << 20))
@@ -276,6 +284,17 @@ def take(db, path=None) -> SnapshotInfo:
     with db._apply_cond:                  # no record is half-applied while the txn opens
         reading = store.read()
         txn = reading.__enter__()
+        sources = {}
+        try:
+            configs = _catalog(txn, dbs)
+            for c in configs:
+                src = segments.row_path(db.path, c.vid, _gen(txn, dbs, c.vid))
+                sources[c.vid] = (open(src, "rb"), src)
+        except BaseException:
+            reading.__exit__(None, None, None)
+            for fin, _src in sources.values():
+                fin.close()
+            raise
     try:
         raw = txn.get(schema.META_APPLIED_LSN, db=dbs[b"meta"])
         lsn = unpack(raw) if raw else 0
@@ -296,25 +315,29 @@ def take(db, path=None) -> SnapshotInfo:
                 shutil.rmtree(tmp)
             os.makedirs(os.path.join(tmp, "lmdb"))
             store.env.copy(os.path.join(tmp, "lmdb"), compact=True, txn=txn)
-            configs = _catalog(txn, dbs)
             for c in configs:
-                _copy_rows(segments.row_path(db.path, c.vid), segments.row_path(tmp, c.vid),
+                fin, src = sources.pop(c.vid)
+                _copy_rows(fin, src, segments.row_path(tmp, c.vid, _gen(txn, dbs, c.vid)),
                            _n_rows(txn, dbs, c.vid) * c.dim * 4)
             namespaces = [{"name": c.name, "version": c.version, "vid": c.vid, "live": c.live,
                            "dim": c.dim, "metric": c.metric, "model": c.model,
                            "index": c.index, "count": _count(txn, dbs, c.vid)}
                           for c in configs]
             fingerprint = _fingerprint(txn, dbs, configs, tmp)
+            gens = {c.vid: _gen(txn, dbs, c.vid) for c in configs}
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     except OSError as e:
         raise StorageError(f"cannot write the snapshot at {path or db.path}: {e}") from e
     finally:
+        for fin, _src in sources.values():
+            fin.close()
         reading.__exit__(None, None, None)
     try:
         _drop_checkpoint_record(os.path.join(tmp, "lmdb"))
-        rels = ["lmdb/data.mdb"] + [f"{segments.ROWS_DIR}/{c.vid}.f32" for c in configs]
+        rels = ["lmdb/data.mdb"] + [
+            os.path.relpath(segments.row_path(tmp, c.vid, gens[c.vid]), tmp) for c in configs]
         for rel in rels:
             _fsync_file(os.path.join(tmp, rel))
         _fsync_dir(os.path.join(tmp, "lmdb"))

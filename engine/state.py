@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CorruptionError
+from .errors import CorruptionError, InvalidInput
 from .fieldindex import FieldIndex
 from .idmap import IdMap
 from .indexspec import IndexSpec
@@ -37,6 +37,8 @@ from .kernels.distances import resolve_metric
 from .types import VersionConfig
 
 _MIN_CAPACITY = 1024
+#: a scan cursor is ``gen << 40 | position`` (positions stay below 2**40)
+_CURSOR_GEN_SHIFT = 40
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class VersionState:
         self.metric = resolve_metric(config.metric)
         self.dim = config.dim
         self.rows = rows                 # a RowFile (None only in unit tests of the state)
+        self.gen = 0                     # row file generation (a compaction starts a new one)
+        # survivors of the compactions that ended earlier generations (gen -> positions),
+        # so a scan cursor taken before one still finds its place
+        self.remaps: dict[int, np.ndarray] = {}
         self.next_rowid = next_rowid
         self.n = 0
         self.live = 0
@@ -127,6 +133,27 @@ class VersionState:
         """Heap this state holds: alive + norms per position, and ~100 bytes for each row
         written since the last checkpoint (its id, metadata and field-index entries)."""
         return self.n * 5 + (self.n - self.ids.base_n) * 100
+
+    def cursor_of(self, pos: int) -> int:
+        """A scan cursor for position ``pos``: the position, with the generation above it."""
+        return (self.gen << _CURSOR_GEN_SHIFT) | pos
+
+    def cursor_position(self, cursor: int) -> int:
+        """The position in this generation of the last row at or before ``cursor``."""
+        gen, pos = cursor >> _CURSOR_GEN_SHIFT, cursor & ((1 << _CURSOR_GEN_SHIFT) - 1)
+        if gen > self.gen:
+            raise InvalidInput(f"scan cursor {cursor!r} is not valid for namespace "
+                               f"{self.config.name!r}; expected a cursor from its scan()")
+        while gen < self.gen:
+            keep = self.remaps.get(gen)
+            if keep is None:
+                raise InvalidInput(
+                    f"scan cursor {cursor!r} of namespace {self.config.name!r} was taken before "
+                    "a compaction this process did not see; start the scan again",
+                    hint="scan(after=None) starts from the first row")
+            pos = int(np.searchsorted(keep, pos, side="right")) - 1
+            gen += 1
+        return pos
 
     @property
     def tombstones(self) -> int:
@@ -273,7 +300,7 @@ class VersionState:
             n = self.n
             alive = self._alive[:n].copy()
             meta = {"n": n, "live": self.live, "next_rowid": self.next_rowid,
-                    "spec": str(self.spec), "mutations": self.mutations}
+                    "spec": str(self.spec), "mutations": self.mutations, "gen": self.gen}
             arrays = {"alive": alive, "xnorm2": self._xnorm2[:n]}
             arrays.update(self.ids.to_arrays(n, alive))
             fmeta, farrays = self.fields.to_arrays(n, alive)
@@ -291,6 +318,7 @@ class VersionState:
         """The state saved by :meth:`capture`, its arrays views of the bundle's mapping
         (alive and norms are copied: they change). O(1) in Python per row."""
         state = cls(config, meta["next_rowid"], rows=rows)
+        state.gen = meta.get("gen", 0)
         n = meta["n"]
         state._reserve(n)
         state._alive[:n] = arrays["alive"]

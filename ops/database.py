@@ -81,10 +81,11 @@ class OpsObserver(Observer):
     """The ops layer's observer of one engine database: forwards each callback to the
     function it was given (the :class:`ObservedDatabase` that owns it)."""
 
-    def __init__(self, on_operation, on_query, on_checkpoint):
+    def __init__(self, on_operation, on_query, on_checkpoint, on_compact):
         self.on_operation = on_operation
         self.on_query = on_query
         self.on_checkpoint = on_checkpoint
+        self.on_compact = on_compact
 
 
 class ObservedDatabase(FreshnessMixin):
@@ -136,7 +137,7 @@ class ObservedDatabase(FreshnessMixin):
         self.growth = capacity.GrowthTracker()
         self._alerts = alerts_mod.AlertManager(self)
         self.ops_observer = OpsObserver(self._on_operation, self._on_query,
-                                        self._on_checkpoint)
+                                        self._on_checkpoint, self._on_compact)
         try:
             self._load_ops_state()
             if alert_rules is not None:
@@ -423,6 +424,23 @@ class ObservedDatabase(FreshnessMixin):
         return capacity.forecast(self)
 
     # -- scheduled snapshots -------------------------------------------------------------------
+    def _on_compact(self, report):
+        """Each compaction that rewrote a version is an event (rule ``compaction``)."""
+        now = time.time()
+        names = ", ".join(f"{v.namespace} v{v.version} ({v.tombstones_removed} tombstones)"
+                          for v in report.versions if v.lsn)
+        event = {"state": "done", "severity": "info", "value": report.tombstones_removed,
+                 "message": f"{'automatic ' if report.automatic else ''}compaction of {names}: "
+                            f"{report.bytes_before} -> {report.bytes_after} bytes on disk "
+                            f"in {report.seconds:.3f} s",
+                 "automatic": report.automatic, "bytes_before": report.bytes_before,
+                 "bytes_after": report.bytes_after, "ts": now, "rule": "compaction",
+                 "metric": "tombstones_removed", "namespace": None, "version": None,
+                 "threshold": None}
+        if self.engine.writable:
+            self.engine.ops_store.put(f"{alerts_mod.EVENT_PREFIX}{now:020.6f}:000:compaction:",
+                                      event)
+
     def scheduled_snapshot(self) -> dict:
         """One run of the snapshot scheduler: ``db.snapshot()``, then remove the snapshots
         beyond the newest ``snapshot_keep``; the run (or its failure) is recorded as an
@@ -490,7 +508,8 @@ _ENGINE_METHODS = ("create_version", "promote", "drop_namespace", "list_namespac
                    "checkpoint", "refresh", "info", "status", "version_statuses",
                    "version_status", "add_observer", "remove_observer", "snapshot", "snapshots",
                    "prune_snapshots", "consumers", "drop_consumer", "wal_retention",
-                   "wal_keep_target", "disk_free", "disk_reserve_for")
+                   "wal_keep_target", "disk_free", "disk_reserve_for", "compact",
+                   "compaction_status")
 _ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "wal_archive",
                       "disk_reserve", "auto_index",
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",

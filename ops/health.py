@@ -120,10 +120,18 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
                  "index": config.index_active, "configured_index": config.index_configured}
         # graded on the reported (rounded) value, the one the alert rules compare
         sev = grade("tombstone_ratio", round(ratio, 4), t)
+        policy = db.compaction_status()
+        advice = ""
+        if sev != "ok":
+            advice = ("; compact it (`simplevector compact`, or turn the compact_ratio policy on)"
+                      if not policy["ratio"] else
+                      f"; the policy compacts at {policy['ratio']:.0%}"
+                      + (f" (last run failed: {policy['last']['error']})"
+                         if policy["last"] and not policy["last"].get("ok", True) else ""))
         findings.append(Finding(
             "tombstone_ratio", sev, ns, round(ratio, 4), t.tombstone_warning,
-            f"{label}: {rows} rows, {tomb} tombstones ({ratio:.0%} of positions)"
-            + ("; compact it" if sev != "ok" else ""), runbook("tombstones-and-compaction")))
+            f"{label}: {rows} rows, {tomb} tombstones ({ratio:.0%} of positions)" + advice,
+            runbook("tombstones-and-compaction")))
         if config.training_error:
             findings.append(Finding(
                 "index_training", "warning", ns, config.training_error, None,

@@ -5,6 +5,9 @@
         the namespace "s" (IVF4,PQ2 over 8-d rows, with metadata), printing one line per
         acknowledged operation: "u ID,ID,... SEED" (rows from seed SEED) or "d ID,ID,...",
         each announced by "try <op>" before it is called.
+
+    python _storage_child.py compact DB SEED
+        the same with the compaction policy on and explicit compactions ("c").
 """
 
 import sys
@@ -25,9 +28,17 @@ def meta(extid, seed):
     return {"k": extid % 7, "seed": seed}
 
 
-def churn(path, seed):
+def compact(path, seed):
+    """churn, with the compaction policy at a 20% tombstone ratio (from 20 rows) and an
+    explicit compaction every ~25 operations ("try c" / "c")."""
+    churn(path, seed, compacting=True)
+
+
+def churn(path, seed, compacting=False):
     seed = int(seed)
-    db = sv.open(path, checkpoint_interval=0.01, auto_index=False)
+    options = {"compact_ratio": 0.2, "compact_min_rows": 20} if compacting else \
+        {"compact_ratio": 0}
+    db = sv.open(path, checkpoint_interval=0.01, auto_index=False, **options)
     try:
         ns = db.namespace("s")
     except sv.NamespaceNotFound:
@@ -42,6 +53,11 @@ def churn(path, seed):
     while True:
         step += 1
         ids = sorted(set(rng.integers(0, 600, int(rng.integers(1, 40))).tolist()))
+        if compacting and rng.random() < 0.04:
+            print("try c", flush=True)
+            ns.compact()
+            print("c", flush=True)
+            continue
         if rng.random() < 0.25:
             op = "d " + ",".join(map(str, ids))
             print("try " + op, flush=True)
@@ -55,4 +71,4 @@ def churn(path, seed):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"churn": churn}[mode](*args)
+    {"churn": churn, "compact": compact}[mode](*args)

@@ -308,3 +308,87 @@ def test_state_machine_with_reopen_matches_dict_model(tmp_path):
         ReopenMachine,
         settings=settings(max_examples=30, stateful_step_count=25, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow]))
+
+
+# -- lifecycle state machine: compaction, snapshots, point-in-time restore ------------------------
+class LifecycleMachine(ReopenMachine):
+    """The reopen machine plus compactions, snapshots and restores: a snapshot restored to
+    any LSN the WAL archive holds (up to the newest one, or through the archive to a chosen
+    LSN) equals the dict model as it was at that LSN, across compactions and reopens."""
+
+    def _open(self):
+        return sv.open(self.path, checkpoint_interval=0, compact_ratio=0,
+                       wal_archive=str(self.path) + "-archive")
+
+    @initialize(metric=st.sampled_from(METRICS), dim=st.integers(1, 6),
+                seed=st.integers(0, 2**32 - 1))
+    def open_db(self, metric, dim, seed):
+        self.metric, self.dim = metric, dim
+        self.rng = np.random.default_rng(seed)
+        self.db = self._open()
+        self.ns = self.db.create_namespace("m", dim=dim, metric=metric)
+        self.lsn = self.db.lsn
+        self.history = {self.lsn: {}}           # LSN -> the model after it
+        self.snaps = []                         # (path, lsn)
+        self.sealed = self.lsn                  # the archive holds every record up to here
+        self.restores = 0
+
+    def _record(self):
+        self.lsn = max(self.lsn, self.db.lsn)
+        self.history[self.lsn] = dict(self.model)
+
+    @rule(ids=st.lists(st.sampled_from(ID_POOL), min_size=1, max_size=6, unique=True),
+          data=st.data())
+    def upsert(self, ids, data):
+        super().upsert(ids, data)
+        self._record()
+
+    @rule(ids=st.lists(st.sampled_from(ID_POOL), min_size=1, max_size=5, unique=True))
+    def delete_ids(self, ids):
+        super().delete_ids(ids)
+        self._record()
+
+    @rule()
+    def compact(self):
+        report = self.ns.compact()
+        assert report.versions[0].rows == len(self.model)
+        self._record()
+
+    @rule()
+    def snapshot(self):
+        info = self.db.snapshot()
+        self.snaps.append((info.path, info.lsn))
+        self.sealed = self.db.lsn
+
+    @rule()
+    def reopen(self):
+        self.db.close()
+        self.sealed = self.lsn                  # a clean close seals the active segment
+        self.db = self._open()
+        self.ns = self.db.namespace("m")
+
+    @rule(data=st.data())
+    def restore(self, data):
+        if not self.snaps:
+            return
+        snap, snap_lsn = data.draw(st.sampled_from(self.snaps), label="snapshot")
+        points = sorted(lsn for lsn in self.history if snap_lsn <= lsn <= self.sealed)
+        to_lsn = data.draw(st.sampled_from(points), label="to_lsn")
+        target = str(self.path) + f"-restored{self.restores}"
+        self.restores += 1
+        sv.restore(snap, target, to_lsn=to_lsn, wal_archive=str(self.path) + "-archive")
+        expect = self.history[max(lsn for lsn in self.history if lsn <= to_lsn)]
+        with sv.open(target, readonly=True, checkpoint_interval=0) as r:
+            rns = r.namespace("m")
+            assert rns.count() == len(expect)
+            got = rns.get(ID_POOL, include=("metadata", "documents"))
+            assert [None if g is None else (g.metadata, g.document) for g in got] == [
+                (expect[i][1], expect[i][2]) if i in expect else None for i in ID_POOL]
+
+
+def test_lifecycle_state_machine_restores_the_model_at_every_lsn(tmp_path):
+    LifecycleMachine.base = tmp_path
+    run_state_machine_as_test(
+        LifecycleMachine,
+        settings=settings(max_examples=12, stateful_step_count=25, deadline=None,
+                          database=None, suppress_health_check=[HealthCheck.too_slow]))

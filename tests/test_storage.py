@@ -220,15 +220,18 @@ def _check_against(ns, model):
     assert sorted(h.id for h in hits) == ids
 
 
-def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path):
+@pytest.mark.parametrize("mode", ["churn", "compact"])
+def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path, mode):
     """Upserts, replacements and deletes on an IVF-PQ namespace with metadata while the
-    checkpointer writes bundles, links, renames and rebases every 10 ms; SIGKILL at random
-    points. Every acknowledged operation is there after reopen, nothing else is."""
+    checkpointer writes bundles, links, renames and rebases every 10 ms (and, in "compact"
+    mode, versions are compacted by the policy and explicitly); SIGKILL at random points.
+    Every acknowledged operation is there after reopen, nothing else is."""
     path = tmp_path / "db"
     rng = random.Random(7)
     model = {}
+    compactions = 0
     for round_no in range(6):
-        proc = subprocess.Popen([sys.executable, CHILD, "churn", str(path), str(round_no + 1)],
+        proc = subprocess.Popen([sys.executable, CHILD, mode, str(path), str(round_no + 1)],
                                 stdout=subprocess.PIPE, text=True, bufsize=1)
         lines = []
         while True:
@@ -243,6 +246,7 @@ def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path):
         proc.wait(30)
         lines += [x for x in rest.splitlines(keepends=True) if x.endswith("\n")]
         acked = [x for x in lines if x.strip() and not x.startswith("try ")]
+        compactions += sum(1 for x in acked if x.strip() == "c")
         tried = [x[4:] for x in lines if x.startswith("try ")]
         inflight = tried[-1] if tried and (not acked or tried[-1] != acked[-1]) else None
         # the operation in flight at the kill may or may not have committed: it must be
@@ -260,7 +264,11 @@ def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path):
                     raise
                 _check_against(ns, with_it)
                 model = with_it
+            if mode == "compact":
+                generation = db.engine._state(db.engine._resolve("s").vid).gen
     assert len(model) > 100
+    if mode == "compact":
+        assert compactions > 0 and generation > 0, (compactions, generation)
 
 
 def test_rows_lost_from_the_page_cache_after_a_checkpoint_are_rewritten_from_the_wal(tmp_path):
