@@ -8,7 +8,7 @@ create something), the error envelope for 4XX/5XX, and the bearer-key scheme.
 
 from __future__ import annotations
 
-__all__ = ["build", "BODIES", "QUERY", "CREATED", "NAME"]
+__all__ = ["build", "BODIES", "QUERY", "CREATED", "NAME", "CONSUMER"]
 
 _ID = {"type": ["string", "integer"]}
 _IDS = {"oneOf": [_ID, {"type": "array", "items": _ID}]}
@@ -44,6 +44,24 @@ BODIES = {
                     "namespaces": {"type": ["array", "null"], "items": {"type": "string"}},
                     "expires": {"type": ["string", "number", "null"]},
                     "name": _NULLABLE_STR}, ["role"]),
+    "create_snapshot": ({"path": _NULLABLE_STR}, []),
+    "verify_snapshot": ({"path": {"type": "string"}}, ["path"]),
+    "prune_snapshots": ({"keep": {"type": "integer", "minimum": 0}}, ["keep"]),
+    "consumer_changes": ({"since": {"type": "integer", "minimum": 0},
+                          "limit": {"type": "integer", "minimum": 1}}, []),
+    "set_budget": ({"namespace": _NULLABLE_STR, "model": _NULLABLE_STR,
+                    "max_tokens": {"type": ["integer", "null"], "minimum": 0},
+                    "max_cost": {"type": ["number", "null"], "minimum": 0},
+                    "period": {"type": "string", "enum": ["hour", "day", "month", "total"]},
+                    "hard": {"type": "boolean"}, "remove": {"type": "boolean"}}, []),
+    "set_rate_limit": ({"namespace": NAME,
+                        "op": {"type": "string", "enum": ["query", "write", "embed"]},
+                        "per_second": {"type": ["number", "null"], "minimum": 0},
+                        "burst": {"type": ["number", "null"], "minimum": 1},
+                        "wait": {"type": "boolean"}}, ["namespace", "op"]),
+    "migration_promote": ({"force": {"type": "boolean"}}, []),
+    "migration_abort": ({"drop": {"type": "boolean"}}, []),
+    "migration_finish": ({"drop_old": {"type": "boolean"}}, []),
 }
 
 #: operation id -> query parameters (besides ?version= on namespace routes)
@@ -52,10 +70,15 @@ QUERY = {
                 "window": {"type": "string"}},
     "changes": {"since": {"type": "integer", "minimum": 0},
                 "limit": {"type": "integer", "minimum": 1}},
+    "cost": {"window": {"type": "string"}},
+    "freshness": {"namespace": NAME, "max_age": {"type": "number", "minimum": 0}},
+    "migrations": {"namespace": NAME},
 }
 
 #: the POSTs that answer 201 Created
-CREATED = {"create_namespace", "create_version", "create_key"}
+CREATED = {"create_namespace", "create_version", "create_key", "create_snapshot"}
+#: the engine's named-consumer rule (engine/retention.py)
+CONSUMER = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 def build(routes, permissions, version: str, msgpack_type: str) -> dict:
@@ -71,6 +94,9 @@ def build(routes, permissions, version: str, msgpack_type: str) -> dict:
         if "{key_id}" in path:
             params.append({"name": "key_id", "in": "path", "required": True,
                            "schema": {"type": "string"}})
+        if "{consumer}" in path:
+            params.append({"name": "consumer", "in": "path", "required": True,
+                           "schema": CONSUMER})
         for name, schema in QUERY.get(op_id, {}).items():
             params.append({"name": name, "in": "query", "required": False, "schema": schema})
         ok = "201" if op_id in CREATED else "200"

@@ -39,7 +39,7 @@ from simplevector.engine.errors import InvalidInput, SimpleVectorError, error_cl
 from simplevector.engine.planner import Plan
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
-__all__ = ["Client", "RemoteNamespace", "RemoteKeys", "connect"]
+__all__ = ["Client", "RemoteNamespace", "RemoteKeys", "RemoteMigration", "connect"]
 
 RETRIES = 2
 RETRY_WAIT = 0.2
@@ -199,12 +199,113 @@ class Client:
         """The server database's last committed LSN."""
         return self._request("GET", "/v1/lsn")["lsn"]
 
-    def changes(self, since: int = 0):
-        """Iterate committed changes with LSN > ``since`` (Change objects)."""
-        data = self._request("GET", "/v1/changes", params={"since": since})
+    def changes(self, since: int = 0, consumer: str | None = None):
+        """Iterate committed changes with LSN > ``since`` (Change objects). ``consumer=
+        "name"``: a named consumer acknowledges everything up to ``since``; the server
+        records its position durably and keeps the WAL after it (a writer key's right)."""
+        if consumer is None:
+            data = self._request("GET", "/v1/changes", params={"since": since})
+        else:
+            data = self._request("POST", self._consumer_path(consumer, "/changes"),
+                                 body={"since": since})
         return iter([Change(lsn=c["lsn"], op=c["op"], namespace=c["namespace"],
                             version=c["version"], ids=tuple(c["ids"]), ts=c["ts"])
                      for c in data["changes"]])
+
+    @staticmethod
+    def _consumer_path(name, tail: str = "") -> str:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"consumer {name!r} is not valid; expected a non-empty "
+                               "printable string of at most 200 characters")
+        return f"/v1/consumers/{quote(name, safe='')}{tail}"
+
+    def consumers(self) -> list:
+        """The named change-feed consumers: ``name``, ``lsn``, ``at``, ``lag`` (dicts)."""
+        return self._request("GET", "/v1/consumers")["consumers"]
+
+    def drop_consumer(self, name: str) -> None:
+        """Forget the named consumer: its position no longer holds the WAL (admin key)."""
+        self._request("DELETE", self._consumer_path(name), idempotent=False)
+
+    def wal_retention(self) -> dict:
+        """WAL bytes and why they are kept (the server's ``db.wal_retention()``)."""
+        return self._request("GET", "/v1/wal/retention")
+
+    # -- snapshots (paths are on the server's machine, under its snapshot directory) ------------
+    def snapshot(self, path=None):
+        """An online snapshot of the server's database (admin key): ``path`` None (the
+        default name), a bare name, or a path directly under the server's
+        ``<db>/snapshots``; the server refuses any other path with InvalidInput."""
+        return _snapshot_info(self._request("POST", "/v1/snapshots", body={
+            "path": None if path is None else str(path)}))
+
+    def snapshots(self) -> list:
+        """The complete snapshots in the server's ``<db>/snapshots``, oldest first."""
+        return [_snapshot_info(d) for d in self._request("GET", "/v1/snapshots")["snapshots"]]
+
+    def prune_snapshots(self, keep: int) -> list:
+        """Remove the snapshots older than the newest ``keep``; their SnapshotInfo."""
+        data = self._request("POST", "/v1/snapshots/prune", body={"keep": keep})
+        return [_snapshot_info(d) for d in data["removed"]]
+
+    def verify_snapshot(self, path):
+        """Check a snapshot (a name or a path under the server's snapshot directory)
+        against its manifest; its SnapshotInfo, or CorruptionError naming the bad file."""
+        return _snapshot_info(self._request("POST", "/v1/snapshots/verify", body={
+            "path": str(path)}, idempotent=True))
+
+    # -- costs, budgets, rate limits, freshness, migrations -----------------------------------
+    def cost(self, window=None):
+        """The server's CostReport over ``window`` (None: the whole ledger; "1h", "1d")."""
+        from simplevector.ops.costs import CostLine, CostReport
+        d = self._request("GET", "/v1/cost", params={
+            "window": None if window is None else str(window)})
+        return CostReport(**{**d, "lines": [CostLine(**ln) for ln in d["lines"]]})
+
+    def budgets(self) -> list:
+        """Every budget with its use in the current period (dicts)."""
+        return self._request("GET", "/v1/budgets")["budgets"]
+
+    def set_budget(self, namespace=None, model=None, max_tokens=None, max_cost=None,
+                   period="day", hard=True, *, remove: bool = False):
+        """Set (or ``remove``) a budget on the server (admin key); the Budget."""
+        from simplevector.ops.costs import Budget
+        d = self._request("POST", "/v1/budgets", body={
+            "namespace": namespace, "model": model, "max_tokens": max_tokens,
+            "max_cost": max_cost, "period": period, "hard": hard, "remove": remove})
+        return Budget(**{k: d[k] for k in ("namespace", "model", "max_tokens", "max_cost",
+                                           "period", "hard")})
+
+    def rate_limits(self) -> list:
+        """The server's configured rate limits (RateLimit objects)."""
+        from simplevector.ops.ratelimit import RateLimit
+        return [RateLimit(**d) for d in self._request("GET", "/v1/rate_limits")["rate_limits"]]
+
+    def set_rate_limit(self, namespace, op, per_second, burst=None, *, wait: bool = False):
+        """A token bucket for ``op`` on ``namespace`` (admin key); None removes it."""
+        from simplevector.ops.ratelimit import RateLimit
+        d = self._request("POST", "/v1/rate_limits", body={
+            "namespace": namespace, "op": op, "per_second": per_second, "burst": burst,
+            "wait": wait})["rate_limit"]
+        return None if d is None else RateLimit(**d)
+
+    def freshness(self, namespace=None, max_age=None) -> list:
+        """A FreshnessReport per live namespace of the server's database."""
+        from simplevector.ops.freshness import FreshnessReport
+        rows = self._request("GET", "/v1/freshness", params={
+            "namespace": namespace, "max_age": max_age})["freshness"]
+        return [FreshnessReport(**{k: v for k, v in r.items() if k != "stale_age_ratio"})
+                for r in rows]
+
+    def migrations(self, namespace=None) -> list:
+        """Every migration recorded in the server's database (RemoteMigration objects)."""
+        rows = self._request("GET", "/v1/migrations",
+                             params={"namespace": namespace})["migrations"]
+        return [RemoteMigration(self, r) for r in rows]
+
+    def migration(self, name):
+        """The migration in progress of ``name`` (MigrationError if there is none)."""
+        return RemoteMigration(self, self._request("GET", self._ns_path(name, "/migration")))
 
     def health(self):
         """The server database's HealthReport (the same class as ``db.health()``)."""
@@ -258,6 +359,73 @@ def _api_key(d: dict):
     return ApiKey(id=d["id"], role=d["role"], namespaces=None if ns is None else tuple(ns),
                   created=d["created"], expires=d.get("expires"), revoked=d.get("revoked"),
                   name=d.get("name"))
+
+
+def _snapshot_info(d: dict):
+    from simplevector.engine.snapshot import SnapshotInfo
+    return SnapshotInfo(path=d["path"], lsn=d["lsn"], created_at=d["created_at"],
+                        bytes=d["bytes"], namespaces=tuple(d["namespaces"]),
+                        manifest_path=d["manifest_path"])
+
+
+class RemoteMigration:
+    """A migration on the server (``client.migration(name)``, ``client.migrations()``):
+    ``namespace``, ``state``, ``from_version``, ``to_version``, ``active``, ``key`` and the
+    methods of :class:`simplevector.ops.migration.Migration` that need no embedding function:
+    ``status()``, ``plan()``, ``promote(force=)``, ``rollback()``, ``abort(drop=)``,
+    ``finish(drop_old=)`` (admin key for all but ``status``). ``run``, ``shadow`` and
+    starting a migration need the function, which lives in the process that calls the model:
+    they are not offered over HTTP."""
+
+    def __init__(self, client: Client, status: dict):
+        self._client = client
+        self._status = status
+
+    namespace = property(lambda self: self._status["namespace"])
+    state = property(lambda self: self._status["state"])
+    from_version = property(lambda self: self._status["from_version"])
+    to_version = property(lambda self: self._status["to_version"])
+    active = property(lambda self: self._status["dual_write"])
+
+    @property
+    def key(self) -> str:
+        return f"migration:{self.namespace}:{self._status['seq']:06d}"
+
+    def __repr__(self):
+        s = self._status
+        return (f"<RemoteMigration {self.namespace} v{self.from_version}->v{self.to_version} "
+                f"{s['from_model']}->{s['to_model']} {self.state}>")
+
+    def _post(self, action: str, body=None) -> dict:
+        self._status = self._client._request(
+            "POST", self._client._ns_path(self.namespace, f"/migration/{action}"),
+            body=body or {})
+        return self._status
+
+    def status(self) -> dict:
+        """State, versions, models, cursor, counters, what is left, the latest shadow."""
+        for row in self._client._request("GET", "/v1/migrations",
+                                         params={"namespace": self.namespace})["migrations"]:
+            if row["seq"] == self._status["seq"]:
+                self._status = row
+        return dict(self._status)
+
+    def plan(self) -> dict:
+        """Rows, migratable rows and distinct texts (tokens and cost need the function)."""
+        return self._client._request(
+            "POST", self._client._ns_path(self.namespace, "/migration/plan"), body={})
+
+    def promote(self, *, force: bool = False) -> dict:
+        return dict(self._post("promote", {"force": force}))
+
+    def rollback(self) -> dict:
+        return dict(self._post("rollback"))
+
+    def abort(self, *, drop: bool = True) -> dict:
+        return dict(self._post("abort", {"drop": drop}))
+
+    def finish(self, *, drop_old: bool = False) -> dict:
+        return dict(self._post("finish", {"drop_old": drop_old}))
 
 
 class RemoteKeys:

@@ -28,22 +28,21 @@ Every response carries ``X-Request-ID`` (the client's, when it sent a valid one)
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import simplevector as sv
-from simplevector._output import to_jsonable
+from simplevector._http import call as _call, encode as _encode, int_param as _int_param
+from simplevector._http import payload as _payload, pick as _pick, version as _version
+from simplevector._server_ops import ROUTES as OPS_ROUTES
 from simplevector._security import PERMISSIONS, authorize_namespace, guarded, note
-from simplevector._wire import MSGPACK, ND, pack, unpack
-from simplevector.engine.errors import InvalidInput, LimitExceeded, SimpleVectorError
+from simplevector._wire import MSGPACK, ND
+from simplevector.engine.errors import InvalidInput, SimpleVectorError
 from simplevector.ops.health import disk_findings
 from simplevector.ops.capacity import disk_usage
 from simplevector.ops.keys import KeyStore
@@ -51,73 +50,6 @@ from simplevector.ops.keys import KeyStore
 __all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "ND", "openapi_document"]
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
-
-
-# -- encoding ---------------------------------------------------------------------------------
-def _encode(request: Request | None, data, status: int = 200) -> Response:
-    if request is not None and (request.headers.get("accept", "").startswith(MSGPACK) or
-                                request.headers.get("content-type", "").startswith(MSGPACK)):
-        return Response(pack(data), status, media_type=MSGPACK)
-    body = json.dumps(to_jsonable(data), ensure_ascii=False).encode("utf-8")
-    return Response(body, status, media_type="application/json")
-
-
-async def _payload(request: Request, allowed: tuple) -> dict:
-    """The request body as a dict (JSON or msgpack), size-limited, with known keys only."""
-    limit = request.app.state.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body:
-        return {}
-    if request.headers.get("content-type", "").startswith(MSGPACK):
-        data = unpack(body)
-    else:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidInput(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"the request body is a {type(data).__name__}; expected an object")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {unknown} in the request body; expected some of "
-                           f"{sorted(allowed)}")
-    return data
-
-
-def _too_large(size: int, limit: int) -> LimitExceeded:
-    return LimitExceeded(
-        f"the request body is {size} bytes or more; the server accepts at most {limit}",
-        hint="split the request into smaller batches, or start the server with a larger "
-             "--max-body-bytes", limit="max_body_bytes", maximum=limit, actual=size)
-
-
-def _version(request: Request):
-    raw = request.query_params.get("version")
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"version {raw!r} is not valid; expected an integer >= 1") from None
-
-
-def _int_param(request: Request, name: str, default):
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} {raw!r} is not valid; expected an integer") from None
 
 
 def _describe(ns) -> dict:
@@ -128,14 +60,6 @@ def _describe(ns) -> dict:
 def _namespace(request: Request):
     db = request.app.state.db
     return db.namespace(request.path_params["name"], _version(request))
-
-
-def _call(fn, *args, **kwargs):
-    return run_in_threadpool(fn, *args, **kwargs)
-
-
-def _pick(data: dict, *keys) -> dict:
-    return {k: data[k] for k in keys if k in data}
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -459,6 +383,7 @@ ROUTES = [
     ("/v1/keys", "GET", list_keys, "list_keys"),
     ("/v1/keys", "POST", create_key, "create_key"),
     ("/v1/keys/{key_id}", "DELETE", revoke_key, "revoke_key"),
+    *OPS_ROUTES,        # snapshots, consumers, costs, budgets, migrations (_server_ops.py)
 ]
 
 
