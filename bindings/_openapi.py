@@ -17,6 +17,11 @@ _VECTORS = {"oneOf": [_VECTOR, {"type": "array", "items": _VECTOR}]}
 _INCLUDE = {"type": "array", "items": {"type": "string",
                                        "enum": ["metadata", "documents", "vectors"]}}
 _NULLABLE_STR = {"type": ["string", "null"]}
+_TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_RECORD = {"type": "object", "required": ["id", "text"],
+           "properties": {"id": _ID, "text": {"type": "string"},
+                          "metadata": {"type": ["object", "null"]},
+                          "updated_at": {"type": ["number", "string", "null"]}}}
 #: the engine's namespace name rule (engine/validate.py)
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}
 _CONFIG = {"dim": {"type": "integer", "minimum": 1, "maximum": 65536},
@@ -59,6 +64,21 @@ BODIES = {
                         "per_second": {"type": ["number", "null"], "minimum": 0},
                         "burst": {"type": ["number", "null"], "minimum": 1},
                         "wait": {"type": "boolean"}}, ["namespace", "op"]),
+    "query_text": ({"text": _TEXTS,
+                    "k": {"type": "integer", "minimum": 1}, "where": {"type": "object"},
+                    "include": _INCLUDE, "nprobe": {"type": "integer", "minimum": 1},
+                    "refine": {"type": "integer", "minimum": 1},
+                    "exact": {"type": "boolean"}}, ["text"]),
+    "sync": ({"records": {"type": "array", "items": _RECORD},
+              "mode": {"type": "string", "enum": ["incremental", "full", "scoped_full"]},
+              "source_key": _NULLABLE_STR,
+              "batch_size": {"type": "integer", "minimum": 1}}, ["records"]),
+    "migration_start": ({"model": {"type": "string"}, "index": _NULLABLE_STR}, ["model"]),
+    "migration_run": ({"batch_size": {"type": "integer", "minimum": 1},
+                       "max_batches": {"type": ["integer", "null"], "minimum": 1}}, []),
+    "migration_shadow": ({"k": {"type": "integer", "minimum": 1},
+                          "samples": {"type": "integer", "minimum": 1},
+                          "seed": {"type": "integer"}}, []),
     "migration_promote": ({"force": {"type": "boolean"}}, []),
     "migration_abort": ({"drop": {"type": "boolean"}}, []),
     "migration_finish": ({"drop_old": {"type": "boolean"}}, []),
@@ -76,7 +96,8 @@ QUERY = {
 }
 
 #: the POSTs that answer 201 Created
-CREATED = {"create_namespace", "create_version", "create_key", "create_snapshot"}
+CREATED = {"create_namespace", "create_version", "create_key", "create_snapshot",
+           "migration_start"}
 #: the engine's named-consumer rule (engine/retention.py)
 CONSUMER = {"type": "string", "minLength": 1, "maxLength": 200}
 

@@ -15,11 +15,16 @@ the target and renames it into place, which a running server (holding the direct
 and locked) cannot undergo; run ``simplevector restore`` on the server's host while the
 server is stopped (README, "Server").
 
-Embedding functions are Python objects of the process that calls the model; the server has
-none (no registry of functions by name), so ``sync``, ``query_text``, ``migrate`` (start),
-``run`` and ``shadow`` have no route. Migrations started in-process can be watched,
-planned (rows and texts; tokens and cost need the function) and promoted, rolled back,
-aborted or finished over HTTP.
+Embedding functions are Python objects of the process that calls the model, so the server
+has only those it was started with: ``simplevector serve --embedding SPEC`` (repeatable;
+the specs of the CLI: ``glove``, ``glove:X.Y.Z``, ``package.module:factory``), or
+``create_app(db, embeddings=[fn, ...])``. A function serves every namespace version bound
+to its model (the model string identifies it, DESIGN.md "Freshness"): :func:`attach`
+attaches it before a namespace route runs, and re-attaches it to a migration in progress.
+With one, ``query_text``, ``sync``, starting a migration (``{"model": ...}`` names one of
+the server's functions), ``run`` and ``shadow`` work over HTTP; without one they answer
+InvalidInput (no function attached), as the embedded calls do. Status, plan, promote,
+rollback, abort and finish need no function.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from simplevector._http import call, encode, payload
 from simplevector._security import note
 from simplevector.engine.errors import InvalidInput
 
-__all__ = ["ROUTES", "snapshot_path"]
+__all__ = ["ROUTES", "snapshot_path", "attach", "embedding_table"]
 
 #: a snapshot name the server accepts (the namespace name rule; never a ``.tmp`` name)
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -59,6 +64,43 @@ def snapshot_path(db_path: str, path):
 
 def _db(request):
     return request.app.state.db
+
+
+def embedding_table(functions) -> dict:
+    """model -> function of the server's embedding functions (InvalidInput for a bad one or
+    two with the same model)."""
+    from simplevector.ops.embeddings import check_function
+    table: dict = {}
+    for fn in functions or ():
+        check_function(fn)
+        if fn.model in table:
+            raise InvalidInput(f"two embedding functions for model {fn.model!r}; expected one "
+                               "per model")
+        table[fn.model] = fn
+    return table
+
+
+def attach(db, table: dict, name) -> None:
+    """Attach the server's function of each version's model to namespace ``name`` (and to
+    its migration in progress) where none is attached yet; versions whose dim differs from
+    the function's are left alone (their calls then say no function is attached)."""
+    if not table:
+        return
+    for v in db.list_namespaces_versions(name):
+        fn = table.get(v.model)
+        if fn is not None and fn.dim == v.dim and db.embedding_for(name, v.model) is None:
+            db.namespace(name, v.version, embedding=fn)
+    m = db.active_migration(name)
+    if m is not None and m.embedding is None and m.doc["to_model"] in table:
+        db.migrate(name, embedding=table[m.doc["to_model"]])
+
+
+def _attached(request):
+    """The namespace handle of ``{name}`` (``?version=``) with the server's functions."""
+    from simplevector._http import version
+    db = _db(request)
+    attach(db, request.app.state.embeddings, request.path_params["name"])
+    return db.namespace(request.path_params["name"], version(request))
 
 
 # -- snapshots -----------------------------------------------------------------------------
@@ -221,7 +263,83 @@ async def list_migrations(request):
 
 
 def _active(request):
-    return _db(request).migration(request.path_params["name"])
+    db = _db(request)
+    attach(db, request.app.state.embeddings, request.path_params["name"])
+    return db.migration(request.path_params["name"])
+
+
+async def migration_start(request):
+    """Start migrating the namespace to ``model`` (one of the server's embedding functions:
+    a new version, dual-write on), or re-attach to the migration in progress. Body: model,
+    index (of the new version; default inherited)."""
+    data = await payload(request, ("model", "index"))
+    if "model" not in data:
+        raise InvalidInput("starting a migration needs 'model' in the body (the model of one "
+                           "of the server's embedding functions)")
+    table = request.app.state.embeddings
+    fn = table.get(data["model"]) if isinstance(data["model"], str) else None
+    if fn is None:
+        raise InvalidInput(f"the server has no embedding function for model "
+                           f"{data['model']!r}; it has {sorted(table) or 'none'}",
+                           hint="start the server with --embedding SPEC for that model")
+    name = request.path_params["name"]
+    db = _db(request)
+    await call(attach, db, table, name)
+    note(request, to_model=fn.model)
+    m = await call(db.migrate, name, embedding=fn, index=data.get("index"))
+    out = await call(m.status)
+    note(request, migration=m.key, state=out["state"])
+    return encode(request, out, 201)
+
+
+async def migration_run(request):
+    """Back-fill (resumable) and verify; the status. Body: batch_size, max_batches."""
+    data = await payload(request, ("batch_size", "max_batches"))
+    m = await call(_active, request)
+    note(request, migration=m.key, **data)
+    out = await call(m.run, **data)
+    note(request, state=out["state"])
+    return encode(request, out)
+
+
+async def migration_shadow(request):
+    """Shadow queries against both versions: overlap@k, the new version's recall, latency
+    of each. Body: k, samples, seed."""
+    data = await payload(request, ("k", "samples", "seed"))
+    m = await call(_active, request)
+    note(request, migration=m.key)
+    report = await call(m.shadow, **data)
+    return encode(request, report.to_dict())
+
+
+# -- text: query_text and sync (need the server's embedding function) ------------------------
+async def query_text(request):
+    """Embed ``text`` (a str, or a list of str) with the namespace's model and query.
+    Body: text, k, where, include, nprobe, refine, exact."""
+    data = await payload(request, ("text", "k", "where", "include", "nprobe", "refine",
+                                   "exact"))
+    if "text" not in data:
+        raise InvalidInput("query_text needs 'text' in the body")
+    ns = await call(_attached, request)
+    hits = await call(ns.query_text, data["text"],
+                      **{k: v for k, v in data.items() if k != "text"})
+    return encode(request, {"single": isinstance(data["text"], str), "hits": hits})
+
+
+async def sync(request):
+    """Bring the namespace in line with ``records`` by content hash (embeds only new or
+    changed texts). Body: records, mode, source_key, batch_size."""
+    data = await payload(request, ("records", "mode", "source_key", "batch_size"))
+    records = data.get("records")
+    if not isinstance(records, list):
+        raise InvalidInput(f"records {records!r:.80} is not valid; expected a list of "
+                           '{"id", "text", "metadata"?, "updated_at"?} objects')
+    ns = await call(_attached, request)
+    note(request, count=len(records), mode=data.get("mode", "incremental"))
+    report = await call(ns.sync, records,
+                        **{k: v for k, v in data.items() if k != "records"})
+    note(request, embedded=report.embedded, tokens=report.tokens)
+    return encode(request, report.to_dict())
 
 
 async def migration_status(request):
@@ -280,7 +398,12 @@ ROUTES = [
     ("/v1/rate_limits", "POST", set_rate_limit, "set_rate_limit"),
     ("/v1/freshness", "GET", freshness, "freshness"),
     ("/v1/migrations", "GET", list_migrations, "migrations"),
+    (NS + "/query_text", "POST", query_text, "query_text"),
+    (NS + "/sync", "POST", sync, "sync"),
     (NS + "/migration", "GET", migration_status, "migration_status"),
+    (NS + "/migration", "POST", migration_start, "migration_start"),
+    (NS + "/migration/run", "POST", migration_run, "migration_run"),
+    (NS + "/migration/shadow", "POST", migration_shadow, "migration_shadow"),
     (NS + "/migration/plan", "POST", migration_plan, "migration_plan"),
     (NS + "/migration/promote", "POST", migration_promote, "migration_promote"),
     (NS + "/migration/rollback", "POST", migration_rollback, "migration_rollback"),

@@ -157,9 +157,24 @@ class Client:
         return RemoteNamespace(self, desc, pinned)
 
     # -- namespaces ------------------------------------------------------------------------------
-    def create_namespace(self, name, *, dim, metric="cosine", model=None,
-                         index="auto") -> "RemoteNamespace":
-        """Create ``name`` with version 1 live; raises NamespaceExists if it exists."""
+    def create_namespace(self, name, *, dim=None, metric="cosine", model=None,
+                         index="auto", embedding=None) -> "RemoteNamespace":
+        """Create ``name`` with version 1 live; raises NamespaceExists if it exists. With
+        ``embedding=fn`` dim and model come from the function (given as well, they must
+        agree); the server embeds with its own function of that model (``serve
+        --embedding``), which the model string identifies."""
+        if embedding is not None:
+            from simplevector.ops.embeddings import check_function
+            check_function(embedding)
+            if dim is not None and dim != embedding.dim:
+                raise InvalidInput(f"dim {dim!r} is not the embedding function's dim "
+                                   f"{embedding.dim}; expected {embedding.dim} or no dim")
+            if model is not None and model != embedding.model:
+                raise InvalidInput(f"model {model!r} is not the embedding function's model "
+                                   f"{embedding.model!r}; expected no model or the same")
+            dim, model = embedding.dim, embedding.model
+        if dim is None:
+            raise InvalidInput("dim None is not valid; expected dim=N or embedding=fn")
         desc = self._request("POST", "/v1/namespaces", body={
             "name": name, "dim": dim, "metric": metric, "model": model, "index": index})
         return self._handle(desc, None)
@@ -181,9 +196,19 @@ class Client:
         self._request("DELETE", self._ns_path(name), params={"version": version},
                       idempotent=False)
 
-    def namespace(self, name, version=None) -> "RemoteNamespace":
-        """A handle on ``name`` (its live version, or ``version``)."""
+    def namespace(self, name, version=None, *, embedding=None) -> "RemoteNamespace":
+        """A handle on ``name`` (its live version, or ``version``). ``embedding=fn`` is
+        checked against the version's model (ModelMismatch) and dim; the server embeds with
+        its own function of that model."""
         desc = self._request("GET", self._ns_path(name), params={"version": version})
+        if embedding is not None:
+            from simplevector.ops.embeddings import check_function
+            from simplevector.ops.sync import check_model
+            check_function(embedding)
+            check_model(name, desc["model"], embedding.model)
+            if embedding.dim != desc["dim"]:
+                raise InvalidInput(f"embedding function dim {embedding.dim} is not the dim "
+                                   f"{desc['dim']} of namespace {name!r}")
         return self._handle(desc, version)
 
     def list_namespaces(self) -> list:
@@ -307,6 +332,18 @@ class Client:
         """The migration in progress of ``name`` (MigrationError if there is none)."""
         return RemoteMigration(self, self._request("GET", self._ns_path(name, "/migration")))
 
+    def migrate(self, name, *, embedding, index=None):
+        """Start migrating ``name`` to ``embedding``'s model (an embedding function, or its
+        model string): the server runs its own function of that model (``serve
+        --embedding``; InvalidInput when it has none). Re-attaches to the migration in
+        progress for the same model. Returns a RemoteMigration."""
+        model = embedding if isinstance(embedding, str) else getattr(embedding, "model", None)
+        if not isinstance(model, str):
+            raise InvalidInput(f"embedding {embedding!r} is not valid; expected an embedding "
+                               "function or its model string")
+        return RemoteMigration(self, self._request(
+            "POST", self._ns_path(name, "/migration"), body={"model": model, "index": index}))
+
     def health(self):
         """The server database's HealthReport (the same class as ``db.health()``)."""
         from simplevector.ops.health import Finding, HealthReport
@@ -371,11 +408,11 @@ def _snapshot_info(d: dict):
 class RemoteMigration:
     """A migration on the server (``client.migration(name)``, ``client.migrations()``):
     ``namespace``, ``state``, ``from_version``, ``to_version``, ``active``, ``key`` and the
-    methods of :class:`simplevector.ops.migration.Migration` that need no embedding function:
-    ``status()``, ``plan()``, ``promote(force=)``, ``rollback()``, ``abort(drop=)``,
-    ``finish(drop_old=)`` (admin key for all but ``status``). ``run``, ``shadow`` and
-    starting a migration need the function, which lives in the process that calls the model:
-    they are not offered over HTTP."""
+    methods of :class:`simplevector.ops.migration.Migration`: ``status()``, ``plan()``,
+    ``run(batch_size=, max_batches=)``, ``shadow(k, samples, seed=)``, ``promote(force=)``,
+    ``rollback()``, ``abort(drop=)``, ``finish(drop_old=)`` (admin key for all but
+    ``status``). ``run`` and ``shadow`` call the server's embedding functions (``serve
+    --embedding``); no progress callback travels over HTTP."""
 
     def __init__(self, client: Client, status: dict):
         self._client = client
@@ -414,6 +451,18 @@ class RemoteMigration:
         """Rows, migratable rows and distinct texts (tokens and cost need the function)."""
         return self._client._request(
             "POST", self._client._ns_path(self.namespace, "/migration/plan"), body={})
+
+    def run(self, *, batch_size: int = 256, max_batches: int | None = None) -> dict:
+        """Back-fill (resumable) then verify, on the server; returns status()."""
+        return dict(self._post("run", {"batch_size": batch_size, "max_batches": max_batches}))
+
+    def shadow(self, k: int = 10, samples: int = 200, *, seed: int = 0):
+        """Shadow queries against both versions (a ShadowReport)."""
+        from simplevector.ops.migration import ShadowReport
+        d = self._client._request(
+            "POST", self._client._ns_path(self.namespace, "/migration/shadow"),
+            body={"k": k, "samples": samples, "seed": seed})
+        return ShadowReport(**d)
 
     def promote(self, *, force: bool = False) -> dict:
         return dict(self._post("promote", {"force": force}))
@@ -518,6 +567,30 @@ class RemoteNamespace:
         if explain:
             return hits, Plan(**data["plan"])
         return hits
+
+    def query_text(self, text, k: int = 10, where=None, include=("metadata",), **options):
+        """Embed ``text`` (a str, or a list of str) on the server with the namespace's
+        model and query: ``list[Hit]`` (``list[list[Hit]]`` for a list). InvalidInput when
+        the server has no embedding function of that model."""
+        body = {"text": list(text) if isinstance(text, tuple) else text, "k": k,
+                "include": include}
+        if where is not None:
+            body["where"] = where
+        body.update({key: v for key, v in options.items() if v is not None})
+        data = self._call("POST", "/query_text", body=body, idempotent=True)
+        if data["single"]:
+            return [_hit(h) for h in data["hits"]]
+        return [[_hit(h) for h in row] for row in data["hits"]]
+
+    def sync(self, records, *, mode: str = "incremental", source_key: str | None = None,
+             batch_size: int = 256):
+        """Bring the namespace in line with ``records`` by content hash, on the server
+        (one request: the records must fit its body limit); a SyncReport."""
+        from simplevector.ops.sync import SyncReport
+        body = {"records": list(records), "mode": mode, "batch_size": batch_size}
+        if source_key is not None:
+            body["source_key"] = source_key
+        return SyncReport(**self._call("POST", "/sync", body=body))
 
     def build_index(self, spec=None) -> dict:
         """Train (or re-train with a new spec) now; returns index_info()."""

@@ -39,7 +39,7 @@ from starlette.routing import Route
 import simplevector as sv
 from simplevector._http import call as _call, encode as _encode, int_param as _int_param
 from simplevector._http import payload as _payload, pick as _pick, version as _version
-from simplevector._server_ops import ROUTES as OPS_ROUTES
+from simplevector._server_ops import ROUTES as OPS_ROUTES, attach, embedding_table
 from simplevector._security import PERMISSIONS, authorize_namespace, guarded, note
 from simplevector._wire import MSGPACK, ND
 from simplevector.engine.errors import InvalidInput, SimpleVectorError
@@ -59,6 +59,7 @@ def _describe(ns) -> dict:
 
 def _namespace(request: Request):
     db = request.app.state.db
+    attach(db, request.app.state.embeddings, request.path_params["name"])   # dual-write
     return db.namespace(request.path_params["name"], _version(request))
 
 
@@ -428,7 +429,7 @@ class _Metrics:
 
 
 def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
-               audit_reads: bool = False, rate_limiter=None) -> Starlette:
+               audit_reads: bool = False, rate_limiter=None, embeddings=()) -> Starlette:
     """The ASGI app serving ``db`` (an ops-enabled :class:`simplevector.Database`).
 
     The app does not close ``db``; its owner does (``simplevector serve`` closes it, which
@@ -438,8 +439,11 @@ def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
     denied request (and reads with ``audit_reads``); None: no audit log. ``rate_limiter``:
     an object with ``check(principal, operation_id)`` that raises the 429 error when a key
     is over its rate (ops/ratelimit.py, another step of the work, plugs in here); None: no
-    limit.
+    limit. ``embeddings``: embedding functions (at most one per model) that serve every
+    namespace version bound to their model: ``query_text``, ``sync``, migrations
+    (:mod:`simplevector._server_ops`).
     """
+    table = embedding_table(embeddings)
     metrics = _Metrics()
     routes = [Route(path, guarded(endpoint, path, method, op_id, metrics, _error_response),
                     methods=[method], name=op_id)
@@ -455,4 +459,5 @@ def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
     app.state.audit = audit
     app.state.audit_reads = bool(audit_reads)
     app.state.rate_limiter = rate_limiter
+    app.state.embeddings = table
     return app

@@ -14,6 +14,7 @@ import pytest
 import simplevector as sv
 from simplevector.engine.planner import Plan
 
+import _embedfns
 from _numeric import assert_same_hits
 from _serverproc import ServerProcess
 
@@ -28,7 +29,7 @@ def backend(request, tmp_path_factory):
         yield db
         db.close()
         return
-    server = ServerProcess(path)
+    server = ServerProcess(path, "--embedding", "_embedfns:one", "--embedding", "_embedfns:two")
     client = sv.connect(server.url, wire="msgpack" if request.param.endswith("msgpack")
                         else "json")
     yield client
@@ -529,3 +530,81 @@ def test_migration_status_plan_promote_rollback_and_abort(migrated):
     with pytest.raises(sv.MigrationError, match="no migration in progress"):
         backend.migration("docs")
     assert backend.migrations("docs")[0].state == "aborted"
+
+
+def test_a_readonly_database_lists_and_takes_snapshots_but_records_no_consumer(
+        readonly_backend):
+    info = readonly_backend.snapshot()
+    assert info in readonly_backend.snapshots()
+    assert readonly_backend.verify_snapshot(info.path) == info
+    with pytest.raises(sv.ReadOnlyError):
+        list(readonly_backend.changes(0, consumer="feed"))
+    assert readonly_backend.consumers() == []
+
+
+# -- text: sync, query_text, a migration end to end (the server's --embedding functions) ------
+def _records(n, prefix="text"):
+    return [{"id": i, "text": f"{prefix} number {i}", "metadata": {"i": i}} for i in range(n)]
+
+
+def test_sync_embeds_only_changed_texts_and_query_text_matches_query(backend, name):
+    from simplevector.ops.sync import SyncReport
+    one = _embedfns.one()
+    ns = backend.create_namespace(name, embedding=one, metric="l2")
+    assert (ns.dim, ns.model) == (4, one.model)
+    first = ns.sync(_records(10))
+    assert isinstance(first, SyncReport)
+    assert (first.records, first.added, first.embedded, first.model) == (10, 10, 10, one.model)
+    assert first.tokens == one.count_tokens([r["text"] for r in _records(10)])
+    assert first.cost == pytest.approx(first.tokens / 1000 * 0.25)
+    changed = _records(10)
+    changed[3]["text"] = "a new text"
+    again = ns.sync(changed, mode="full")
+    assert (again.unchanged, again.updated, again.embedded) == (9, 1, 1)
+    hits = ns.query_text("text number 4", k=3)
+    assert hits[0].id == 4 and hits[0].distance == pytest.approx(0.0, abs=1e-5)
+    assert_same_hits(hits, ns.query(one.embed(["text number 4"])[0], k=3))
+    batch = ns.query_text(["text number 1", "text number 2"], k=1)
+    assert [row[0].id for row in batch] == [1, 2]
+
+
+def test_text_calls_without_an_embedding_function_raise_invalid_input(backend, name):
+    ns = backend.create_namespace(name, dim=4, metric="l2", model="nofn@1.0.0")
+    with pytest.raises(sv.InvalidInput, match="no embedding function"):
+        ns.query_text("x")
+    with pytest.raises(sv.InvalidInput, match="no embedding function"):
+        ns.sync(_records(2))
+    with pytest.raises(sv.ModelMismatch):
+        backend.namespace(name, embedding=_embedfns.one())
+
+
+def test_a_migration_runs_shadows_and_promotes_end_to_end(backend, name):
+    from simplevector.ops.migration import ShadowReport
+    one, two = _embedfns.one(), _embedfns.two()
+    ns = backend.create_namespace(name, embedding=one, metric="l2")
+    ns.sync(_records(20))
+    ns.query_text("text number 1", k=2)             # a recent query text for the shadow
+    m = backend.migrate(name, embedding=two)
+    assert (m.state, m.from_version, m.to_version) == ("backfilling", 1, 2)
+    status = m.run(batch_size=8)
+    assert (status["state"], status["rows_done"], status["embedded"]) == ("ready", 20, 20)
+    assert backend.namespace(name, 2).count() == 20
+    ns.sync(_records(21), mode="incremental")       # dual-write reaches the new version
+    assert backend.namespace(name, 2).count() == 21
+    report = m.shadow(k=3, samples=5)
+    assert isinstance(report, ShadowReport) and report.k == 3 and 0 <= report.overlap_at_k <= 1
+    assert m.promote()["state"] == "promoted"
+    live = backend.namespace(name, embedding=two)
+    assert (live.version, live.model) == (2, two.model)
+    hits = live.query_text("text number 5", k=1)
+    assert hits[0].id == 5
+    assert m.finish()["state"] == "finished"
+    [line] = [ln for ln in backend.cost().lines if ln.namespace == name and
+              ln.model == two.model]
+    assert line.by_op["migrate"]["texts"] == 21
+
+
+def test_migrating_to_the_live_model_raises_migration_error(backend, name):
+    backend.create_namespace(name, embedding=_embedfns.one(), metric="l2")
+    with pytest.raises(sv.MigrationError, match="already uses"):
+        backend.migrate(name, embedding=_embedfns.one())

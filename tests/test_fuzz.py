@@ -74,7 +74,8 @@ def test_query_with_ragged_vectors_is_400_not_500(tmp_path):
 
 
 AUTH_OPERATIONS = ["POST /v1/namespaces/{name}/upsert", "POST /v1/namespaces/{name}/query",
-                   "POST /v1/keys", "DELETE /v1/keys/{key_id}", "GET /v1/namespaces"]
+                   "POST /v1/keys", "DELETE /v1/keys/{key_id}", "GET /v1/namespaces",
+                   "POST /v1/snapshots", "POST /v1/budgets"]
 
 
 @pytest.mark.parametrize("operation", AUTH_OPERATIONS)
