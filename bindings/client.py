@@ -1,11 +1,22 @@
 """The HTTP client: the embedded API over the wire (``sv.connect(url)``).
 
 :class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
-(namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
-rows), ``metrics_text``, ``keys`` (the server's API keys, for an admin key)) and
-:class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
-``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
-arguments, return types and exceptions. Differences, by decision:
+(namespaces, versions, ``lsn``, ``changes`` (also as a named consumer), ``consumers``,
+``drop_consumer``, ``wal_retention``, ``snapshot``, ``snapshots``, ``prune_snapshots``,
+``verify_snapshot``, ``cost``, ``budgets``, ``set_budget``, ``rate_limits``,
+``set_rate_limit``, ``freshness``, ``migrations``, ``migration``, ``migrate``, ``health``,
+``latency`` (LatencySummary rows), ``metrics_text``, ``keys`` (the server's API keys, for
+an admin key)) and :class:`RemoteNamespace` those of :class:`simplevector.Namespace`
+(``upsert``, ``get``, ``delete``, ``count``, ``query``, ``query_text``, ``sync``,
+``build_index``, ``index_info``), with the same names, arguments, return types and
+exceptions. Differences, by decision:
+
+- Snapshot paths are on the server's machine and must be a name or a path directly under
+  its ``<db>/snapshots`` (InvalidInput otherwise; :mod:`simplevector._server_ops`).
+  ``sv.restore`` is offline (README, "Server"): no client method.
+- ``query_text``, ``sync`` and migrations embed with the *server's* function of the
+  namespace's model (``serve --embedding``); an ``embedding=fn`` given to the client is
+  checked (model, dim) and names that model. No progress callbacks over HTTP.
 
 - ``query(..., explain=True)`` returns ``(hits, Plan)`` with the same :class:`Plan`
   dataclass as the embedded database (its ``seconds`` are the server's).
@@ -242,6 +253,9 @@ class Client:
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"consumer {name!r} is not valid; expected a non-empty "
                                "printable string of at most 200 characters")
+        if "/" in name:
+            raise InvalidInput(f"consumer {name!r} cannot be addressed over HTTP; expected a "
+                               "name without '/'")
         return f"/v1/consumers/{quote(name, safe='')}{tail}"
 
     def consumers(self) -> list:

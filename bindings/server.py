@@ -15,7 +15,10 @@ vector or matrix may be sent as ``{"__ndarray__": <little-endian float32 bytes>,
 accepts msgpack) are msgpack with vectors in that form.
 
 Namespace routes take ``?version=N`` to address a version that is not live (default: the
-live one).
+live one). The lifecycle and freshness routes (snapshots, named consumers, WAL retention,
+costs, budgets, rate limits, freshness, migrations, ``query_text`` and ``sync`` with the
+server's embedding functions) live in :mod:`simplevector._server_ops`, which also states
+the rule for snapshot paths over HTTP and why restore has no route.
 
 Security (:mod:`simplevector._security`): once the database holds an API key, every ``/v1``
 route and ``/metrics`` need ``Authorization: Bearer <key>`` with the role and namespace
