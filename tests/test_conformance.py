@@ -502,6 +502,14 @@ def test_freshness_reports_the_namespace_and_its_migration(migrated):
     assert rep.with_provenance == FRESH_N and rep.migration is not None
     with pytest.raises(sv.NamespaceNotFound):
         backend.freshness("missing")
+    assert backend.freshness("docs", max_age=0)[0].older_than_max_age == FRESH_N
+
+
+@pytest.mark.parametrize("max_age", [-1, "soon", float("inf")])
+def test_freshness_with_a_bad_max_age_raises_invalid_input(migrated, max_age):
+    backend, _, _ = migrated
+    with pytest.raises(sv.InvalidInput, match="max_age"):
+        backend.freshness("docs", max_age=max_age)
 
 
 def test_migration_status_plan_promote_rollback_and_abort(migrated):
