@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import re
 
-from simplevector._http import call, encode, payload
+from simplevector._http import call, encode, payload, version
 from simplevector._security import note
 from simplevector.engine.errors import InvalidInput
 
@@ -97,7 +97,6 @@ def attach(db, table: dict, name) -> None:
 
 def _attached(request):
     """The namespace handle of ``{name}`` (``?version=``) with the server's functions."""
-    from simplevector._http import version
     db = _db(request)
     attach(db, request.app.state.embeddings, request.path_params["name"])
     return db.namespace(request.path_params["name"], version(request))
