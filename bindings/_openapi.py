@@ -8,7 +8,7 @@ create something), the error envelope for 4XX/5XX, and the bearer-key scheme.
 
 from __future__ import annotations
 
-__all__ = ["build", "BODIES", "QUERY", "CREATED", "NAME"]
+__all__ = ["build", "BODIES", "QUERY", "CREATED", "NAME", "CONSUMER"]
 
 _ID = {"type": ["string", "integer"]}
 _IDS = {"oneOf": [_ID, {"type": "array", "items": _ID}]}
@@ -17,6 +17,11 @@ _VECTORS = {"oneOf": [_VECTOR, {"type": "array", "items": _VECTOR}]}
 _INCLUDE = {"type": "array", "items": {"type": "string",
                                        "enum": ["metadata", "documents", "vectors"]}}
 _NULLABLE_STR = {"type": ["string", "null"]}
+_TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_RECORD = {"type": "object", "required": ["id", "text"],
+           "properties": {"id": _ID, "text": {"type": "string"},
+                          "metadata": {"type": ["object", "null"]},
+                          "updated_at": {"type": ["number", "string", "null"]}}}
 #: the engine's namespace name rule (engine/validate.py)
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}
 _CONFIG = {"dim": {"type": "integer", "minimum": 1, "maximum": 65536},
@@ -44,6 +49,39 @@ BODIES = {
                     "namespaces": {"type": ["array", "null"], "items": {"type": "string"}},
                     "expires": {"type": ["string", "number", "null"]},
                     "name": _NULLABLE_STR}, ["role"]),
+    "create_snapshot": ({"path": _NULLABLE_STR}, []),
+    "verify_snapshot": ({"path": {"type": "string"}}, ["path"]),
+    "prune_snapshots": ({"keep": {"type": "integer", "minimum": 0}}, ["keep"]),
+    "consumer_changes": ({"since": {"type": "integer", "minimum": 0},
+                          "limit": {"type": "integer", "minimum": 1}}, []),
+    "set_budget": ({"namespace": _NULLABLE_STR, "model": _NULLABLE_STR,
+                    "max_tokens": {"type": ["integer", "null"], "minimum": 0},
+                    "max_cost": {"type": ["number", "null"], "minimum": 0},
+                    "period": {"type": "string", "enum": ["hour", "day", "month", "total"]},
+                    "hard": {"type": "boolean"}, "remove": {"type": "boolean"}}, []),
+    "set_rate_limit": ({"namespace": NAME,
+                        "op": {"type": "string", "enum": ["query", "write", "embed"]},
+                        "per_second": {"type": ["number", "null"], "minimum": 0},
+                        "burst": {"type": ["number", "null"], "minimum": 1},
+                        "wait": {"type": "boolean"}}, ["namespace", "op"]),
+    "query_text": ({"text": _TEXTS,
+                    "k": {"type": "integer", "minimum": 1}, "where": {"type": "object"},
+                    "include": _INCLUDE, "nprobe": {"type": "integer", "minimum": 1},
+                    "refine": {"type": "integer", "minimum": 1},
+                    "exact": {"type": "boolean"}}, ["text"]),
+    "sync": ({"records": {"type": "array", "items": _RECORD},
+              "mode": {"type": "string", "enum": ["incremental", "full", "scoped_full"]},
+              "source_key": _NULLABLE_STR,
+              "batch_size": {"type": "integer", "minimum": 1}}, ["records"]),
+    "migration_start": ({"model": {"type": "string"}, "index": _NULLABLE_STR}, ["model"]),
+    "migration_run": ({"batch_size": {"type": "integer", "minimum": 1},
+                       "max_batches": {"type": ["integer", "null"], "minimum": 1}}, []),
+    "migration_shadow": ({"k": {"type": "integer", "minimum": 1},
+                          "samples": {"type": "integer", "minimum": 1},
+                          "seed": {"type": "integer"}}, []),
+    "migration_promote": ({"force": {"type": "boolean"}}, []),
+    "migration_abort": ({"drop": {"type": "boolean"}}, []),
+    "migration_finish": ({"drop_old": {"type": "boolean"}}, []),
 }
 
 #: operation id -> query parameters (besides ?version= on namespace routes)
@@ -52,10 +90,16 @@ QUERY = {
                 "window": {"type": "string"}},
     "changes": {"since": {"type": "integer", "minimum": 0},
                 "limit": {"type": "integer", "minimum": 1}},
+    "cost": {"window": {"type": "string"}},
+    "freshness": {"namespace": NAME, "max_age": {"type": "number", "minimum": 0}},
+    "migrations": {"namespace": NAME},
 }
 
 #: the POSTs that answer 201 Created
-CREATED = {"create_namespace", "create_version", "create_key"}
+CREATED = {"create_namespace", "create_version", "create_key", "create_snapshot",
+           "migration_start"}
+#: the engine's named-consumer rule (engine/retention.py)
+CONSUMER = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 def build(routes, permissions, version: str, msgpack_type: str) -> dict:
@@ -71,6 +115,9 @@ def build(routes, permissions, version: str, msgpack_type: str) -> dict:
         if "{key_id}" in path:
             params.append({"name": "key_id", "in": "path", "required": True,
                            "schema": {"type": "string"}})
+        if "{consumer}" in path:
+            params.append({"name": "consumer", "in": "path", "required": True,
+                           "schema": CONSUMER})
         for name, schema in QUERY.get(op_id, {}).items():
             params.append({"name": name, "in": "query", "required": False, "schema": schema})
         ok = "201" if op_id in CREATED else "200"

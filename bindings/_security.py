@@ -62,6 +62,34 @@ PERMISSIONS = {
     "list_keys": ("admin", "database"),
     "create_key": ("admin", "database"),
     "revoke_key": ("admin", "database"),
+    # lifecycle (_server_ops.py): verify reads every byte of a snapshot, so admin
+    "list_snapshots": ("read", "database"),
+    "create_snapshot": ("admin", "database"),
+    "prune_snapshots": ("admin", "database"),
+    "verify_snapshot": ("admin", "database"),
+    "wal_retention": ("read", "database"),
+    "consumers": ("read", "database"),
+    "consumer_changes": ("write", "database"),     # records a position that pins the WAL
+    "drop_consumer": ("admin", "database"),
+    # freshness (_server_ops.py)
+    "cost": ("read", "database"),
+    "budgets": ("read", "database"),
+    "set_budget": ("admin", "database"),
+    "rate_limits": ("read", "database"),
+    "set_rate_limit": ("admin", "database"),
+    "freshness": ("read", "database"),
+    "migrations": ("read", "database"),
+    "query_text": ("read", "namespace"),
+    "sync": ("write", "namespace"),
+    "migration_status": ("read", "namespace"),
+    "migration_start": ("admin", "namespace"),
+    "migration_run": ("admin", "namespace"),
+    "migration_shadow": ("admin", "namespace"),
+    "migration_plan": ("admin", "namespace"),
+    "migration_promote": ("admin", "namespace"),
+    "migration_rollback": ("admin", "namespace"),
+    "migration_abort": ("admin", "namespace"),
+    "migration_finish": ("admin", "namespace"),
 }
 
 _log = logging.getLogger("simplevector.server")

@@ -65,11 +65,16 @@ def is_loopback(host: str) -> bool:
                    "over it: 429 with Retry-After). Default: no limit.")
 @click.option("--key-burst", type=click.FloatRange(min=1), default=None,
               help="Burst of --key-rate (default: one second's worth).")
+@click.option("--embedding", "embedding_specs", multiple=True, metavar="SPEC",
+              help="An embedding function the server may call (repeatable): glove, "
+                   "glove:X.Y.Z or package.module:factory; it serves the namespaces bound "
+                   "to its model (query_text, sync, migrations).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="uvicorn's log level.")
 def serve(db_path, host, port, insecure, readonly, max_body_bytes, audit_dir, audit_stdout,
-          audit_reads, audit_max_bytes, audit_keep, key_rate, key_burst, log_level):
+          audit_reads, audit_max_bytes, audit_keep, key_rate, key_burst, embedding_specs,
+          log_level):
     """Serve the database at --db over HTTP (JSON and msgpack) until SIGTERM or Ctrl-C."""
     exposed = not is_loopback(host)
     if exposed and not insecure and not os.path.isdir(os.path.join(db_path, "lmdb")):
@@ -78,7 +83,9 @@ def serve(db_path, host, port, insecure, readonly, max_body_bytes, audit_dir, au
 
     from simplevector.ops.audit import AuditLog
     from simplevector.ops.keys import KeyStore
+    from simplevector.cli_fresh import load_embedding
     from simplevector.server import DEFAULT_MAX_BODY_BYTES, create_app
+    functions = [load_embedding(spec) for spec in embedding_specs]
     db = sv.open(db_path, readonly=readonly)
     log = None
     try:
@@ -100,7 +107,8 @@ def serve(db_path, host, port, insecure, readonly, max_body_bytes, audit_dir, au
             from simplevector.ops.ratelimit import KeyRateLimiter
             limiter = KeyRateLimiter(key_rate, key_burst)
         app = create_app(db, max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
-                         audit=log, audit_reads=audit_reads, rate_limiter=limiter)
+                         audit=log, audit_reads=audit_reads, rate_limiter=limiter,
+                         embeddings=functions)
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 lifespan="off", timeout_graceful_shutdown=30)
         _run_until_signal(uvicorn.Server(config))

@@ -1,11 +1,22 @@
 """The HTTP client: the embedded API over the wire (``sv.connect(url)``).
 
 :class:`Client` has the methods of :class:`simplevector.Database` that make sense remotely
-(namespaces, versions, ``lsn``, ``changes``, ``health``, ``latency`` (LatencySummary
-rows), ``metrics_text``, ``keys`` (the server's API keys, for an admin key)) and
-:class:`RemoteNamespace` those of :class:`simplevector.Namespace` (``upsert``, ``get``,
-``delete``, ``count``, ``query``, ``build_index``, ``index_info``), with the same names,
-arguments, return types and exceptions. Differences, by decision:
+(namespaces, versions, ``lsn``, ``changes`` (also as a named consumer), ``consumers``,
+``drop_consumer``, ``wal_retention``, ``snapshot``, ``snapshots``, ``prune_snapshots``,
+``verify_snapshot``, ``cost``, ``budgets``, ``set_budget``, ``rate_limits``,
+``set_rate_limit``, ``freshness``, ``migrations``, ``migration``, ``migrate``, ``health``,
+``latency`` (LatencySummary rows), ``metrics_text``, ``keys`` (the server's API keys, for
+an admin key)) and :class:`RemoteNamespace` those of :class:`simplevector.Namespace`
+(``upsert``, ``get``, ``delete``, ``count``, ``query``, ``query_text``, ``sync``,
+``build_index``, ``index_info``), with the same names, arguments, return types and
+exceptions. Differences, by decision:
+
+- Snapshot paths are on the server's machine and must be a name or a path directly under
+  its ``<db>/snapshots`` (InvalidInput otherwise; :mod:`simplevector._server_ops`).
+  ``sv.restore`` is offline (README, "Server"): no client method.
+- ``query_text``, ``sync`` and migrations embed with the *server's* function of the
+  namespace's model (``serve --embedding``); an ``embedding=fn`` given to the client is
+  checked (model, dim) and names that model. No progress callbacks over HTTP.
 
 - ``query(..., explain=True)`` returns ``(hits, Plan)`` with the same :class:`Plan`
   dataclass as the embedded database (its ``seconds`` are the server's).
@@ -39,7 +50,7 @@ from simplevector.engine.errors import InvalidInput, SimpleVectorError, error_cl
 from simplevector.engine.planner import Plan
 from simplevector.engine.types import Change, Hit, NamespaceInfo, Record, VersionInfo
 
-__all__ = ["Client", "RemoteNamespace", "RemoteKeys", "connect"]
+__all__ = ["Client", "RemoteNamespace", "RemoteKeys", "RemoteMigration", "connect"]
 
 RETRIES = 2
 RETRY_WAIT = 0.2
@@ -157,9 +168,24 @@ class Client:
         return RemoteNamespace(self, desc, pinned)
 
     # -- namespaces ------------------------------------------------------------------------------
-    def create_namespace(self, name, *, dim, metric="cosine", model=None,
-                         index="auto") -> "RemoteNamespace":
-        """Create ``name`` with version 1 live; raises NamespaceExists if it exists."""
+    def create_namespace(self, name, *, dim=None, metric="cosine", model=None,
+                         index="auto", embedding=None) -> "RemoteNamespace":
+        """Create ``name`` with version 1 live; raises NamespaceExists if it exists. With
+        ``embedding=fn`` dim and model come from the function (given as well, they must
+        agree); the server embeds with its own function of that model (``serve
+        --embedding``), which the model string identifies."""
+        if embedding is not None:
+            from simplevector.ops.embeddings import check_function
+            check_function(embedding)
+            if dim is not None and dim != embedding.dim:
+                raise InvalidInput(f"dim {dim!r} is not the embedding function's dim "
+                                   f"{embedding.dim}; expected {embedding.dim} or no dim")
+            if model is not None and model != embedding.model:
+                raise InvalidInput(f"model {model!r} is not the embedding function's model "
+                                   f"{embedding.model!r}; expected no model or the same")
+            dim, model = embedding.dim, embedding.model
+        if dim is None:
+            raise InvalidInput("dim None is not valid; expected dim=N or embedding=fn")
         desc = self._request("POST", "/v1/namespaces", body={
             "name": name, "dim": dim, "metric": metric, "model": model, "index": index})
         return self._handle(desc, None)
@@ -181,9 +207,19 @@ class Client:
         self._request("DELETE", self._ns_path(name), params={"version": version},
                       idempotent=False)
 
-    def namespace(self, name, version=None) -> "RemoteNamespace":
-        """A handle on ``name`` (its live version, or ``version``)."""
+    def namespace(self, name, version=None, *, embedding=None) -> "RemoteNamespace":
+        """A handle on ``name`` (its live version, or ``version``). ``embedding=fn`` is
+        checked against the version's model (ModelMismatch) and dim; the server embeds with
+        its own function of that model."""
         desc = self._request("GET", self._ns_path(name), params={"version": version})
+        if embedding is not None:
+            from simplevector.ops.embeddings import check_function
+            from simplevector.ops.sync import check_model
+            check_function(embedding)
+            check_model(name, desc["model"], embedding.model)
+            if embedding.dim != desc["dim"]:
+                raise InvalidInput(f"embedding function dim {embedding.dim} is not the dim "
+                                   f"{desc['dim']} of namespace {name!r}")
         return self._handle(desc, version)
 
     def list_namespaces(self) -> list:
@@ -199,12 +235,128 @@ class Client:
         """The server database's last committed LSN."""
         return self._request("GET", "/v1/lsn")["lsn"]
 
-    def changes(self, since: int = 0):
-        """Iterate committed changes with LSN > ``since`` (Change objects)."""
-        data = self._request("GET", "/v1/changes", params={"since": since})
+    def changes(self, since: int = 0, consumer: str | None = None):
+        """Iterate committed changes with LSN > ``since`` (Change objects). ``consumer=
+        "name"``: a named consumer acknowledges everything up to ``since``; the server
+        records its position durably and keeps the WAL after it (a writer key's right)."""
+        if consumer is None:
+            data = self._request("GET", "/v1/changes", params={"since": since})
+        else:
+            data = self._request("POST", self._consumer_path(consumer, "/changes"),
+                                 body={"since": since})
         return iter([Change(lsn=c["lsn"], op=c["op"], namespace=c["namespace"],
                             version=c["version"], ids=tuple(c["ids"]), ts=c["ts"])
                      for c in data["changes"]])
+
+    @staticmethod
+    def _consumer_path(name, tail: str = "") -> str:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"consumer {name!r} is not valid; expected a non-empty "
+                               "printable string of at most 200 characters")
+        if "/" in name:
+            raise InvalidInput(f"consumer {name!r} cannot be addressed over HTTP; expected a "
+                               "name without '/'")
+        return f"/v1/consumers/{quote(name, safe='')}{tail}"
+
+    def consumers(self) -> list:
+        """The named change-feed consumers: ``name``, ``lsn``, ``at``, ``lag`` (dicts)."""
+        return self._request("GET", "/v1/consumers")["consumers"]
+
+    def drop_consumer(self, name: str) -> None:
+        """Forget the named consumer: its position no longer holds the WAL (admin key)."""
+        self._request("DELETE", self._consumer_path(name), idempotent=False)
+
+    def wal_retention(self) -> dict:
+        """WAL bytes and why they are kept (the server's ``db.wal_retention()``)."""
+        return self._request("GET", "/v1/wal/retention")
+
+    # -- snapshots (paths are on the server's machine, under its snapshot directory) ------------
+    def snapshot(self, path=None):
+        """An online snapshot of the server's database (admin key): ``path`` None (the
+        default name), a bare name, or a path directly under the server's
+        ``<db>/snapshots``; the server refuses any other path with InvalidInput."""
+        return _snapshot_info(self._request("POST", "/v1/snapshots", body={
+            "path": None if path is None else str(path)}))
+
+    def snapshots(self) -> list:
+        """The complete snapshots in the server's ``<db>/snapshots``, oldest first."""
+        return [_snapshot_info(d) for d in self._request("GET", "/v1/snapshots")["snapshots"]]
+
+    def prune_snapshots(self, keep: int) -> list:
+        """Remove the snapshots older than the newest ``keep``; their SnapshotInfo."""
+        data = self._request("POST", "/v1/snapshots/prune", body={"keep": keep})
+        return [_snapshot_info(d) for d in data["removed"]]
+
+    def verify_snapshot(self, path):
+        """Check a snapshot (a name or a path under the server's snapshot directory)
+        against its manifest; its SnapshotInfo, or CorruptionError naming the bad file."""
+        return _snapshot_info(self._request("POST", "/v1/snapshots/verify", body={
+            "path": str(path)}, idempotent=True))
+
+    # -- costs, budgets, rate limits, freshness, migrations -----------------------------------
+    def cost(self, window=None):
+        """The server's CostReport over ``window`` (None: the whole ledger; "1h", "1d")."""
+        from simplevector.ops.costs import CostLine, CostReport
+        d = self._request("GET", "/v1/cost", params={
+            "window": None if window is None else str(window)})
+        return CostReport(**{**d, "lines": [CostLine(**ln) for ln in d["lines"]]})
+
+    def budgets(self) -> list:
+        """Every budget with its use in the current period (dicts)."""
+        return self._request("GET", "/v1/budgets")["budgets"]
+
+    def set_budget(self, namespace=None, model=None, max_tokens=None, max_cost=None,
+                   period="day", hard=True, *, remove: bool = False):
+        """Set (or ``remove``) a budget on the server (admin key); the Budget."""
+        from simplevector.ops.costs import Budget
+        d = self._request("POST", "/v1/budgets", body={
+            "namespace": namespace, "model": model, "max_tokens": max_tokens,
+            "max_cost": max_cost, "period": period, "hard": hard, "remove": remove})
+        return Budget(**{k: d[k] for k in ("namespace", "model", "max_tokens", "max_cost",
+                                           "period", "hard")})
+
+    def rate_limits(self) -> list:
+        """The server's configured rate limits (RateLimit objects)."""
+        from simplevector.ops.ratelimit import RateLimit
+        return [RateLimit(**d) for d in self._request("GET", "/v1/rate_limits")["rate_limits"]]
+
+    def set_rate_limit(self, namespace, op, per_second, burst=None, *, wait: bool = False):
+        """A token bucket for ``op`` on ``namespace`` (admin key); None removes it."""
+        from simplevector.ops.ratelimit import RateLimit
+        d = self._request("POST", "/v1/rate_limits", body={
+            "namespace": namespace, "op": op, "per_second": per_second, "burst": burst,
+            "wait": wait})["rate_limit"]
+        return None if d is None else RateLimit(**d)
+
+    def freshness(self, namespace=None, max_age=None) -> list:
+        """A FreshnessReport per live namespace of the server's database."""
+        from simplevector.ops.freshness import FreshnessReport
+        rows = self._request("GET", "/v1/freshness", params={
+            "namespace": namespace, "max_age": max_age})["freshness"]
+        return [FreshnessReport(**{k: v for k, v in r.items() if k != "stale_age_ratio"})
+                for r in rows]
+
+    def migrations(self, namespace=None) -> list:
+        """Every migration recorded in the server's database (RemoteMigration objects)."""
+        rows = self._request("GET", "/v1/migrations",
+                             params={"namespace": namespace})["migrations"]
+        return [RemoteMigration(self, r) for r in rows]
+
+    def migration(self, name):
+        """The migration in progress of ``name`` (MigrationError if there is none)."""
+        return RemoteMigration(self, self._request("GET", self._ns_path(name, "/migration")))
+
+    def migrate(self, name, *, embedding, index=None):
+        """Start migrating ``name`` to ``embedding``'s model (an embedding function, or its
+        model string): the server runs its own function of that model (``serve
+        --embedding``; InvalidInput when it has none). Re-attaches to the migration in
+        progress for the same model. Returns a RemoteMigration."""
+        model = embedding if isinstance(embedding, str) else getattr(embedding, "model", None)
+        if not isinstance(model, str):
+            raise InvalidInput(f"embedding {embedding!r} is not valid; expected an embedding "
+                               "function or its model string")
+        return RemoteMigration(self, self._request(
+            "POST", self._ns_path(name, "/migration"), body={"model": model, "index": index}))
 
     def health(self):
         """The server database's HealthReport (the same class as ``db.health()``)."""
@@ -258,6 +410,85 @@ def _api_key(d: dict):
     return ApiKey(id=d["id"], role=d["role"], namespaces=None if ns is None else tuple(ns),
                   created=d["created"], expires=d.get("expires"), revoked=d.get("revoked"),
                   name=d.get("name"))
+
+
+def _snapshot_info(d: dict):
+    from simplevector.engine.snapshot import SnapshotInfo
+    return SnapshotInfo(path=d["path"], lsn=d["lsn"], created_at=d["created_at"],
+                        bytes=d["bytes"], namespaces=tuple(d["namespaces"]),
+                        manifest_path=d["manifest_path"])
+
+
+class RemoteMigration:
+    """A migration on the server (``client.migration(name)``, ``client.migrations()``):
+    ``namespace``, ``state``, ``from_version``, ``to_version``, ``active``, ``key`` and the
+    methods of :class:`simplevector.ops.migration.Migration`: ``status()``, ``plan()``,
+    ``run(batch_size=, max_batches=)``, ``shadow(k, samples, seed=)``, ``promote(force=)``,
+    ``rollback()``, ``abort(drop=)``, ``finish(drop_old=)`` (admin key for all but
+    ``status``). ``run`` and ``shadow`` call the server's embedding functions (``serve
+    --embedding``); no progress callback travels over HTTP."""
+
+    def __init__(self, client: Client, status: dict):
+        self._client = client
+        self._status = status
+
+    namespace = property(lambda self: self._status["namespace"])
+    state = property(lambda self: self._status["state"])
+    from_version = property(lambda self: self._status["from_version"])
+    to_version = property(lambda self: self._status["to_version"])
+    active = property(lambda self: self._status["dual_write"])
+
+    @property
+    def key(self) -> str:
+        return f"migration:{self.namespace}:{self._status['seq']:06d}"
+
+    def __repr__(self):
+        s = self._status
+        return (f"<RemoteMigration {self.namespace} v{self.from_version}->v{self.to_version} "
+                f"{s['from_model']}->{s['to_model']} {self.state}>")
+
+    def _post(self, action: str, body=None) -> dict:
+        self._status = self._client._request(
+            "POST", self._client._ns_path(self.namespace, f"/migration/{action}"),
+            body=body or {})
+        return self._status
+
+    def status(self) -> dict:
+        """State, versions, models, cursor, counters, what is left, the latest shadow."""
+        for row in self._client._request("GET", "/v1/migrations",
+                                         params={"namespace": self.namespace})["migrations"]:
+            if row["seq"] == self._status["seq"]:
+                self._status = row
+        return dict(self._status)
+
+    def plan(self) -> dict:
+        """Rows, migratable rows and distinct texts (tokens and cost need the function)."""
+        return self._client._request(
+            "POST", self._client._ns_path(self.namespace, "/migration/plan"), body={})
+
+    def run(self, *, batch_size: int = 256, max_batches: int | None = None) -> dict:
+        """Back-fill (resumable) then verify, on the server; returns status()."""
+        return dict(self._post("run", {"batch_size": batch_size, "max_batches": max_batches}))
+
+    def shadow(self, k: int = 10, samples: int = 200, *, seed: int = 0):
+        """Shadow queries against both versions (a ShadowReport)."""
+        from simplevector.ops.migration import ShadowReport
+        d = self._client._request(
+            "POST", self._client._ns_path(self.namespace, "/migration/shadow"),
+            body={"k": k, "samples": samples, "seed": seed})
+        return ShadowReport(**d)
+
+    def promote(self, *, force: bool = False) -> dict:
+        return dict(self._post("promote", {"force": force}))
+
+    def rollback(self) -> dict:
+        return dict(self._post("rollback"))
+
+    def abort(self, *, drop: bool = True) -> dict:
+        return dict(self._post("abort", {"drop": drop}))
+
+    def finish(self, *, drop_old: bool = False) -> dict:
+        return dict(self._post("finish", {"drop_old": drop_old}))
 
 
 class RemoteKeys:
@@ -350,6 +581,30 @@ class RemoteNamespace:
         if explain:
             return hits, Plan(**data["plan"])
         return hits
+
+    def query_text(self, text, k: int = 10, where=None, include=("metadata",), **options):
+        """Embed ``text`` (a str, or a list of str) on the server with the namespace's
+        model and query: ``list[Hit]`` (``list[list[Hit]]`` for a list). InvalidInput when
+        the server has no embedding function of that model."""
+        body = {"text": list(text) if isinstance(text, tuple) else text, "k": k,
+                "include": include}
+        if where is not None:
+            body["where"] = where
+        body.update({key: v for key, v in options.items() if v is not None})
+        data = self._call("POST", "/query_text", body=body, idempotent=True)
+        if data["single"]:
+            return [_hit(h) for h in data["hits"]]
+        return [[_hit(h) for h in row] for row in data["hits"]]
+
+    def sync(self, records, *, mode: str = "incremental", source_key: str | None = None,
+             batch_size: int = 256):
+        """Bring the namespace in line with ``records`` by content hash, on the server
+        (one request: the records must fit its body limit); a SyncReport."""
+        from simplevector.ops.sync import SyncReport
+        body = {"records": list(records), "mode": mode, "batch_size": batch_size}
+        if source_key is not None:
+            body["source_key"] = source_key
+        return SyncReport(**self._call("POST", "/sync", body=body))
 
     def build_index(self, spec=None) -> dict:
         """Train (or re-train with a new spec) now; returns index_info()."""

@@ -15,7 +15,10 @@ vector or matrix may be sent as ``{"__ndarray__": <little-endian float32 bytes>,
 accepts msgpack) are msgpack with vectors in that form.
 
 Namespace routes take ``?version=N`` to address a version that is not live (default: the
-live one).
+live one). The lifecycle and freshness routes (snapshots, named consumers, WAL retention,
+costs, budgets, rate limits, freshness, migrations, ``query_text`` and ``sync`` with the
+server's embedding functions) live in :mod:`simplevector._server_ops`, which also states
+the rule for snapshot paths over HTTP and why restore has no route.
 
 Security (:mod:`simplevector._security`): once the database holds an API key, every ``/v1``
 route and ``/metrics`` need ``Authorization: Bearer <key>`` with the role and namespace
@@ -28,22 +31,21 @@ Every response carries ``X-Request-ID`` (the client's, when it sent a valid one)
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import simplevector as sv
-from simplevector._output import to_jsonable
+from simplevector._http import call as _call, encode as _encode, int_param as _int_param
+from simplevector._http import payload as _payload, pick as _pick, version as _version
+from simplevector._server_ops import ROUTES as OPS_ROUTES, attach, embedding_table
 from simplevector._security import PERMISSIONS, authorize_namespace, guarded, note
-from simplevector._wire import MSGPACK, ND, pack, unpack
-from simplevector.engine.errors import InvalidInput, LimitExceeded, SimpleVectorError
+from simplevector._wire import MSGPACK, ND
+from simplevector.engine.errors import InvalidInput, SimpleVectorError
 from simplevector.ops.health import disk_findings
 from simplevector.ops.capacity import disk_usage
 from simplevector.ops.keys import KeyStore
@@ -53,73 +55,6 @@ __all__ = ["create_app", "ROUTES", "DEFAULT_MAX_BODY_BYTES", "MSGPACK", "ND", "o
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 
 
-# -- encoding ---------------------------------------------------------------------------------
-def _encode(request: Request | None, data, status: int = 200) -> Response:
-    if request is not None and (request.headers.get("accept", "").startswith(MSGPACK) or
-                                request.headers.get("content-type", "").startswith(MSGPACK)):
-        return Response(pack(data), status, media_type=MSGPACK)
-    body = json.dumps(to_jsonable(data), ensure_ascii=False).encode("utf-8")
-    return Response(body, status, media_type="application/json")
-
-
-async def _payload(request: Request, allowed: tuple) -> dict:
-    """The request body as a dict (JSON or msgpack), size-limited, with known keys only."""
-    limit = request.app.state.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body:
-        return {}
-    if request.headers.get("content-type", "").startswith(MSGPACK):
-        data = unpack(body)
-    else:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidInput(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"the request body is a {type(data).__name__}; expected an object")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {unknown} in the request body; expected some of "
-                           f"{sorted(allowed)}")
-    return data
-
-
-def _too_large(size: int, limit: int) -> LimitExceeded:
-    return LimitExceeded(
-        f"the request body is {size} bytes or more; the server accepts at most {limit}",
-        hint="split the request into smaller batches, or start the server with a larger "
-             "--max-body-bytes", limit="max_body_bytes", maximum=limit, actual=size)
-
-
-def _version(request: Request):
-    raw = request.query_params.get("version")
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"version {raw!r} is not valid; expected an integer >= 1") from None
-
-
-def _int_param(request: Request, name: str, default):
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} {raw!r} is not valid; expected an integer") from None
-
-
 def _describe(ns) -> dict:
     return {"name": ns.name, "version": ns.version, "dim": ns.dim, "metric": ns.metric,
             "model": ns.model, "index": ns.index, "live": ns.live}
@@ -127,15 +62,8 @@ def _describe(ns) -> dict:
 
 def _namespace(request: Request):
     db = request.app.state.db
+    attach(db, request.app.state.embeddings, request.path_params["name"])   # dual-write
     return db.namespace(request.path_params["name"], _version(request))
-
-
-def _call(fn, *args, **kwargs):
-    return run_in_threadpool(fn, *args, **kwargs)
-
-
-def _pick(data: dict, *keys) -> dict:
-    return {k: data[k] for k in keys if k in data}
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -459,6 +387,7 @@ ROUTES = [
     ("/v1/keys", "GET", list_keys, "list_keys"),
     ("/v1/keys", "POST", create_key, "create_key"),
     ("/v1/keys/{key_id}", "DELETE", revoke_key, "revoke_key"),
+    *OPS_ROUTES,        # snapshots, consumers, costs, budgets, migrations (_server_ops.py)
 ]
 
 
@@ -503,7 +432,7 @@ class _Metrics:
 
 
 def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
-               audit_reads: bool = False, rate_limiter=None) -> Starlette:
+               audit_reads: bool = False, rate_limiter=None, embeddings=()) -> Starlette:
     """The ASGI app serving ``db`` (an ops-enabled :class:`simplevector.Database`).
 
     The app does not close ``db``; its owner does (``simplevector serve`` closes it, which
@@ -513,8 +442,11 @@ def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
     denied request (and reads with ``audit_reads``); None: no audit log. ``rate_limiter``:
     an object with ``check(principal, operation_id)`` that raises the 429 error when a key
     is over its rate (ops/ratelimit.py, another step of the work, plugs in here); None: no
-    limit.
+    limit. ``embeddings``: embedding functions (at most one per model) that serve every
+    namespace version bound to their model: ``query_text``, ``sync``, migrations
+    (:mod:`simplevector._server_ops`).
     """
+    table = embedding_table(embeddings)
     metrics = _Metrics()
     routes = [Route(path, guarded(endpoint, path, method, op_id, metrics, _error_response),
                     methods=[method], name=op_id)
@@ -530,4 +462,5 @@ def create_app(db, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, audit=None,
     app.state.audit = audit
     app.state.audit_reads = bool(audit_reads)
     app.state.rate_limiter = rate_limiter
+    app.state.embeddings = table
     return app

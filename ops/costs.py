@@ -115,6 +115,11 @@ class Budget:
     hard: bool = True
 
     def __post_init__(self):
+        for name in ("namespace", "model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or ":" in value):
+                raise InvalidInput(f"{name} {value!r} is not valid; expected None (any) or a "
+                                   "non-empty name without ':'")
         if self.max_tokens is None and self.max_cost is None:
             raise InvalidInput("a budget needs max_tokens, max_cost or both; got neither")
         for name in ("max_tokens", "max_cost"):

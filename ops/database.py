@@ -21,6 +21,7 @@ them off. They stop before the engine closes.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import threading
 import time
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from simplevector.engine import snapshot as snapshot_mod
 from simplevector.engine.database import Database
 from simplevector.engine.errors import ClosedError, InvalidInput
 from simplevector.engine.observer import Observer, compile_clock
@@ -468,6 +470,14 @@ class ObservedDatabase(FreshnessMixin):
                 pass
         return event
 
+    def verify_snapshot(self, path):
+        """Check the snapshot ``path`` (a snapshot directory, or the name of one in
+        ``<db>/snapshots``) against its manifest: every file's size and SHA-256. Returns its
+        SnapshotInfo; a damaged file raises CorruptionError naming it, a directory that is
+        not a snapshot InvalidInput. Reads files only (works read-only)."""
+        self._check_open()
+        return verify_snapshot_dir(self.path, path)
+
     # -- background loops ---------------------------------------------------------------------
     def _start_loop(self, name, interval, fn):
         if not interval or self.readonly:
@@ -515,6 +525,29 @@ _ENGINE_ATTRIBUTES = ("path", "readonly", "durability", "wal_keep_bytes", "wal_a
                       "auto_index_threshold", "checkpoint_lsn", "checkpoint_time",
                       "replayed_records", "memory_replayed_records", "counters",
                       "query_stats", "lsn", "writable", "closed", "ops_store", "limits")
+
+
+def verify_snapshot_dir(db_path: str, path):
+    """:meth:`ObservedDatabase.verify_snapshot`: ``path`` as given, or the snapshot of that
+    name in ``<db_path>/snapshots``; InvalidInput unless it holds a manifest (so a wrong
+    name is the caller's error, not a storage fault), then the engine's verify."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InvalidInput(f"snapshot path {path!r} is not valid; expected a snapshot "
+                           "directory or the name of one in the database's snapshots")
+    given = os.fspath(path)
+    named = os.path.join(db_path, snapshot_mod.SNAPSHOTS_DIR, given)
+    where = given if os.path.isdir(given) or not os.path.isdir(named) else named
+    where = os.path.abspath(where)
+    if not os.path.isfile(os.path.join(where, snapshot_mod.MANIFEST)):
+        raise InvalidInput(f"{where} is not a SimpleVector snapshot (no "
+                           f"{snapshot_mod.MANIFEST})",
+                           hint="list the snapshots with db.snapshots()")
+    manifest = snapshot_mod.verify(where)
+    return snapshot_mod.SnapshotInfo(
+        path=where, lsn=int(manifest["lsn"]), created_at=manifest["created_at"],
+        bytes=sum(int(f["bytes"]) for f in manifest["files"].values()),
+        namespaces=tuple(manifest["namespaces"]),
+        manifest_path=os.path.join(where, snapshot_mod.MANIFEST))
 
 
 def _forward_method(name):

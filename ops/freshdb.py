@@ -256,6 +256,11 @@ class FreshnessMixin:
     def freshness(self, namespace=None, max_age=None) -> list:
         """A FreshnessReport per live namespace (ops/freshness.py)."""
         self._check_open()
+        if max_age is not None and (isinstance(max_age, bool) or
+                                    not isinstance(max_age, (int, float)) or
+                                    not 0 <= max_age < float("inf")):
+            raise InvalidInput(f"max_age {max_age!r} is not valid; expected seconds (a "
+                               "number >= 0) or None for the threshold")
         if namespace is not None:
             self.engine.namespace(namespace)        # NamespaceNotFound when unknown
         return freshness_mod.freshness(self, namespace, max_age)

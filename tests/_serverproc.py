@@ -26,7 +26,10 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = f"{db_path}.server.log"
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the tests directory on the path: ``--embedding _embedfns:one`` imports from it
+        tests = os.path.dirname(os.path.abspath(__file__))
+        path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "simplevector.cli", "serve", "--db", str(db_path),
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",

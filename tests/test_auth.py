@@ -126,9 +126,12 @@ def test_keys_work_on_a_readonly_open_and_writes_need_a_writer(tmp_path):
 
 
 # -- the auth matrix ----------------------------------------------------------------------------
-def _request_for(op_id: str, revoke_id: str):
-    """(method, path, json body) of a valid request of each route, on namespace 'a'."""
+def _request_for(op_id: str, revoke_id: str, db=None):
+    """(method, path, json body) of a valid request of each route, on namespace 'a' (the
+    migration and text routes: 'm')."""
+    migrating = db.active_migration("m") if db is not None else None
     ns = "/v1/namespaces/a"
+    mig = "/v1/namespaces/m"            # the migration routes: a namespace no route drops
     vec = [1.0, 0.0, 0.0]
     return {
         "metrics": ("GET", "/metrics", None),
@@ -152,7 +155,71 @@ def _request_for(op_id: str, revoke_id: str):
         "list_keys": ("GET", "/v1/keys", None),
         "create_key": ("POST", "/v1/keys", {"role": "reader"}),
         "revoke_key": ("DELETE", f"/v1/keys/{revoke_id}", None),
+        "list_snapshots": ("GET", "/v1/snapshots", None),
+        "create_snapshot": ("POST", "/v1/snapshots", {}),
+        "prune_snapshots": ("POST", "/v1/snapshots/prune", {"keep": 10}),
+        "verify_snapshot": ("POST", "/v1/snapshots/verify", {"path": "matrix"}),
+        "wal_retention": ("GET", "/v1/wal/retention", None),
+        "consumers": ("GET", "/v1/consumers", None),
+        "consumer_changes": ("POST", "/v1/consumers/feed/changes", {"since": 0}),
+        "drop_consumer": ("DELETE", "/v1/consumers/feed", None),
+        "cost": ("GET", "/v1/cost", None),
+        "budgets": ("GET", "/v1/budgets", None),
+        "set_budget": ("POST", "/v1/budgets", {"namespace": "a", "max_tokens": 100}),
+        "rate_limits": ("GET", "/v1/rate_limits", None),
+        "set_rate_limit": ("POST", "/v1/rate_limits",
+                           {"namespace": "a", "op": "embed", "per_second": 0}),
+        "freshness": ("GET", "/v1/freshness", None),
+        "migrations": ("GET", "/v1/migrations", None),
+        "query_text": ("POST", mig + "/query_text", {"text": "one", "k": 1}),
+        "sync": ("POST", mig + "/sync", {"records": [{"id": 1, "text": "one"}]}),
+        "migration_start": ("POST", mig + "/migration", {
+            "model": migrating.doc["to_model"] if migrating else "m@2.0.0"}),
+        "migration_run": ("POST", mig + "/migration/run", {}),
+        "migration_shadow": ("POST", mig + "/migration/shadow", {"k": 1, "samples": 2}),
+        "migration_status": ("GET", mig + "/migration", None),
+        "migration_plan": ("POST", mig + "/migration/plan", {}),
+        "migration_promote": ("POST", mig + "/migration/promote", {}),
+        "migration_rollback": ("POST", mig + "/migration/rollback", {}),
+        "migration_abort": ("POST", mig + "/migration/abort", {}),
+        "migration_finish": ("POST", mig + "/migration/finish", {}),
     }[op_id]
+
+
+def _fn(model):
+    return sv.embeddings.Callable(
+        lambda texts: np.array([[len(t), 1.0, 2.0] for t in texts], dtype=np.float32),
+        model=model, dim=3)
+
+
+#: the migration state each migration route needs to succeed
+MIGRATION_NEEDS = {"migration_status": None, "migration_plan": None, "migration_start": None,
+                   "migration_run": "ready", "migration_shadow": None,
+                   "migration_promote": "ready", "migration_rollback": "promoted",
+                   "migration_abort": "ready", "migration_finish": "promoted"}
+
+
+def _prepare(db, op_id: str) -> None:
+    """Put the matrix database in the state in which ``op_id`` succeeds: namespace 'a' as
+    made, a consumer 'feed' for drop_consumer, a migration of 'm' in the right state."""
+    if "a" not in [i.name for i in db.list_namespaces()]:
+        db.create_namespace("a", dim=3, metric="l2").upsert(
+            [1, 2], np.eye(3, dtype=np.float32)[:2])
+    if op_id == "drop_consumer":
+        list(db.changes(db.lsn, consumer="feed"))
+    if op_id not in MIGRATION_NEEDS:
+        return
+    m = db.active_migration("m")
+    if m is None:
+        live = db.namespace("m").model
+        m = db.migrate("m", embedding=_fn("m@2.0.0" if live == "m@1.0.0" else "m@1.0.0"))
+    want = MIGRATION_NEEDS[op_id]
+    if want == "ready" and m.state == "promoted":
+        m.rollback()
+    if m.state != "promoted":
+        db.migrate("m", embedding=_fn(m.doc["to_model"])).run()
+    if want == "promoted" and m.state != "promoted":
+        m.promote()
 
 
 CALLERS = ["none", "wrong", "expired", "revoked", "reader", "writer", "admin", "other_ns"]
@@ -176,6 +243,9 @@ def matrix(tmp_path_factory):
     db = sv.open(tmp / "db", checkpoint_interval=0)
     db.create_namespace("a", dim=3, metric="l2").upsert([1, 2], np.eye(3, dtype=np.float32)[:2])
     db.create_namespace("b", dim=3, metric="l2")
+    db.create_namespace("m", dim=3, metric="l2", model="m@1.0.0").upsert(
+        [1, 2], np.eye(3, dtype=np.float32)[:2], documents=["one", "two"])
+    db.snapshot(os.path.join(db.path, "snapshots", "matrix"))
     keys = {}
     for role in ("reader", "writer", "admin"):
         keys[role] = db.keys.create(role)[0]
@@ -186,7 +256,7 @@ def matrix(tmp_path_factory):
     keys["revoked"] = revoked_text
     keys["wrong"] = keys["admin"][:-6] + "AAAAAA"
     log = audit_mod.AuditLog(tmp / "audit", sync=False)
-    app = create_app(db, audit=log)
+    app = create_app(db, audit=log, embeddings=[_fn("m@1.0.0"), _fn("m@2.0.0")])
     with TestClient(app, raise_server_exceptions=False) as http:
         yield db, http, keys, tmp / "audit"
     log.close()
@@ -197,9 +267,7 @@ def matrix(tmp_path_factory):
 @pytest.mark.parametrize("caller", CALLERS)
 def test_auth_matrix(matrix, caller, op_id):
     db, http, keys, audit_dir = matrix
-    if "a" not in [i.name for i in db.list_namespaces()]:
-        db.create_namespace("a", dim=3, metric="l2").upsert(
-            [1, 2], np.eye(3, dtype=np.float32)[:2])
+    _prepare(db, op_id)
     if _expected(caller, op_id) == "ok":
         if op_id == "create_namespace":
             db.drop_namespace("a")
@@ -207,7 +275,7 @@ def test_auth_matrix(matrix, caller, op_id):
                                                    .versions]:
             db.create_version("a")
     victim = db.keys.create("reader")[1].id
-    method, path, body = _request_for(op_id, victim)
+    method, path, body = _request_for(op_id, victim, db)
     headers = {} if caller == "none" else {"Authorization": f"Bearer {keys[caller]}"}
     r = http.request(method, path, json=body, headers=headers)
     want = _expected(caller, op_id)
@@ -445,3 +513,24 @@ def test_real_server_with_key_rate_answers_429_with_retry_after(tmp_path):
             assert 0 < info.value.retry_after <= 5
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_lifecycle_and_freshness_admin_actions_are_audited_with_what_they_did(matrix):
+    db, http, keys, audit_dir = matrix
+    auth = {"Authorization": f"Bearer {keys['admin']}"}
+    r = http.post("/v1/snapshots", json={"path": "audited"}, headers=auth)
+    assert r.status_code == 201
+    r2 = http.post("/v1/budgets", json={"namespace": "b", "max_cost": 2.5}, headers=auth)
+    assert r2.status_code == 200
+    by_id = {e["request_id"]: e for e in audit_mod.read_entries(audit_dir)}
+    snap = by_id[r.headers["x-request-id"]]
+    assert (snap["action"], snap["outcome"], snap["path"], snap["lsn"]) == (
+        "create_snapshot", "ok", r.json()["path"], r.json()["lsn"])
+    budget = by_id[r2.headers["x-request-id"]]
+    assert (budget["action"], budget["budget_namespace"], budget["budget_max_cost"]) == (
+        "set_budget", "b", 2.5)
+    r3 = http.post("/v1/snapshots/prune", json={"keep": -1}, headers=auth)
+    assert r3.status_code == 400
+    failed = {e["request_id"]: e for e in audit_mod.read_entries(audit_dir)}[
+        r3.headers["x-request-id"]]
+    assert (failed["outcome"], failed["error"], failed["keep"]) == ("error", "invalid_input", -1)

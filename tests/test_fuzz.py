@@ -29,9 +29,16 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 OPERATIONS = [f"{method} {path}" for path, method, _, _ in ROUTES if path != "/openapi.json"]
 
 
+#: the server's embedding function: namespace ``fz`` is bound to its model, so the fuzzer
+#: reaches into query_text, sync and the migration routes
+FN = sv.embeddings.Callable(
+    lambda texts: np.array([[len(t) + 1.0, t.count("a") + 1.0, 1.0] for t in texts],
+                           dtype=np.float32), model="fz@1.0.0", dim=3)
+
+
 def _fill(db):
     if "fz" not in [i.name for i in db.list_namespaces()]:
-        ns = db.create_namespace("fz", dim=3, metric="l2")
+        ns = db.create_namespace("fz", dim=3, metric="l2", model=FN.model)
         ns.upsert([1, "a"], np.eye(3, dtype=np.float32)[:2], metadata=[{"k": 1}, None],
                   documents=["one", None])
 
@@ -41,8 +48,8 @@ def test_openapi_fuzz(tmp_path, operation):
     db = sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False)
     try:
         _fill(db)
-        schema = schemathesis.openapi.from_asgi("/openapi.json",
-                                                create_app(db, max_body_bytes=1 << 20))
+        schema = schemathesis.openapi.from_asgi(
+            "/openapi.json", create_app(db, max_body_bytes=1 << 20, embeddings=[FN]))
         [op] = [r.ok() for r in schema.get_all_operations()
                 if f"{r.ok().method.upper()} {r.ok().path}" == operation]
 
@@ -74,7 +81,8 @@ def test_query_with_ragged_vectors_is_400_not_500(tmp_path):
 
 
 AUTH_OPERATIONS = ["POST /v1/namespaces/{name}/upsert", "POST /v1/namespaces/{name}/query",
-                   "POST /v1/keys", "DELETE /v1/keys/{key_id}", "GET /v1/namespaces"]
+                   "POST /v1/keys", "DELETE /v1/keys/{key_id}", "GET /v1/namespaces",
+                   "POST /v1/snapshots", "POST /v1/budgets"]
 
 
 @pytest.mark.parametrize("operation", AUTH_OPERATIONS)

@@ -3,6 +3,7 @@ command and its graceful shutdown. The API's behaviour is tests/test_conformance
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -299,3 +300,58 @@ def test_serve_says_it_runs_without_keys_and_copies_audit_lines_to_stdout(tmp_pa
     assert [e["action"] for e in lines] == ["create_namespace"]
     with open(next((tmp_path / "db" / "audit").glob("audit-*.jsonl"))) as f:
         assert json_mod.loads(f.readline()) == lines[0]
+
+
+@pytest.mark.parametrize("path", ["../escape", "a/b", "x.tmp", ".hidden", "", "/etc/sv-snap",
+                                  "snapshots/../../x", 7])
+def test_a_snapshot_path_outside_the_snapshot_directory_is_400_and_writes_nothing(
+        app_db, http, tmp_path, path):
+    for route in ("/v1/snapshots", "/v1/snapshots/verify"):
+        r = http.post(route, json={"path": path})
+        assert r.status_code == 400, (route, r.text)
+        assert r.json()["error"]["code"] == "invalid_input"
+    assert app_db.snapshots() == []
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()
+
+
+def test_an_absolute_snapshot_path_elsewhere_is_refused_but_one_under_snapshots_is_taken(
+        app_db, http, tmp_path):
+    outside = tmp_path / "elsewhere" / "snap"
+    r = http.post("/v1/snapshots", json={"path": str(outside)})
+    assert r.status_code == 400 and "not allowed over HTTP" in r.json()["error"]["message"]
+    assert not outside.exists()
+    inside = os.path.join(app_db.path, "snapshots", "nightly")
+    r = http.post("/v1/snapshots", json={"path": inside})
+    assert r.status_code == 201 and r.json()["path"] == inside
+    assert [s.path for s in app_db.snapshots()] == [inside]
+
+
+def test_restore_has_no_route(http):
+    """Restore renames a new directory into place: an offline operation (README, Server)."""
+    assert http.post("/v1/restore", json={}).status_code == 404
+    assert not [p for p, _, _, _ in ROUTES if "restore" in p]
+
+
+def test_a_migration_to_a_model_the_server_has_no_function_for_is_400(app_db, http):
+    app_db.create_namespace("docs", dim=4, metric="l2", model="m@1.0.0")
+    r = http.post("/v1/namespaces/docs/migration", json={"model": "other@2.0.0"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+    assert "no embedding function for model 'other@2.0.0'" in r.json()["error"]["message"]
+    assert [v.version for v in app_db.list_namespaces()[0].versions] == [1]
+    assert app_db.migrations() == []
+
+
+def test_create_app_refuses_two_embedding_functions_of_one_model(app_db):
+    fn = sv.embeddings.Callable(lambda t: np.ones((len(t), 2), np.float32), model="m@1.0.0",
+                                dim=2)
+    with pytest.raises(sv.InvalidInput, match="two embedding functions"):
+        create_app(app_db, embeddings=[fn, fn])
+    with pytest.raises(sv.InvalidInput):
+        create_app(app_db, embeddings=["not a function"])
+
+
+def test_serve_with_a_bad_embedding_spec_exits_1_with_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "db"),
+                                       "--embedding", "no_such_module_xyz:factory"])
+    assert result.exit_code == 1 and result.output.startswith("error: ")
+    assert "cannot be loaded" in result.output
