@@ -197,6 +197,7 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
         for f in findings[first:]:
             f.version = config.version
         stats.append(entry)
+    findings.append(_dead_space(db))
     models = {}
     for entry in stats:
         models.setdefault(entry["namespace"], []).append(
@@ -211,6 +212,25 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
             + ("; finish or roll back the migration, drop unused versions" if sev != "ok"
                else ""), runbook("model-updates")))
     return findings, stats
+
+
+def _dead_space(db) -> Finding:
+    """Informational: row-file bytes held by tombstones (given back by a compaction) and
+    the compaction policy's last run; graded by ``tombstone_ratio`` per version."""
+    dead = sum(v.tombstones * v.dim * 4 for v in db.version_statuses())
+    policy = db.compaction_status()
+    last = policy["last"]
+    if not policy["ratio"]:
+        when = "automatic compaction is off (compact_ratio=0)"
+    else:
+        when = f"the policy compacts a version at {policy['ratio']:.0%} tombstones"
+    if last is not None:
+        when += ("; last compaction "
+                 + (f"gave back {last['bytes_before'] - last['bytes_after']} bytes"
+                    if last.get("ok") else f"failed: {last.get('error')}"))
+    return Finding("dead_space", "ok", None, dead, None,
+                   f"{dead} bytes of row files hold tombstones; {when}",
+                   runbook("tombstones-and-compaction"))
 
 
 def _restorable(snapshots, archive, now: float) -> Finding:

@@ -394,3 +394,21 @@ def test_runbook_reclaim_space_commands_run_as_written(tmp_path, monkeypatch):
     with sv.open("data", readonly=True) as db:
         assert db.namespace("docs").count() == 2500 and db.namespace("other").count() == 2000
         assert all(s.tombstones == 0 for s in db.version_statuses())
+
+
+def test_health_reports_dead_space_and_the_policy(tmp_path):
+    with sv.open(tmp_path / "db", checkpoint_interval=0, compact_ratio=0) as db:
+        ns = db.create_namespace("h", dim=DIM, metric="l2", index="Flat")
+        ns.upsert(list(range(1000)), _rows(1000, 1))
+        ns.delete(list(range(600)))
+
+        def finding(name):
+            return next(f for f in db.health().findings if f.check == name)
+        assert finding("dead_space").value == 600 * DIM * 4
+        assert "off (compact_ratio=0)" in finding("dead_space").message
+        tomb = finding("tombstone_ratio")
+        assert tomb.severity == "critical" and "simplevector compact" in tomb.message
+        ns.compact()
+        assert finding("dead_space").value == 0
+        assert finding("tombstone_ratio").severity == "ok"
+        assert "last compaction gave back" in finding("dead_space").message
