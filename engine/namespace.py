@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import schema, validate
+from . import schema, validate, warmup
 from .apply import pack, unpack
 from .errors import InvalidInput, StorageError
 from .filters import compile_filter
@@ -326,7 +326,7 @@ class Namespace:
         self._db._notify_query(self.name, plan, Q)
         return (D, ids, plan) if explain else (D, ids)
 
-    def _execute(self, vectors, k, where, nprobe, refine, exact, t0):
+    def _execute(self, vectors, k, where, nprobe, refine, exact, t0, cold_ok=True):
         """Validate, plan and run a query: (state, view, prepared queries, D (nq, k) float32,
         P (nq, k) positions padded with +inf / -1, Plan, time the search ended)."""
         config = self._config()
@@ -353,9 +353,20 @@ class Namespace:
         matched = view.live if plan.matched is None else plan.matched
         all_alive = node is None and view.live == view.n   # no tombstones, no filter
         index = None if exact else state.index
+        kind = warmup.kind_of(index, view.n * config.dim) if cold_ok and len(Q) == 1 else None
+        cold = None
+        if kind is not None and matched and not warmup.loaded(kind):
+            cold = self._cold(view, index, Q[0], code, k, node, mask, matched, nprobe, refine,
+                              plan)
         if matched == 0:
             D = np.full((len(Q), k), np.inf, np.float32)
             P = np.full((len(Q), k), -1, np.int64)
+        elif cold is not None:
+            # the first query of this kind in the process, answered in numpy; the kernels
+            # load on a background thread running the same query (engine/warmup.py)
+            D, P = cold
+            warmup.start(kind, functools.partial(
+                self._execute, vectors, k, where, nprobe, refine, exact, t0, cold_ok=False))
         elif index is not None:
             D, P = self._search_ivf(state, index, view, Q, code, k, mask, matched, nprobe,
                                     refine, plan, all_alive)
@@ -373,6 +384,32 @@ class Namespace:
         plan.short = int(np.count_nonzero((P >= 0).sum(axis=1) < want)) if want else 0
         plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2}
         return state, view, Q, D, P, plan, t3
+
+    @staticmethod
+    def _cold(view, index, q, code, k, node, mask, matched, nprobe, refine, plan):
+        """Answer one query in numpy while its kernels load (engine/warmup.py): the IVF
+        search in numpy (unfiltered), or an exact scan of the allowed rows when
+        they hold at most COLD_EXACT_VALUES values. (D, P) padded, or None when neither
+        applies (the query then waits for the kernels)."""
+        dim = view.X.shape[1]
+        reason = "the numba kernels of this query are loading (a first query of the process)"
+        if index is not None and node is None:
+            probes = min(nprobe or index.spec.default_nprobe(), index.nlist)
+            refine = refine or index.spec.refine or 1
+            d, p = warmup.ivf_search(index, view.X, q, code, k, probes, refine,
+                                     None if view.live == view.n else view.alive)
+            if len(p) >= min(k, matched):
+                plan.index, plan.nprobe, plan.spec = "ivf-numpy", probes, index.spec_text
+                plan.refine = refine
+                plan.reason = reason + ": the same IVF search in numpy"
+                return _padded(d, p, k)
+        if matched * dim > warmup.COLD_EXACT_VALUES:
+            return None
+        allowed = None if node is None and view.live == view.n else mask
+        d, p = warmup.exact(view.X, view.xnorm2, q, code, k, allowed)
+        plan.index, plan.candidates = "exact-numpy", matched
+        plan.reason = reason + ": an exact numpy scan"
+        return _padded(d, p, k)
 
     def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
                     all_alive):

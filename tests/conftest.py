@@ -1,8 +1,16 @@
 """Shared fixtures for the engine suites (kept tiny on purpose)."""
 
+import os
+
 import pytest
 
-import simplevector as sv
+# First queries of a process answered in numpy while the kernels load (engine/warmup.py)
+# would make a plan depend on which test ran first; tests/test_warmup.py turns it back on
+# in the processes it starts. Set before anything is imported, so servers and children
+# started by tests inherit it.
+os.environ["SIMPLEVECTOR_COLD_QUERIES"] = "0"
+
+import simplevector as sv  # noqa: E402
 
 
 @pytest.fixture

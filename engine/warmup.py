@@ -1,0 +1,213 @@
+"""The first queries of a process, answered while numba loads the query kernels.
+
+numba loads each compiled kernel from its on-disk cache on the kernel's first call in a
+process. On the 2-core machines this project runs on that is ~0.2 s of numba's own
+start-up plus 0.15-0.3 s for the IVF query kernels: more than reopening a 1M-row database
+takes (tens of milliseconds, engine/segments.py). So until the kernels a query needs are
+loaded, a single query over at most :data:`COLD_EXACT_VALUES` stored float32 values is
+answered by :func:`exact`, an exact scan in numpy (one BLAS product, numpy selection, exact
+distances for the selected rows, ties by lower position: what the flat kernels return), and
+the same query runs once through the kernels on a background thread, which loads them.
+Exact results are the recall reference, so a cold answer is never worse than the index's;
+``explain`` names the path (``exact-numpy``) and the reason. Bigger versions wait for the
+kernels as before (a scan of more values would take longer than loading them).
+
+A kind of query counts as loaded once its background run finished, or when its numba
+dispatchers already hold a compiled signature in this process (any earlier query, a test).
+``SIMPLEVECTOR_COLD_QUERIES=0`` in the environment turns the numpy path off: every query
+then runs through the kernels, the first ones waiting for them (the test suite does this,
+so that a plan does not depend on which test ran first).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from .kernels import flat, ivffused, topk
+from .kernels.distances import IP, L2
+
+#: An exact numpy scan answers cold queries over up to this many stored values (rows x dim):
+#: 2**27 = 1M x 128, a 512 MiB scan, ~50-60 ms memory-bound here.
+COLD_EXACT_VALUES = 1 << 27
+
+#: The numba dispatchers each kind of query calls (all must be loaded).
+_DISPATCHERS = {
+    "ivfpq": (ivffused, ("probe_and_count", "pq_search_serial")),
+    "ivfflat": (ivffused, ("flat_lists_serial",)),
+    "flat": (flat, ("_search_serial",)),
+    "flat-blas": (topk, ("_topk_smallest_kernel",)),
+}
+
+_lock = threading.Lock()
+_started: set = set()
+_done: set = set()
+
+
+def kind_of(index, values: int) -> str:
+    """The kernel family a single query of this version runs through."""
+    if index is None:
+        from .planner import use_blas_scan
+        return "flat-blas" if use_blas_scan(values) else "flat"
+    return "ivfpq" if index.m else "ivfflat"
+
+
+def enabled() -> bool:
+    return os.environ.get("SIMPLEVECTOR_COLD_QUERIES", "1") != "0"
+
+
+def loaded(kind: str) -> bool:
+    if kind in _done or not enabled():
+        return True
+    module, names = _DISPATCHERS[kind]
+    for name in names:
+        dispatcher = getattr(module, name, None)
+        if dispatcher is None or not getattr(dispatcher, "signatures", None):
+            return False
+    _done.add(kind)
+    return True
+
+
+def start(kind: str, fn) -> None:
+    """Run ``fn`` (a query through the kernels) once per kind on a background thread."""
+    with _lock:
+        if kind in _started:
+            return
+        _started.add(kind)
+
+    def run():
+        try:
+            fn()
+        except Exception:       # the next query loads the kernels on its own thread
+            pass
+        finally:
+            _done.add(kind)
+    threading.Thread(target=run, name=f"simplevector-warmup-{kind}", daemon=True).start()
+
+
+def exact(X, xnorm2, q, metric: int, k: int, mask=None):
+    """Exact top-k of one query in numpy: ``(dist float32, pos int64)`` sorted by distance
+    then position. Rows are selected by ``||x||^2 - 2 x.q`` (l2), ``-x.q`` (ip) or
+    ``1 - x.q`` (cosine, unit rows), every row tied with the k-th kept, then their
+    distances computed exactly; ``mask`` (bool, n) allows rows."""
+    n = X.shape[0]
+    scores = X @ q
+    if metric == L2:
+        d = xnorm2[:n] - np.float32(2.0) * scores
+    elif metric == IP:
+        d = -scores
+    else:
+        d = np.float32(1.0) - scores
+    if mask is not None:
+        d[~mask] = np.inf
+    kk = min(k, n)
+    if kk <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if kk < n:
+        bound = d[np.argpartition(d, kk - 1)[:kk]].max()
+        cand = np.flatnonzero(d <= bound)
+    else:
+        cand = np.arange(n)
+    cand = cand[np.isfinite(d[cand])]
+    rows = np.asarray(X[cand])
+    if metric == L2:
+        diff = rows - q
+        dist = np.einsum("ij,ij->i", diff, diff)
+    elif metric == IP:
+        dist = -(rows @ q)
+    else:
+        dist = np.float32(1.0) - rows @ q
+    dist = dist.astype(np.float32)
+    order = np.lexsort((cand, dist))[:k]
+    return dist[order], cand[order].astype(np.int64)
+
+
+def ivf_search(index, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):
+    """The IVF kernels' single-query search in numpy: ``(dist, pos)`` like :func:`exact`.
+
+    Probe the ``nprobe`` lists nearest to ``q`` (as the kernels do); with PQ codes, score
+    every allowed code of those lists by ADC (per-list tables of ``q - c_l`` against the
+    codebooks for l2, ``q . c_l`` plus query tables for ip) and re-rank the best
+    ``k * refine`` exactly; without codes (IVF-Flat) score the listed rows exactly. The
+    same algorithm as kernels/ivffused.py, in float32 numpy (ties may resolve otherwise).
+    """
+    sealed, delta = index.snapshot()
+    C = index.centroids
+    if index.list_metric == L2:
+        dc = np.einsum("ij,ij->i", C, C) - np.float32(2.0) * (C @ q)
+    else:
+        dc = -(C @ q)
+    nprobe = min(nprobe, len(C))
+    probes = np.argpartition(dc, nprobe - 1)[:nprobe] if nprobe < len(C) else np.arange(len(C))
+    offsets = sealed.offsets
+    pos, codes, which = [], [], []
+    for j, lst in enumerate(probes.tolist()):
+        lo, hi = offsets[lst], offsets[lst + 1]
+        pos.append(sealed.pos[lo:hi])
+        codes.append(sealed.codes[lo:hi])
+        which.append(np.full(hi - lo, j, np.int64))
+    if delta.n:
+        slot = np.full(len(C), -1, np.int64)
+        slot[probes] = np.arange(len(probes))
+        js = slot[delta.lists[:delta.n]]
+        keep = js >= 0
+        pos.append(delta.pos[:delta.n][keep])
+        codes.append(delta.codes[:delta.n][keep])
+        which.append(js[keep])
+    cand = np.concatenate(pos)
+    codes = np.concatenate(codes) if index.m else None
+    which = np.concatenate(which)
+    if mask is not None:
+        allowed = mask[cand]
+        cand, which = cand[allowed], which[allowed]
+        codes = None if codes is None else codes[allowed]
+    if not len(cand):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if index.m:
+        cb = index.codebooks                        # (m, ksub, dsub)
+        m, ksub, dsub = cb.shape
+        # one gather per sub-quantizer over contiguous tables (a single fancy index over
+        # (rows, m) builds an index array 8x the codes: ~6x slower here)
+        codes_t = np.ascontiguousarray(codes.T)
+        if index.list_metric == L2:
+            pre = index._pre
+            if pre.shape[0]:
+                # ||q - c - r||^2 = ||q - c||^2 + sum_m (||cb||^2 + 2 c_m.cb) - 2 q_m.cb, the
+                # middle term precomputed per list (kernels/adctables.py)
+                qt = np.matmul(cb, q.reshape(m, dsub, 1))[:, :, 0]      # (m, ksub)
+                tables = np.ascontiguousarray(
+                    pre[probes].transpose(1, 0, 2) - np.float32(2.0) * qt[:, None, :])
+                R = q[None, :] - C[probes]
+                adc = np.einsum("pd,pd->p", R, R).astype(np.float32)[which]
+            else:
+                R = (q[None, :] - C[probes]).reshape(len(probes), m, dsub).transpose(1, 0, 2)
+                tables = (np.einsum("mpd,mpd->mp", R, R)[:, :, None]
+                          - np.float32(2.0) * np.matmul(R, cb.transpose(0, 2, 1))
+                          + np.einsum("mjd,mjd->mj", cb, cb)[:, None, :])
+                adc = np.zeros(len(cand), np.float32)
+            tables = tables.reshape(m, -1)
+            base = which * ksub
+            for j in range(m):
+                adc += tables[j][base + codes_t[j]]
+        else:
+            qt = -np.einsum("md,mjd->mj", q.reshape(m, dsub), cb)
+            adc = dc[probes][which].astype(np.float32)
+            for j in range(m):
+                adc += qt[j][codes_t[j]]
+        kk = min(max(k * refine, k), len(cand))
+        if kk < len(cand):
+            top = np.argpartition(adc, kk - 1)[:kk]
+            cand = cand[top]
+    rows = np.asarray(X[cand])
+    if metric == L2:
+        diff = rows - q
+        dist = np.einsum("ij,ij->i", diff, diff)
+    elif metric == IP:
+        dist = -(rows @ q)
+    else:
+        dist = np.float32(1.0) - rows @ q
+    dist = dist.astype(np.float32)
+    order = np.lexsort((cand, dist))[:k]
+    return dist[order], cand[order].astype(np.int64)
