@@ -93,7 +93,7 @@ def connect(url: str, *, api_key: str | None = None, timeout: float = 30.0,
 
 
 def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
-            force=False) -> RestoreReport:
+            force=False, dry_run=False) -> RestoreReport:
     """Restore the snapshot directory ``source`` (made by ``db.snapshot()``) into the
     database directory ``target``.
 
@@ -111,9 +111,13 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None,
     seconds, a datetime, or an ISO-8601 string), or to the end of the archive. A gap in
     the archive or a target beyond its end raises ChangeFeedGap, a bad checksum
     CorruptionError; either leaves nothing behind. ``RestoreReport.lsn`` is the LSN reached.
+
+    ``dry_run=True`` does all of that in the staging directory, then removes it: the
+    target is never touched, and the report (``dry_run=True``) says what a restore would
+    give (LSN, counts); any problem raises as the restore would.
     """
     return _restore(source, target, to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive,
-                    force=force)
+                    force=force, dry_run=dry_run)
 
 
 def cluster(root, *, shards: int, ray_address=None, **options):

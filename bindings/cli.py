@@ -586,14 +586,19 @@ def compact(namespace, version, db_path, as_json):
 @click.option("--to-time", "to_time", default=None,
               help="Replay records written at or before this time: epoch seconds or "
                    "ISO-8601 (2026-12-02T01:30:00Z).")
+@click.option("--dry-run", "dry_run", is_flag=True, default=False,
+              help="Build and verify the restore in a staging directory, report, remove it: "
+                   "TARGET is not touched.")
 @db_option()
 @output_option
-def restore(source, target, force, wal_archive, to_lsn, to_time, db_path, as_json):
+def restore(source, target, force, wal_archive, to_lsn, to_time, dry_run, db_path, as_json):
     """Restore the snapshot SOURCE into the new database directory TARGET, verified;
     with --wal-archive, to a point in time (--to-lsn N or --to-time T).
-    SOURCE is a snapshot directory or the name of one in DB/snapshots."""
+    SOURCE is a snapshot directory or the name of one in DB/snapshots. Exit code 0 when
+    restored (or, with --dry-run, when it would be), 1 on any problem (nothing written)."""
     report = sv.restore(_snapshot_path(source, db_path), target, force=force,
-                        to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive)
+                        to_lsn=to_lsn, to_time=to_time, wal_archive=wal_archive,
+                        dry_run=dry_run)
     data = report.to_dict()
     data["seconds"] = round(data["seconds"], 3)
     if not as_json:

@@ -98,13 +98,15 @@ class RestoreReport:
     to_lsn: int | None = None
     to_time: float | None = None  # epoch seconds
     wal_archive: str | None = None
+    dry_run: bool = False         # built and verified in staging, then removed
 
     def to_dict(self) -> dict:
         return {"source": self.source, "target": self.target, "lsn": self.lsn,
                 "namespaces": [dict(n) for n in self.namespaces], "verified": self.verified,
                 "seconds": self.seconds, "snapshot_lsn": self.snapshot_lsn,
                 "wal_records": self.wal_records, "to_lsn": self.to_lsn,
-                "to_time": self.to_time, "wal_archive": self.wal_archive}
+                "to_time": self.to_time, "wal_archive": self.wal_archive,
+                "dry_run": self.dry_run}
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -651,7 +653,7 @@ def _check_replayed(staging, want_lsn, database_class) -> None:
 
 
 def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, force=False,
-            database_class=None) -> RestoreReport:
+            dry_run=False, database_class=None) -> RestoreReport:
     """Restore the snapshot directory ``source`` into the database directory ``target``,
     optionally replaying ``wal_archive`` up to ``to_lsn`` / ``to_time`` (module docstring)."""
     t0 = time.perf_counter()
@@ -701,6 +703,14 @@ def restore(source, target, *, to_lsn=None, to_time=None, wal_archive=None, forc
                     hint="a clean close or a snapshot of the writer seals and archives the "
                          "last records; restore to an LSN the archive holds")
             _check_replayed(staging, reached, database_class)
+        if dry_run:
+            # everything a restore checks passed; the target is not touched
+            shutil.rmtree(staging, ignore_errors=True)
+            return RestoreReport(source=source, target=target, lsn=reached,
+                                 namespaces=namespaces, verified=True,
+                                 seconds=time.perf_counter() - t0, snapshot_lsn=snap_lsn,
+                                 wal_records=replayed, to_lsn=to_lsn, to_time=to_time,
+                                 wal_archive=wal_archive, dry_run=True)
         _fsync_dir(staging)
         if exists and os.listdir(target):
             os.rename(target, old)

@@ -410,3 +410,27 @@ def test_runbook_point_in_time_restore_commands_run_as_written(tmp_path, monkeyp
     with _open("data-pitr") as db:
         assert db.lsn == 3 and db.namespace("docs").count() == 11
     assert snapmod.read_manifest("backup/base")["lsn"] == 2
+
+
+def test_restore_dry_run_verifies_and_leaves_the_target_untouched(tmp_path):
+    with _open(tmp_path / "db", tmp_path / "arch") as db:
+        ns = db.create_namespace("docs", dim=DIM, metric="l2")
+        ns.upsert(list(range(20)), np.ones((20, DIM), np.float32))
+        snap = db.snapshot()
+        ns.delete(list(range(5)))
+    target = tmp_path / "restored"
+    report = sv.restore(snap.path, target, wal_archive=tmp_path / "arch", dry_run=True)
+    assert report.dry_run and report.verified and report.lsn == 3
+    assert [n["count"] for n in report.namespaces] == [20]
+    assert not target.exists() and not list(tmp_path.glob("restored.restore-*"))
+    result = CliRunner().invoke(main, ["restore", snap.path, str(target), "--wal-archive",
+                                       str(tmp_path / "arch"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"dry_run": true' in result.output and not target.exists()
+    # a damaged snapshot fails the dry run as it would fail the restore
+    with open(os.path.join(snap.path, "lmdb", "data.mdb"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 16)
+    result = CliRunner().invoke(main, ["restore", snap.path, str(target), "--dry-run"])
+    assert result.exit_code == 1 and "data.mdb" in result.output
+    assert not target.exists()
