@@ -213,7 +213,12 @@ def _drop_checkpoint_record(lmdb_dir: str) -> None:
     """A snapshot carries no checkpoint bundles: its copy opens by rebuilding from its
     rows, so the checkpoint record copied with LMDB must not point at the source's."""
     import lmdb
-    env = lmdb.open(lmdb_dir, max_dbs=len(schema.SUBDBS) + 2, lock=False)
+    # a compacted copy's map is exactly as big as its data: the delete needs room for the
+    # pages it rewrites (with py-lmdb's default 10 MiB map it failed with MDB_MAP_FULL
+    # once the copy passed that size)
+    size = os.path.getsize(os.path.join(lmdb_dir, "data.mdb"))
+    env = lmdb.open(lmdb_dir, max_dbs=len(schema.SUBDBS) + 2, lock=False,
+                    map_size=size + (64 << 20))
     try:
         with env.begin(write=True) as txn:
             meta = env.open_db(b"meta", txn=txn, create=False)

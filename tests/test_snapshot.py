@@ -352,3 +352,20 @@ def test_runbook_back_up_and_restore_commands_run_as_written(tmp_path, monkeypat
     assert len(os.listdir("data/snapshots")) == 1
     with sv.open("data-restored", checkpoint_interval=0) as db:
         assert db.namespace("docs").count() == 30
+
+
+def test_a_snapshot_of_an_lmdb_bigger_than_lmdbs_default_map_restores(tmp_path):
+    """The snapshot's LMDB copy is compacted to its data's size; dropping the checkpoint
+    record from it must not need py-lmdb's default 10 MiB map (it raised MDB_MAP_FULL)."""
+    with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
+        ns = db.create_namespace("big", dim=4, metric="l2", index="Flat")
+        X = np.ones((4000, 4), np.float32)
+        for lo in range(0, 40000, 4000):
+            ns.upsert(list(range(lo, lo + 4000)), X, documents=["x" * 400] * 4000)
+        db.checkpoint()
+        info = db.snapshot()
+    assert os.path.getsize(os.path.join(info.path, "lmdb", "data.mdb")) > 12 << 20
+    sv.restore(info.path, tmp_path / "r")
+    with sv.open(tmp_path / "r", readonly=True) as r:
+        assert r.namespace("big").count() == 40000
+        assert r.namespace("big").get(39999).document == "x" * 400
