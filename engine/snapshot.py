@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -169,20 +170,6 @@ def _catalog(txn, dbs) -> list:
     return sorted(out, key=lambda c: (c.name, c.version))
 
 
-def _rows(txn, dbs, config: VersionConfig, rows_root: str):
-    """(external ids, float32 matrix) of a version's live rows, in rowid order, from the
-    row file under ``rows_root`` (a database or a snapshot directory)."""
-    prefix = schema.vid_prefix(config.vid)
-    extid_of = {}
-    for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
-        extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
-    rowids = np.array(sorted(extid_of), dtype=np.int64)
-    n = _n_rows(txn, dbs, config.vid)
-    with open(segments.row_path(rows_root, config.vid, _gen(txn, dbs, config.vid)), "rb") as f:
-        X = np.fromfile(f, dtype="<f4", count=n * config.dim).reshape(n, config.dim)
-    return [extid_of[r] for r in rowids.tolist()], X[rowids]
-
-
 def _n_rows(txn, dbs, vid: int) -> int:
     raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
     return schema.unpack_u64(raw) if raw else 0
@@ -238,35 +225,67 @@ def probe_vectors(name: str, dim: int, n: int = FINGERPRINT_PROBES) -> np.ndarra
     return rng.standard_normal((n, dim)).astype(np.float32)
 
 
-def _exact_topk(X: np.ndarray, Q: np.ndarray, metric: str, k: int):
-    X64 = X.astype(np.float64)
-    Q64 = Q.astype(np.float64)
+#: Id entries (and their rows) scored per step of a fingerprint: bounded memory at any n.
+FINGERPRINT_CHUNK = 32768
+
+
+def _chunk_distances(V: np.ndarray, Q: np.ndarray, metric: str) -> np.ndarray:
+    """float64 distances (probes, rows) of rows V to the probe vectors Q."""
+    V = V.astype(np.float64)
     if metric == "cosine":
-        Q64 = Q64 / np.linalg.norm(Q64, axis=1, keepdims=True)
-        norms = np.linalg.norm(X64, axis=1, keepdims=True)
-        X64 = X64 / np.where(norms == 0, 1.0, norms)
-        D = 1.0 - Q64 @ X64.T
-    elif metric == "ip":
-        D = -(Q64 @ X64.T)
-    else:
-        D = ((Q64[:, None, :] - X64[None, :, :]) ** 2).sum(axis=2)
-    order = np.argsort(D, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(D, order, axis=1)
+        norms = np.linalg.norm(V, axis=1, keepdims=True)
+        V = V / np.where(norms == 0, 1.0, norms)
+        return 1.0 - Q @ V.T
+    if metric == "ip":
+        return -(Q @ V.T)
+    return np.stack([((V - q) ** 2).sum(axis=1) for q in Q])
 
 
 def _fingerprint(txn, dbs, configs, rows_root: str) -> dict:
+    """The exact top-k (ids, float64 distances; ties by lower rowid) of the fixed probe
+    vectors over each live namespace's stored rows, streamed: id entries and their rows
+    (read from the mapped row file) a chunk at a time, so memory does not grow with n."""
     out = {}
     for config in configs:
         if not config.live:
             continue
-        ids, X = _rows(txn, dbs, config, rows_root)
-        if not ids:
+        n = _n_rows(txn, dbs, config.vid)
+        if not n:
             continue
-        k = min(FINGERPRINT_K, len(ids))
-        order, dist = _exact_topk(X, probe_vectors(config.name, config.dim), config.metric, k)
-        out[config.name] = {"version": config.version, "k": k, "probes": FINGERPRINT_PROBES,
-                            "ids": [[ids[j] for j in row] for row in order.tolist()],
-                            "distances": dist.tolist()}
+        path = segments.row_path(rows_root, config.vid, _gen(txn, dbs, config.vid))
+        X = np.memmap(path, dtype="<f4", mode="r", shape=(n, config.dim))
+        Q = probe_vectors(config.name, config.dim).astype(np.float64)
+        if config.metric == "cosine":
+            Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+        k = FINGERPRINT_K
+        best_d = np.zeros((len(Q), 0))
+        best_r = np.zeros((len(Q), 0), np.int64)
+        keys: dict = {}
+        entries = schema.scan_prefix(txn, dbs[b"ids"], schema.vid_prefix(config.vid))
+        count = 0
+        while True:
+            chunk = list(itertools.islice(entries, FINGERPRINT_CHUNK))
+            if not chunk:
+                break
+            count += len(chunk)
+            rowids = np.frombuffer(b"".join(bytes(v[:8]) for _k, v in chunk), ">u8")
+            rowids = rowids.astype(np.int64)
+            for (key, _v), r in zip(chunk, rowids.tolist()):
+                keys[r] = bytes(key[4:])
+            D = np.concatenate([best_d, _chunk_distances(X[rowids], Q, config.metric)], 1)
+            R = np.concatenate([best_r, np.broadcast_to(rowids, (len(Q), len(rowids)))], 1)
+            keep = [np.lexsort((R[p], D[p]))[:k] for p in range(len(Q))]
+            best_d = np.stack([D[p][keep[p]] for p in range(len(Q))])
+            best_r = np.stack([R[p][keep[p]] for p in range(len(Q))])
+            wanted = set(best_r.ravel().tolist())
+            keys = {r: key for r, key in keys.items() if r in wanted}
+        if not count:
+            continue
+        del X
+        out[config.name] = {
+            "version": config.version, "k": min(k, count), "probes": FINGERPRINT_PROBES,
+            "ids": [[schema.decode_id(keys[r]) for r in row] for row in best_r.tolist()],
+            "distances": best_d.tolist()}
     return out
 
 
