@@ -125,8 +125,10 @@ def run(n: int, dim: int, delete: float, seconds: float, workdir: str | None) ->
             for lo in range(0, len(gone), 20_000):
                 ns.delete(gone[lo:lo + 20_000])
             db.checkpoint()
+            parts_before = {p: _du(os.path.join(path, p)) for p in ("rows", "ckpt", "lmdb", "wal")}
             with _Queries(ns, Q) as during:
                 report = ns.compact()
+            parts_after = {p: _du(os.path.join(path, p)) for p in ("rows", "ckpt", "lmdb", "wal")}
             entry = report.versions[0]
             out["compact"] = {"seconds": report.seconds, "rows_kept": entry.rows,
                               "tombstones_removed": entry.tombstones_removed,
@@ -134,6 +136,7 @@ def run(n: int, dim: int, delete: float, seconds: float, workdir: str | None) ->
                               "version_seconds": entry.seconds,
                               "bytes_before": report.bytes_before,
                               "bytes_after": report.bytes_after,
+                              "parts_before": parts_before, "parts_after": parts_after,
                               "queries_during": _lat(during.samples)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
     print(f"restore           {rs['seconds']:7.2f} s  {rs['bytes'] / MIB:8.1f} MiB")
     print(f"compact           {cp['seconds']:7.2f} s  {cp['rows_per_second']:,.0f} rows kept/s, "
           f"{cp['bytes_before'] / MIB:.1f} -> {cp['bytes_after'] / MIB:.1f} MiB")
+    print("  by part (MiB, before -> after): " + ", ".join(
+        f"{p} {cp['parts_before'][p] / MIB:.1f} -> {cp['parts_after'][p] / MIB:.1f}"
+        for p in cp["parts_before"]))
     for label, lat in (("idle", res["idle"]), ("during snapshot", sn["queries_during"]),
                        ("during compact", cp["queries_during"])):
         if lat["queries"]:
