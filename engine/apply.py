@@ -467,17 +467,20 @@ class Applier:
         txn.cursor(db=dbs[b"ids"]).putmulti(
             list(zip([k for k, _v in ids], schema.u64_values(new))))
         records = list(schema.scan_prefix(txn, dbs[b"records"], prefix))
-        for key, _v in records:
-            txn.delete(key, db=dbs[b"records"])
         if records:
             rows = np.frombuffer(b"".join(k[4:12] for k, _v in records), ">u8").astype(np.int64)
             if int(rows.max()) >= before or int(remap[rows].min()) < 0:
                 raise CorruptionError(f"namespace version {vid}: a record names a row that "
                                       "is not live; compaction stopped before changing anything",
                                       hint="run `simplevector verify` for details")
-            keys = schema.row_keys(vid, remap[rows])
+            moved = remap[rows]
+            # in ascending order a record moves to a key at or below its own, whose record
+            # (if any) has moved already: overwrite in place, then delete only the old keys
+            # no record moved to
             txn.cursor(db=dbs[b"records"]).putmulti(
-                list(zip(keys, [v for _k, v in records])))
+                list(zip(schema.row_keys(vid, moved), [v for _k, v in records])))
+            for key in schema.row_keys(vid, np.setdiff1d(rows, moved, assume_unique=True)):
+                txn.delete(key, db=dbs[b"records"])
         txn.put(schema.counter_key(vid), schema.pack_u64(len(keep)), db=dbs[b"counters"])
         txn.put(schema.gen_key(vid), schema.pack_u64(gen), db=dbs[b"counters"])
 
