@@ -52,6 +52,8 @@ BODIES = {
     "create_snapshot": ({"path": _NULLABLE_STR}, []),
     "verify_snapshot": ({"path": {"type": "string"}}, ["path"]),
     "prune_snapshots": ({"keep": {"type": "integer", "minimum": 0}}, ["keep"]),
+    "compact": ({"namespace": _NULLABLE_STR,
+                 "version": {"type": ["integer", "null"], "minimum": 1}}, []),
     "consumer_changes": ({"since": {"type": "integer", "minimum": 0},
                           "limit": {"type": "integer", "minimum": 1}}, []),
     "set_budget": ({"namespace": _NULLABLE_STR, "model": _NULLABLE_STR,

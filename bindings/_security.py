@@ -67,6 +67,8 @@ PERMISSIONS = {
     "create_snapshot": ("admin", "database"),
     "prune_snapshots": ("admin", "database"),
     "verify_snapshot": ("admin", "database"),
+    "compact": ("admin", "database"),
+    "compaction_status": ("read", "database"),
     "wal_retention": ("read", "database"),
     "consumers": ("read", "database"),
     "consumer_changes": ("write", "database"),     # records a position that pins the WAL

@@ -145,6 +145,23 @@ async def verify_snapshot(request):
     return encode(request, info.to_dict())
 
 
+# -- compaction ---------------------------------------------------------------------------------
+async def compact(request):
+    """Rewrite versions without their tombstones (db.compact). Body: namespace (none: every
+    version), version (with a namespace: that version, else its live one)."""
+    data = await payload(request, ("namespace", "version"))
+    note(request, namespace=data.get("namespace"), version=data.get("version"))
+    report = await call(_db(request).compact, data.get("namespace"), data.get("version"))
+    note(request, tombstones_removed=report.tombstones_removed,
+         bytes_reclaimed=report.bytes_reclaimed)
+    return encode(request, report.to_dict())
+
+
+async def compaction_status(request):
+    """The compaction policy (compact_ratio), its run count and its last run or error."""
+    return encode(request, await call(_db(request).compaction_status))
+
+
 # -- WAL retention and named consumers -------------------------------------------------------
 async def wal_retention(request):
     """WAL bytes and why they are kept: pins (checkpoint, archive, snapshot, consumers)."""
@@ -386,6 +403,8 @@ ROUTES = [
     ("/v1/snapshots", "POST", create_snapshot, "create_snapshot"),
     ("/v1/snapshots/prune", "POST", prune_snapshots, "prune_snapshots"),
     ("/v1/snapshots/verify", "POST", verify_snapshot, "verify_snapshot"),
+    ("/v1/compact", "POST", compact, "compact"),
+    ("/v1/compaction", "GET", compaction_status, "compaction_status"),
     ("/v1/wal/retention", "GET", wal_retention, "wal_retention"),
     ("/v1/consumers", "GET", list_consumers, "consumers"),
     ("/v1/consumers/{consumer}/changes", "POST", consumer_changes, "consumer_changes"),

@@ -293,6 +293,21 @@ class Client:
         return _snapshot_info(self._request("POST", "/v1/snapshots/verify", body={
             "path": str(path)}, idempotent=True))
 
+    # -- compaction ------------------------------------------------------------------------
+    def compact(self, namespace=None, version=None):
+        """Rewrite versions without their tombstones on the server (admin key): every
+        version, ``namespace``'s live one, or ``(namespace, version)``; a CompactReport."""
+        from simplevector.engine.compact import CompactedVersion, CompactReport
+        d = self._request("POST", "/v1/compact", body={"namespace": namespace,
+                                                       "version": version})
+        return CompactReport(versions=tuple(CompactedVersion(**v) for v in d["versions"]),
+                             bytes_before=d["bytes_before"], bytes_after=d["bytes_after"],
+                             seconds=d["seconds"], automatic=d["automatic"])
+
+    def compaction_status(self) -> dict:
+        """The server's compaction policy, its run count and its last run or error."""
+        return self._request("GET", "/v1/compaction")
+
     # -- costs, budgets, rate limits, freshness, migrations -----------------------------------
     def cost(self, window=None):
         """The server's CostReport over ``window`` (None: the whole ledger; "1h", "1d")."""
@@ -613,3 +628,7 @@ class RemoteNamespace:
     def index_info(self) -> dict:
         """The spec, training time, list sizes and code size of the live index."""
         return self._call("GET", "/index")
+
+    def compact(self):
+        """Rewrite this version without its tombstones (``client.compact``)."""
+        return self._client.compact(self.name, self._pinned)

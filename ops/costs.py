@@ -102,6 +102,10 @@ class CostReport:
         return out
 
 
+#: Largest budget value: it is stored as msgpack (a bigger int does not pack).
+_MAX_BUDGET = (1 << 63) - 1
+
+
 @dataclass(frozen=True)
 class Budget:
     """At most ``max_tokens`` and/or ``max_cost`` per ``period`` for ``namespace`` and
@@ -125,8 +129,10 @@ class Budget:
         for name in ("max_tokens", "max_cost"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or
-                                      not isinstance(value, (int, float)) or value < 0):
-                raise InvalidInput(f"{name} {value!r} is not valid; expected a number >= 0")
+                                      not isinstance(value, (int, float)) or value < 0
+                                      or value > _MAX_BUDGET or value != value):
+                raise InvalidInput(f"{name} {value!r} is not valid; expected a number from 0 "
+                                   f"to {_MAX_BUDGET} (2**63 - 1)")
         if self.period not in PERIODS:
             raise InvalidInput(f"period {self.period!r} is not valid; expected one of "
                                f"{', '.join(PERIODS)}")

@@ -159,6 +159,8 @@ def _request_for(op_id: str, revoke_id: str, db=None):
         "create_snapshot": ("POST", "/v1/snapshots", {}),
         "prune_snapshots": ("POST", "/v1/snapshots/prune", {"keep": 10}),
         "verify_snapshot": ("POST", "/v1/snapshots/verify", {"path": "matrix"}),
+        "compact": ("POST", "/v1/compact", {"namespace": "a"}),
+        "compaction_status": ("GET", "/v1/compaction", None),
         "wal_retention": ("GET", "/v1/wal/retention", None),
         "consumers": ("GET", "/v1/consumers", None),
         "consumer_changes": ("POST", "/v1/consumers/feed/changes", {"since": 0}),

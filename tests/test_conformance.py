@@ -616,3 +616,34 @@ def test_migrating_to_the_live_model_raises_migration_error(backend, name):
     backend.create_namespace(name, embedding=_embedfns.one(), metric="l2")
     with pytest.raises(sv.MigrationError, match="already uses"):
         backend.migrate(name, embedding=_embedfns.one())
+
+
+def test_compact_drops_tombstones_and_keeps_every_answer(backend, name):
+    ns = backend.create_namespace(name, dim=4, metric="l2", index="Flat")
+    X = data(200)
+    ns.upsert(list(range(200)), X, metadata=[{"i": i} for i in range(200)])
+    ns.delete(list(range(0, 200, 2)))
+    before = ns.query(X[1], k=10, include=("metadata",))
+    report = ns.compact()
+    assert isinstance(report, sv.CompactReport)
+    (entry,) = report.versions
+    assert isinstance(entry, sv.CompactedVersion)
+    assert (entry.namespace, entry.tombstones_removed, entry.rows) == (name, 100, 100)
+    assert report.tombstones_removed == 100 and report.automatic is False
+    assert ns.count() == 100
+    assert ns.query(X[1], k=10, include=("metadata",)) == before
+    again = backend.compact(name)
+    assert again.versions[0].tombstones_removed == 0 and again.versions[0].lsn == 0
+    status = backend.compaction_status()
+    assert status["runs"] >= 1 and status["ratio"] == sv.DEFAULT_COMPACT_RATIO
+    assert status["last"]["ok"] is True
+
+
+def test_compact_bad_input_raises_typed_errors(backend, name):
+    backend.create_namespace(name, dim=4, metric="l2")
+    with pytest.raises(sv.NamespaceNotFound):
+        backend.compact(f"{name}-missing")
+    with pytest.raises(sv.VersionNotFound):
+        backend.compact(name, 7)
+    with pytest.raises(sv.InvalidInput, match="version"):
+        backend.compact(version=1)

@@ -100,6 +100,10 @@ def test_bad_budget_and_limit_arguments_are_typed_errors(tmp_path):
             db.set_budget(max_tokens=1, period="week")
         with pytest.raises(sv.InvalidInput, match="max_tokens -1"):
             db.set_budget(max_tokens=-1)
+        with pytest.raises(sv.InvalidInput, match="max_tokens"):     # does not fit msgpack
+            db.set_budget(max_tokens=1 << 64)
+        with pytest.raises(sv.InvalidInput, match="max_cost nan"):
+            db.set_budget(max_cost=float("nan"))
         with pytest.raises(sv.InvalidInput, match="op 'read'"):
             db.set_rate_limit("docs", "read", 5)
         with pytest.raises(sv.InvalidInput, match="rate -5"):
