@@ -20,6 +20,10 @@ products on the unit rows). Systems, same index parameters:
   ``IDSelectorBitmap`` of the matching ids in ``SearchParametersIVF`` (built once per
   selectivity, outside the timing), at the same nprobe: FAISS's own filtered search.
 - ``faiss-flat``: ``IndexFlatIP`` with the same selector (exact; the QPS of brute force).
+- with ``--peers chroma,lancedb``: ``chroma`` (HNSW M16, ``query(where=...)``) and
+  ``lancedb-ivfpq`` (IVF_PQ, same nlist and M, ``nprobes``/``refine_factor`` as ours,
+  ``where(..., prefilter=True)``; single queries only: its filtered search has no batch
+  call, so its batch figure is the loop's).
 
 Single queries run one per call (FAISS on one OpenMP thread), batches as one call.
 """
@@ -144,6 +148,83 @@ class Faiss:
         return len(Q) / (time.perf_counter() - t), I
 
 
+class ChromaPeer:
+    """Chroma (HNSW, M16, ef_construction 200, cosine) with its ``where`` metadata filter;
+    its query has no batch form faster than the loop, so batch is one call of all queries."""
+
+    def __init__(self, X, metadata, workdir):
+        import chromadb
+        from chromadb.config import Settings
+        self.dir = tempfile.mkdtemp(dir=workdir)
+        self.client = chromadb.PersistentClient(path=self.dir,
+                                                settings=Settings(anonymized_telemetry=False))
+        t = time.perf_counter()
+        try:
+            self.col = self.client.create_collection("f", configuration={"hnsw": {
+                "space": "cosine", "ef_construction": 200, "max_neighbors": 16}})
+        except Exception:                     # older Chroma: collection metadata
+            self.col = self.client.create_collection(
+                "f", metadata={"hnsw:space": "cosine", "hnsw:construction_ef": 200,
+                               "hnsw:M": 16})
+        step = min(5000, self.client.get_max_batch_size())
+        for s in range(0, len(X), step):
+            e = min(len(X), s + step)
+            self.col.add(ids=[str(i) for i in range(s, e)], embeddings=X[s:e],
+                         metadatas=metadata[s:e])
+        self.build_s = time.perf_counter() - t
+
+    def _ids(self, res):
+        return _pad([[int(x) for x in ids] for ids in res["ids"]], K)
+
+    def single(self, Q, where):
+        t = time.perf_counter()
+        out = [self._ids(self.col.query(query_embeddings=q[None, :], n_results=K,
+                                        where=where, include=()))[0] for q in Q]
+        return len(Q) / (time.perf_counter() - t), np.array(out)
+
+    def batch(self, Q, where):
+        t = time.perf_counter()
+        res = self.col.query(query_embeddings=Q, n_results=K, where=where, include=())
+        return len(Q) / (time.perf_counter() - t), self._ids(res)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LancePeer:
+    """LanceDB IVF_PQ (the same nlist and M, refine_factor = refine, nprobes = nprobe) with
+    ``where(..., prefilter=True)``: the filter applied before the vector search."""
+
+    def __init__(self, X, bucket, cluster, nlist, m, workdir):
+        import lancedb
+        import pyarrow as pa
+        self.dir = tempfile.mkdtemp(dir=workdir)
+        db = lancedb.connect(self.dir)
+        flat = pa.array(np.ascontiguousarray(X, np.float32).ravel(), pa.float32())
+        table = pa.table({"id": pa.array(np.arange(len(X), dtype=np.int64)),
+                          "vector": pa.FixedSizeListArray.from_arrays(flat, X.shape[1]),
+                          "bucket": pa.array(bucket.astype(np.int64)),
+                          "cluster": pa.array(cluster.astype(np.int64))})
+        t = time.perf_counter()
+        self.tbl = db.create_table("f", data=table)
+        self.tbl.create_index(metric="cosine", num_partitions=nlist, num_sub_vectors=m,
+                              index_type="IVF_PQ", vector_column_name="vector")
+        self.build_s = time.perf_counter() - t
+
+    def _one(self, q, sql, nprobe, refine):
+        s = (self.tbl.search(q, vector_column_name="vector").distance_type("cosine")
+             .where(sql, prefilter=True).nprobes(nprobe).refine_factor(refine))
+        return s.select(["id"]).limit(K).to_arrow().column("id").to_numpy()
+
+    def single(self, Q, sql, nprobe, refine):
+        t = time.perf_counter()
+        out = [self._one(q, sql, nprobe, refine) for q in Q]
+        return len(Q) / (time.perf_counter() - t), _pad(out, K)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def run(args) -> dict:
     X = embedding_like(args.n, args.dim, 0)
     Q = embedding_like(args.queries, args.dim, 1)
@@ -156,6 +237,11 @@ def run(args) -> dict:
     ours = Ours(X, metadata, spec, args.dir)
     ivf = Faiss(X, f"IVF{args.nlist},PQ{args.m}x8np,RFlat", args.refine)
     flat = Faiss(X, "Flat")
+    peers = {}
+    if "chroma" in args.peers:
+        peers["chroma"] = ChromaPeer(X, metadata, args.dir)
+    if "lancedb" in args.peers:
+        peers["lancedb-ivfpq"] = LancePeer(X, bucket, cluster, args.nlist, args.m, args.dir)
     Qs = Q[:args.single]
     rows = []
     for s in args.selectivity:
@@ -180,6 +266,19 @@ def run(args) -> dict:
             row[name] = {"single_qps": sq, "batch_qps": bq,
                          "recall_single": recall(sI, kth[:len(Qs)], X, Qs, allowed, K),
                          "recall_batch": recall(bI, kth, X, Q, allowed, K)}
+        column = "bucket" if args.kind == "bucket" else "cluster"
+        for name, peer in peers.items():
+            if name == "chroma":
+                sq, sI = peer.single(Qs, where)
+                bq, bI = peer.batch(Q, where)
+            else:                             # no batch call with a filter: the loop
+                sq, sI = peer.single(Qs, f"{column} < {cut}", args.nprobe, args.refine)
+                bq, bI = sq, sI
+            row[name] = {"single_qps": sq, "batch_qps": bq,
+                         "recall_single": recall(sI, kth[:len(Qs)], X, Qs, allowed, K),
+                         "recall_batch": recall(bI, kth[:len(bI)], X, Q[:len(bI)], allowed, K)}
+            print(f"    {name:14s} recall {row[name]['recall_batch']:.3f} single "
+                  f"{sq:7.0f} batch {bq:7.0f}", flush=True)
         plan = ours.plan
         row["simplevector"].update({"plan": plan.index, "lists": plan.lists,
                                     "max_lists": plan.max_lists, "reason": plan.reason})
@@ -195,9 +294,12 @@ def run(args) -> dict:
            "params": {**vars(args), "spec": spec, "metric": "cosine",
                       "data": "synthetic embedding-like (bench/ivf_dims.embedding_like)"},
            "build_s": {"simplevector": ours.build_s, "faiss-ivfpq": ivf.build_s,
-                       "faiss-flat": flat.build_s},
+                       "faiss-flat": flat.build_s,
+                       **{name: peer.build_s for name, peer in peers.items()}},
            "rows": rows, "loadavg_end": list(os.getloadavg())}
     ours.close()
+    for peer in peers.values():
+        peer.close()
     return out
 
 
@@ -221,6 +323,8 @@ def add_arguments(p):
     p.add_argument("--kind", choices=("bucket", "cluster"), default="bucket")
     p.add_argument("--queries", type=int, default=300, help="batch size and query pool")
     p.add_argument("--single", type=int, default=100, help="single queries per selectivity")
+    p.add_argument("--peers", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   help="also chroma and/or lancedb (bench extra): chroma,lancedb")
     p.add_argument("--dir", default=None)
     p.add_argument("--out", default=None)
 
