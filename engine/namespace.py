@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import schema, validate
-from .apply import pack, unpack
+from .apply import pack
 from .errors import InvalidInput
 from .filters import compile_filter
 from .kernels import flat
@@ -236,21 +236,23 @@ class Namespace:
         out = []
         with self._db._store.read() as txn:
             for extid in ids:
-                raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                key = schema.id_key(config.vid, extid)
+                raw = txn.get(key, db=dbs[b"ids"])
                 if raw is None:
                     out.append(None)
                     continue
-                out.append(self._record(txn, state, schema.unpack_u64(raw), extid, include,
-                                        Record))
+                out.append(self._record(txn, state, schema.parse_id_value(key, raw)[0],
+                                        extid, include, Record))
         return out[0] if single else out
 
     def _record(self, txn, state, pos, extid, include, cls, **extra):
         dbs = self._db._store.dbs
         md = doc = vec = None
         if "metadata" in include or "documents" in include:
-            raw = txn.get(schema.row_key(state.config.vid, pos), db=dbs[b"records"])
+            key = schema.row_key(state.config.vid, pos)
+            raw = txn.get(key, db=dbs[b"records"])
             if raw is not None:
-                md, doc = unpack(raw)[1:3]
+                md, doc = schema.parse_record(key, raw)[1:3]
         if "vectors" in include:
             vec = state.row_vector(pos)
         return cls(id=extid, metadata=md if "metadata" in include else None,
@@ -442,12 +444,13 @@ class Namespace:
         out = []
         with self._db._store.read() as txn:
             for extid in ids:
-                raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                key = schema.id_key(config.vid, extid)
+                raw = txn.get(key, db=dbs[b"ids"])
                 rec = None
                 if raw is not None:
-                    rec = txn.get(schema.row_key(config.vid, schema.unpack_u64(raw)),
-                                  db=dbs[b"records"])
-                rec = unpack(rec) if rec is not None else None
+                    rkey = schema.row_key(config.vid, schema.parse_id_value(key, raw)[0])
+                    rec = txn.get(rkey, db=dbs[b"records"])
+                    rec = schema.parse_record(rkey, rec) if rec is not None else None
                 out.append(rec[3] if rec is not None and len(rec) > 3 else None)
         return out
 
@@ -472,8 +475,9 @@ class Namespace:
         out = []
         with self._db._store.read() as txn:
             for p, extid in zip(pick, extids):
-                raw = txn.get(schema.row_key(config.vid, p), db=dbs[b"records"])
-                rec = unpack(raw) if raw is not None else None
+                key = schema.row_key(config.vid, p)
+                raw = txn.get(key, db=dbs[b"records"])
+                rec = schema.parse_record(key, raw) if raw is not None else None
                 if rec is None:
                     out.append(StoredRecord(id=extid))
                 else:

@@ -172,7 +172,7 @@ def _rows(txn, dbs, config: VersionConfig, rows_root: str):
     prefix = schema.vid_prefix(config.vid)
     extid_of = {}
     for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
-        extid_of[schema.unpack_u64(value)] = schema.decode_id(bytes(key[4:]))
+        extid_of[schema.parse_id_value(key, value)[0]] = schema.decode_id(bytes(key[4:]))
     rowids = np.array(sorted(extid_of), dtype=np.int64)
     n = _n_rows(txn, dbs, config.vid)
     with open(segments.row_path(rows_root, config.vid), "rb") as f:
