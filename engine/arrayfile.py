@@ -170,3 +170,26 @@ def read_bundle(path: str, *, check: bool = False) -> tuple[dict, dict]:
             raise CorruptionError(f"array bundle {path}: {name!r} fails its checksum")
         arrays[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
     return header["meta"], arrays
+
+
+def bundle_damage(path: str) -> list:
+    """What is wrong with a bundle, one string per finding (empty: every array passes its
+    CRC-32): an unreadable header, or each array that runs past the file or fails its
+    checksum, by name. engine/integrity.py reports them; repair rewrites the bundle."""
+    try:
+        _meta, arrays = read_bundle(path)
+    except CorruptionError as e:
+        return [str(e)]
+    try:
+        with open(path, "rb") as f:
+            _magic, hlen = _HEAD.unpack(f.read(_HEAD.size))
+            header = msgpack.unpackb(f.read(hlen), raw=False, strict_map_key=False)
+    except (OSError, struct.error, ValueError, msgpack.UnpackException) as e:
+        return [f"cannot read the array bundle {path}: {e}"]
+    out = []
+    for name, entry in header["arrays"].items():
+        arr = arrays[name]
+        raw = memoryview(arr).cast("B") if arr.size else b""
+        if (zlib.crc32(raw) & 0xFFFFFFFF) != entry[4]:
+            out.append(f"array bundle {path}: {name!r} fails its checksum")
+    return out
