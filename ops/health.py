@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 
+from simplevector.engine.errors import CorruptionError
 from simplevector.engine.indexspec import IndexSpec
 
 from simplevector.engine.store import next_map_size
@@ -368,7 +369,12 @@ def build_report(db, *, drift_sample: int = 2000) -> HealthReport:
     findings, versions = version_checks(db, t, drift_sample)
     more, storage = storage_checks(db, t)
     findings += more + latency_checks(db, t)
-    fresh, fresh_stats = freshness.health_checks(db, t)
+    try:
+        fresh, fresh_stats = freshness.health_checks(db, t)
+    except CorruptionError as e:    # a damaged record: the integrity finding names it
+        fresh, fresh_stats = [Finding(
+            "freshness", "warning", None, None, None, f"freshness not measured: {e.message}",
+            runbook("recover-from-a-corruption-finding"))], {}
     findings += fresh
     from .scrub import finding as integrity_finding
     findings.append(integrity_finding(db.last_verify(), time.time()))
