@@ -21,8 +21,8 @@ import click
 import simplevector as sv
 from simplevector._output import output_option
 
-__all__ = ["CONTEXT_SETTINGS", "DEFAULT_DB", "Command", "Group", "ProgressBar", "db_option", "open_db",
-           "output_option", "one_line"]
+__all__ = ["CONTEXT_SETTINGS", "DEFAULT_DB", "Command", "Group", "ProgressBar", "db_option",
+           "open_db", "output_option", "one_line"]
 
 CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"])
 DEFAULT_DB = "./simplevector-data"

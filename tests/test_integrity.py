@@ -272,7 +272,7 @@ def test_deep_verify_finds_codes_that_no_longer_match_their_rows(db_path):
         assert "ivf_codes" in kinds, kinds
 
 
-# -- scrub ------------------------------------------------------------------------------------------
+# -- scrub ---------------------------------------------------------------------------------
 def _wait(cond, seconds=60.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -325,7 +325,7 @@ def test_the_last_result_survives_a_reopen(db_path):
         assert db.health().find("integrity")[0].severity == "critical"
 
 
-# -- CLI ----------------------------------------------------------------------------------------------
+# -- CLI --------------------------------------------------------------------------------
 def test_cli_verify_and_repair_exit_codes_and_json(db_path):
     path, vid = db_path
     ok = CliRunner().invoke(main, ["verify", "--db", str(path), "--json"])
