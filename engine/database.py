@@ -826,10 +826,10 @@ class Database:
 
     def repair(self, *, progress=None):
         """Rebuild all derived state from LMDB, the rows and the WAL, then checkpoint; a
-        RepairReport names the ids whose primary data is damaged (engine/integrity.py)."""
-        from . import integrity
+        RepairReport names the ids whose primary data is damaged (engine/repair.py)."""
+        from . import repair
         self._check_writable()
-        return integrity.repair(self, progress=progress)
+        return repair.repair(self, progress=progress)
 
     def scrubber(self, rows: int = 4096):
         """An incremental verify, one bounded slice per ``step()`` (integrity.Scrubber)."""
