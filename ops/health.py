@@ -377,7 +377,7 @@ def build_report(db, *, drift_sample: int = 2000) -> HealthReport:
             runbook("recover-from-a-corruption-finding"))], {}
     findings += fresh
     from .scrub import finding as integrity_finding
-    findings.append(integrity_finding(db.last_verify(), time.time()))
+    findings.append(integrity_finding(db.last_verify(), time.time(), t))
     if db.ops_persist_error:
         findings.append(Finding("ops_persist", "warning", None, db.ops_persist_error, None,
                                 "ops state could not be saved at the last checkpoint",

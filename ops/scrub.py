@@ -130,9 +130,11 @@ def _checked_text(checked: dict) -> str:
     return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in checked.items() if v)
 
 
-def finding(last: dict | None, now: float):
-    """The health report's ``integrity`` finding for the last recorded result."""
+def finding(last: dict | None, now: float, t):
+    """The health report's ``integrity`` finding for the last recorded result (graded by
+    the thresholds table row ``integrity``: any problem is critical by default)."""
     from .health import Finding, runbook
+    from .thresholds import grade
     anchor = runbook("recover-from-a-corruption-finding")
     if last is None:
         return Finding("integrity", "ok", None, None, 0,
@@ -141,15 +143,16 @@ def finding(last: dict | None, now: float):
     age = now - last["at"]
     n = last["problem_count"]
     source = last["source"] + ("" if last.get("complete", True) else " (cycle under way)")
+    sev = grade("integrity", n, t)
     if not n:
-        return Finding("integrity", "ok", None, 0, 0,
+        return Finding("integrity", sev, None, 0, t.integrity_warning,
                        f"last {source} {age:.0f}s ago: no problems "
                        f"({_checked_text(last.get('checked', {}))})", anchor)
     first = last["problems"][0]
     ns = first.get("namespace")
     where = f"{ns} v{first.get('version')}" if ns else "database"
     ident = f" id {first['id']!r}" if first.get("id") is not None else ""
-    return Finding("integrity", "critical", ns, n, 0,
+    return Finding("integrity", sev, ns, n, t.integrity_warning,
                    f"last {source} {age:.0f}s ago found {n} problem(s), e.g. "
                    f"{first['kind']}: {where}{ident}: {first['detail']}; run `simplevector "
                    "repair`, then restore damaged primary data", anchor,
