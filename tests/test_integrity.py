@@ -370,3 +370,16 @@ def test_runbook_corruption_procedure_runs_as_written(db_path, tmp_path, monkeyp
         assert ns.get(29).metadata == {"i": 29, "tag": "t1", "l": [2, "x"], "n": {"a": 1}}
         assert ns.get(777).metadata == {"i": 7}
         assert db.verify().ok
+
+
+def test_metrics_export_the_last_result(db_path):
+    path, vid = db_path
+    plant_stray_id(path, vid, "ghost")
+    with sv.open(path, checkpoint_interval=0) as db:
+        assert "simplevector_integrity_problems" not in db.metrics_text()
+        db.verify()
+        text = db.metrics_text()
+        assert "simplevector_integrity_problems 1.0" in text
+        assert "simplevector_integrity_age_seconds" in text
+        alert = next(a for a in db.alerts() if a.rule == "integrity_problems")
+        assert alert.state == "firing" and alert.severity == "critical"
