@@ -278,12 +278,12 @@ def scan_ids(v: _Version, found: _Found, *, after: bytes | None = None,
 
 
 def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
-                    meta_paths: dict | None = None):
+                    meta_paths: dict | None = None, progress=None):
     """Rows, records, id entries and field indexes of the positions ``lo..hi-1``.
 
     ``entries``: rowid -> row CRC from :func:`scan_ids` of the whole version (else each
     live row's id entry is read). ``meta_paths``: path -> live rows whose record has it,
-    accumulated for :func:`check_structure`."""
+    accumulated for :func:`check_structure`. ``progress(rows done)`` every 16384 rows."""
     config, n, alive = v.config, v.n, v.alive
     hi = min(hi, n)
     records: dict = {}
@@ -329,8 +329,10 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
     found.count("field_paths", len(paths))
     extids = v.state.extids_at(live)
     rows = v.X[lo:hi]
-    for pos, extid in zip(live.tolist(), extids):
+    for i, (pos, extid) in enumerate(zip(live.tolist(), extids)):
         found.count("rows")
+        if progress is not None and i % 16384 == 16383:
+            progress(pos - lo)
         if entries is None:
             key = schema.id_key(v.vid, extid)
             raw = v.txn.get(key, db=v.dbs[b"ids"])
@@ -610,7 +612,9 @@ def verify(db, *, deep: bool = False, progress=None) -> VerifyReport:
                 continue
             entries, _ = scan_ids(v, found)
             meta_paths: dict = {}
-            check_positions(v, found, 0, v.n, entries, meta_paths)
+            tick = None if progress is None else (
+                lambda rows, base=done: progress(base + rows, total))
+            check_positions(v, found, 0, v.n, entries, meta_paths, tick)
             check_structure(v, found, entries=entries, meta_paths=meta_paths,
                             checkpoint_dir=ckpt)
             if deep:

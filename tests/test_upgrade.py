@@ -211,12 +211,17 @@ def test_upgrade_from_format2_adds_checksums_finds_every_row_and_verifies(fmt2_d
         assert db.verify().ok
 
 
-def test_kill9_during_a_format2_upgrade_leaves_the_original_and_a_rerun_finishes(fmt2_db):
+@pytest.mark.parametrize("where", ["convert", "swap"])
+def test_kill9_during_a_format2_upgrade_loses_nothing_and_a_rerun_or_open_finishes(
+        fmt2_db, where):
     child = CHILD.replace("u._convert_version", "u._convert2_version")
-    proc = subprocess.run([sys.executable, "-c", child, str(fmt2_db), "convert"])
+    proc = subprocess.run([sys.executable, "-c", child, str(fmt2_db), where])
     assert proc.returncode == -signal.SIGKILL
-    with pytest.raises(sv.FormatVersionError):
-        sv.open(fmt2_db)
-    assert sv.upgrade(fmt2_db).from_format == 2
+    if where == "convert":
+        with pytest.raises(sv.FormatVersionError):
+            sv.open(fmt2_db)
+        assert sv.upgrade(fmt2_db).from_format == 2
+    else:
+        assert not fmt2_db.exists() and os.path.isdir(f"{fmt2_db}.format2-backup")
     with sv.open(fmt2_db, checkpoint_interval=0) as db:
         _assert_holds_format2_expected(db)
