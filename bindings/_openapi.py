@@ -40,6 +40,8 @@ BODIES = {
                "refine": {"type": "integer", "minimum": 1},
                "exact": {"type": "boolean"}, "explain": {"type": "boolean"}}, ["vectors"]),
     "build_index": ({"spec": _NULLABLE_STR}, []),
+    "verify": ({"deep": {"type": "boolean"}}, []),
+    "repair": ({}, []),
     "create_key": ({"role": {"type": "string", "enum": ["reader", "writer", "admin"]},
                     "namespaces": {"type": ["array", "null"], "items": {"type": "string"}},
                     "expires": {"type": ["string", "number", "null"]},

@@ -114,6 +114,13 @@ class VerifyReport:
                 "at": self.at, "lsn": self.lsn, "complete": self.complete,
                 "omitted": self.omitted}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "VerifyReport":
+        """The report :meth:`to_dict` gave (the HTTP client rebuilds it so)."""
+        return cls(ok=d["ok"], problems=tuple(Problem.from_dict(p) for p in d["problems"]),
+                   checked=dict(d["checked"]), seconds=d["seconds"], deep=d["deep"],
+                   at=d["at"], lsn=d["lsn"], complete=d["complete"], omitted=d["omitted"])
+
 
 class _Found:
     """Problems of one run, at most MAX_PER_KIND per (kind, version)."""

@@ -18,7 +18,7 @@ import numpy as np
 from . import schema
 from .apply import unpack
 from .errors import CorruptionError, ReadOnlyError
-from .integrity import RESTORE_HINT, VerifyReport, verify
+from .integrity import RESTORE_HINT, Problem, VerifyReport, verify
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,15 @@ class RepairReport:
                 "rebuilt": list(self.rebuilt), "before": self.before.to_dict(),
                 "after": self.after.to_dict(), "checkpoint_lsn": self.checkpoint_lsn,
                 "seconds": self.seconds, "hint": self.hint}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RepairReport":
+        """The report :meth:`to_dict` gave (the HTTP client rebuilds it so)."""
+        return cls(ok=d["ok"], damaged=tuple(Problem.from_dict(p) for p in d["damaged"]),
+                   restored_from_wal=tuple(tuple(x) for x in d["restored_from_wal"]),
+                   rebuilt=tuple(d["rebuilt"]), before=VerifyReport.from_dict(d["before"]),
+                   after=VerifyReport.from_dict(d["after"]), checkpoint_lsn=d["checkpoint_lsn"],
+                   seconds=d["seconds"], hint=d["hint"])
 
 
 def repair(db, *, progress=None) -> RepairReport:
