@@ -41,7 +41,7 @@ BODIES = {
                "exact": {"type": "boolean"}, "explain": {"type": "boolean"}}, ["vectors"]),
     "build_index": ({"spec": _NULLABLE_STR}, []),
     "verify": ({"deep": {"type": "boolean"}}, []),
-    "repair": ({}, []),
+    "repair": ({"rows_from_wal": {"type": "boolean"}}, []),
     "create_key": ({"role": {"type": "string", "enum": ["reader", "writer", "admin"]},
                     "namespaces": {"type": ["array", "null"], "items": {"type": "string"}},
                     "expires": {"type": ["string", "number", "null"]},

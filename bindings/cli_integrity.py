@@ -50,19 +50,23 @@ def verify_cmd(db_path, deep, as_json):
 
 @click.command("repair", cls=Command)
 @db_option()
+@click.option("--rows-from-wal", is_flag=True,
+              help="Also rewrite damaged rows that a WAL record still holds with the bytes "
+                   "their checksum names (listed as in_wal without it).")
 @output_option
-def repair_cmd(db_path, as_json):
+def repair_cmd(db_path, rows_from_wal, as_json):
     """Rebuild all derived state (IVF lists and codes, field indexes, id maps, checkpoint
     bundles) from LMDB, the rows and the WAL, then checkpoint. Damaged primary data is
     never dropped or invented: its ids are listed, to restore from a snapshot and the WAL
     archive. Exit code 0: nothing left damaged; 1: damaged primary data listed."""
     with open_db(db_path, must_exist=True) as db:
         with ProgressBar("re-verifying rows") as bar:
-            report = db.repair(progress=bar)
+            report = db.repair(progress=bar, rows_from_wal=rows_from_wal)
     if as_json:
         click.echo(dumps(report.to_dict(), indent=2))
     else:
         emit({"ok": report.ok, "damaged": len(report.damaged),
+              "in_wal": len(report.in_wal),
               "restored_from_wal": len(report.restored_from_wal),
               "checkpoint_lsn": report.checkpoint_lsn,
               "seconds": round(report.seconds, 3)}, False)
@@ -72,6 +76,10 @@ def repair_cmd(db_path, as_json):
             click.echo("")
             emit(_problem_rows(report.damaged), False, columns=_COLUMNS)
             click.echo(f"\n{report.hint}")
+        if report.in_wal and not report.restored_from_wal:
+            click.echo(f"{len(report.in_wal)} damaged row(s) are still in the WAL with the "
+                       "bytes their checksum names: `simplevector repair --rows-from-wal` "
+                       "rewrites them")
     raise SystemExit(0 if report.ok else 1)
 
 

@@ -220,10 +220,11 @@ class Client:
         return VerifyReport.from_dict(self._request("POST", "/v1/verify",
                                                     body={"deep": deep}))
 
-    def repair(self):
+    def repair(self, *, rows_from_wal: bool = False):
         """The server database's ``repair()``: a RepairReport (engine/repair.py)."""
         from simplevector.engine.repair import RepairReport
-        return RepairReport.from_dict(self._request("POST", "/v1/repair", body={}))
+        return RepairReport.from_dict(self._request("POST", "/v1/repair",
+                                                    body={"rows_from_wal": rows_from_wal}))
 
     def latency(self, namespace=None, op=None, window=None) -> list:
         """LatencySummary rows (the server's ``db.latency(...)``); ``window`` in seconds."""

@@ -213,8 +213,9 @@ async def verify(request):
 
 async def repair(request):
     """``db.repair()``: rebuild derived state, name damaged primary data."""
-    await _payload(request, ())
-    report = await _call(request.app.state.db.repair)
+    data = await _payload(request, ("rows_from_wal",))
+    report = await _call(request.app.state.db.repair,
+                         rows_from_wal=data.get("rows_from_wal", False))
     return _encode(request, report.to_dict())
 
 

@@ -824,12 +824,12 @@ class Database:
         self._check_open()
         return integrity.verify(self, deep=deep, progress=progress)
 
-    def repair(self, *, progress=None):
+    def repair(self, *, progress=None, rows_from_wal: bool = False):
         """Rebuild all derived state from LMDB, the rows and the WAL, then checkpoint; a
         RepairReport names the ids whose primary data is damaged (engine/repair.py)."""
         from . import repair
         self._check_writable()
-        return repair.repair(self, progress=progress)
+        return repair.repair(self, progress=progress, rows_from_wal=rows_from_wal)
 
     def scrubber(self, rows: int = 4096):
         """An incremental verify, one bounded slice per ``step()`` (integrity.Scrubber)."""

@@ -24,6 +24,11 @@ disagrees. ``primary=True`` marks damage to primary data (a row, record or id en
 snapshot and the WAL archive (``simplevector restore``; docs/runbook.md, "Recover from a
 corruption finding"). Everything else is derived state, which repair rebuilds.
 
+Blind spot: a record is optional (only rows with metadata, a document or provenance have
+one), so a deleted record is found only when the field indexes know the row's metadata; a
+document- or provenance-only record deleted after no checkpoint or WAL tail remembers it
+cannot be told from a row that never had one.
+
 Consistency: each version is compared while its writes are held off (the database's apply
 lock and the version's mutate lock), so LMDB's read transaction and the in-memory state are
 at the same LSN; a read-only process first catches up with the writer (``refresh``).

@@ -2,10 +2,12 @@
 
 The checks are engine/integrity.py; this module acts on what they find. Derived state (id
 maps, alive masks, norms, field indexes, IVF lists and codes, checkpoint bundles) is
-rebuilt; primary data (rows, records, id entries) is never dropped or invented: a damaged
-row is rewritten only from a WAL record whose bytes match the CRC-32 its id entry carries,
-everything else is named in the :class:`RepairReport`, to restore from a snapshot and the
-WAL archive (docs/runbook.md, "Recover from a corruption finding").
+rebuilt; primary data (rows, records, id entries) is never dropped, invented or silently
+fixed: it is named in the :class:`RepairReport`, to restore from a snapshot and the WAL
+archive (docs/runbook.md, "Recover from a corruption finding"). The report also says which
+damaged rows the WAL still holds (a record whose bytes match the CRC-32 the row's id entry
+carries); only when asked (``rows_from_wal=True``, ``simplevector repair --rows-from-wal``)
+are those rows rewritten from it, and then listed as such.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from . import schema
 from .apply import unpack
-from .errors import CorruptionError, ReadOnlyError
+from .errors import CorruptionError, InvalidInput, ReadOnlyError
 from .integrity import RESTORE_HINT, Problem, VerifyReport, verify
 
 
@@ -26,9 +28,10 @@ class RepairReport:
     """What ``repair`` rebuilt, and the primary damage it could not fix.
 
     ``damaged``: problems of primary data still present or lost (their ids come back from a
-    snapshot and the WAL archive, see ``hint``); ``restored_from_wal``: rows whose damaged
-    bytes were rewritten from a WAL record that still holds them (the CRC in their id entry
-    proves the bytes); ``rebuilt``: one line per rebuilt structure."""
+    snapshot and the WAL archive, see ``hint``); ``in_wal``: (namespace, version, id) of
+    damaged rows a WAL record still holds, with the very bytes the CRC in their id entry
+    names; ``restored_from_wal``: those rewritten from it (``rows_from_wal=True``);
+    ``rebuilt``: one line per rebuilt structure."""
 
     ok: bool
     damaged: tuple
@@ -39,9 +42,11 @@ class RepairReport:
     checkpoint_lsn: int
     seconds: float
     hint: str | None = None
+    in_wal: tuple = ()
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "damaged": [p.to_dict() for p in self.damaged],
+                "in_wal": [list(x) for x in self.in_wal],
                 "restored_from_wal": [list(x) for x in self.restored_from_wal],
                 "rebuilt": list(self.rebuilt), "before": self.before.to_dict(),
                 "after": self.after.to_dict(), "checkpoint_lsn": self.checkpoint_lsn,
@@ -54,14 +59,16 @@ class RepairReport:
                    restored_from_wal=tuple(tuple(x) for x in d["restored_from_wal"]),
                    rebuilt=tuple(d["rebuilt"]), before=VerifyReport.from_dict(d["before"]),
                    after=VerifyReport.from_dict(d["after"]), checkpoint_lsn=d["checkpoint_lsn"],
-                   seconds=d["seconds"], hint=d["hint"])
+                   seconds=d["seconds"], hint=d["hint"],
+                   in_wal=tuple(tuple(x) for x in d.get("in_wal", ())))
 
 
-def repair(db, *, progress=None) -> RepairReport:
+def repair(db, *, progress=None, rows_from_wal: bool = False) -> RepairReport:
     """Rebuild every derived structure from LMDB, the rows and the WAL, then checkpoint.
 
-    Under the sequence lock (writes wait): rows whose bytes fail their CRC are rewritten
-    from a WAL record that still holds them (the CRC proves the bytes), every version's
+    Under the sequence lock (writes wait): with ``rows_from_wal``, rows whose bytes fail
+    their CRC are rewritten from a WAL record that still holds them (the CRC proves the
+    bytes; without it they are only looked up and listed in ``in_wal``), every version's
     state is rebuilt from LMDB's ids and records and its row file (id map, alive mask,
     norms, field indexes), each IVF index is re-encoded with its trained centroids and
     codebooks when those are intact (finite, and their bundle arrays pass the CRC) or
@@ -71,12 +78,17 @@ def repair(db, *, progress=None) -> RepairReport:
         raise ReadOnlyError(f"repair needs the writer; the database at {db.path} is open "
                             "read-only", hint="close other writers and open it writable")
     db._check_writable()
+    if not isinstance(rows_from_wal, bool):
+        raise InvalidInput(f"rows_from_wal {rows_from_wal!r} is not valid; expected True or "
+                           "False")
     t0 = time.perf_counter()
     before = verify(db)
     rebuilt: list = []
     with db._seq_lock:
         db._wait_applied()
-        restored = _rows_from_wal(db, [p for p in before.problems if p.kind == "row_checksum"])
+        in_wal = _rows_from_wal(db, [p for p in before.problems if p.kind == "row_checksum"],
+                                write=rows_from_wal)
+        restored = in_wal if rows_from_wal else set()
         if restored:
             rebuilt.append(f"{len(restored)} damaged rows rewritten from the WAL")
         trained = _trained_indexes(db, before)
@@ -111,7 +123,8 @@ def repair(db, *, progress=None) -> RepairReport:
     damaged += [p for p in after.primary if (p.kind, p.namespace, p.version, p.id, p.key)
                 not in seen]
     return RepairReport(ok=not damaged and after.ok, damaged=tuple(damaged),
-                        restored_from_wal=tuple(sorted(restored, key=repr)),
+                        restored_from_wal=tuple(sorted((x[:3] for x in restored), key=repr)),
+                        in_wal=tuple(sorted((x[:3] for x in in_wal), key=repr)),
                         rebuilt=tuple(rebuilt), before=before, after=after,
                         checkpoint_lsn=lsn, seconds=time.perf_counter() - t0,
                         hint=RESTORE_HINT if damaged else None)
@@ -157,9 +170,9 @@ def _reencode(state, old):
     state.mutations += 1
 
 
-def _rows_from_wal(db, problems: list) -> set:
-    """Rewrite rows that fail their CRC from WAL upserts that still hold their bytes.
-    Returns {(namespace, version, id, "row_checksum")} of the rows rewritten."""
+def _rows_from_wal(db, problems: list, *, write: bool) -> set:
+    """Rows that fail their CRC and that a WAL upsert still holds with the bytes the CRC
+    names (rewritten when ``write``): {(namespace, version, id, "row_checksum")}."""
     if not problems:
         return set()
     applier = db._applier
@@ -196,9 +209,10 @@ def _rows_from_wal(db, problems: list) -> set:
             rowid, crc, p = want[(vid, op["ids"][i])]
             row = state.prepare(X[i:i + 1].astype(np.float32))
             if schema.row_crc(row[0]) == crc:
-                state.rows.write(rowid, row)
+                if write:
+                    state.rows.write(rowid, row)
                 done.add((p.namespace, p.version, p.id, "row_checksum"))
                 del want[(vid, op["ids"][i])]
-    if done:
+    if done and write:
         applier.sync_rows()
     return done

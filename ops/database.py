@@ -469,10 +469,10 @@ class ObservedDatabase(FreshnessMixin):
         self._check_open()
         return self.integrity.verify(deep, progress)
 
-    def repair(self, *, progress=None):
+    def repair(self, *, progress=None, rows_from_wal: bool = False):
         """``engine.repair`` (a RepairReport), recorded like :meth:`verify`."""
         self._check_open()
-        return self.integrity.repair(progress)
+        return self.integrity.repair(progress, rows_from_wal)
 
     def scrub_step(self):
         """One background scrub slice now (what the scrub loop runs each interval)."""

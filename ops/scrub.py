@@ -94,8 +94,8 @@ class IntegrityTracker:
                     extra={"omitted": report.omitted, "lsn": report.lsn})
         return report
 
-    def repair(self, progress=None):
-        report = self.db.engine.repair(progress=progress)
+    def repair(self, progress=None, rows_from_wal: bool = False):
+        report = self.db.engine.repair(progress=progress, rows_from_wal=rows_from_wal)
         self.record("repair", list(report.after.problems), checked=report.after.checked,
                     seconds=report.seconds,
                     extra={"damaged": [p.to_dict() for p in report.damaged[:KEPT_PROBLEMS]],

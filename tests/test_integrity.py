@@ -193,11 +193,13 @@ def test_a_read_only_process_verifies_while_the_writer_is_open(db_path):
         assert data["rows"] == writer.namespace("docs").count() + 3 and data["last"] is True
 
 
-def test_verify_rejects_a_non_bool_deep(db_path):
+def test_verify_and_repair_reject_non_bool_flags(db_path):
     path, _ = db_path
     with sv.open(path, checkpoint_interval=0) as db:
         with pytest.raises(sv.InvalidInput, match="deep"):
             db.verify(deep="yes")
+        with pytest.raises(sv.InvalidInput, match="rows_from_wal"):
+            db.repair(rows_from_wal=1)
 
 
 # -- planted damage -------------------------------------------------------------------------------
@@ -220,15 +222,18 @@ def test_planted_damage_is_named_by_verify_and_health_and_handled_by_repair(db_p
 
         repaired = db.repair()
         if primary:
-            ids = [(p.kind, p.id) for p in repaired.damaged]
-            if plant == "row_overwritten" and (
-                    ("docs", 1, extid, "row_checksum") in repaired.restored_from_wal):
-                # the WAL still held the row: its CRC proved the bytes, which were rewritten
-                assert (kind, extid) not in ids
-                assert repaired.after.ok and repaired.ok
-            else:
-                assert (kind, extid) in ids, ids
-                assert not repaired.ok and "simplevector restore" in repaired.hint
+            # primary damage is named, never silently fixed
+            assert (kind, extid) in [(p.kind, p.id) for p in repaired.damaged]
+            assert not repaired.ok and "simplevector restore" in repaired.hint
+            assert not repaired.restored_from_wal
+            if plant == "row_overwritten":
+                # the WAL still holds the row: listed, and rewritten only when asked
+                assert repaired.in_wal == (("docs", 1, extid),)
+                assert _named(db.verify(), "row_checksum", extid)
+                again = db.repair(rows_from_wal=True)
+                assert again.restored_from_wal == (("docs", 1, extid),)
+                assert again.ok and again.after.ok and not again.damaged
+                repaired = again
         else:
             assert repaired.ok and repaired.after.ok and not repaired.damaged
             assert any("checkpoint" in line for line in repaired.rebuilt)
@@ -239,7 +244,7 @@ def test_planted_damage_is_named_by_verify_and_health_and_handled_by_repair(db_p
     with sv.open(path, checkpoint_interval=0) as db:
         again = db.verify(deep=True)
         assert all(p.primary for p in again.problems), again.problems
-        if plant in ("record_deleted", "bundle_byte_flipped"):
+        if plant in ("record_deleted", "bundle_byte_flipped", "row_overwritten"):
             assert again.ok
         if plant == "id_entry_deleted":
             # the row is gone with its id entry; its record stays, named, until a restore
@@ -402,8 +407,8 @@ def test_a_damaged_row_the_wal_no_longer_holds_is_named_for_a_restore(tmp_path):
     plant_row(path, vid, 3)
     with sv.open(path, **opts) as db:
         assert db.wal_retention()["segments"] < 12      # the first upserts' segments are gone
-        report = db.repair()
-        assert not report.restored_from_wal
+        report = db.repair(rows_from_wal=True)
+        assert not report.restored_from_wal and not report.in_wal
         assert [(p.kind, p.id) for p in report.damaged] == [("row_checksum", 3)]
         assert not report.ok and "restore" in report.hint
         # the row is still there, as damaged as it was: nothing was dropped
