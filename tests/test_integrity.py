@@ -450,3 +450,16 @@ def test_verify_and_scrub_during_concurrent_writes_report_nothing(db_path):
             thread.join()
         assert not errors
         assert db.verify().ok
+
+
+def test_cli_repair_rows_from_wal_rewrites_only_when_asked(db_path):
+    path, vid = db_path
+    plant_row(path, vid, 17)
+    first = CliRunner().invoke(main, ["repair", "--db", str(path)])
+    assert first.exit_code == 1 and "--rows-from-wal" in first.output, first.output
+    second = CliRunner().invoke(main, ["repair", "--db", str(path), "--rows-from-wal",
+                                       "--json"])
+    assert second.exit_code == 0, second.output
+    data = json.loads(second.output[second.output.index("{"):])
+    assert data["restored_from_wal"] == [["docs", 1, 17]] and data["ok"]
+    assert CliRunner().invoke(main, ["verify", "--db", str(path)]).exit_code == 0
