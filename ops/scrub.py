@@ -7,8 +7,9 @@ simplevector/engine/integrity.py); this module remembers what they found:
   read-only process): source (``verify``, ``scrub`` or ``repair``), time, ok, the problems
   (the first :data:`KEPT_PROBLEMS`, as dicts) and their count. The health report's
   ``integrity`` finding reads it: critical on any problem, with the result's age.
-* one event per verify and repair run, per completed scrub cycle and per scrub slice that
-  finds something new (``alert_events()``, rules ``verify``, ``repair``, ``scrub``).
+* one event per verify and repair run, per scrub slice that finds something new, and per
+  completed scrub cycle that is this process's first or whose problems differ from the
+  cycle before (``alert_events()``, rules ``verify``, ``repair``, ``scrub``).
 
 Scrub (``sv.open(..., scrub_interval=seconds, scrub_rows=4096)``): every interval one
 :meth:`~simplevector.engine.integrity.Scrubber.step` checks one bounded slice (``scrub_rows``
@@ -113,7 +114,12 @@ class IntegrityTracker:
                    and _key(p) not in self._previous]
             for p in report.problems:
                 self._current[_key(p)] = p
+            changed = False
             if report.complete:
+                # a cycle is an event when it is this process's first or its problems
+                # differ from the last cycle's (not every quiet cycle: they would pile up)
+                changed = self._scrubber.cycles == 1 or set(self._current) != set(
+                    self._previous)
                 self._previous, self._current = self._current, {}
                 shown = list(self._previous.values())
             else:
@@ -121,7 +127,7 @@ class IntegrityTracker:
                 merged.update(self._current)
                 shown = list(merged.values())
             self.record("scrub", shown, checked=report.checked, seconds=report.seconds,
-                        complete=report.complete, event=report.complete or bool(new),
+                        complete=report.complete, event=changed or bool(new),
                         extra={"cycles": self._scrubber.cycles})
         return report
 

@@ -463,3 +463,11 @@ def test_cli_repair_rows_from_wal_rewrites_only_when_asked(db_path):
     data = json.loads(second.output[second.output.index("{"):])
     assert data["restored_from_wal"] == [["docs", 1, 17]] and data["ok"]
     assert CliRunner().invoke(main, ["verify", "--db", str(path)]).exit_code == 0
+
+
+def test_quiet_scrub_cycles_do_not_pile_up_events(db_path):
+    path, _ = db_path
+    with sv.open(path, checkpoint_interval=0) as db:
+        steps = [db.scrub_step() for _ in range(200)]
+        assert sum(s.complete for s in steps) >= 3
+        assert len([e for e in db.alert_events() if e["rule"] == "scrub"]) == 1
