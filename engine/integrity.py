@@ -100,7 +100,7 @@ class VerifyReport:
     rows, field paths, deep samples). ``omitted``: problems found past ``MAX_PER_KIND``."""
 
     ok: bool
-    problems: tuple
+    problems: list
     checked: dict
     seconds: float
     deep: bool = False
@@ -122,7 +122,7 @@ class VerifyReport:
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyReport":
         """The report :meth:`to_dict` gave (the HTTP client rebuilds it so)."""
-        return cls(ok=d["ok"], problems=tuple(Problem.from_dict(p) for p in d["problems"]),
+        return cls(ok=d["ok"], problems=[Problem.from_dict(p) for p in d["problems"]],
                    checked=dict(d["checked"]), seconds=d["seconds"], deep=d["deep"],
                    at=d["at"], lsn=d["lsn"], complete=d["complete"], omitted=d["omitted"])
 
@@ -635,7 +635,7 @@ def verify(db, *, deep: bool = False, progress=None) -> VerifyReport:
         if progress is not None:
             progress(done, total)
     return VerifyReport(ok=not found.items and not found.omitted,
-                        problems=tuple(found.items), checked=dict(found.checked),
+                        problems=list(found.items), checked=dict(found.checked),
                         seconds=time.perf_counter() - t0, deep=deep, at=time.time(),
                         lsn=lsn, complete=True, omitted=found.omitted)
 
@@ -686,7 +686,7 @@ class Scrubber:
         if complete:
             self.cycles += 1
         return VerifyReport(ok=not found.items and not found.omitted,
-                            problems=tuple(found.items), checked=dict(found.checked),
+                            problems=list(found.items), checked=dict(found.checked),
                             seconds=time.perf_counter() - t0, at=time.time(), lsn=lsn,
                             complete=complete, omitted=found.omitted)
 

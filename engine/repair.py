@@ -34,7 +34,7 @@ class RepairReport:
     ``rebuilt``: one line per rebuilt structure."""
 
     ok: bool
-    damaged: tuple
+    damaged: list
     restored_from_wal: tuple
     rebuilt: tuple
     before: VerifyReport
@@ -55,7 +55,7 @@ class RepairReport:
     @classmethod
     def from_dict(cls, d: dict) -> "RepairReport":
         """The report :meth:`to_dict` gave (the HTTP client rebuilds it so)."""
-        return cls(ok=d["ok"], damaged=tuple(Problem.from_dict(p) for p in d["damaged"]),
+        return cls(ok=d["ok"], damaged=[Problem.from_dict(p) for p in d["damaged"]],
                    restored_from_wal=tuple(tuple(x) for x in d["restored_from_wal"]),
                    rebuilt=tuple(d["rebuilt"]), before=VerifyReport.from_dict(d["before"]),
                    after=VerifyReport.from_dict(d["after"]), checkpoint_lsn=d["checkpoint_lsn"],
@@ -122,7 +122,7 @@ def repair(db, *, progress=None, rows_from_wal: bool = False) -> RepairReport:
     seen = {(p.kind, p.namespace, p.version, p.id, p.key) for p in damaged}
     damaged += [p for p in after.primary if (p.kind, p.namespace, p.version, p.id, p.key)
                 not in seen]
-    return RepairReport(ok=not damaged and after.ok, damaged=tuple(damaged),
+    return RepairReport(ok=not damaged and after.ok, damaged=list(damaged),
                         restored_from_wal=tuple(sorted((x[:3] for x in restored), key=repr)),
                         in_wal=tuple(sorted((x[:3] for x in in_wal), key=repr)),
                         rebuilt=tuple(rebuilt), before=before, after=after,
