@@ -49,7 +49,7 @@ from . import schema, segments
 from .apply import unpack
 from .arrayfile import bundle_damage, read_bundle
 from .errors import CorruptionError, InvalidInput, StorageError
-from .fieldindex import _walk
+from .fieldindex import FieldIndex, _walk
 from .filters import scalar_key
 from .kernels.distances import distances_to_ref
 
@@ -290,12 +290,14 @@ def scan_ids(v: _Version, found: _Found, *, after: bytes | None = None,
 
 
 def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
-                    meta_paths: dict | None = None, progress=None):
+                    collect: dict | None = None, progress=None):
     """Rows, records, id entries and field indexes of the positions ``lo..hi-1``.
 
     ``entries``: rowid -> row CRC from :func:`scan_ids` of the whole version (else each
-    live row's id entry is read). ``meta_paths``: path -> live rows whose record has it,
-    accumulated for :func:`check_structure`. ``progress(rows done)`` every 16384 rows."""
+    live row's id entry is read). ``collect``: position -> (id, metadata, indexed paths) of
+    the live rows with a record, for :func:`check_structure` to compare the field indexes
+    in bulk (else each row is compared with the field indexes here). ``progress(rows
+    done)`` every 16384 rows."""
     config, n, alive = v.config, v.n, v.alive
     hi = min(hi, n)
     records: dict = {}
@@ -385,16 +387,17 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
                                  f"({', '.join('.'.join(p) for p in indexed[pos][:3])}) but "
                                  "LMDB has no record for it")
             continue
-        _check_fields(v, found, pos, extid, rec[1], indexed.get(pos, ()), meta_paths)
+        if collect is not None:
+            collect[pos] = (extid, rec[1], indexed.get(pos, ()))
+        else:
+            _check_fields(v, found, pos, extid, rec[1], indexed.get(pos, ()))
 
 
-def _check_fields(v, found, pos, extid, md, indexed_paths, meta_paths):
+def _check_fields(v, found, pos, extid, md, indexed_paths):
     have = set()
     if md:
         for path, value in _walk(md):
             have.add(path)
-            if meta_paths is not None:
-                meta_paths[path] = meta_paths.get(path, 0) + 1
             if not _holds(v.exists(path), pos):
                 found.add("field_index", v.config, id=extid,
                           detail=f"row {pos}: field {'.'.join(path)!r} is in its record but "
@@ -413,7 +416,41 @@ def _check_fields(v, found, pos, extid, md, indexed_paths, meta_paths):
                              "its record does not have")
 
 
-def check_structure(v: _Version, found: _Found, *, entries=None, meta_paths=None,
+def _fields_differ(v: _Version, collect: dict) -> list:
+    """Paths whose field indexes differ from ones built afresh from the records' metadata
+    (both as checkpoint arrays: live rows only, in one canonical order)."""
+    fresh = FieldIndex()
+    for pos in sorted(collect):
+        md = collect[pos][1]
+        if md:
+            fresh.add(pos, md)
+    if not v.n:
+        return []
+    meta_a, arr_a = v.fields.to_arrays(v.n, v.alive)
+    meta_b, arr_b = fresh.to_arrays(v.n, v.alive)
+    paths_a = {tuple(p): i for i, p in enumerate(meta_a["paths"])}
+    paths_b = {tuple(p): i for i, p in enumerate(meta_b["paths"])}
+    out = []
+    for path in sorted(set(paths_a) | set(paths_b)):
+        if path not in paths_a or path not in paths_b:
+            out.append(path)
+            continue
+        a, b = f"f{paths_a[path]}.", f"f{paths_b[path]}."
+        same = all(np.array_equal(arr_a[a + k], arr_b[b + k])
+                   for k in ("h1", "h2", "off", "pos", "exists"))
+        if same and ((a + "vals") in arr_a) != ((b + "vals") in arr_b):
+            same = False
+        if same and (a + "vals") in arr_a:
+            va, pa, vb, pb = arr_a[a + "vals"], arr_a[a + "vpos"], arr_b[b + "vals"], \
+                arr_b[b + "vpos"]
+            oa, ob = np.lexsort((pa, va)), np.lexsort((pb, vb))
+            same = np.array_equal(va[oa], vb[ob]) and np.array_equal(pa[oa], pb[ob])
+        if not same:
+            out.append(path)
+    return out
+
+
+def check_structure(v: _Version, found: _Found, *, entries=None, collect=None,
                     checkpoint_dir: str | None = None):
     """Counts, IVF lists, field-index totals and the version's checkpoint bundle."""
     config, n, alive = v.config, v.n, v.alive
@@ -427,15 +464,18 @@ def check_structure(v: _Version, found: _Found, *, entries=None, meta_paths=None
         if n_ids != live:
             found.add("count", config, primary=n_ids > live,
                       detail=f"LMDB has {n_ids} id entries for {live} live rows")
-    if meta_paths is not None:
-        for path in field_paths(v.fields):
-            name = ".".join(path)
-            ex = v.exists(path)
-            indexed = int(np.count_nonzero(alive[ex[ex < n]]))
-            if indexed != meta_paths.get(path, 0):
+    if collect is not None:
+        differ = _fields_differ(v, collect)
+        if differ:
+            before = len(found.items) + found.omitted
+            for pos in sorted(collect):     # name the rows (the slow way, only when broken)
+                extid, md, indexed = collect[pos]
+                _check_fields(v, found, pos, extid, md, indexed)
+            if len(found.items) + found.omitted == before:
                 found.add("field_index", config,
-                          detail=f"field {name!r}: the index holds {indexed} live rows, the "
-                                 f"records {meta_paths.get(path, 0)}")
+                          detail="the field indexes of "
+                                 + ", ".join(repr(".".join(p)) for p in differ[:5])
+                                 + " differ from ones built from the records' metadata")
     index = v.state.index
     if index is not None:
         sealed, d = index.snapshot()
@@ -623,11 +663,11 @@ def verify(db, *, deep: bool = False, progress=None) -> VerifyReport:
                           detail=e.message, primary=True)
                 continue
             entries, _ = scan_ids(v, found)
-            meta_paths: dict = {}
+            collect: dict = {}
             tick = None if progress is None else (
                 lambda rows, base=done: progress(base + rows, total))
-            check_positions(v, found, 0, v.n, entries, meta_paths, tick)
-            check_structure(v, found, entries=entries, meta_paths=meta_paths,
+            check_positions(v, found, 0, v.n, entries, collect, tick)
+            check_structure(v, found, entries=entries, collect=collect,
                             checkpoint_dir=ckpt)
             if deep:
                 check_deep(v, found)

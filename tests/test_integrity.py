@@ -471,3 +471,32 @@ def test_quiet_scrub_cycles_do_not_pile_up_events(db_path):
         steps = [db.scrub_step() for _ in range(200)]
         assert sum(s.complete for s in steps) >= 3
         assert len([e for e in db.alert_events() if e["rule"] == "scrub"]) == 1
+
+
+def test_a_field_index_that_disagrees_with_the_metadata_is_named_and_rebuilt(db_path):
+    """A checkpoint bundle rewritten (valid CRCs) with one row left out of a field's
+    exists list: derived state that disagrees with the records."""
+    from simplevector.engine.arrayfile import read_bundle, write_bundle
+    path, vid = db_path
+    ckpt = path / segments.CKPT_DIR
+    (name,) = os.listdir(ckpt)
+    bundle = str(ckpt / name / f"v{vid}.arr")
+    meta, arrays = read_bundle(bundle)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    i = [tuple(p) for p in meta["fields"]["paths"]].index(("tag",))
+    exists = arrays[f"fields.f{i}.exists"]
+    rowid = _rowid(path, vid, 38)
+    arrays[f"fields.f{i}.exists"] = exists[exists != rowid]
+    write_bundle(bundle, meta, arrays)
+    with sv.open(path, checkpoint_interval=0) as db:
+        report = db.verify()
+        hits = _named(report, "field_index", 38)
+        assert hits and not hits[0].primary and "'tag'" in hits[0].detail, report.problems
+        steps = [db.scrub_step() for _ in range(40)]     # the slice check names it too
+        assert any(_named(step, "field_index", 38) for step in steps)
+        repaired = db.repair()
+        assert repaired.ok and repaired.after.ok
+        ns = db.namespace("docs")
+        hits = ns.query(ns.get(38, include=("vectors",)).vector, k=5, where={"tag": "t2"},
+                        include=())
+        assert 38 in [h.id for h in hits]
