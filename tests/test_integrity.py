@@ -500,3 +500,34 @@ def test_a_field_index_that_disagrees_with_the_metadata_is_named_and_rebuilt(db_
         hits = ns.query(ns.get(38, include=("vectors",)).vector, k=5, where={"tag": "t2"},
                         include=())
         assert 38 in [h.id for h in hits]
+
+
+def test_a_live_row_missing_from_the_ivf_lists_is_named_and_rebuilt(db_path):
+    """A bundle rewritten (valid CRCs) with one live row taken out of its IVF list."""
+    from simplevector.engine.arrayfile import read_bundle, write_bundle
+    path, vid = db_path
+    ckpt = path / segments.CKPT_DIR
+    (name,) = os.listdir(ckpt)
+    bundle = str(ckpt / name / f"v{vid}.arr")
+    meta, arrays = read_bundle(bundle)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    rowid = _rowid(path, vid, 50)
+    pos, offsets = arrays["ivf.pos"], arrays["ivf.offsets"]
+    j = int(np.flatnonzero(pos == rowid)[0])
+    lst = int(np.searchsorted(offsets, j, side="right")) - 1
+    arrays["ivf.pos"] = np.delete(pos, j)
+    assert arrays["ivf.codes"].shape[0] == len(pos)        # (rows, m) codes
+    arrays["ivf.codes"] = np.delete(arrays["ivf.codes"], j, axis=0)
+    offsets = offsets.copy()
+    offsets[lst + 1:] -= 1
+    arrays["ivf.offsets"] = offsets
+    write_bundle(bundle, meta, arrays)
+    with sv.open(path, checkpoint_interval=0) as db:
+        report = db.verify()
+        assert _named(report, "ivf_missing", 50), report.problems
+        assert any(p.kind == "bundle" and "none of its IVF lists" in p.detail
+                   for p in report.problems)
+        repaired = db.repair()
+        assert repaired.ok and repaired.after.ok
+        assert any("re-encoded" in line for line in repaired.rebuilt)
+        assert db.verify(deep=True).ok
