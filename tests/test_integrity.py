@@ -531,3 +531,17 @@ def test_a_live_row_missing_from_the_ivf_lists_is_named_and_rebuilt(db_path):
         assert repaired.ok and repaired.after.ok
         assert any("re-encoded" in line for line in repaired.rebuilt)
         assert db.verify(deep=True).ok
+
+
+def test_a_read_only_process_scrubs_and_keeps_the_result_in_memory(db_path):
+    path, vid = db_path
+    plant_record_deleted(path, vid, 23)
+    with sv.open(path, readonly=True, checkpoint_interval=0, scrub_interval=0.01,
+                 scrub_rows=1000) as db:
+        assert _wait(lambda: (db.last_verify() or {}).get("problem_count"))
+        last = db.last_verify()
+        assert last["source"] == "scrub"
+        assert [(p["kind"], p["id"]) for p in last["problems"]] == [("record_missing", 23)]
+        assert db.health().find("integrity")[0].severity == "critical"
+    with sv.open(path, readonly=True, checkpoint_interval=0) as db:
+        assert db.last_verify() is None            # nothing was written by the reader
