@@ -831,11 +831,11 @@ class Database:
         self._check_writable()
         return repair.repair(self, progress=progress, rows_from_wal=rows_from_wal)
 
-    def scrubber(self, rows: int = 4096):
+    def scrubber(self, rows: int = 4096, *, deep: bool = True):
         """An incremental verify, one bounded slice per ``step()`` (integrity.Scrubber)."""
         from . import integrity
         self._check_open()
-        return integrity.Scrubber(self, rows)
+        return integrity.Scrubber(self, rows, deep=deep)
 
     def wal_keep_target(self) -> int:
         """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else

@@ -685,14 +685,17 @@ class Scrubber:
     :class:`VerifyReport` (``complete`` is True on the step that finishes a cycle over
     every version). Slices: ``rows`` positions of one version (rows, records, id entries,
     field indexes), then ``rows`` of its id entries in key order, then its counts, IVF
-    lists and checkpoint bundle (numpy work over the version's arrays). The LMDB structure
-    is checked at the start of each cycle."""
+    lists and checkpoint bundle (numpy work over the version's arrays) and, with ``deep``,
+    the deep sample (DEEP_SAMPLE rows re-encoded, DEEP_QUERIES re-ranked; another sample
+    each cycle). The LMDB structure is checked at the start of each cycle."""
 
-    def __init__(self, db, rows: int = 4096):
+    def __init__(self, db, rows: int = 4096, *, deep: bool = True):
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise InvalidInput(f"scrub rows {rows!r} is not valid; expected an int >= 1 "
                                "(positions or id entries checked per step)")
-        self.db, self.rows = db, rows
+        if not isinstance(deep, bool):
+            raise InvalidInput(f"scrub deep {deep!r} is not valid; expected True or False")
+        self.db, self.rows, self.deep = db, rows, deep
         self._plan: list = []
         self.cycles = 0
         self.cycle_problems: list = []
@@ -749,3 +752,5 @@ class Scrubber:
                               else ("structure", vid, None))
         else:
             check_structure(v, found, checkpoint_dir=_checkpoint_dir(self.db))
+            if self.deep:
+                check_deep(v, found, seed=self.cycles)

@@ -308,6 +308,7 @@ def test_scrub_of_a_clean_database_completes_cycles_without_problems(db_path):
         assert any(r.complete for r in reports)
         assert all(r.ok for r in reports), [r.problems for r in reports if not r.ok]
         assert sum(r.checked["rows"] for r in reports) >= db.namespace("docs").count()
+        assert sum(r.checked["deep_rows"] for r in reports) > 0    # a deep sample per cycle
         assert db.last_verify()["source"] == "scrub" and db.last_verify()["ok"]
         assert any(e["rule"] == "scrub" for e in db.alert_events())
 
