@@ -148,7 +148,7 @@ class Applier:
                         config, meta, arrays, self._row_file(config))
             except FileNotFoundError:
                 continue                    # the writer replaced that checkpoint: again
-            except CorruptionError:
+            except (CorruptionError, KeyError, TypeError, ValueError, IndexError):
                 return False                # a damaged bundle: rebuild from LMDB and rows
             self.configs = {c.vid: c for c in configs}
             self._replace_states(states)

@@ -171,10 +171,18 @@ class _Version:
         self._eq: dict = {}
 
     def extid(self, pos: int):
+        """The in-memory id map's id at ``pos`` (None when it cannot say: derived state
+        read from a damaged bundle may hold anything)."""
         try:
             return self.state.extid_at(pos)
-        except (IndexError, KeyError):
+        except Exception:
             return None
+
+    def extids(self, positions) -> list:
+        try:
+            return self.state.extids_at(positions)
+        except Exception:
+            return [self.extid(p) for p in np.asarray(positions).tolist()]
 
     def exists(self, path) -> np.ndarray:
         arr = self._exists.get(path)
@@ -196,6 +204,21 @@ def field_paths(fields) -> list:
     if fields._base is not None:
         paths.update(fields._base.paths)
     return sorted(paths)
+
+
+def _lmdb_row_of(v: _Version, extid):
+    """The row LMDB's id entry for ``extid`` names (None: no valid entry)."""
+    try:
+        key = schema.id_key(v.vid, extid)
+    except Exception:
+        return None
+    raw = v.txn.get(key, db=v.dbs[b"ids"])
+    if raw is None:
+        return None
+    try:
+        return schema.parse_id_value(key, raw)[0]
+    except CorruptionError:
+        return None
 
 
 def _holds(arr: np.ndarray, pos: int) -> bool:
@@ -302,6 +325,7 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
     hi = min(hi, n)
     records: dict = {}
     bad_records: set = set()
+    mismatched: set = set()
     cur = v.txn.cursor(db=v.dbs[b"records"])
     if cur.set_range(schema.row_key(v.vid, lo)):
         for key, value in cur.iternext():
@@ -325,8 +349,16 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
                                  + ("past the version's rows" if rowid >= n else "deleted"))
                 continue
             if rec[0] != v.extid(rowid):
-                found.add("record_id", config, id=v.extid(rowid), key=key, primary=True,
-                          detail=f"the record of row {rowid} carries id {rec[0]!r}")
+                if _lmdb_row_of(v, rec[0]) == rowid:
+                    # LMDB agrees with the record: the in-memory id map is what is wrong
+                    found.add("id_map", config, id=rec[0], key=key,
+                              detail=f"row {rowid} is {rec[0]!r} in LMDB; the in-memory "
+                                     f"index holds it under id {v.extid(rowid)!r}")
+                else:
+                    found.add("record_id", config, id=v.extid(rowid), key=key, primary=True,
+                              detail=f"the record of row {rowid} carries id {rec[0]!r}")
+                mismatched.add(rowid)       # its id entry checks would repeat this
+                continue
             records[rowid] = rec
     live = np.flatnonzero(alive[lo:hi]) + lo
     if not len(live):
@@ -338,16 +370,22 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
         ex = v.exists(path)
         a, b = np.searchsorted(ex, [lo, hi])
         for pos in ex[a:b].tolist():
-            if alive[pos]:
+            if lo <= pos < hi and alive[pos]:   # (a damaged bundle's arrays may hold junk)
                 indexed.setdefault(pos, []).append(path)
     found.count("field_paths", len(paths))
-    extids = v.state.extids_at(live)
+    extids = v.extids(live)
     rows = v.X[lo:hi]
     for i, (pos, extid) in enumerate(zip(live.tolist(), extids)):
         found.count("rows")
         if progress is not None and i % 16384 == 16383:
             progress(pos - lo)
+        if extid is None and pos not in mismatched:
+            mismatched.add(pos)
+            found.add("id_map", config, key=schema.row_key(v.vid, pos),
+                      detail=f"the in-memory id map cannot name live row {pos}")
         if entries is None:
+            if pos in mismatched:
+                continue                    # named above (id_map or record_id)
             key = schema.id_key(v.vid, extid)
             raw = v.txn.get(key, db=v.dbs[b"ids"])
             crc = None
@@ -369,7 +407,7 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
                         crc = None
         else:
             crc = entries.get(pos)
-            if crc is None:
+            if crc is None and pos not in mismatched:
                 key = schema.id_key(v.vid, extid)
                 if v.txn.get(key, db=v.dbs[b"ids"]) is None:
                     found.add("id_entry_missing", config, id=extid, key=key, primary=True,
@@ -380,7 +418,7 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
                                            "fails the CRC-32 its id entry carries")
         rec = records.get(pos)
         if rec is None:
-            if pos in indexed and pos not in bad_records:
+            if pos in indexed and pos not in bad_records and pos not in mismatched:
                 found.add("record_missing", config, id=extid, primary=True,
                           key=schema.row_key(v.vid, pos),
                           detail=f"the field indexes hold metadata of row {pos} "
@@ -390,7 +428,16 @@ def check_positions(v: _Version, found: _Found, lo: int, hi: int, entries=None,
         if collect is not None:
             collect[pos] = (extid, rec[1], indexed.get(pos, ()))
         else:
-            _check_fields(v, found, pos, extid, rec[1], indexed.get(pos, ()))
+            _check_fields_safely(v, found, pos, extid, rec[1], indexed.get(pos, ()))
+
+
+def _check_fields_safely(v, found, pos, extid, md, indexed_paths):
+    try:
+        _check_fields(v, found, pos, extid, md, indexed_paths)
+    except Exception as e:      # field arrays of a damaged bundle may hold anything
+        found.add("field_index", v.config, id=extid,
+                  detail=f"row {pos}: the field index cannot be read ({type(e).__name__}: "
+                         f"{e})")
 
 
 def _check_fields(v, found, pos, extid, md, indexed_paths):
@@ -426,8 +473,11 @@ def _fields_differ(v: _Version, collect: dict) -> list:
             fresh.add(pos, md)
     if not v.n:
         return []
-    meta_a, arr_a = v.fields.to_arrays(v.n, v.alive)
     meta_b, arr_b = fresh.to_arrays(v.n, v.alive)
+    try:
+        meta_a, arr_a = v.fields.to_arrays(v.n, v.alive)
+    except Exception:           # arrays of a damaged bundle: every path is suspect
+        return [tuple(p) for p in meta_b["paths"]] or [("?",)]
     paths_a = {tuple(p): i for i, p in enumerate(meta_a["paths"])}
     paths_b = {tuple(p): i for i, p in enumerate(meta_b["paths"])}
     out = []
@@ -453,7 +503,7 @@ def _fields_differ(v: _Version, collect: dict) -> list:
 def check_structure(v: _Version, found: _Found, *, entries=None, collect=None,
                     checkpoint_dir: str | None = None):
     """Counts, IVF lists, field-index totals and the version's checkpoint bundle."""
-    config, n, alive = v.config, v.n, v.alive
+    config, alive = v.config, v.alive
     live = int(np.count_nonzero(alive))
     if live != v.live:
         found.add("count", config, detail=f"{live} rows are alive but the version counts "
@@ -470,12 +520,23 @@ def check_structure(v: _Version, found: _Found, *, entries=None, collect=None,
             before = len(found.items) + found.omitted
             for pos in sorted(collect):     # name the rows (the slow way, only when broken)
                 extid, md, indexed = collect[pos]
-                _check_fields(v, found, pos, extid, md, indexed)
+                _check_fields_safely(v, found, pos, extid, md, indexed)
             if len(found.items) + found.omitted == before:
                 found.add("field_index", config,
                           detail="the field indexes of "
                                  + ", ".join(repr(".".join(p)) for p in differ[:5])
                                  + " differ from ones built from the records' metadata")
+    try:
+        _check_ivf(v, found)
+    except Exception as e:      # lists of a damaged bundle may hold anything
+        found.add("ivf_lists", config, detail=f"the IVF lists cannot be read "
+                                              f"({type(e).__name__}: {e})")
+    if checkpoint_dir is not None:
+        check_bundle(v.db.path, checkpoint_dir, config, found)
+
+
+def _check_ivf(v: _Version, found: _Found):
+    config, n, alive = v.config, v.n, v.alive
     index = v.state.index
     if index is not None:
         sealed, d = index.snapshot()
@@ -492,8 +553,6 @@ def check_structure(v: _Version, found: _Found, *, entries=None, collect=None,
             where = np.flatnonzero(bad)
             for p in where[:MAX_PER_KIND].tolist():
                 found.add(kind, config, id=v.extid(p), detail=f"live row {p} is {what}")
-    if checkpoint_dir is not None:
-        check_bundle(v.db.path, checkpoint_dir, config, found)
 
 
 def check_bundle(dbpath: str, name: str, config, found: _Found):
@@ -528,6 +587,14 @@ def check_bundle(dbpath: str, name: str, config, found: _Found):
 
 def check_deep(v: _Version, found: _Found, seed: int = 0):
     """Re-encode a sample of live rows against their stored PQ codes; re-rank queries."""
+    try:
+        _check_deep(v, found, seed)
+    except Exception as e:      # an index of a damaged bundle may hold anything
+        found.add("ivf_codes", v.config, detail=f"the IVF index cannot be checked "
+                                                f"({type(e).__name__}: {e})")
+
+
+def _check_deep(v: _Version, found: _Found, seed: int):
     index = v.state.index
     live = np.flatnonzero(v.alive)
     if index is None or not len(live):
@@ -628,6 +695,24 @@ class _Held:
             self._stack.pop().release()
 
 
+def check_checkpoint_record(db, found: _Found) -> str | None:
+    """The checkpoint directory LMDB's checkpoint record names (None: no checkpoint); a
+    problem when it is missing (the last open could not use it and rebuilt the state).
+    Read twice, so a checkpoint replacing it meanwhile is not mistaken for one."""
+    for _attempt in range(3):
+        name = _checkpoint_dir(db)
+        if name is None or os.path.isdir(os.path.join(segments.ckpt_root(db.path), name)):
+            return name
+        if _checkpoint_dir(db) != name:
+            continue
+        found.add("bundle_missing", key=os.path.join(segments.ckpt_root(db.path), name),
+                  detail=f"the checkpoint record names {name}, which is missing: an open "
+                         "found its bundles unusable (damaged) and rebuilt the state from "
+                         "LMDB and the rows; repair (or the next checkpoint) writes new ones")
+        return None
+    return _checkpoint_dir(db)
+
+
 def _checkpoint_dir(db) -> str | None:
     with db._store.read() as txn:
         raw = txn.get(schema.META_SNAPSHOT, db=db._store.dbs[b"meta"])
@@ -645,7 +730,7 @@ def verify(db, *, deep: bool = False, progress=None) -> VerifyReport:
     t0 = time.perf_counter()
     found = _Found()
     check_lmdb(db, found)
-    ckpt = _checkpoint_dir(db)
+    ckpt = check_checkpoint_record(db, found)
     configs = sorted(db._applier.configs.values(), key=lambda c: (c.name, c.version))
     total = sum(s.n for s in db._applier.states.values())
     done = 0
@@ -717,6 +802,7 @@ class Scrubber:
         lsn = db._applier.applied_lsn
         if kind == "lmdb":
             check_lmdb(db, found)
+            check_checkpoint_record(db, found)
         else:
             config = db._applier.configs.get(vid)
             if config is not None:

@@ -546,3 +546,23 @@ def test_a_read_only_process_scrubs_and_keeps_the_result_in_memory(db_path):
         assert db.health().find("integrity")[0].severity == "critical"
     with sv.open(path, readonly=True, checkpoint_interval=0) as db:
         assert db.last_verify() is None            # nothing was written by the reader
+
+
+def test_a_bundle_header_damaged_is_rebuilt_at_open_and_reported(db_path):
+    """A flipped byte in a bundle's header (its own CRC-32): the open does not use the
+    bundle (it rebuilds from LMDB and the rows), and verify says so until a checkpoint."""
+    path, vid = db_path
+    ckpt = path / segments.CKPT_DIR
+    (name,) = os.listdir(ckpt)
+    with open(ckpt / name / f"v{vid}.arr", "r+b") as f:
+        f.seek(40)
+        byte = f.read(1)
+        f.seek(40)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with sv.open(path, checkpoint_interval=0) as db:
+        report = db.verify()
+        assert [p.kind for p in report.problems] == ["bundle_missing"], report.problems
+        assert name in report.problems[0].key and not report.problems[0].primary
+        assert db.namespace("docs").get(10) is not None
+        assert db.repair().ok
+        assert db.verify(deep=True).ok
