@@ -50,6 +50,9 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     (a read-only open ignores it).
     snapshot_interval: seconds between automatic snapshots into ``<path>/snapshots`` (0 =
     off); snapshot_keep: how many snapshots the automatic ones leave there (older removed).
+    scrub_interval (an ops option): seconds between background scrub slices, an
+    incremental ``db.verify()`` whose last result the health report shows (0/None = off,
+    the default; see simplevector.ops.scrub); scrub_rows: positions per slice.
     auto_index: train an IVF index in the background once a namespace grows past its
     spec's threshold ("auto": 50,000 rows).
     compact_ratio, compact_min_rows: compact a version in the background once this share

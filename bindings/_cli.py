@@ -21,8 +21,8 @@ import click
 import simplevector as sv
 from simplevector._output import output_option
 
-__all__ = ["CONTEXT_SETTINGS", "DEFAULT_DB", "Command", "Group", "db_option", "open_db",
-           "output_option", "one_line"]
+__all__ = ["CONTEXT_SETTINGS", "DEFAULT_DB", "Command", "Group", "ProgressBar", "db_option",
+           "open_db", "output_option", "one_line"]
 
 CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"])
 DEFAULT_DB = "./simplevector-data"
@@ -120,3 +120,26 @@ def open_db(path: str, *, readonly: bool = False, must_exist: bool | None = None
         yield db
     finally:
         db.close()
+
+
+class ProgressBar:
+    """A ``progress(done, total)`` callback drawing a bar on stderr (long commands)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def __call__(self, done: int, total: int):
+        if self.bar is None:
+            import sys
+            self.bar = click.progressbar(length=max(total, 1), label=self.label,
+                                         file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -45,6 +45,8 @@ BODIES = {
                "refine": {"type": "integer", "minimum": 1},
                "exact": {"type": "boolean"}, "explain": {"type": "boolean"}}, ["vectors"]),
     "build_index": ({"spec": _NULLABLE_STR}, []),
+    "verify": ({"deep": {"type": "boolean"}}, []),
+    "repair": ({"rows_from_wal": {"type": "boolean"}}, []),
     "create_key": ({"role": {"type": "string", "enum": ["reader", "writer", "admin"]},
                     "namespaces": {"type": ["array", "null"], "items": {"type": "string"}},
                     "expires": {"type": ["string", "number", "null"]},

@@ -44,6 +44,8 @@ PERMISSIONS = {
     "metrics": ("read", "database"),
     "health": ("read", "database"),
     "latency": ("read", "database"),
+    "verify": ("admin", "database"),      # reads everything: not for every reader key
+    "repair": ("admin", "database"),
     "lsn": ("read", "database"),
     "changes": ("read", "database"),
     "list_namespaces": ("read", "filtered"),

@@ -639,6 +639,8 @@ def _register_ops_commands():
     register_security(main)
     from simplevector.cli_fresh import register as register_fresh
     register_fresh(main)
+    from simplevector.cli_integrity import register as register_integrity
+    register_integrity(main)
 
 
 _register_ops_commands()

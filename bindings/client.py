@@ -381,6 +381,18 @@ class Client:
                             findings=[Finding(**f) for f in msg.get("findings", ())],
                             stats=msg.get("stats", {}), at=msg.get("at", 0.0))
 
+    def verify(self, deep: bool = False):
+        """The server database's ``verify(deep)``: a VerifyReport (engine/integrity.py)."""
+        from simplevector.engine.integrity import VerifyReport
+        return VerifyReport.from_dict(self._request("POST", "/v1/verify",
+                                                    body={"deep": deep}))
+
+    def repair(self, *, rows_from_wal: bool = False):
+        """The server database's ``repair()``: a RepairReport (engine/repair.py)."""
+        from simplevector.engine.repair import RepairReport
+        return RepairReport.from_dict(self._request("POST", "/v1/repair",
+                                                    body={"rows_from_wal": rows_from_wal}))
+
     def latency(self, namespace=None, op=None, window=None) -> list:
         """LatencySummary rows (the server's ``db.latency(...)``); ``window`` in seconds."""
         from simplevector.ops.database import LatencySummary

@@ -132,6 +132,21 @@ async def health(request):
     return _encode(request, report.to_dict())
 
 
+async def verify(request):
+    """``db.verify(deep)``: checksums and cross-references (``deep`` in the body)."""
+    data = await _payload(request, ("deep",))
+    report = await _call(request.app.state.db.verify, data.get("deep", False))
+    return _encode(request, report.to_dict())
+
+
+async def repair(request):
+    """``db.repair()``: rebuild derived state, name damaged primary data."""
+    data = await _payload(request, ("rows_from_wal",))
+    report = await _call(request.app.state.db.repair,
+                         rows_from_wal=data.get("rows_from_wal", False))
+    return _encode(request, report.to_dict())
+
+
 async def latency(request):
     """Latency summaries: ``?namespace=&op=&window=`` (seconds or 1m/5m/1h; none = lifetime)."""
     q = request.query_params
@@ -369,6 +384,8 @@ ROUTES = [
     ("/openapi.json", "GET", openapi, "openapi"),
     ("/v1/health", "GET", health, "health"),
     ("/v1/latency", "GET", latency, "latency"),
+    ("/v1/verify", "POST", verify, "verify"),
+    ("/v1/repair", "POST", repair, "repair"),
     ("/v1/lsn", "GET", lsn, "lsn"),
     ("/v1/changes", "GET", changes, "changes"),
     ("/v1/namespaces", "GET", list_namespaces, "list_namespaces"),

@@ -67,6 +67,8 @@ class Applier:
         self.next_vid = 1
         self.applied_lsn = 0
         self.checkpoint_dir: str | None = None   # the checkpoint the states are based on
+        #: (vid, sub-db, key, why) of LMDB entries the last load() left out
+        self.skipped: list = []
         self._handlers = {
             "create_namespace": self._create,
             "create_version": self._create,
@@ -121,6 +123,7 @@ class Applier:
             raw = txn.get(schema.META_NEXT_VID, db=dbs[b"meta"])
             self.next_vid = unpack(raw) if raw else 1
             configs = {}
+            self.skipped = []
             for _key, value in txn.cursor(db=dbs[b"catalog"]):
                 config = VersionConfig.from_msg(unpack(value))
                 configs[config.vid] = config
@@ -156,6 +159,8 @@ class Applier:
                         config, meta, arrays, self._row_file(config, gen=meta.get("gen", 0)))
             except FileNotFoundError:
                 continue                    # the writer replaced that checkpoint: again
+            except (CorruptionError, KeyError, TypeError, ValueError, IndexError):
+                return False                # a damaged bundle: rebuild from LMDB and rows
             self.configs = {c.vid: c for c in configs}
             self._replace_states(states)
             self.next_vid = snap["next_vid"]
@@ -165,6 +170,10 @@ class Applier:
         return False
 
     def _load_version(self, txn, config: VersionConfig) -> VersionState:
+        """A version's state from LMDB's ids and records and its row file. Entries that
+        fail their checksum or point past the version's rows are left out (the rows they
+        name stay dead) and listed in ``skipped``: ``db.verify()`` reports each one and
+        ``db.repair()`` names their ids; loading never stops the database opening."""
         dbs = self.store.dbs
         vid = config.vid
         raw = txn.get(schema.counter_key(vid), db=dbs[b"counters"])
@@ -176,15 +185,23 @@ class Applier:
         prefix = schema.vid_prefix(vid)
         alive_ids = {}                  # rowid (= position) -> external id
         for key, value in schema.scan_prefix(txn, dbs[b"ids"], prefix):
-            alive_ids[schema.unpack_u64(value)] = schema.decode_id(key[4:])
+            try:
+                rowid, _crc = schema.parse_id_value(key, value)
+            except CorruptionError as e:
+                self.skipped.append((vid, b"ids", bytes(key), str(e)))
+                continue
+            if rowid >= n:
+                self.skipped.append((vid, b"ids", bytes(key),
+                                     f"id entry points at row {rowid} past the version's "
+                                     f"{n} rows"))
+                continue
+            alive_ids[rowid] = schema.decode_id(key[4:])
         metas = {}
         for key, value in schema.scan_prefix(txn, dbs[b"records"], prefix):
-            metas[schema.rowid_of_key(key)] = unpack(value)[1]
-        bad = [r for r in alive_ids if r >= n]
-        if bad:
-            raise CorruptionError(
-                f"namespace {config.name!r} v{config.version}: id entries point at rows "
-                f"{bad[:5]} past the version's {n} rows (LMDB sub-databases disagree)")
+            try:
+                metas[schema.rowid_of_key(key)] = schema.parse_record(key, value)[1]
+            except CorruptionError as e:
+                self.skipped.append((vid, b"records", bytes(key), str(e)))
         state.load_rows(n, dict(sorted(alive_ids.items())), metas)
         return state
 
@@ -328,13 +345,15 @@ class Applier:
         def txn_fn(txn):
             for old_rowid in old_rowids:
                 txn.delete(schema.row_key(vid, old_rowid), db=dbs[b"records"])
+            keys = schema.id_keys(vid, ids)
             txn.cursor(db=dbs[b"ids"]).putmulti(
-                list(zip(schema.id_keys(vid, ids), schema.u64_values(rowids))))
+                list(zip(keys, schema.id_values(keys, rowids, crcs))))
             if with_record:
                 keys = schema.row_keys(vid, [rowids[i] for i in with_record])
                 txn.cursor(db=dbs[b"records"]).putmulti(
-                    [(key, pack([ids[i], metas[i], docs[i]] if prov[i] is None
-                                else [ids[i], metas[i], docs[i], prov[i]]))
+                    [(key, schema.record_value(
+                        pack([ids[i], metas[i], docs[i]] if prov[i] is None
+                             else [ids[i], metas[i], docs[i], prov[i]])))
                      for key, i in zip(keys, with_record)])
             txn.put(schema.counter_key(vid), schema.pack_u64(rowids[-1] + 1),
                     db=dbs[b"counters"])
@@ -345,6 +364,8 @@ class Applier:
             encoded = (index, encoding)
         else:
             stored = state.prepare(vectors)
+        # each id entry carries its row's CRC-32, written in the transaction naming the row
+        crcs = schema.row_crcs(stored)
         # rows first: the LMDB commit that names them comes after them (arrayfile.py);
         # rewriting them (a retried apply, WAL replay) writes the same bytes again
         if self.write_rows and state.rows is not None:
@@ -458,14 +479,16 @@ class Applier:
         remap[keep] = np.arange(len(keep), dtype=np.int64)
         prefix = schema.vid_prefix(vid)
         ids = list(schema.scan_prefix(txn, dbs[b"ids"], prefix))
-        old = np.frombuffer(b"".join(v for _k, v in ids), ">u8").astype(np.int64)
+        parsed = [schema.parse_id_value(k, v) for k, v in ids]
+        old = np.array([r for r, _c in parsed], np.int64)
         if len(old) and (int(old.max()) >= before or int(remap[old].min()) < 0):
             raise CorruptionError(f"namespace version {vid}: an id entry names a row that is "
                                   "not live; compaction stopped before changing anything",
                                   hint="run `simplevector verify` for details")
         new = remap[old] if len(old) else old
-        txn.cursor(db=dbs[b"ids"]).putmulti(
-            list(zip([k for k, _v in ids], schema.u64_values(new))))
+        keys = [k for k, _v in ids]
+        txn.cursor(db=dbs[b"ids"]).putmulti(list(zip(keys, schema.id_values(
+            keys, new.tolist(), [c for _r, c in parsed]))))
         records = list(schema.scan_prefix(txn, dbs[b"records"], prefix))
         if records:
             rows = np.frombuffer(b"".join(k[4:12] for k, _v in records), ">u8").astype(np.int64)

@@ -6,8 +6,9 @@
   the unwritten tail takes no disk) and is remapped when it does; an older mapping stays
   valid for the rows it covers, so a query holding it is never torn.
 * array bundles (:func:`write_bundle`, :func:`read_bundle`): one file holding named numpy
-  arrays plus a msgpack header, each array 64-byte aligned, read back as views of one
-  read-only mapping. A checkpoint writes one bundle per version; reopening maps it in O(1).
+  arrays plus a msgpack header (with its own CRC-32), each array 64-byte aligned and with
+  its CRC-32 in the header, read back as views of one read-only mapping. A checkpoint
+  writes one bundle per version; reopening maps it in O(1).
 
 Durability: rows are written before the LMDB transaction that records them; a checkpoint
 ``fsync``s every row file before it records its LSN, and recovery rewrites the rows of every
@@ -31,8 +32,12 @@ from .errors import CorruptionError, StorageError
 #: of what it holds, whichever is more: few remaps, little sparse slack.
 MIN_GROWTH_ROWS = 4096
 
-_MAGIC = b"SVARR002"
+#: Bundles since format 3 keep a CRC-32 of their header after it; SVARR002 bundles (format
+#: 2 checkpoints an upgrade carries over) have none and are still read.
+_MAGIC = b"SVARR003"
+_MAGIC_NO_HEADER_CRC = b"SVARR002"
 _HEAD = struct.Struct("<8sQ")
+_HCRC = struct.Struct("<I")
 _ALIGN = 64
 
 
@@ -131,10 +136,11 @@ def write_bundle(path: str, meta: dict, arrays: dict) -> int:
         blobs.append((offset, raw))
         offset += arr.nbytes
     header = msgpack.packb({"meta": meta, "arrays": entries}, use_bin_type=True)
-    data_start = -(-(_HEAD.size + len(header)) // _ALIGN) * _ALIGN
+    data_start = -(-(_HEAD.size + len(header) + _HCRC.size) // _ALIGN) * _ALIGN
     with open(path, "wb") as f:
         f.write(_HEAD.pack(_MAGIC, len(header)))
         f.write(header)
+        f.write(_HCRC.pack(zlib.crc32(header) & 0xFFFFFFFF))
         for off, raw in blobs:
             f.seek(data_start + off)
             f.write(raw)
@@ -149,25 +155,70 @@ def read_bundle(path: str, *, check: bool = False) -> tuple[dict, dict]:
     ``check=True`` verifies every array's CRC-32 (verify does; reopening does not)."""
     try:
         with open(path, "rb") as f:
-            magic, hlen = _HEAD.unpack(f.read(_HEAD.size))
-            if magic != _MAGIC:
-                raise CorruptionError(f"{path} is not a SimpleVector array bundle")
-            header = msgpack.unpackb(f.read(hlen), raw=False, strict_map_key=False)
+            header, data_start = _read_header(f, path)
             size = os.fstat(f.fileno()).st_size
             # copy-on-write and never written: the arrays are writable numpy arrays (the
             # numba kernels are compiled for those) whose pages stay the file's
             mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
     except (OSError, struct.error, ValueError, msgpack.UnpackException) as e:
         raise CorruptionError(f"cannot read the array bundle {path}: {e}") from e
-    data_start = -(-(_HEAD.size + hlen) // _ALIGN) * _ALIGN
     buf = memoryview(mm)
     arrays = {}
-    for name, (dtype, shape, off, nbytes, crc) in header["arrays"].items():
-        start = data_start + off
-        if start + nbytes > size:
-            raise CorruptionError(f"array bundle {path}: {name!r} runs past the end of the file")
-        raw = buf[start:start + nbytes]
-        if check and (zlib.crc32(raw) & 0xFFFFFFFF) != crc:
-            raise CorruptionError(f"array bundle {path}: {name!r} fails its checksum")
-        arrays[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
-    return header["meta"], arrays
+    try:
+        for name, (dtype, shape, off, nbytes, crc) in header["arrays"].items():
+            start = data_start + off
+            if start + nbytes > size:
+                raise CorruptionError(
+                    f"array bundle {path}: {name!r} runs past the end of the file")
+            raw = buf[start:start + nbytes]
+            if check and (zlib.crc32(raw) & 0xFFFFFFFF) != crc:
+                raise CorruptionError(f"array bundle {path}: {name!r} fails its checksum")
+            arrays[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+        return header["meta"], arrays
+    except (KeyError, TypeError, ValueError) as e:      # a header of the wrong shape
+        raise CorruptionError(f"array bundle {path}: its header is not valid: {e}") from e
+
+
+def _read_header(f, path: str) -> tuple[dict, int]:
+    """(header, offset of the data) of an open bundle; its header CRC-32 checked."""
+    magic, hlen = _HEAD.unpack(f.read(_HEAD.size))
+    if magic not in (_MAGIC, _MAGIC_NO_HEADER_CRC):
+        raise CorruptionError(f"{path} is not a SimpleVector array bundle")
+    if hlen > os.fstat(f.fileno()).st_size:
+        raise CorruptionError(f"array bundle {path}: its header length {hlen} runs past the "
+                              "end of the file")
+    raw = f.read(hlen)
+    extra = 0
+    if magic == _MAGIC:
+        extra = _HCRC.size
+        (want,) = _HCRC.unpack(f.read(_HCRC.size))
+        if (zlib.crc32(raw) & 0xFFFFFFFF) != want:
+            raise CorruptionError(f"array bundle {path}: its header fails its checksum")
+    header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict):
+        raise CorruptionError(f"array bundle {path}: its header is not valid")
+    return header, -(-(_HEAD.size + hlen + extra) // _ALIGN) * _ALIGN
+
+
+def bundle_damage(path: str) -> list:
+    """What is wrong with a bundle, one string per finding (empty: every array passes its
+    CRC-32): an unreadable header, or each array that runs past the file or fails its
+    checksum, by name. engine/integrity.py reports them; repair rewrites the bundle."""
+    try:
+        _meta, arrays = read_bundle(path)
+    except CorruptionError as e:
+        return [str(e)]
+    try:
+        with open(path, "rb") as f:
+            header, _start = _read_header(f, path)
+    except CorruptionError as e:
+        return [str(e)]
+    except (OSError, struct.error, ValueError, msgpack.UnpackException) as e:
+        return [f"cannot read the array bundle {path}: {e}"]
+    out = []
+    for name, entry in header["arrays"].items():
+        arr = arrays[name]
+        raw = memoryview(arr).cast("B") if arr.size else b""
+        if (zlib.crc32(raw) & 0xFFFFFFFF) != entry[4]:
+            out.append(f"array bundle {path}: {name!r} fails its checksum")
+    return out

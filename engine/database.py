@@ -897,6 +897,28 @@ class Database:
         self._check_open()
         return snapshot.prune(self.path, keep)
 
+    # -- integrity (engine/integrity.py) -------------------------------------------------------
+    def verify(self, deep: bool = False, *, progress=None):
+        """Check checksums and cross-references of everything stored (engine/integrity.py):
+        a VerifyReport (``ok``, ``problems`` naming namespace, version, id or key). Works
+        read-only. ``deep=True`` also re-encodes and re-ranks a sample per version."""
+        from . import integrity
+        self._check_open()
+        return integrity.verify(self, deep=deep, progress=progress)
+
+    def repair(self, *, progress=None, rows_from_wal: bool = False):
+        """Rebuild all derived state from LMDB, the rows and the WAL, then checkpoint; a
+        RepairReport names the ids whose primary data is damaged (engine/repair.py)."""
+        from . import repair
+        self._check_writable()
+        return repair.repair(self, progress=progress, rows_from_wal=rows_from_wal)
+
+    def scrubber(self, rows: int = 4096, *, deep: bool = True):
+        """An incremental verify, one bounded slice per ``step()`` (integrity.Scrubber)."""
+        from . import integrity
+        self._check_open()
+        return integrity.Scrubber(self, rows, deep=deep)
+
     def wal_keep_target(self) -> int:
         """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else
         :func:`~.retention.default_wal_keep_bytes` of the LMDB bytes used now."""

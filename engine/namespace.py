@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import schema, validate, warmup
-from .apply import pack, unpack
+from .apply import pack
 from .errors import InvalidInput, StorageError
 from .filters import compile_filter
 from .kernels import flat
@@ -246,12 +246,13 @@ class Namespace:
                     state = self._db._state(config.vid)
                     continue
                 for extid in ids:
-                    raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                    key = schema.id_key(config.vid, extid)
+                    raw = txn.get(key, db=dbs[b"ids"])
                     if raw is None:
                         out.append(None)
                         continue
-                    out.append(self._record(txn, state, schema.unpack_u64(raw), extid,
-                                            include, Record))
+                    out.append(self._record(txn, state, schema.parse_id_value(key, raw)[0],
+                                            extid, include, Record))
             return out[0] if single else out
         raise StorageError(f"namespace {self.name!r}: the stored layout did not settle after a "
                            "compaction (LMDB and the in-memory state disagree)",
@@ -265,10 +266,10 @@ class Namespace:
         md = doc = vec = None
         if "metadata" in include or "documents" in include:
             key_pos = pos if rec_pos is None else rec_pos
-            raw = None if key_pos < 0 else txn.get(
-                schema.row_key(state.config.vid, key_pos), db=dbs[b"records"])
+            key = schema.row_key(state.config.vid, max(key_pos, 0))
+            raw = None if key_pos < 0 else txn.get(key, db=dbs[b"records"])
             if raw is not None:
-                md, doc = unpack(raw)[1:3]
+                md, doc = schema.parse_record(key, raw)[1:3]
         if "vectors" in include:
             vec = state.row_vector(pos)
         return cls(id=extid, metadata=md if "metadata" in include else None,
@@ -497,12 +498,13 @@ class Namespace:
         out = []
         with self._db._store.read() as txn:
             for extid in ids:
-                raw = txn.get(schema.id_key(config.vid, extid), db=dbs[b"ids"])
+                key = schema.id_key(config.vid, extid)
+                raw = txn.get(key, db=dbs[b"ids"])
                 rec = None
                 if raw is not None:
-                    rec = txn.get(schema.row_key(config.vid, schema.unpack_u64(raw)),
-                                  db=dbs[b"records"])
-                rec = unpack(rec) if rec is not None else None
+                    rkey = schema.row_key(config.vid, schema.parse_id_value(key, raw)[0])
+                    rec = txn.get(rkey, db=dbs[b"records"])
+                    rec = schema.parse_record(rkey, rec) if rec is not None else None
                 out.append(rec[3] if rec is not None and len(rec) > 3 else None)
         return out
 
@@ -531,9 +533,9 @@ class Namespace:
             moved = not _same_layout(txn, dbs, state)
             for p, extid in zip(pick, extids):
                 rp = _rowid_in(txn, dbs, state, extid) if moved else p
-                raw = None if rp < 0 else txn.get(schema.row_key(config.vid, rp),
-                                                  db=dbs[b"records"])
-                rec = unpack(raw) if raw is not None else None
+                key = schema.row_key(config.vid, max(rp, 0))
+                raw = None if rp < 0 else txn.get(key, db=dbs[b"records"])
+                rec = schema.parse_record(key, raw) if raw is not None else None
                 if rec is None:
                     out.append(StoredRecord(id=extid))
                 else:
@@ -641,5 +643,6 @@ def _same_layout(txn, dbs, state) -> bool:
 
 def _rowid_in(txn, dbs, state, extid) -> int:
     """The rowid ``txn`` has for ``extid`` (-1: not stored there)."""
-    raw = txn.get(schema.id_key(state.config.vid, extid), db=dbs[b"ids"])
-    return -1 if raw is None else schema.unpack_u64(raw)
+    key = schema.id_key(state.config.vid, extid)
+    raw = txn.get(key, db=dbs[b"ids"])
+    return -1 if raw is None else schema.parse_id_value(key, raw)[0]

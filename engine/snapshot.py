@@ -268,8 +268,7 @@ def _fingerprint(txn, dbs, configs, rows_root: str) -> dict:
             if not chunk:
                 break
             count += len(chunk)
-            rowids = np.frombuffer(b"".join(bytes(v[:8]) for _k, v in chunk), ">u8")
-            rowids = rowids.astype(np.int64)
+            rowids = np.array([schema.parse_id_value(k, v)[0] for k, v in chunk], np.int64)
             for (key, _v), r in zip(chunk, rowids.tolist()):
                 keys[r] = bytes(key[4:])
             D = np.concatenate([best_d, _chunk_distances(X[rowids], Q, config.metric)], 1)

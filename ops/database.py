@@ -36,7 +36,7 @@ from simplevector.engine.errors import ClosedError, InvalidInput
 from simplevector.engine.observer import Observer, compile_clock
 
 from . import alerts as alerts_mod
-from . import capacity, health as health_mod, metrics, probe as probe_mod
+from . import capacity, health as health_mod, metrics, probe as probe_mod, scrub as scrub_mod
 from .freshdb import FreshnessMixin
 from .health import HealthThresholds
 from .histogram import Histogram, RollingHistogram, parse_window
@@ -101,19 +101,28 @@ class ObservedDatabase(FreshnessMixin):
     snapshot_interval: seconds between scheduled snapshots into ``<db>/snapshots`` (0 =
         off); after each, snapshots beyond the newest ``snapshot_keep`` are removed, and the
         run is recorded as an event (``alert_events()``, rule ``scheduled_snapshot``).
+    scrub_interval: seconds between background scrub slices (0 = off, the default: see
+        ops/scrub.py), each checking ``scrub_rows`` positions or id entries of one version;
+        the last result is recorded for the health report, cycles as events.
     """
 
     def __init__(self, path, *, probe_interval: float = 0.0, alert_interval: float = 0.0,
                  alert_rules=None, memory_budget: int | None = None,
                  thresholds: HealthThresholds | None = None, clock=time.monotonic,
-                 snapshot_interval: float = 0.0, snapshot_keep: int = 3, **kwargs):
+                 snapshot_interval: float = 0.0, snapshot_keep: int = 3,
+                 scrub_interval: float | None = 0.0, scrub_rows: int = 4096, **kwargs):
+        scrub_interval = 0.0 if scrub_interval is None else scrub_interval
+        if isinstance(scrub_rows, bool) or not isinstance(scrub_rows, int) or scrub_rows < 1:
+            raise InvalidInput(f"scrub_rows {scrub_rows!r} is not valid; expected an int >= 1 "
+                               "(positions or id entries one scrub slice checks)")
         if isinstance(snapshot_keep, bool) or not isinstance(snapshot_keep, int) or \
                 snapshot_keep < 1:
             raise InvalidInput(f"snapshot_keep {snapshot_keep!r} is not valid; expected an "
                                "int >= 1 (snapshots the scheduler leaves)")
         for name, value in (("probe_interval", probe_interval),
                             ("alert_interval", alert_interval),
-                            ("snapshot_interval", snapshot_interval)):
+                            ("snapshot_interval", snapshot_interval),
+                            ("scrub_interval", scrub_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInput(f"{name} {value!r} is not valid; expected seconds >= 0 "
                                    "(0 turns the loop off)")
@@ -135,6 +144,7 @@ class ObservedDatabase(FreshnessMixin):
         self._loop_stop = threading.Event()
         self._counter_base: dict = {}
         self.engine = Database(path, **kwargs)
+        self.integrity = scrub_mod.IntegrityTracker(self, scrub_rows)
         self._init_fresh()
         self.growth = capacity.GrowthTracker()
         self._alerts = alerts_mod.AlertManager(self)
@@ -156,6 +166,7 @@ class ObservedDatabase(FreshnessMixin):
         self._start_loop("alerts", alert_interval, self.alerts)
         self.snapshot_keep = snapshot_keep
         self._start_loop("snapshots", snapshot_interval, self.scheduled_snapshot)
+        self._start_loop("scrub", scrub_interval, self.scrub_step, readonly_ok=True)
 
     def _check_open(self):
         if self.engine.closed:
@@ -176,6 +187,7 @@ class ObservedDatabase(FreshnessMixin):
         self._counter_base = dict(store.get(COUNTERS_KEY, None) or {})
         self.growth.load(store.get(capacity.GROWTH_KEY, None))
         self._alerts.load()
+        self.integrity.load()
         self._load_fresh_state()
         self._ops_loaded = True
 
@@ -478,9 +490,30 @@ class ObservedDatabase(FreshnessMixin):
         self._check_open()
         return verify_snapshot_dir(self.path, path)
 
+    # -- integrity (ops/scrub.py; the checks are engine/integrity.py) ---------------------
+    def verify(self, deep: bool = False, *, progress=None):
+        """``engine.verify`` (a VerifyReport), with its result recorded for the health
+        report (``last_verify()``) and as an event."""
+        self._check_open()
+        return self.integrity.verify(deep, progress)
+
+    def repair(self, *, progress=None, rows_from_wal: bool = False):
+        """``engine.repair`` (a RepairReport), recorded like :meth:`verify`."""
+        self._check_open()
+        return self.integrity.repair(progress, rows_from_wal)
+
+    def scrub_step(self):
+        """One background scrub slice now (what the scrub loop runs each interval)."""
+        self._check_open()
+        return self.integrity.scrub_step()
+
+    def last_verify(self) -> dict | None:
+        """The last verify / scrub / repair result (source, at, ok, problems, ...)."""
+        return self.integrity.last
+
     # -- background loops ---------------------------------------------------------------------
-    def _start_loop(self, name, interval, fn):
-        if not interval or self.readonly:
+    def _start_loop(self, name, interval, fn, readonly_ok: bool = False):
+        if not interval or (self.readonly and not readonly_ok):
             return
 
         def loop():

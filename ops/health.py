@@ -12,7 +12,8 @@ freshness (ops/freshness.py: rows by another model, old rows, source changed aft
 embedding, backlog and ETA, migrations), budget use and cost spikes;
 WAL bytes, records not yet checkpointed, checkpoint age; LMDB map use (informational:
 the map grows by itself), disk free, disk headroom for the next map growth, the capacity
-forecast; p99 query latency over 5 minutes.
+forecast; p99 query latency over 5 minutes; the last verify / scrub / repair result
+(``integrity``, ops/scrub.py: critical on any problem).
 
 Thresholds and severities of the graded checks come from one table, ops/thresholds.py,
 which the default alert rules read too.
@@ -24,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 
+from simplevector.engine.errors import CorruptionError
 from simplevector.engine.indexspec import IndexSpec
 
 from simplevector.engine.store import next_map_size
@@ -395,8 +397,15 @@ def build_report(db, *, drift_sample: int = 2000) -> HealthReport:
     findings, versions = version_checks(db, t, drift_sample)
     more, storage = storage_checks(db, t)
     findings += more + latency_checks(db, t)
-    fresh, fresh_stats = freshness.health_checks(db, t)
+    try:
+        fresh, fresh_stats = freshness.health_checks(db, t)
+    except CorruptionError as e:    # a damaged record: the integrity finding names it
+        fresh, fresh_stats = [Finding(
+            "freshness", "warning", None, None, None, f"freshness not measured: {e.message}",
+            runbook("recover-from-a-corruption-finding"))], {}
     findings += fresh
+    from .scrub import finding as integrity_finding
+    findings.append(integrity_finding(db.last_verify(), time.time(), t))
     if db.ops_persist_error:
         findings.append(Finding("ops_persist", "warning", None, db.ops_persist_error, None,
                                 "ops state could not be saved at the last checkpoint",

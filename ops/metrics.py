@@ -174,6 +174,10 @@ class OpsCollector:
             ("growth_vectors_per_day", "Net vectors added per day (write history).",
              fc.vectors_per_day),
             ("growth_bytes_per_day", "Estimated disk bytes added per day.", fc.bytes_per_day),
+            ("integrity_problems", "Problems the last verify, scrub or repair found.",
+             None if db.last_verify() is None else db.last_verify()["problem_count"]),
+            ("integrity_age_seconds", "Seconds since the last verify, scrub or repair.",
+             None if db.last_verify() is None else time.time() - db.last_verify()["at"]),
         ]
         for name, help_, value in gauges:
             if value is None:

@@ -74,6 +74,10 @@ class HealthThresholds:
     budget_critical: float = 1.0
     cost_spike_warning: float = 3.0         # tokens this hour / mean hour of the last 24
     cost_spike_floor_tokens: int = 50_000   # the mean hour is at least this many tokens
+    # problems the last verify / scrub / repair found (ops/scrub.py): any is critical, since
+    # each is damaged data or derived state that disagrees with it
+    integrity_warning: int = 0
+    integrity_critical: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,9 @@ TABLE = (
               "seconds to embed the freshness backlog at the measured embedding rate"),
     Threshold("budget_used_ratio", "budget", "above", "budget_warning", "budget_critical",
               "budget_high", "cost-spike", "largest share of a budget used in its period"),
+    Threshold("integrity_problems", "integrity", "above", "integrity_warning",
+              "integrity_critical", "integrity_problems", "recover-from-a-corruption-finding",
+              "problems the last verify, scrub or repair found (any is critical)"),
     Threshold("cost_spike_ratio", "cost_spike", "above", "cost_spike_warning", None,
               "cost_spike", "cost-spike",
               "embedding tokens this hour / mean hour of the previous 24"),

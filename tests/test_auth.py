@@ -137,6 +137,8 @@ def _request_for(op_id: str, revoke_id: str, db=None):
         "metrics": ("GET", "/metrics", None),
         "health": ("GET", "/v1/health", None),
         "latency": ("GET", "/v1/latency", None),
+        "verify": ("POST", "/v1/verify", {"deep": False}),
+        "repair": ("POST", "/v1/repair", {}),
         "lsn": ("GET", "/v1/lsn", None),
         "changes": ("GET", "/v1/changes", None),
         "list_namespaces": ("GET", "/v1/namespaces", None),

@@ -216,6 +216,24 @@ def test_health_metrics_and_latency(backend, name):
     assert backend.latency(namespace=name, op="query", window="5m")[0].window == 300
 
 
+def test_verify_and_repair(backend, name):
+    from simplevector.engine.integrity import VerifyReport
+    from simplevector.engine.repair import RepairReport
+    ns = backend.create_namespace(name, dim=4, metric="l2")
+    ns.upsert([1, 2, "c"], data(3), metadata=[{"a": 1}, None, {"a": "x"}])
+    ns.delete([2])
+    for deep in (False, True):
+        report = backend.verify(deep=deep)
+        assert isinstance(report, VerifyReport) and report.ok, report.problems
+        assert report.deep is deep and report.checked["rows"] >= 2
+    with pytest.raises(sv.InvalidInput):
+        backend.verify(deep="yes")
+    repaired = backend.repair()
+    assert isinstance(repaired, RepairReport) and repaired.ok and not repaired.damaged
+    assert repaired.after.ok and repaired.checkpoint_lsn >= 1
+    assert backend.health().find("integrity")[0].severity == "ok"
+
+
 def test_version_zero_raises_invalid_input(backend, name):
     backend.create_namespace(name, dim=4)
     with pytest.raises(sv.InvalidInput):

@@ -157,6 +157,9 @@ def test_kill9_loop_keeps_every_acknowledged_batch_and_never_a_partial_one(tmp_p
                 assert_batches_present(ns, [inflight])
                 present.add(inflight)
             assert ns.count() == len(present) * child.BATCH_ROWS
+            # the checksums written with each batch agree with what survived the kill
+            report = db.verify()
+            assert report.ok, report.problems
             next_batch = inflight + 1
             acked_max_lsn = max(acked_max_lsn, db.lsn)
     print(f"replayed_records per reopen: {replayed}")

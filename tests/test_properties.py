@@ -278,6 +278,14 @@ class ReopenMachine(RuleBasedStateMachine):
         self.ns = self.db.namespace("m")
         assert (self.ns.dim, self.ns.metric) == (self.dim, self.metric)
 
+    @rule(deep=st.booleans())
+    def verify(self, deep):
+        """No false positives: any history of upserts, replacements, deletes and reopens
+        verifies clean (checksums, ids <-> rows <-> records, field indexes, bundles)."""
+        report = self.db.verify(deep=deep)
+        assert report.ok, report.problems
+        assert report.checked["rows"] == len(self.model)
+
     @invariant()
     def matches_model(self):
         if self.db is None:

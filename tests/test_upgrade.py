@@ -160,3 +160,68 @@ def test_runbook_upgrade_procedure_runs_as_written(tmp_path, monkeypatch):
     assert os.path.isdir("data-v1.format1-backup")
     with sv.open("data-v1", checkpoint_interval=0, readonly=True) as db:
         _assert_holds_expected(db)
+
+
+# -- format 2 -> 3 (tests/data/format2-db, made by tests/data/make_format2_db.py) -------------
+@pytest.fixture
+def fmt2_db(tmp_path):
+    path = tmp_path / "db2"
+    shutil.copytree(DATA / "format2-db", path)
+    return path
+
+
+def _assert_holds_format2_expected(db):
+    expected = json.loads((DATA / "format2-expected.json").read_text())
+    for key, want in expected.items():
+        name, version = key.split("@")
+        ns = db.namespace(name, int(version))
+        assert (ns.dim, ns.metric, ns.model, ns.live) == (
+            want["dim"], want["metric"], want["model"], want["live"])
+        assert ns.count() == want["count"]
+        ids = [r[0] for r in want["rows"]]
+        assert sorted(map(str, ns.ids())) == sorted(map(str, ids))
+        got = ns.get(ids, include=("metadata", "documents", "vectors"))
+        for (extid, md, doc, vec), rec in zip(want["rows"], got):
+            assert (rec.id, rec.metadata, rec.document) == (extid, md, doc)
+            # format 2 stored these very float32 bytes; the upgrade copies them
+            assert rec.vector.tobytes() == np.asarray(vec, np.float32).tobytes()
+        hits = ns.query(np.stack([r.vector for r in got[:20]]), k=1, include=(), exact=True)
+        assert [h[0].id for h in hits] == [r.id for r in got[:20]]
+
+
+def test_opening_a_format2_database_names_the_upgrade_command(fmt2_db):
+    with pytest.raises(sv.FormatVersionError) as info:
+        sv.open(fmt2_db)
+    assert f"simplevector upgrade {fmt2_db}" in str(info.value)
+    assert info.value.found == 2
+
+
+def test_upgrade_from_format2_adds_checksums_finds_every_row_and_verifies(fmt2_db):
+    report = sv.upgrade(fmt2_db)
+    assert (report.from_format, report.to_format) == (2, 3) == (2, schema.FORMAT_VERSION)
+    assert report.backup == f"{fmt2_db}.format2-backup" and os.path.isdir(report.backup)
+    assert report.versions == 3
+    with sv.open(fmt2_db, checkpoint_interval=0) as db:
+        _assert_holds_format2_expected(db)
+        result = db.verify(deep=True)
+        assert result.ok, result.problems
+        db.namespace("items").upsert(["new"], np.ones((1, 4), np.float32))
+    with sv.open(fmt2_db, checkpoint_interval=0, readonly=True) as db:
+        assert db.namespace("items").get("new") is not None
+        assert db.verify().ok
+
+
+@pytest.mark.parametrize("where", ["convert", "swap"])
+def test_kill9_during_a_format2_upgrade_loses_nothing_and_a_rerun_or_open_finishes(
+        fmt2_db, where):
+    child = CHILD.replace("u._convert_version", "u._convert2_version")
+    proc = subprocess.run([sys.executable, "-c", child, str(fmt2_db), where])
+    assert proc.returncode == -signal.SIGKILL
+    if where == "convert":
+        with pytest.raises(sv.FormatVersionError):
+            sv.open(fmt2_db)
+        assert sv.upgrade(fmt2_db).from_format == 2
+    else:
+        assert not fmt2_db.exists() and os.path.isdir(f"{fmt2_db}.format2-backup")
+    with sv.open(fmt2_db, checkpoint_interval=0) as db:
+        _assert_holds_format2_expected(db)
