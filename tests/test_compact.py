@@ -106,6 +106,8 @@ def test_compaction_keeps_every_answer_and_drops_every_tombstone(tmp_path, ids):
         assert after_state.n == after_state.live == len(model)
         assert _answers(ns, queries) == before
         _check_model(ns, model)
+        report = db.verify(deep=True)
+        assert report.ok, report.problems
         index = after_state.index
         sealed, delta = index.snapshot()
         pos = np.concatenate([sealed.pos, delta.pos[:delta.n]])
@@ -135,6 +137,8 @@ def test_compaction_keeps_every_answer_and_drops_every_tombstone(tmp_path, ids):
         db.engine._release_handles()
     with sv.open(path, checkpoint_interval=0) as db:
         _check_model(db.namespace("c"), model)
+        report = db.verify(deep=True)       # checksums and cross-references after the replay
+        assert report.ok, report.problems
 
 
 def test_cosine_and_flat_versions_compact_and_reopen(tmp_path):

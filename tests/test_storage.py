@@ -266,6 +266,8 @@ def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path, 
                 model = with_it
             if mode == "compact":
                 generation = db.engine._state(db.engine._resolve("s").vid).gen
+                report = db.verify()
+                assert report.ok, report.problems
     assert len(model) > 100
     if mode == "compact":
         assert compactions > 0 and generation > 0, (compactions, generation)
