@@ -160,12 +160,12 @@ class ChromaPeer:
                                                 settings=Settings(anonymized_telemetry=False))
         t = time.perf_counter()
         try:
-            self.col = self.client.create_collection("f", configuration={"hnsw": {
+            self.col = self.client.create_collection("filtered", configuration={"hnsw": {
                 "space": "cosine", "ef_construction": 200, "max_neighbors": 16}})
         except Exception:                     # older Chroma: collection metadata
             self.col = self.client.create_collection(
-                "f", metadata={"hnsw:space": "cosine", "hnsw:construction_ef": 200,
-                               "hnsw:M": 16})
+                "filtered", metadata={"hnsw:space": "cosine", "hnsw:construction_ef": 200,
+                                      "hnsw:M": 16})
         step = min(5000, self.client.get_max_batch_size())
         for s in range(0, len(X), step):
             e = min(len(X), s + step)
@@ -179,12 +179,12 @@ class ChromaPeer:
     def single(self, Q, where):
         t = time.perf_counter()
         out = [self._ids(self.col.query(query_embeddings=q[None, :], n_results=K,
-                                        where=where, include=()))[0] for q in Q]
+                                        where=where, include=[]))[0] for q in Q]
         return len(Q) / (time.perf_counter() - t), np.array(out)
 
     def batch(self, Q, where):
         t = time.perf_counter()
-        res = self.col.query(query_embeddings=Q, n_results=K, where=where, include=())
+        res = self.col.query(query_embeddings=Q, n_results=K, where=where, include=[])
         return len(Q) / (time.perf_counter() - t), self._ids(res)
 
     def close(self):
@@ -214,7 +214,7 @@ class LancePeer:
     def _one(self, q, sql, nprobe, refine):
         s = (self.tbl.search(q, vector_column_name="vector").distance_type("cosine")
              .where(sql, prefilter=True).nprobes(nprobe).refine_factor(refine))
-        return s.select(["id"]).limit(K).to_arrow().column("id").to_numpy()
+        return s.select(["id", "_distance"]).limit(K).to_arrow().column("id").to_numpy()
 
     def single(self, Q, sql, nprobe, refine):
         t = time.perf_counter()
