@@ -25,7 +25,8 @@ import numpy as np
 import simplevector as sv
 from simplevector import transfer
 from simplevector.engine import snapshot as snapshot_mod
-from simplevector._cli import CONTEXT_SETTINGS, Group, db_option, open_db, output_option
+from simplevector._cli import (CONTEXT_SETTINGS, Group, ProgressBar, db_option, open_db,
+                               output_option)
 from simplevector._output import emit
 
 
@@ -297,27 +298,6 @@ def query(namespace, vector_json, npy_file, row, k, where_json, version, db_path
 
 
 # -- import / export ------------------------------------------------------------------------------
-class _ProgressBar:
-    """A ``progress(done, total)`` callback for :mod:`simplevector.transfer`: a bar on stderr."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.bar = None
-
-    def __call__(self, done: int, total: int):
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
 @main.command("import", context_settings=CONTEXT_SETTINGS)
 @click.argument("namespace")
 @click.argument("npy_file", metavar="FILE.npy", type=click.Path(dir_okay=False))
@@ -352,7 +332,7 @@ def import_(namespace, npy_file, ids_file, meta_file, docs_file, batch_size, cre
     dim, metric, model and index; explicit options override it."""
     if not create and any(v is not None for v in (dim, metric, model, index)):
         raise click.UsageError("--dim/--metric/--model/--index only apply with --create")
-    with open_db(db_path) as db, _ProgressBar(f"importing {namespace}") as bar:
+    with open_db(db_path) as db, ProgressBar(f"importing {namespace}") as bar:
         result = transfer.import_namespace(
             db, npy_file, namespace, create=create, version=version, dim=dim, metric=metric,
             model=model, index=index, ids=ids_file, metadata=meta_file, documents=docs_file,
@@ -559,7 +539,7 @@ def compact(namespace, version, db_path, as_json):
     when done (also when nothing needed it), 1 on an error."""
     if version is not None and namespace is None:
         raise click.UsageError("--version needs a NAMESPACE")
-    with open_db(db_path, must_exist=True) as db, _ProgressBar("compacting") as bar:
+    with open_db(db_path, must_exist=True) as db, ProgressBar("compacting") as bar:
         report = db.compact(namespace, version, progress=bar)
     if as_json:
         emit(report.to_dict(), True)
@@ -616,7 +596,7 @@ def upgrade(path, db_path, as_json):
     copy is built beside it and verified row by row, then swapped in; the old directory is kept as
     PATH.format<N>-backup (delete it once you are satisfied). Close every process that
     has the database open first."""
-    with _ProgressBar("converting rows") as bar:
+    with ProgressBar("converting rows") as bar:
         report = sv.upgrade(path or db_path, progress=bar)
     if report.backup is None:
         emit({"path": report.path, "format_version": report.to_format,

@@ -111,17 +111,7 @@ def exact(X, xnorm2, q, metric: int, k: int, mask=None):
     else:
         cand = np.arange(n)
     cand = cand[np.isfinite(d[cand])]
-    rows = np.asarray(X[cand])
-    if metric == L2:
-        diff = rows - q
-        dist = np.einsum("ij,ij->i", diff, diff)
-    elif metric == IP:
-        dist = -(rows @ q)
-    else:
-        dist = np.float32(1.0) - rows @ q
-    dist = dist.astype(np.float32)
-    order = np.lexsort((cand, dist))[:k]
-    return dist[order], cand[order].astype(np.int64)
+    return _rank(X, q, metric, k, cand)
 
 
 def ivf_search(index, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):
@@ -200,6 +190,11 @@ def ivf_search(index, X, q, metric: int, k: int, nprobe: int, refine: int, mask=
         if kk < len(cand):
             top = np.argpartition(adc, kk - 1)[:kk]
             cand = cand[top]
+    return _rank(X, q, metric, k, cand)
+
+
+def _rank(X, q, metric: int, k: int, cand: np.ndarray):
+    """The k nearest of the rows ``cand`` by exact float32 distance, ties by position."""
     rows = np.asarray(X[cand])
     if metric == L2:
         diff = rows - q
