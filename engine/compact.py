@@ -19,7 +19,6 @@ an array that should hold live positions only is a :class:`CorruptionError`.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -153,15 +152,8 @@ class CompactReport:
 
 def engine_bytes(dbpath: str) -> int:
     """Bytes on disk of a database directory's own files (its snapshots excluded)."""
-    total = 0
-    for sub in ("lmdb", "wal", "rows", "ckpt"):
-        for dirpath, _dirs, files in os.walk(os.path.join(dbpath, sub)):
-            for f in files:
-                try:
-                    total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
-                except OSError:
-                    pass
-    return total
+    from .segments import CKPT_DIR, ROWS_DIR, bytes_on_disk
+    return bytes_on_disk(dbpath, ("lmdb", "wal", ROWS_DIR, CKPT_DIR))
 
 
 def due(tombstones: int, positions: int, ratio: float, min_rows: int) -> bool:

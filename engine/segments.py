@@ -104,9 +104,10 @@ def remove_others(dbpath: str, keep: str | None):
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
-def bytes_on_disk(dbpath: str) -> int:
+def bytes_on_disk(dbpath: str, subdirs=(CKPT_DIR, ROWS_DIR)) -> int:
+    """Allocated bytes (st_blocks) of the files under ``subdirs`` of a database."""
     total = 0
-    for sub in (CKPT_DIR, ROWS_DIR):
+    for sub in subdirs:
         for dirpath, _dirs, files in os.walk(os.path.join(dbpath, sub)):
             for f in files:
                 try:
