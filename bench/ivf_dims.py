@@ -78,6 +78,28 @@ def per_list_tables(index):
     return np.zeros((0, m, ksub), np.float32)
 
 
+#: l2 table strategies the bench can switch a live index to (kernels/adctables.py)
+STRATEGIES = ("row_terms", "precomputed", "per_list")
+
+
+def set_tables(index, name, pre=None):
+    """Switch a live index's l2 ADC tables: "row_terms" (the engine's), "precomputed" (the
+    previous default from 4-dim sub-vectors; ``pre`` reuses computed terms) or "per_list"."""
+    index._row_terms = name == "row_terms"
+    index._pre = (pre if pre is not None else index._precomputed()) if name == "precomputed" \
+        else per_list_tables(index)
+    assert index.table_strategy == name, (index.table_strategy, name)
+
+
+def load_data(args):
+    """(base, queries): the minilm set (bench/textsets.py, real embeddings) or synthetic."""
+    if args.data == "minilm":
+        from .textsets import minilm_vectors
+        V, _ = minilm_vectors(args.n + args.queries)
+        return np.ascontiguousarray(V[:args.n]), np.ascontiguousarray(V[args.n:])
+    return embedding_like(args.n, args.dim, 0), embedding_like(args.queries, args.dim, 1)
+
+
 class SV:
     def __init__(self, X, spec, workdir):
         import simplevector as sv
@@ -157,24 +179,25 @@ def pad(rows, k):
 def run(args) -> dict:
     from simplevector.engine.kernels.threads import single_threaded  # noqa: F401 (warm)
     k = 10
-    X = embedding_like(args.n, args.dim, 0)
-    Q = embedding_like(args.queries, args.dim, 1)
+    X, Q = load_data(args)
     gt = exact_topk(X, Q, k)
     spec = f"IVF{args.nlist},PQ{args.m}x8,Refine{args.refine}"
     ours = SV(X, spec, args.dir)
     theirs = FAISS(X, args.nlist, args.m, args.refine)
-    auto_pre = ours.index._pre
-    strategies = {"after": auto_pre}
+    strategies = {"after": "row_terms"}
     if args.per_list:
-        strategies["before"] = per_list_tables(ours.index)
+        strategies["before"] = "per_list"
+    if args.before:
+        strategies["before"] = "precomputed"
+    pre = ours.index._precomputed() if args.before else None
     Qs = Q[:args.single]
     rows = []
     for nprobe in args.nprobe:
         row = {"nprobe": nprobe, "loadavg": list(os.getloadavg())}
         for fn in (theirs.one, theirs.batch, ours.one, ours.batch):       # warm-up
             fn(Q[:50], k, nprobe) if fn.__name__ == "batch" else fn(Q[0], k, nprobe)
-        for name, pre in strategies.items():
-            ours.index._pre = pre
+        for name, tables in strategies.items():
+            set_tables(ours.index, tables, pre)
             s_ours, s_f, b_ours, b_f = [], [], [], []
             for rep in range(args.repeats):
                 pairs = [(time_single, ours.one, s_ours), (time_single, theirs.one, s_f),
@@ -200,14 +223,16 @@ def run(args) -> dict:
         row["loadavg_end"] = list(os.getloadavg())
         rows.append(row)
         print_row(row, strategies)
-    ours.index._pre = auto_pre
+    set_tables(ours.index, "row_terms")
     info = ours.index.info()
     out = {"machine": env.machine(), "versions": env.versions(), "blas": blas_info(),
            "threads": {"numba": numba_threads(), "faiss_batch": theirs.threads,
                        "faiss_single": 1},
            "params": {**vars(args), "spec": spec, "metric": "cosine",
-                      "data": "synthetic embedding-like (bench/ivf_dims.embedding_like)"},
-           "adc_tables": info["adc_tables"], "precomputed_bytes": info["precomputed_bytes"],
+                      "data": ("minilm (bench/textsets.py)" if args.data == "minilm" else
+                               "synthetic embedding-like (bench/ivf_dims.embedding_like)"),
+                      "strategies": strategies},
+           "adc_tables": info["adc_tables"], "row_terms_bytes": info["row_terms_bytes"],
            "build_s": {"simplevector": ours.build_s, "faiss": theirs.build_s},
            "rows": rows}
     ours.close()
@@ -242,25 +267,28 @@ def tables_sweep(args) -> dict:
         index.load_lists(np.arange(len(X)), lists, codes)
         mask = np.ones(len(X), bool)
         pre = precompute_l2_terms(index.centroids, index.codebooks)
-        per = per_list_tables(index)
         for nprobe in (8, 32):
-            t = {"pre": [], "per": []}
+            t = {name: [] for name in STRATEGIES}
             with single_threaded():
                 for rep in range(3):
-                    for name in (("pre", "per") if rep % 2 == 0 else ("per", "pre")):
-                        index._pre = pre if name == "pre" else per
+                    for name in STRATEGIES[rep % 3:] + STRATEGIES[:rep % 3]:
+                        set_tables(index, name, pre)
                         s = time.perf_counter()
                         for q in Q:
                             index.search(X, q, 10, nprobe, 1, mask, True)
                         t[name].append((time.perf_counter() - s) / len(Q) * 1e6)
             r = {"dim": dim, "dsub": dsub, "m": m, "nprobe": nprobe,
-                 "per_list_us": float(np.median(t["per"])),
-                 "precomputed_us": float(np.median(t["pre"])),
                  "loadavg": list(os.getloadavg())}
+            for name in STRATEGIES:
+                r[f"{name}_us"] = float(np.median(t[name]))
             r["per_list_over_precomputed"] = r["per_list_us"] / r["precomputed_us"]
+            r["precomputed_over_row_terms"] = r["precomputed_us"] / r["row_terms_us"]
+            r["per_list_over_row_terms"] = r["per_list_us"] / r["row_terms_us"]
             print(f"dim {dim:4d} dsub {dsub:2d} m {m:4d} nprobe {nprobe:3d}: per-list "
                   f"{r['per_list_us']:7.1f} us, precomputed {r['precomputed_us']:7.1f} us, "
-                  f"ratio {r['per_list_over_precomputed']:.2f}  load {r['loadavg'][0]:.2f}",
+                  f"row terms {r['row_terms_us']:7.1f} us; per-list/row "
+                  f"{r['per_list_over_row_terms']:.2f} precomputed/row "
+                  f"{r['precomputed_over_row_terms']:.2f}  load {r['loadavg'][0]:.2f}",
                   flush=True)
             out.append(r)
     return {"machine": env.machine(), "blas": blas_info(), "tables_sweep": out}
@@ -297,6 +325,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per-list", action="store_true",
                    help="also time per-list l2 tables (the previous code) on the same index")
+    p.add_argument("--before", action="store_true",
+                   help="also time precomputed l2 tables (the previous default at 384-d) on the "
+                        "same index")
+    p.add_argument("--data", choices=("synthetic", "minilm"), default="synthetic",
+                   help="minilm: the real 384-d set of bench/textsets.py (--dim is then 384)")
     p.add_argument("--tables-sweep", action="store_true")
     p.add_argument("--dir", default=None)
     p.add_argument("--out", default=None)

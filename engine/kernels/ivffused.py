@@ -16,8 +16,10 @@ references :func:`pq_search_ref` and :func:`.ivfscan.ivfflat_search_ref`.
 - ``scan_metric`` is the ADC distance (cosine indexes scan with l2 tables over their unit
   rows, which ranks like cosine with a smaller quantization error than inner-product
   tables); ``metric`` is the exact distance the re-rank computes and returns.
-- ``pre``: the l2 table strategy, precomputed terms (nlist, m, ksub) or an empty
-  (0, m, ksub) array for per-list tables (:mod:`.adctables` chooses).
+- ``pre``, ``snorm``, ``dnorm``: the l2 table strategy: precomputed terms (nlist, m, ksub),
+  or per-row terms of the sealed and delta rows (the engine's; ``pre`` empty), or neither
+  (``pre`` (0, m, ksub), ``adctables.NO_TERMS``) for per-list tables
+  (:func:`.ivfscan.adc_scan`, :mod:`.adctables`).
 - ``min_lists``: -1 scans every probed list; >= 0 is the widened filtered scan of
   :func:`.ivfscan.widen_target` (engine/planner.py decides).
 - Re-ranking computes exact distances from X for the ADC candidates and keeps the k best;
@@ -87,24 +89,24 @@ def probe_and_count(q, centroids, nprobe, probe_metric, offsets, doffsets):
 
 
 @njit(cache=True, nogil=True)
-def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
-                     dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k,
-                     min_lists):
+def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos, snorm,
+                     dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric,
+                     kk, k, min_lists):
     """(dist, pos, lists scanned, target reached) of one query: the ADC top-kk of the
     probed lists, re-ranked exactly to the top k."""
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
     size, scanned, reached = adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos,
-                                      dcodes, dpos, dorder, doffsets, mask, use_mask,
-                                      scan_metric, hd, hi, min_lists)
+                                      snorm, dcodes, dpos, dnorm, dorder, doffsets, mask,
+                                      use_mask, scan_metric, hd, hi, min_lists)
     od, oi = _rerank(X, q, metric, hd, hi, size, k)
     return od, oi, scanned, reached
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
-                       dcodes, dpos, dorder, doffsets, mask, use_mask, scan_metric, metric, kk,
-                       k, nchunks, min_lists):
+def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos, snorm,
+                       dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric,
+                       kk, k, nchunks, min_lists):
     """:func:`pq_search_serial` with the probed lists split across ``nchunks`` threads
     (interleaved; a widened scan gives each chunk its share of ``min_lists``)."""
     HD = np.empty((nchunks, kk), np.float32)
@@ -115,9 +117,9 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
     for c in prange(nchunks):
         sub = np.ascontiguousarray(probes[c::nchunks])
         share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
-        size, lists, ok = adc_scan(q, centroids, cbT, pre, sub, offsets, codes, pos, dcodes,
-                                   dpos, dorder, doffsets, mask, use_mask, scan_metric, HD[c],
-                                   HI[c], share)
+        size, lists, ok = adc_scan(q, centroids, cbT, pre, sub, offsets, codes, pos, snorm,
+                                   dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask,
+                                   scan_metric, HD[c], HI[c], share)
         sizes[c] = size
         scanned[c] = lists
         reached[c] = ok
@@ -127,8 +129,9 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos,
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, dcodes, dpos,
-                    dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k, min_lists):
+def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, snorm, dcodes,
+                    dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k,
+                    min_lists):
     """Every query in parallel: (D (nq, k), I (nq, k)) padded with +inf / -1, the lists
     each query scanned, and whether each reached its widening target."""
     nq = Q.shape[0]
@@ -140,8 +143,8 @@ def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, dc
         hd = np.empty(kk, np.float32)
         hi = np.empty(kk, np.int64)
         size, scanned[r], reached[r] = adc_scan(
-            Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, dcodes, dpos, dorder,
-            doffsets, mask, use_mask, scan_metric, hd, hi, min_lists)
+            Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, snorm, dcodes, dpos,
+            dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi, min_lists)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
