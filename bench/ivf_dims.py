@@ -3,7 +3,7 @@
     python -m bench.ivf_dims --dim 384 --n 60000 [--nlist 256 --m 48 --refine 8]
         [--nprobe 8,16,32,64,128] [--queries 1000] [--single 200] [--repeats 3]
         [--per-list] [--out FILE]
-    python -m bench.ivf_dims --tables-sweep [--n 60000]
+    python -m bench.ivf_dims --tables-sweep [--n 60000] [--data glove --nlist 1024 --m 25]
 
 Data is SYNTHETIC (nothing is downloaded): clustered rows with an embedding-like spectrum
 (singular values decaying as i^-0.6, a random rotation, 1,000 clusters), unit length,
@@ -97,6 +97,10 @@ def load_data(args):
         from .textsets import minilm_vectors
         V, _ = minilm_vectors(args.n + args.queries)
         return np.ascontiguousarray(V[:args.n]), np.ascontiguousarray(V[args.n:])
+    if args.data == "glove":            # the harness's held-out split, unit rows (cosine)
+        from .datasets import glove, normalize
+        ds = glove(n=args.n, queries=args.queries)
+        return normalize(ds.base), normalize(ds.queries)
     return embedding_like(args.n, args.dim, 0), embedding_like(args.queries, args.dim, 1)
 
 
@@ -229,7 +233,7 @@ def run(args) -> dict:
            "threads": {"numba": numba_threads(), "faiss_batch": theirs.threads,
                        "faiss_single": 1},
            "params": {**vars(args), "spec": spec, "metric": "cosine",
-                      "data": ("minilm (bench/textsets.py)" if args.data == "minilm" else
+                      "data": (args.data if args.data != "synthetic" else
                                "synthetic embedding-like (bench/ivf_dims.embedding_like)"),
                       "strategies": strategies},
            "adc_tables": info["adc_tables"], "row_terms_bytes": info["row_terms_bytes"],
@@ -258,11 +262,18 @@ def tables_sweep(args) -> dict:
     from simplevector.engine.kernels.distances import COSINE
     from simplevector.engine.kernels.threads import single_threaded
     out = []
-    for dim, dsub in ((48, 2), (48, 4), (96, 2), (96, 4), (384, 8)):
+    shapes = ((48, 2), (48, 4), (96, 2), (96, 4), (384, 8))
+    if args.data != "synthetic":        # the real set at its own dim, --m and --nlist
+        X0, Q0 = load_data(args)
+        shapes = ((X0.shape[1], X0.shape[1] // args.m),)
+    for dim, dsub in shapes:
         m = dim // dsub
-        X = embedding_like(args.n, dim, 0)
-        Q = embedding_like(200, dim, 1)
-        index = IVFIndex.train(IndexSpec.parse(f"IVF256,PQ{m}x8,Refine1"), X, COSINE)
+        if args.data != "synthetic":
+            X, Q, nlist = X0, Q0[:200], args.nlist
+        else:
+            X, Q, nlist = embedding_like(args.n, dim, 0), embedding_like(200, dim, 1), 256
+        index = IVFIndex.train(IndexSpec.parse(f"IVF{nlist},PQ{m}x8,Refine1"),
+                               X[:100_000], COSINE)
         lists, codes = index.encode(X)
         index.load_lists(np.arange(len(X)), lists, codes)
         mask = np.ones(len(X), bool)
@@ -328,8 +339,9 @@ def main(argv=None) -> int:
     p.add_argument("--before", action="store_true",
                    help="also time precomputed l2 tables (the previous default at 384-d) on the "
                         "same index")
-    p.add_argument("--data", choices=("synthetic", "minilm"), default="synthetic",
-                   help="minilm: the real 384-d set of bench/textsets.py (--dim is then 384)")
+    p.add_argument("--data", choices=("synthetic", "minilm", "glove"), default="synthetic",
+                   help="minilm: the real 384-d set of bench/textsets.py; glove: GloVe 50-d "
+                        "(--dim is then the data's)")
     p.add_argument("--tables-sweep", action="store_true")
     p.add_argument("--dir", default=None)
     p.add_argument("--out", default=None)
