@@ -48,8 +48,24 @@ __all__ = [
 
 
 @njit(cache=True, nogil=True)
+def _touch_rows(X, ci, csize):
+    """Read one float per cache line of every candidate row before the exact distances:
+    the loads are independent, so the CPU overlaps their misses, which the distance loop
+    (one row at a time) does not (60k x 384 rows, 40 candidates out of cache: re-rank
+    117 -> 92 us). Returns a value the caller keeps, so the loads are not dropped."""
+    acc = np.float32(0.0)
+    for t in range(csize):
+        row = X[ci[t]]
+        for u in range(0, row.shape[0], 16):
+            acc += row[u]
+    return acc
+
+
+@njit(cache=True, nogil=True)
 def _rerank(X, q, metric, cd, ci, csize, k):
-    od = np.empty(k, np.float32)
+    buf = np.empty(k + 1, np.float32)
+    buf[k] = _touch_rows(X, ci, csize)  # stored past the heap: keeps the loads alive
+    od = buf[:k]
     oi = np.empty(k, np.int64)
     size = 0
     worst = np.float32(np.inf)
