@@ -46,6 +46,9 @@ MIN_SEAL_ROWS = 16384
 #: 1.1-1.8 ms a query, split 2.1-18.5 ms (the bench's nprobe-64 single queries fell to 42
 #: QPS). Only scans of more than 100k codes split now.
 PARALLEL_SCAN_CODES = 100_000
+#: A batch query computes its queries' ADC tables by BLAS, this many bytes of tables at a
+#: time (128 queries at PQ64, 256 x 4-byte entries per sub-quantizer).
+BATCH_TABLE_BYTES = 8 << 20
 #: Encodes of at most this many rows (a write batch) run on one thread.
 SMALL_ENCODE_ROWS = 16384
 
@@ -375,6 +378,10 @@ class IVFIndex:
         if self.m:
             kk = max(k * refine, k)
             st, dt = self._terms(sealed, d)
+            if self.list_metric == IP or len(st) == len(sealed.codes) and \
+                    len(dt) == len(d.codes) and not self._pre.shape[0]:
+                return self._batch_with_tables(X, Q, probes, sealed, d, st, dt, mask, use_mask,
+                                               kk, k, min_lists)
             return ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
                 sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask, use_mask,
@@ -382,6 +389,26 @@ class IVFIndex:
         return ivffused.flat_lists_batch(
             Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
             self.metric, k, min_lists)
+
+    def _batch_with_tables(self, X, Q, probes, sealed, d, st, dt, mask, use_mask, kk, k,
+                           min_lists):
+        """ip and row-terms batches: the query tables of BATCH_TABLE_BYTES worth of queries
+        at a time by BLAS (kernels/ivfscan.query_tables), then the parallel scan."""
+        m, ksub, _ = self.codebooks.shape
+        step = max(1, BATCH_TABLE_BYTES // (m * ksub * 4))
+        scale = -1.0 if self.list_metric == IP else -2.0
+        parts = []
+        for s in range(0, len(Q), step):
+            with one_blas_thread():
+                tables = ivfscan.query_tables(Q[s:s + step], self._cbT, scale)
+            parts.append(ivffused.pq_search_batch_tables(
+                Q[s:s + step], tables, X, self.centroids, self._cbT, self._pre,
+                probes[s:s + step], sealed.offsets, sealed.codes, sealed.pos, st, d.codes, d.pos,
+                dt, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric, kk, k,
+                min_lists))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
     def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
                      all_alive: bool = False, min_lists: int = -1):

@@ -566,3 +566,40 @@ def test_every_engine_kernel_accepts_read_only_arrays():
     assert ivffused.flat_lists_serial(Q[0], X, C, 3, L2, *flat, L2, 5, -1)[0].size == 5
     assert ivffused.flat_lists_batch(Q, X, P, *flat, L2, 5, -1)[0].shape == (8, 5)
     build_csr(read_only(ivf["dlist"]), C.shape[0])
+
+
+def test_query_tables_match_the_per_query_tables():
+    from simplevector.engine.kernels.ivfscan import query_tables
+    rng = np.random.default_rng(3)
+    cb = rng.standard_normal((6, 32, 4)).astype(np.float32)
+    Q = rng.standard_normal((9, 24)).astype(np.float32)
+    T = query_tables(Q, transpose_codebooks(cb), -2.0)
+    ref = -2.0 * np.einsum("qjd,jtd->qjt", Q.reshape(9, 6, 4).astype(np.float64), cb)
+    assert T.shape == (9, 6, 32) and T.dtype == np.float32 and T.flags.c_contiguous
+    np.testing.assert_allclose(T, ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+@pytest.mark.parametrize("mask_kind", ["none", "half"])
+def test_batch_with_blas_tables_matches_reference_and_the_single_query_kernel(metric, mask_kind):
+    """pq_search_batch_tables (the engine's batch for ip and row terms) against
+    pq_search_ref and pq_search_serial."""
+    from simplevector.engine.kernels.ivfscan import query_tables
+    scan, exact = PAIRS[metric]
+    X, Q, ivf = make_ivf(27, metric)
+    mask = make_mask(mask_kind, X.shape[0], 8)
+    P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
+    args = pq_args(Q, X, ivf, P, mask, scan, exact, 40, 10, terms=True)
+    tables = query_tables(Q, args[3], -1.0 if scan == IP else -2.0)
+    D, I, scanned, reached = ivffused.pq_search_batch_tables(Q, tables, *args[1:], -1)
+    assert (scanned == 4).all() and reached.all()
+    for i, q in enumerate(Q):
+        ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], P[i],
+                                     ivf["offsets"], ivf["codes"], ivf["pos"], ivf["dcodes"],
+                                     ivf["dpos"], ivf["dlist"], ivf["dn"], mask, scan, exact,
+                                     40, 10)
+        keep = I[i] >= 0
+        assert_same_topk(D[i][keep], I[i][keep], *ref)
+        d, p, _, _ = ivffused.pq_search_serial(*pq_args(q, X, ivf, P[i], mask, scan, exact,
+                                                        40, 10, terms=True), -1)
+        assert_answers_agree(D[i][keep], I[i][keep], d, p)

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .distances import distance, distances_to_ref
-from .ivfscan import adc_scan, adc_search_ref, flat_scan, probe
+from .ivfscan import adc_scan, adc_scan_table, adc_search_ref, flat_scan, probe
 from .topk import heap_consider, heap_sort
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "pq_search_serial",
     "pq_search_parallel",
     "pq_search_batch",
+    "pq_search_batch_tables",
     "pq_search_ref",
     "flat_lists_serial",
     "flat_lists_batch",
@@ -161,6 +162,32 @@ def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, sn
         size, scanned[r], reached[r] = adc_scan(
             Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, snorm, dcodes, dpos,
             dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi, min_lists)
+        od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
+        for j in range(od.shape[0]):
+            D[r, j] = od[j]
+            I[r, j] = oi[j]
+    return D, I, scanned, reached
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pq_search_batch_tables(Q, tables, X, centroids, cbT, pre, probes2d, offsets, codes, pos,
+                           snorm, dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask,
+                           scan_metric, metric, kk, k, min_lists):
+    """:func:`pq_search_batch` with each query's query-only table given (``tables``
+    (nq, m, ksub) from :func:`.ivfscan.query_tables`, one BLAS product per sub-space for
+    the whole batch): for ip and row-terms scans."""
+    nq = Q.shape[0]
+    D = np.full((nq, k), np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    scanned = np.zeros(nq, np.int64)
+    reached = np.zeros(nq, np.bool_)
+    for r in prange(nq):
+        hd = np.empty(kk, np.float32)
+        hi = np.empty(kk, np.int64)
+        size, scanned[r], reached[r] = adc_scan_table(
+            Q[r], centroids, cbT, pre, tables[r], probes2d[r], offsets, codes, pos, snorm,
+            dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi,
+            min_lists)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]

@@ -51,6 +51,8 @@ __all__ = [
     "probe_lists_batch",
     "widen_target",
     "adc_scan",
+    "adc_scan_table",
+    "query_tables",
     "adc_search_ref",
     "flat_scan",
     "ivfflat_search_ref",
@@ -227,6 +229,28 @@ def widen_target(probes, offsets, doffsets, min_lists):
 @njit(cache=True, nogil=True)
 def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm,
              dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
+    """ADC scan of one query; see :func:`adc_scan_table` (which this calls, building the
+    query's table itself)."""
+    return adc_scan_table(q, centroids, cbT, pre, np.empty((0, cbT.shape[2]), np.float32),
+                          probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm, dorder,
+                          doffsets, mask, use_mask, metric, hd, hi, min_lists)
+
+
+def query_tables(Q, cbT, scale: float) -> np.ndarray:
+    """The query-only ADC tables of every row of Q at once, by BLAS: float32 (nq, m, ksub),
+    ``scale * (q_j . codeword_jt)``; -1 is the ip table, -2 the row-terms l2 table
+    (:func:`adc_scan_table`'s ``qtable``)."""
+    m, dsub, _ = cbT.shape
+    Qs = np.ascontiguousarray(np.asarray(Q, np.float32).reshape(len(Q), m, dsub)
+                              .transpose(1, 0, 2))
+    T = np.matmul(Qs, cbT)                        # (m, nq, ksub)
+    T *= np.float32(scale)
+    return np.ascontiguousarray(T.transpose(1, 0, 2))
+
+
+@njit(cache=True, nogil=True)
+def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, snorm, dcodes,
+                   dpos, dnorm, dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
     """ADC scan of the probed lists (sealed rows then delta rows) into the heap hd/hi
     (capacity ``hd.shape[0]``); returns (heap size (unsorted), lists scanned, whether the
     widening target was reached).
@@ -241,19 +265,23 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, snorm, dcodes,
     choice). ``min_lists`` < 0: scan every
     list in ``probes``. Otherwise a widened filtered scan (:func:`widen_target`): after the
     first ``min_lists`` lists, stop at the first list boundary where the allowed rows seen
-    reach the rows those first lists hold.
+    reach the rows those first lists hold. ``qtable`` (m, ksub): the query-only table
+    computed by the caller (:func:`query_tables`, for ip and row-terms scans; ignored
+    otherwise), or (0, ksub) to build it here.
     """
     m, _, ksub = cbT.shape
     T = np.empty((m, ksub), np.float32)
     use_pre = metric == L2 and pre.shape[0] > 0
     use_terms = (metric == L2 and not use_pre and snorm.shape[0] == codes.shape[0]
                  and dnorm.shape[0] == dcodes.shape[0])
-    if metric != L2 or use_terms:
+    if (metric != L2 or use_terms) and qtable.shape[0] > 0:
+        T = qtable
+    elif metric != L2 or use_terms:
         _neg_ip_table(q, cbT, T)
-    if use_terms:
-        for j in range(m):
-            for t in range(ksub):
-                T[j, t] *= np.float32(2.0)
+        if use_terms:
+            for j in range(m):
+                for t in range(ksub):
+                    T[j, t] *= np.float32(2.0)
     S = T
     if use_pre:
         S = np.empty((m, ksub), np.float32)
