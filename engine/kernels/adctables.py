@@ -35,7 +35,7 @@ place the engine's choice is made (measured: bench/README.md, "ADC table strateg
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .distances import IP
 
@@ -140,12 +140,14 @@ def _list_terms(c, cbT, T):
                 Tj[t] += w * (w + cc)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _row_terms_kernel(offsets, codes, centroids, cbT):
+    # serial: a reopen computes the terms before its first answer, and loading a parallel
+    # kernel (its thread pool) cost ~1.1 s there against tens of ms for the work at 60k rows
     n, m = codes.shape
     ksub = cbT.shape[2]
     out = np.empty(n, np.float32)
-    for l in prange(offsets.shape[0] - 1):
+    for l in range(offsets.shape[0] - 1):
         if offsets[l] == offsets[l + 1]:
             continue
         T = np.empty((m, ksub), np.float32)
@@ -161,7 +163,7 @@ def _row_terms_kernel(offsets, codes, centroids, cbT):
 def row_l2_terms(offsets, codes, centroids, cbT) -> np.ndarray:
     """N_i (float32 (N,)) for CSR lists: list l's rows are ``codes[offsets[l]:offsets[l+1]]``.
     One (m, ksub) term table per non-empty list (ksub * dim multiply-adds), then m reads
-    per row; parallel over lists. ``cbT``: the codebooks transposed
+    per row, one thread. ``cbT``: the codebooks transposed
     (:func:`.pq.transpose_codebooks`)."""
     if codes.shape[0] == 0:
         return np.zeros(0, np.float32)
