@@ -12,6 +12,8 @@ Dataset specs (the ``--dataset`` option) are ``kind[:key=value,...]``::
     glove[:n=400000,queries=1000,seed=0]              # GloVe 6B 50-d, cosine
     npy:PATH[,metric=cosine,queries=1000,seed=0,n=...] # any (n, dim) .npy; queries held out
     hdf5:PATH[,n=...,queries=...]                     # ann-benchmarks file (train/test)
+    minilm[:n=60000,queries=1000,seed=0]              # all-MiniLM-L6-v2 over WordNet, 384-d
+    spectral[:n=60000,dim=768,queries=1000,clusters=1000]  # 768-d stand-in, same spectrum
 
 Adding a dataset: write a function that returns ``Dataset(name, metric, base, queries,
 params=...)`` (``params`` must identify the data: it keys the ground-truth cache) and add it
@@ -95,6 +97,7 @@ class Dataset:
                 train = self.base
         self.train = _f32(train)
         self._gt = None
+        self.provenance = None          # where the vectors came from (cache file, timings)
         self.gt_seconds = None
         self.gt_cached = None
 
@@ -113,7 +116,8 @@ class Dataset:
     def describe(self) -> dict:
         return {"name": self.name, "metric": self.metric, "n": self.n, "dim": self.dim,
                 "queries": self.nq, "train_rows": len(self.train), "params": self.params,
-                "gt_seconds": self.gt_seconds, "gt_cached": self.gt_cached}
+                "gt_seconds": self.gt_seconds, "gt_cached": self.gt_cached,
+                "provenance": self.provenance}
 
     def cache_key(self) -> str:
         blob = json.dumps({"name": self.name, "metric": self.metric, "n": self.n,
@@ -263,7 +267,20 @@ def hdf5(path: str, n: int | None = None, queries: int | None = None, metric=Non
     return Dataset(name, m, base, Q, params=params, cache_dir=cache_dir)
 
 
-KINDS = {"synthetic": synthetic, "glove": glove, "npy": npy, "hdf5": hdf5}
+def minilm(**kwargs) -> Dataset:
+    """all-MiniLM-L6-v2 over WordNet, 384-d cosine (bench/textsets.py; extra bench-embed)."""
+    from . import textsets
+    return textsets.minilm(**kwargs)
+
+
+def spectral(**kwargs) -> Dataset:
+    """Synthetic 768-d stand-in with the minilm spectrum (bench/textsets.py)."""
+    from . import textsets
+    return textsets.spectral(**kwargs)
+
+
+KINDS = {"synthetic": synthetic, "glove": glove, "npy": npy, "hdf5": hdf5, "minilm": minilm,
+         "spectral": spectral}
 _INT_KEYS = {"n", "dim", "clusters", "queries", "seed"}
 
 

@@ -3,7 +3,7 @@
     python -m bench.ivf_dims --dim 384 --n 60000 [--nlist 256 --m 48 --refine 8]
         [--nprobe 8,16,32,64,128] [--queries 1000] [--single 200] [--repeats 3]
         [--per-list] [--out FILE]
-    python -m bench.ivf_dims --tables-sweep [--n 60000]
+    python -m bench.ivf_dims --tables-sweep [--n 60000] [--data glove --nlist 1024 --m 25]
 
 Data is SYNTHETIC (nothing is downloaded): clustered rows with an embedding-like spectrum
 (singular values decaying as i^-0.6, a random rotation, 1,000 clusters), unit length,
@@ -76,6 +76,32 @@ def live_index(ns):
 def per_list_tables(index):
     m, ksub, _ = index.codebooks.shape
     return np.zeros((0, m, ksub), np.float32)
+
+
+#: l2 table strategies the bench can switch a live index to (kernels/adctables.py)
+STRATEGIES = ("row_terms", "precomputed", "per_list")
+
+
+def set_tables(index, name, pre=None):
+    """Switch a live index's l2 ADC tables: "row_terms" (the engine's), "precomputed" (the
+    previous default from 4-dim sub-vectors; ``pre`` reuses computed terms) or "per_list"."""
+    index._row_terms = name == "row_terms"
+    index._pre = (pre if pre is not None else index._precomputed()) if name == "precomputed" \
+        else per_list_tables(index)
+    assert index.table_strategy == name, (index.table_strategy, name)
+
+
+def load_data(args):
+    """(base, queries): the minilm set (bench/textsets.py, real embeddings) or synthetic."""
+    if args.data == "minilm":
+        from .textsets import minilm_vectors
+        V, _ = minilm_vectors(args.n + args.queries)
+        return np.ascontiguousarray(V[:args.n]), np.ascontiguousarray(V[args.n:])
+    if args.data == "glove":            # the harness's held-out split, unit rows (cosine)
+        from .datasets import glove, normalize
+        ds = glove(n=args.n, queries=args.queries)
+        return normalize(ds.base), normalize(ds.queries)
+    return embedding_like(args.n, args.dim, 0), embedding_like(args.queries, args.dim, 1)
 
 
 class SV:
@@ -157,24 +183,25 @@ def pad(rows, k):
 def run(args) -> dict:
     from simplevector.engine.kernels.threads import single_threaded  # noqa: F401 (warm)
     k = 10
-    X = embedding_like(args.n, args.dim, 0)
-    Q = embedding_like(args.queries, args.dim, 1)
+    X, Q = load_data(args)
     gt = exact_topk(X, Q, k)
     spec = f"IVF{args.nlist},PQ{args.m}x8,Refine{args.refine}"
     ours = SV(X, spec, args.dir)
     theirs = FAISS(X, args.nlist, args.m, args.refine)
-    auto_pre = ours.index._pre
-    strategies = {"after": auto_pre}
+    strategies = {"after": "row_terms"}
     if args.per_list:
-        strategies["before"] = per_list_tables(ours.index)
+        strategies["before"] = "per_list"
+    if args.before:
+        strategies["before"] = "precomputed"
+    pre = ours.index._precomputed() if args.before else None
     Qs = Q[:args.single]
     rows = []
     for nprobe in args.nprobe:
         row = {"nprobe": nprobe, "loadavg": list(os.getloadavg())}
         for fn in (theirs.one, theirs.batch, ours.one, ours.batch):       # warm-up
             fn(Q[:50], k, nprobe) if fn.__name__ == "batch" else fn(Q[0], k, nprobe)
-        for name, pre in strategies.items():
-            ours.index._pre = pre
+        for name, tables in strategies.items():
+            set_tables(ours.index, tables, pre)
             s_ours, s_f, b_ours, b_f = [], [], [], []
             for rep in range(args.repeats):
                 pairs = [(time_single, ours.one, s_ours), (time_single, theirs.one, s_f),
@@ -200,14 +227,16 @@ def run(args) -> dict:
         row["loadavg_end"] = list(os.getloadavg())
         rows.append(row)
         print_row(row, strategies)
-    ours.index._pre = auto_pre
+    set_tables(ours.index, "row_terms")
     info = ours.index.info()
     out = {"machine": env.machine(), "versions": env.versions(), "blas": blas_info(),
            "threads": {"numba": numba_threads(), "faiss_batch": theirs.threads,
                        "faiss_single": 1},
            "params": {**vars(args), "spec": spec, "metric": "cosine",
-                      "data": "synthetic embedding-like (bench/ivf_dims.embedding_like)"},
-           "adc_tables": info["adc_tables"], "precomputed_bytes": info["precomputed_bytes"],
+                      "data": (args.data if args.data != "synthetic" else
+                               "synthetic embedding-like (bench/ivf_dims.embedding_like)"),
+                      "strategies": strategies},
+           "adc_tables": info["adc_tables"], "row_terms_bytes": info["row_terms_bytes"],
            "build_s": {"simplevector": ours.build_s, "faiss": theirs.build_s},
            "rows": rows}
     ours.close()
@@ -233,34 +262,48 @@ def tables_sweep(args) -> dict:
     from simplevector.engine.kernels.distances import COSINE
     from simplevector.engine.kernels.threads import single_threaded
     out = []
-    for dim, dsub in ((48, 2), (48, 4), (96, 2), (96, 4), (384, 8)):
+    shapes = ((48, 2), (48, 4), (96, 2), (96, 4), (384, 8))
+    if args.data != "synthetic":        # the real set at its own dim, --m and --nlist
+        X0, Q0 = load_data(args)
+        shapes = ((X0.shape[1], X0.shape[1] // args.m),)
+    for dim, dsub in shapes:
         m = dim // dsub
-        X = embedding_like(args.n, dim, 0)
-        Q = embedding_like(200, dim, 1)
-        index = IVFIndex.train(IndexSpec.parse(f"IVF256,PQ{m}x8,Refine1"), X, COSINE)
+        if args.data != "synthetic":
+            X, Q, nlist = X0, Q0[:200], args.nlist
+        else:
+            X, Q, nlist = embedding_like(args.n, dim, 0), embedding_like(200, dim, 1), 256
+        index = IVFIndex.train(IndexSpec.parse(f"IVF{nlist},PQ{m}x8,Refine1"),
+                               X[:100_000], COSINE)
         lists, codes = index.encode(X)
         index.load_lists(np.arange(len(X)), lists, codes)
         mask = np.ones(len(X), bool)
         pre = precompute_l2_terms(index.centroids, index.codebooks)
-        per = per_list_tables(index)
         for nprobe in (8, 32):
-            t = {"pre": [], "per": []}
+            t = {name: [] for name in STRATEGIES}
             with single_threaded():
-                for rep in range(3):
-                    for name in (("pre", "per") if rep % 2 == 0 else ("per", "pre")):
-                        index._pre = pre if name == "pre" else per
+                for name in STRATEGIES:                     # warm-up (kernel load)
+                    set_tables(index, name, pre)
+                    for q in Q[:20]:
+                        index.search(X, q, 10, nprobe, 1, mask, True)
+                for rep in range(args.repeats + 2 * (args.repeats // 2)):
+                    for name in STRATEGIES[rep % 3:] + STRATEGIES[:rep % 3]:  # rotate
+                        set_tables(index, name, pre)
                         s = time.perf_counter()
                         for q in Q:
                             index.search(X, q, 10, nprobe, 1, mask, True)
                         t[name].append((time.perf_counter() - s) / len(Q) * 1e6)
             r = {"dim": dim, "dsub": dsub, "m": m, "nprobe": nprobe,
-                 "per_list_us": float(np.median(t["per"])),
-                 "precomputed_us": float(np.median(t["pre"])),
                  "loadavg": list(os.getloadavg())}
+            for name in STRATEGIES:
+                r[f"{name}_us"] = float(np.median(t[name]))
             r["per_list_over_precomputed"] = r["per_list_us"] / r["precomputed_us"]
+            r["precomputed_over_row_terms"] = r["precomputed_us"] / r["row_terms_us"]
+            r["per_list_over_row_terms"] = r["per_list_us"] / r["row_terms_us"]
             print(f"dim {dim:4d} dsub {dsub:2d} m {m:4d} nprobe {nprobe:3d}: per-list "
                   f"{r['per_list_us']:7.1f} us, precomputed {r['precomputed_us']:7.1f} us, "
-                  f"ratio {r['per_list_over_precomputed']:.2f}  load {r['loadavg'][0]:.2f}",
+                  f"row terms {r['row_terms_us']:7.1f} us; per-list/row "
+                  f"{r['per_list_over_row_terms']:.2f} precomputed/row "
+                  f"{r['precomputed_over_row_terms']:.2f}  load {r['loadavg'][0]:.2f}",
                   flush=True)
             out.append(r)
     return {"machine": env.machine(), "blas": blas_info(), "tables_sweep": out}
@@ -297,6 +340,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per-list", action="store_true",
                    help="also time per-list l2 tables (the previous code) on the same index")
+    p.add_argument("--before", action="store_true",
+                   help="also time precomputed l2 tables (the previous default at 384-d) on the "
+                        "same index")
+    p.add_argument("--data", choices=("synthetic", "minilm", "glove"), default="synthetic",
+                   help="minilm: the real 384-d set of bench/textsets.py; glove: GloVe 50-d "
+                        "(--dim is then the data's)")
     p.add_argument("--tables-sweep", action="store_true")
     p.add_argument("--dir", default=None)
     p.add_argument("--out", default=None)

@@ -127,11 +127,20 @@ class IndexSpec:
         return default_nprobe(self.nlist, self.nprobe)
 
 
+#: auto's lists: the power of two nearest AUTO_LISTS_PER_SQRT_N * sqrt(n). Measured
+#: (``python -m bench.auto_sweep``, bench/README.md): GloVe 400k x 50, query time at
+#: recall@10 >= 0.9: IVF1024 (2 sqrt n) 308 us at nprobe 32, IVF2048 (the former 4 sqrt n)
+#: 804 us at nprobe 64 with its largest list 5.3x the mean (the health warning is at 5.0),
+#: IVF512 566 us; minilm 60k x 384: IVF512 267 us, IVF1024 229 us, within the noise.
+AUTO_LISTS_PER_SQRT_N = 2.0
+
+
 def auto_spec(n: int, dim: int) -> IndexSpec:
-    """The IVF-PQ spec "auto" trains for ``n`` rows of ``dim``: about 4*sqrt(n) lists (a
-    power of two, 64..4096, fewer when n < 64 * 39 rows), sub-vectors of 2 dims (4 when
-    dim > 64), refine 4."""
-    nlist = 2 ** int(round(math.log2(max(64.0, min(4096.0, 4 * math.sqrt(max(n, 1)))))))
+    """The IVF-PQ spec "auto" trains for ``n`` rows of ``dim``: about 2*sqrt(n) lists (a
+    power of two, 64..4096, fewer when n < 64 * 39 rows; :data:`AUTO_LISTS_PER_SQRT_N`),
+    sub-vectors of 2 dims (4 when dim > 64), refine 4."""
+    want = AUTO_LISTS_PER_SQRT_N * math.sqrt(max(n, 1))
+    nlist = 2 ** int(round(math.log2(max(64.0, min(4096.0, want)))))
     while nlist > 1 and nlist * TRAIN_POINTS_PER_LIST > n:
         nlist //= 2     # small namespaces (a low auto threshold): fewer lists, still trainable
     sub = 2 if dim <= 64 else 4

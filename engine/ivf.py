@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -46,6 +46,9 @@ MIN_SEAL_ROWS = 16384
 #: 1.1-1.8 ms a query, split 2.1-18.5 ms (the bench's nprobe-64 single queries fell to 42
 #: QPS). Only scans of more than 100k codes split now.
 PARALLEL_SCAN_CODES = 100_000
+#: A batch query computes its queries' ADC tables by BLAS, this many bytes of tables at a
+#: time (128 queries at PQ64, 256 x 4-byte entries per sub-quantizer).
+BATCH_TABLE_BYTES = 8 << 20
 #: Encodes of at most this many rows (a write batch) run on one thread.
 SMALL_ENCODE_ROWS = 16384
 
@@ -60,6 +63,7 @@ class _Lists:
     codes: np.ndarray     # uint8 (N, m) or (N, 0) for IVF-Flat
     pos: np.ndarray       # int64 (N,)
     end: int = 0          # 1 + the largest position held (0 when empty)
+    terms: np.ndarray = field(default_factory=lambda: adctables.NO_TERMS)  # float32 (N,)
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,19 @@ class _Delta:
     order: np.ndarray     # the first n delta rows bucketed by list (counting sort) ...
     offsets: np.ndarray   # ... list l's rows are order[offsets[l]:offsets[l+1]]
     end: int = 0          # 1 + the largest position held (0 when empty)
+    terms: np.ndarray = field(default_factory=lambda: adctables.NO_TERMS)  # as long as codes
 
 
 def _end(pos) -> int:
     return int(pos.max()) + 1 if len(pos) else 0
 
 
-def _delta(codes, pos, lists, n, nlist) -> _Delta:
+def _delta(codes, pos, lists, n, nlist, terms=adctables.NO_TERMS) -> _Delta:
     if n == 0:                          # the empty delta of a new or reopened index
         return _Delta(codes, pos, lists, 0, np.zeros(0, np.int64),
-                      np.zeros(nlist + 1, np.int64), 0)
+                      np.zeros(nlist + 1, np.int64), 0, terms)
     order, offsets = ivfscan.build_csr(lists[:n].astype(np.int64), nlist)
-    return _Delta(codes, pos, lists, n, order, offsets, _end(pos[:n]))
+    return _Delta(codes, pos, lists, n, order, offsets, _end(pos[:n]), terms)
 
 
 def _scan_mask(mask, all_alive: bool, sealed: _Lists, d: _Delta) -> bool:
@@ -98,7 +103,7 @@ class IVFIndex:
 
     def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
                  codebooks: np.ndarray | None, *, train_seconds: float = 0.0,
-                 trained_rows: int = 0, train_error: float = 0.0, pre=None):
+                 trained_rows: int = 0, train_error: float = 0.0):
         self.spec = spec
         self.spec_text = str(spec)
         self.dim = dim
@@ -115,10 +120,14 @@ class IVFIndex:
         # a reopen then loads no compiled code before the first query needs it)
         self._cbT = (None if self.codebooks is None
                      else np.ascontiguousarray(self.codebooks.transpose(0, 2, 1)))
-        # l2 and cosine ADC tables: precomputed per (list, sub-quantizer, code) or built per
-        # probed list, by the rule in kernels/adctables.py; derived state, rebuilt here on
-        # every construction (training and reopen), never stored
-        self._pre = self._precomputed() if pre is None else pre
+        # l2 and cosine ADC tables (kernels/adctables.py table_strategy): one query-only
+        # table plus a term per stored row (``_Lists.terms``, ``_Delta.terms``: derived
+        # state, computed whenever lists are built, loaded or appended to, never stored).
+        # ``_pre`` (precomputed per-list terms) stays empty: a checkpoint still writes it, as
+        # an empty array, and a stored one from an older build is not used. Setting
+        # ``_row_terms`` false (bench, tests) scans with per-list or ``_pre`` tables instead.
+        self._row_terms = adctables.table_strategy(self.list_metric, self.m) == "row_terms"
+        self._pre = self._no_pre()
         self._seals = 0                 # bumps whenever the sealed lists are replaced
         self._seals_at_capture = -1
         self.train_seconds = train_seconds
@@ -130,24 +139,46 @@ class IVFIndex:
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
                              np.zeros(0, np.int64))
         self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
-                             np.zeros(0, np.int32), 0, nlist)
+                             np.zeros(0, np.int32), 0, nlist, self._no_delta_terms())
 
-    def _precomputed(self) -> np.ndarray:
+    def _no_pre(self) -> np.ndarray:
         if self.codebooks is None:
             return np.zeros((0, 0, 0), np.float32)
-        m, ksub, dsub = self.codebooks.shape
-        if adctables.use_precomputed(self.list_metric, self.nlist, m, ksub, dsub):
-            return adctables.precompute_l2_terms(self.centroids, self.codebooks)
+        m, ksub, _ = self.codebooks.shape
         return np.zeros((0, m, ksub), np.float32)
+
+    def _precomputed(self) -> np.ndarray:
+        """Precomputed per-list l2 terms (bench/ivf_dims.py times them against row terms)."""
+        if self.codebooks is None:
+            return np.zeros((0, 0, 0), np.float32)
+        return adctables.precompute_l2_terms(self.centroids, self.codebooks)
+
+    def _sealed_terms(self, offsets, codes) -> np.ndarray:
+        if not self._row_terms:
+            return adctables.NO_TERMS
+        return adctables.row_l2_terms(offsets, codes, self.centroids, self._cbT)
+
+    def _terms(self, sealed: _Lists, d: _Delta):
+        """(sealed, delta) row terms for the scan kernels, or NO_TERMS for both."""
+        if not self._row_terms or self._pre.shape[0]:
+            return adctables.NO_TERMS, adctables.NO_TERMS
+        return sealed.terms, d.terms
 
     @property
     def table_strategy(self) -> str:
-        """How the ADC scan builds its tables: "query" (ip), "precomputed" or "per_list"."""
+        """How the ADC scan builds its tables: "query" (ip), "row_terms" (l2, cosine), or
+        (set by bench/tests) "precomputed" / "per_list"."""
         if not self.m:
             return "none"
         if self.list_metric == IP:
             return "query"
-        return "precomputed" if self._pre.shape[0] else "per_list"
+        if self._pre.shape[0]:
+            return "precomputed"
+        return "row_terms" if self._row_terms else "per_list"
+
+    def _no_delta_terms(self) -> np.ndarray:
+        """The terms of an empty delta: as long as its codes (0) when row terms are on."""
+        return np.zeros(0, np.float32) if self._row_terms else adctables.NO_TERMS
 
     @property
     def nlist(self) -> int:
@@ -233,13 +264,13 @@ class IVFIndex:
     def load_lists(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray):
         """Replace the sealed lists with these rows (used after training and on reopen)."""
         order, offsets = ivfscan.build_csr(lists.astype(np.int64), self.nlist)
-        sealed = _Lists(offsets, np.ascontiguousarray(codes[order]),
-                        np.ascontiguousarray(positions[order].astype(np.int64)),
-                        _end(positions))
+        codes = np.ascontiguousarray(codes[order])
+        sealed = _Lists(offsets, codes, np.ascontiguousarray(positions[order].astype(np.int64)),
+                        _end(positions), self._sealed_terms(offsets, codes))
         with self._lock:
             self._lists = sealed
             self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
-                                 np.zeros(0, np.int32), 0, self.nlist)
+                                 np.zeros(0, np.int32), 0, self.nlist, self._no_delta_terms())
             self._seals += 1
 
     def add(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray, alive=None):
@@ -255,12 +286,19 @@ class IVFIndex:
             dc[: d.n] = d.codes[: d.n]
             dp[: d.n] = d.pos[: d.n]
             dl[: d.n] = d.lists[: d.n]
+            dt = adctables.NO_TERMS
+            if self._row_terms:
+                dt = np.zeros(cap, np.float32)
+                dt[: d.n] = d.terms[: d.n]
         else:
-            dc, dp, dl = d.codes, d.pos, d.lists
+            dc, dp, dl, dt = d.codes, d.pos, d.lists, d.terms
         dc[d.n:need] = codes
         dp[d.n:need] = positions
         dl[d.n:need] = lists
-        new = _delta(dc, dp, dl, need, self.nlist)
+        if self._row_terms:
+            dt[d.n:need] = adctables.delta_l2_terms(lists, dc[d.n:need], self.centroids,
+                                                    self.codebooks)
+        new = _delta(dc, dp, dl, need, self.nlist, dt)
         with self._lock:
             self._delta = new
         if alive is not None and need > max(MIN_SEAL_ROWS, SEAL_FRACTION * len(self._lists.pos)):
@@ -310,15 +348,16 @@ class IVFIndex:
             probes, count = ivffused.probe_and_count(q, self.centroids, nprobe,
                                                      self.list_metric, sealed.offsets, d.offsets)
             threads = numba.get_num_threads() if count > PARALLEL_SCAN_CODES else 1
+            st, dt = self._terms(sealed, d)
             if threads > 1:
                 return ivffused.pq_search_parallel(
                     q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
-                    sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
-                    self.list_metric, self.metric, kk, k, threads, min_lists)
+                    sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask,
+                    use_mask, self.list_metric, self.metric, kk, k, threads, min_lists)
             return ivffused.pq_search_serial(
                 q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
-                sealed.codes, sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask,
-                self.list_metric, self.metric, kk, k, min_lists)
+                sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask,
+                use_mask, self.list_metric, self.metric, kk, k, min_lists)
         return ivffused.flat_lists_serial(
             q, X, self.centroids, nprobe, self.list_metric, sealed.offsets, sealed.pos, d.pos,
             d.order, d.offsets, mask, use_mask, self.metric, k, min_lists)
@@ -338,13 +377,38 @@ class IVFIndex:
             probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
         if self.m:
             kk = max(k * refine, k)
+            st, dt = self._terms(sealed, d)
+            if self.list_metric == IP or len(st) == len(sealed.codes) and \
+                    len(dt) == len(d.codes) and not self._pre.shape[0]:
+                return self._batch_with_tables(X, Q, probes, sealed, d, st, dt, mask, use_mask,
+                                               kk, k, min_lists)
             return ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
-                sealed.pos, d.codes, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric,
-                self.metric, kk, k, min_lists)
+                sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask, use_mask,
+                self.list_metric, self.metric, kk, k, min_lists)
         return ivffused.flat_lists_batch(
             Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
             self.metric, k, min_lists)
+
+    def _batch_with_tables(self, X, Q, probes, sealed, d, st, dt, mask, use_mask, kk, k,
+                           min_lists):
+        """ip and row-terms batches: the query tables of BATCH_TABLE_BYTES worth of queries
+        at a time by BLAS (kernels/ivfscan.query_tables), then the parallel scan."""
+        m, ksub, _ = self.codebooks.shape
+        step = max(1, BATCH_TABLE_BYTES // (m * ksub * 4))
+        scale = -1.0 if self.list_metric == IP else -2.0
+        parts = []
+        for s in range(0, len(Q), step):
+            with one_blas_thread():
+                tables = ivfscan.query_tables(Q[s:s + step], self._cbT, scale)
+            parts.append(ivffused.pq_search_batch_tables(
+                Q[s:s + step], tables, X, self.centroids, self._cbT, self._pre,
+                probes[s:s + step], sealed.offsets, sealed.codes, sealed.pos, st, d.codes, d.pos,
+                dt, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric, kk, k,
+                min_lists))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
     def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
                      all_alive: bool = False, min_lists: int = -1):
@@ -363,7 +427,7 @@ class IVFIndex:
             return 0, self.dim
         m, ksub, _ = self.codebooks.shape
         strategy = self.table_strategy
-        if strategy == "query":
+        if strategy in ("query", "row_terms"):
             return self.dim, m
         if strategy == "precomputed":
             return m * ksub + self.dim, m
@@ -394,17 +458,20 @@ class IVFIndex:
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict) -> "IVFIndex":
-        """The index saved by :meth:`to_arrays`; its lists, codes and precomputed tables
-        are the arrays themselves (views of a checkpoint bundle), not copies."""
+        """The index saved by :meth:`to_arrays`; its lists and codes are the arrays
+        themselves (views of a checkpoint bundle), not copies. The row terms are computed
+        here (derived state); a stored ``pre`` (older builds wrote non-empty ones) is not
+        used."""
         codebooks = arrays.get("codebooks")
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
                     np.array(arrays["centroids"], np.float32),
                     None if codebooks is None else np.array(codebooks, np.float32),
                     train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],
-                    train_error=meta["train_error"], pre=arrays.get("pre"))
+                    train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)
-        index._lists = _Lists(arrays["offsets"], index._codes2d(arrays["codes"]),
-                              arrays["pos"], _end(arrays["pos"]))
+        codes = index._codes2d(arrays["codes"])
+        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
+                              index._sealed_terms(arrays["offsets"], codes))
         return index
 
     def _codes2d(self, codes):
@@ -419,11 +486,14 @@ class IVFIndex:
             if self._seals != self._seals_at_capture:
                 return
             keep = np.flatnonzero(d.pos[: d.n] >= n0)
-            self._lists = _Lists(arrays["offsets"], self._codes2d(arrays["codes"]),
-                                 arrays["pos"], _end(arrays["pos"]))
+            codes = self._codes2d(arrays["codes"])
+            self._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
+                                 self._sealed_terms(arrays["offsets"], codes))
             self._delta = _delta(np.ascontiguousarray(d.codes[keep]),
                                  np.ascontiguousarray(d.pos[keep]),
-                                 np.ascontiguousarray(d.lists[keep]), len(keep), self.nlist)
+                                 np.ascontiguousarray(d.lists[keep]), len(keep), self.nlist,
+                                 np.ascontiguousarray(d.terms[keep]) if self._row_terms
+                                 else adctables.NO_TERMS)
 
     def info(self) -> dict:
         sizes = self.sizes()
@@ -435,6 +505,7 @@ class IVFIndex:
             "code_bytes": self.m,
             "adc_tables": self.table_strategy,
             "precomputed_bytes": int(self._pre.nbytes),
+            "row_terms_bytes": int(self.snapshot()[0].terms.nbytes),
             "refine": self.spec.refine,
             "default_nprobe": self.spec.default_nprobe(),
             "train_seconds": round(self.train_seconds, 3),

@@ -427,24 +427,27 @@ class Namespace:
         plan.max_lists = choice.max_lists
         if plan.index == "flat-subset":
             return self._search(view, Q, code, k, None, np.flatnonzero(mask))
+        want = min(k, matched)
+        widened = choice.min_lists >= 0 and choice.max_lists < index.nlist
+        # short: the probed lists could not yield k matches; or a widened scan ran out of
+        # lists (max_lists < nlist) before it saw an unfiltered query's worth of matching
+        # rows, so its k may not be the nearest: both go exact
         if len(Q) == 1:
             d, p, scanned, reached = index.search(view.X, Q[0], k, choice.max_lists,
                                                   choice.refine, mask, all_alive,
                                                   choice.min_lists)
             D, P = _padded(d, p, k)
-            scanned, reached = np.array([scanned]), np.array([reached])
+            plan.lists = float(scanned)
+            # plain Python on one query: numpy's small-array calls cost more than the logic
+            short = np.arange(1) if len(p) < want or (widened and not reached) else ()
         else:
             D, P, scanned, reached = index.search_batch_padded(
                 view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
-        plan.lists = float(np.mean(scanned)) if len(scanned) else 0.0
-        want = min(k, matched)
-        # short: the probed lists could not yield k matches; or a widened scan ran out of
-        # lists (max_lists < nlist) before it saw an unfiltered query's worth of matching
-        # rows, so its k may not be the nearest: both go exact
-        short = (P >= 0).sum(axis=1) < want
-        if choice.min_lists >= 0 and choice.max_lists < index.nlist:
-            short |= ~np.asarray(reached, bool)
-        short = np.flatnonzero(short)
+            plan.lists = float(scanned.mean()) if len(scanned) else 0.0
+            short = (P >= 0).sum(axis=1) < want
+            if widened:
+                short |= ~np.asarray(reached, bool)
+            short = np.flatnonzero(short)
         if len(short):
             plan.index = "ivf+exact-fallback"
             if plan.matched is not None:

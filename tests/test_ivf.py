@@ -134,6 +134,16 @@ def test_index_spec_parses_to_its_fields():
     assert IndexSpec.parse("auto").kind == "auto"
 
 
+def test_auto_spec_picks_about_two_sqrt_n_lists_as_the_sweep_measured():
+    """GloVe 400k x 50: IVF1024,PQ25 (bench.auto_sweep: IVF2048 was 2.6x slower at recall
+    0.9 and over the health imbalance warning); 60k x 384: IVF512, 4-dim sub-vectors."""
+    from simplevector.engine.indexspec import auto_spec
+    assert str(auto_spec(400_000, 50)) == "IVF1024,PQ25x8,Refine4"
+    assert str(auto_spec(60_000, 384)) == "IVF512,PQ96x8,Refine4"
+    assert auto_spec(10_000_000, 96).nlist == 4096           # the cap
+    assert auto_spec(3000, 16).nlist * 39 <= 3000             # still trainable
+
+
 @pytest.mark.parametrize("text", ["IVF", "IVF0,Flat", "IVF16,PQ3x4", "HNSW32", "", "IVF16",
                                   "IVF16,PQ8x8,Refine0", "IVF16,Flat,Refine2,Refine3"])
 def test_invalid_index_spec_raises_invalid_input(text):

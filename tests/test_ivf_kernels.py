@@ -13,6 +13,7 @@ from _numeric import assert_labels_tie_aware
 from _numeric import assert_same_topk as assert_answers_agree
 
 from simplevector.engine.errors import InvalidInput
+from simplevector.engine.kernels.adctables import NO_TERMS, delta_l2_terms, row_l2_terms
 from simplevector.engine.kernels.distances import COSINE, IP, L2, normalize_rows
 from simplevector.engine.kernels import ivffused
 from simplevector.engine.kernels.ivfscan import (
@@ -343,34 +344,40 @@ def flat_args(q, X, ivf, probes, mask, metric, kk):
             ivf["dlist"], ivf["dn"], mask, metric, kk)
 
 
-def engine_layout(ivf, mask, pre=None):
+def engine_layout(ivf, mask, pre=None, terms=False):
     """The arrays the IVF index hands the kernels: transposed codebooks, the l2 table
-    strategy (``pre``; None: per-list tables), the delta bucketed by list, the mask."""
+    strategy (``pre``: precomputed; ``terms``: row terms, as the engine; neither: per-list
+    tables), the delta bucketed by list, the mask."""
     m, ksub, _ = ivf["codebooks"].shape
     dorder, doffsets = build_csr(ivf["dlist"][: ivf["dn"]], ivf["centroids"].shape[0])
-    return dict(cbT=transpose_codebooks(ivf["codebooks"]),
-                pre=np.zeros((0, m, ksub), np.float32) if pre is None else pre,
-                dorder=dorder, doffsets=doffsets,
+    cbT = transpose_codebooks(ivf["codebooks"])
+    snorm = dnorm = NO_TERMS
+    if terms:
+        snorm = row_l2_terms(ivf["offsets"], ivf["codes"], ivf["centroids"], cbT)
+        dnorm = delta_l2_terms(ivf["dlist"], ivf["dcodes"], ivf["centroids"], ivf["codebooks"])
+    return dict(cbT=cbT, pre=np.zeros((0, m, ksub), np.float32) if pre is None else pre,
+                snorm=snorm, dnorm=dnorm, dorder=dorder, doffsets=doffsets,
                 mask=NO_MASK if mask is None else mask, use_mask=mask is not None)
 
 
-def adc_topk(q, ivf, probes, mask, metric, kk, pre=None, min_lists=-1):
+def adc_topk(q, ivf, probes, mask, metric, kk, pre=None, min_lists=-1, terms=False):
     """The engine's ADC scan (ivfscan.adc_scan) of one query, sorted: (dist, pos)."""
-    e = engine_layout(ivf, mask, pre)
+    e = engine_layout(ivf, mask, pre, terms)
     hd, hi = np.empty(kk, np.float32), np.empty(kk, np.int64)
     size, _, _ = adc_scan(q, ivf["centroids"], e["cbT"], e["pre"], probes, ivf["offsets"],
-                          ivf["codes"], ivf["pos"], ivf["dcodes"], ivf["dpos"], e["dorder"],
-                          e["doffsets"], e["mask"], e["use_mask"], metric, hd, hi, min_lists)
+                          ivf["codes"], ivf["pos"], e["snorm"], ivf["dcodes"], ivf["dpos"],
+                          e["dnorm"], e["dorder"], e["doffsets"], e["mask"], e["use_mask"],
+                          metric, hd, hi, min_lists)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
 
-def pq_args(q, X, ivf, probes, mask, scan, metric, kk, k, pre=None):
+def pq_args(q, X, ivf, probes, mask, scan, metric, kk, k, pre=None, terms=False):
     """Arguments of ivffused.pq_search_serial / _batch, minus min_lists."""
-    e = engine_layout(ivf, mask, pre)
+    e = engine_layout(ivf, mask, pre, terms)
     return (q, X, ivf["centroids"], e["cbT"], e["pre"], probes, ivf["offsets"], ivf["codes"],
-            ivf["pos"], ivf["dcodes"], ivf["dpos"], e["dorder"], e["doffsets"], e["mask"],
-            e["use_mask"], scan, metric, kk, k)
+            ivf["pos"], e["snorm"], ivf["dcodes"], ivf["dpos"], e["dnorm"], e["dorder"],
+            e["doffsets"], e["mask"], e["use_mask"], scan, metric, kk, k)
 
 
 def flat_kernel_args(X, ivf, mask):
@@ -446,15 +453,17 @@ def test_adc_scan_kk_larger_than_allowed_returns_all_allowed():
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
 @pytest.mark.parametrize("mask_kind", MASKS)
-def test_engine_pq_kernels_match_reference(metric, mask_kind):
+@pytest.mark.parametrize("terms", [True, False], ids=["row_terms", "per_list"])
+def test_engine_pq_kernels_match_reference(metric, mask_kind, terms):
     """pq_search_serial, _parallel and _batch (what engine/ivf.py calls) against
-    pq_search_ref: the ADC top-kk re-ranked exactly."""
+    pq_search_ref: the ADC top-kk re-ranked exactly; l2 scans with row terms (the engine's
+    tables) and per-list tables (ip ignores both)."""
     scan, exact = PAIRS[metric]
     X, Q, ivf = make_ivf(24, metric)
     mask = make_mask(mask_kind, X.shape[0], 6)
     P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
     D, I, scanned, reached = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, scan, exact,
-                                                               40, 10), -1)
+                                                               40, 10, terms=terms), -1)
     assert D.shape == I.shape == (len(Q), 10) and (scanned == 4).all() and reached.all()
     for i, q in enumerate(Q):
         probes = probe(q, ivf["centroids"], 4, scan)
@@ -464,12 +473,12 @@ def test_engine_pq_kernels_match_reference(metric, mask_kind):
                                      ivf["dpos"], ivf["dlist"], ivf["dn"], mask, scan, exact,
                                      40, 10)
         d, p, n, ok = ivffused.pq_search_serial(*pq_args(q, X, ivf, probes, mask, scan, exact,
-                                                         40, 10), -1)
+                                                         40, 10, terms=terms), -1)
         assert n == 4 and ok
         assert_same_topk(d, p, *ref)
         for chunks in (2, 3):
             dp, pp, n, _ = ivffused.pq_search_parallel(
-                *pq_args(q, X, ivf, probes, mask, scan, exact, 40, 10), chunks, -1)
+                *pq_args(q, X, ivf, probes, mask, scan, exact, 40, 10, terms=terms), chunks, -1)
             assert n == 4
             assert_answers_agree(dp, pp, d, p)
         keep = I[i] >= 0
@@ -547,7 +556,7 @@ def test_every_engine_kernel_accepts_read_only_arrays():
     probes = read_only(probe(Q[0], C, 3, L2))
     P = read_only(probe_lists_batch(Q, C, 3, L2))
     args = [read_only(a) if isinstance(a, np.ndarray) else a
-            for a in pq_args(Q[0], X, ivf, probes, mask, L2, L2, 5, 5)]
+            for a in pq_args(Q[0], X, ivf, probes, mask, L2, L2, 5, 5, terms=True)]
     assert ivffused.pq_search_serial(*args, -1)[0].size == 5
     assert ivffused.pq_search_parallel(*args, 2, -1)[0].size == 5
     args[0], args[5] = Q, P
@@ -557,3 +566,40 @@ def test_every_engine_kernel_accepts_read_only_arrays():
     assert ivffused.flat_lists_serial(Q[0], X, C, 3, L2, *flat, L2, 5, -1)[0].size == 5
     assert ivffused.flat_lists_batch(Q, X, P, *flat, L2, 5, -1)[0].shape == (8, 5)
     build_csr(read_only(ivf["dlist"]), C.shape[0])
+
+
+def test_query_tables_match_the_per_query_tables():
+    from simplevector.engine.kernels.ivfscan import query_tables
+    rng = np.random.default_rng(3)
+    cb = rng.standard_normal((6, 32, 4)).astype(np.float32)
+    Q = rng.standard_normal((9, 24)).astype(np.float32)
+    T = query_tables(Q, transpose_codebooks(cb), -2.0)
+    ref = -2.0 * np.einsum("qjd,jtd->qjt", Q.reshape(9, 6, 4).astype(np.float64), cb)
+    assert T.shape == (9, 6, 32) and T.dtype == np.float32 and T.flags.c_contiguous
+    np.testing.assert_allclose(T, ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ALL_METRICS)
+@pytest.mark.parametrize("mask_kind", ["none", "half"])
+def test_batch_with_blas_tables_matches_reference_and_the_single_query_kernel(metric, mask_kind):
+    """pq_search_batch_tables (the engine's batch for ip and row terms) against
+    pq_search_ref and pq_search_serial."""
+    from simplevector.engine.kernels.ivfscan import query_tables
+    scan, exact = PAIRS[metric]
+    X, Q, ivf = make_ivf(27, metric)
+    mask = make_mask(mask_kind, X.shape[0], 8)
+    P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
+    args = pq_args(Q, X, ivf, P, mask, scan, exact, 40, 10, terms=True)
+    tables = query_tables(Q, args[3], -1.0 if scan == IP else -2.0)
+    D, I, scanned, reached = ivffused.pq_search_batch_tables(Q, tables, *args[1:], -1)
+    assert (scanned == 4).all() and reached.all()
+    for i, q in enumerate(Q):
+        ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], P[i],
+                                     ivf["offsets"], ivf["codes"], ivf["pos"], ivf["dcodes"],
+                                     ivf["dpos"], ivf["dlist"], ivf["dn"], mask, scan, exact,
+                                     40, 10)
+        keep = I[i] >= 0
+        assert_same_topk(D[i][keep], I[i][keep], *ref)
+        d, p, _, _ = ivffused.pq_search_serial(*pq_args(q, X, ivf, P[i], mask, scan, exact,
+                                                        40, 10, terms=True), -1)
+        assert_answers_agree(D[i][keep], I[i][keep], d, p)

@@ -1,6 +1,6 @@
-"""ADC table strategies (kernels/adctables.py): precomputed l2 terms against their numpy
-reference, scans with precomputed tables against the decoding reference, the choice rule,
-and the engine's recall with the new tables against the per-list ones.
+"""ADC table strategies (kernels/adctables.py): precomputed l2 terms and row terms against
+their numpy references, scans with each against the decoding reference, the choice rule,
+the engine's recall with row terms against per-list and precomputed tables, and reopen.
 
 Comparisons of floats from different code paths are tie-aware (tests/_numeric.py).
 """
@@ -124,10 +124,10 @@ def _recall(index, X, Q, alive, allowed, metric, k, nprobe, batch):
 
 
 @pytest.mark.parametrize("metric", [L2, IP, COSINE])
-def test_recall_with_precomputed_tables_is_at_least_the_per_list_recall(metric):
-    """Seeded synthetic set, PQ with 4-dim sub-vectors (the rule precomputes), tombstones,
-    a filter, and delta rows: recall@10 against exact search of the new tables >= the old
-    per-list tables' minus 0.01."""
+def test_recall_with_row_terms_is_at_least_the_per_list_and_precomputed_recall(metric):
+    """Seeded synthetic set, PQ with 4-dim sub-vectors, tombstones, a filter, and delta
+    rows: recall@10 against exact search of the engine's tables (row terms; ip: query-only)
+    >= the per-list and the precomputed tables' minus 0.01."""
     rng = np.random.default_rng(7)
     X = clustered(8, 6000, 32, nclusters=40)
     if metric == COSINE:
@@ -136,49 +136,96 @@ def test_recall_with_precomputed_tables_is_at_least_the_per_list_recall(metric):
     if metric == COSINE:
         Q = normalize_rows(Q)
     index = IVFIndex.train(IndexSpec.parse("IVF32,PQ8x8,Refine2"), X[:5000], metric)
-    assert index.table_strategy == ("query" if metric == IP else "precomputed")
+    assert index.table_strategy == ("query" if metric == IP else "row_terms")
     lists, codes = index.encode(X)
     index.load_lists(np.arange(5000), lists[:5000], codes[:5000])
     index.add(np.arange(5000, 6000), lists[5000:], codes[5000:])     # delta rows
     alive = rng.random(6000) > 0.1                                    # tombstones
     allowed = rng.random(6000) > 0.3                                  # a filter
-    new_pre = index._pre
-    m, ksub, _ = index.codebooks.shape
+    no_pre, pre = index._pre, index._precomputed()
     for batch in (False, True):
         for nprobe in (2, 8):
-            index._pre = new_pre
             new = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
-            index._pre = np.zeros((0, m, ksub), np.float32)
-            old = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
-            assert new >= old - 0.01, (batch, nprobe, new, old)
+            index._row_terms = False
+            per_list = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
+            index._pre = pre
+            precomputed = _recall(index, X, Q, alive, allowed, metric, 10, nprobe, batch)
+            index._pre, index._row_terms = no_pre, metric != IP
+            assert new >= max(per_list, precomputed) - 0.01, (batch, nprobe, new, per_list)
             assert nprobe < 8 or new > 0.5          # the test set is not degenerate
-    index._pre = new_pre
 
 
-def test_precomputed_terms_are_checkpointed_and_reused_on_reopen_with_the_same_answers():
-    """The terms are derived but cost nlist x M x 256 x dsub to build: a checkpoint stores
-    them so that reopening does not recompute them (reopen does not grow with the index)."""
+def _terms_ref(index):
+    sealed, d = index.snapshot()
+    lists = np.repeat(np.arange(index.nlist), np.diff(sealed.offsets))
+    return (adctables.row_l2_terms_ref(lists, sealed.codes, index.centroids, index.codebooks),
+            adctables.row_l2_terms_ref(d.lists[: d.n], d.codes[: d.n], index.centroids,
+                                       index.codebooks))
+
+
+def test_row_terms_match_the_reference_after_load_add_and_seal():
+    X = clustered(12, 4000, 32, nclusters=20)
+    index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, L2)
+    lists, codes = index.encode(X)
+    index.load_lists(np.arange(3000), lists[:3000], codes[:3000])
+    index.add(np.arange(3000, 4000), lists[3000:], codes[3000:])
+    for _ in range(2):
+        sealed, d = index.snapshot()
+        ref_s, ref_d = _terms_ref(index)
+        tol = 1e-4 * max(1.0, float(np.abs(ref_s).max()))
+        assert sealed.terms.dtype == np.float32 and len(d.terms) == len(d.codes)
+        np.testing.assert_allclose(sealed.terms, ref_s, rtol=0, atol=tol)
+        np.testing.assert_allclose(d.terms[: d.n], ref_d, rtol=0, atol=tol)
+        index.seal(np.ones(4000, bool))                              # delta folded in
+
+
+def test_row_terms_give_the_expanded_l2_distance():
+    rng = np.random.default_rng(2)
+    C = rng.standard_normal((5, 8)).astype(np.float32)
+    cb = rng.standard_normal((2, 16, 4)).astype(np.float32)
+    codes = np.array([[7, 11], [0, 3]], np.uint8)
+    lists = np.array([3, 1])
+    N = adctables.row_l2_terms_ref(lists, codes, C, cb).astype(np.float64)
+    q = rng.standard_normal(8)
+    for i in range(2):
+        r = np.concatenate([cb[0, codes[i, 0]], cb[1, codes[i, 1]]]).astype(np.float64)
+        c = C[lists[i]].astype(np.float64)
+        want = ((q - c - r) ** 2).sum()
+        got = ((q - c) ** 2).sum() + N[i] - 2 * q @ r
+        assert abs(got - want) < 1e-4 * max(1.0, want)
+
+
+def test_checkpoint_keeps_its_arrays_and_reopen_rebuilds_the_row_terms():
+    """The bundle format is unchanged (an empty ``pre``, as per-list indexes wrote); reopen
+    computes the row terms from the stored codes, and a non-empty ``pre`` stored by an older
+    build is not used: the answers are the same."""
     X = normalize_rows(clustered(10, 3000, 32, nclusters=20))
     index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, COSINE)
     lists, codes = index.encode(X)
     index.load_lists(np.arange(len(X)), lists, codes)
     meta, arrays = index.to_arrays(np.ones(len(X), bool))
-    np.testing.assert_allclose(arrays["pre"], adctables.precompute_l2_terms(
-        index.centroids, index.codebooks), rtol=0, atol=1e-6)
-    again = IVFIndex.from_arrays(meta, arrays)
-    assert again._pre is arrays["pre"]
-    assert again.table_strategy == "precomputed"
-    assert again.info()["precomputed_bytes"] == 16 * 8 * 256 * 4
-    np.testing.assert_allclose(again._pre, index._pre, rtol=0, atol=1e-6)
+    assert set(arrays) == {"centroids", "offsets", "pos", "codes", "pre", "codebooks"}
+    assert arrays["pre"].shape == (0, 8, 256)
+    old = dict(arrays, pre=adctables.precompute_l2_terms(index.centroids, index.codebooks))
     mask = np.ones(len(X), bool)
-    for q in X[:5]:
-        d1, p1 = index.search(X, q, 10, 4, 2, mask, True)[:2]
-        d2, p2 = again.search(X, q, 10, 4, 2, mask, True)[:2]
-        assert_answers_agree(d1, p1, d2, p2)
+    for bundle in (arrays, old):
+        again = IVFIndex.from_arrays(meta, bundle)
+        assert again.table_strategy == "row_terms"
+        assert again.info()["precomputed_bytes"] == 0
+        np.testing.assert_allclose(again.snapshot()[0].terms, index.snapshot()[0].terms,
+                                   rtol=0, atol=1e-6)
+        for q in X[:5]:
+            d1, p1 = index.search(X, q, 10, 4, 2, mask, True)[:2]
+            d2, p2 = again.search(X, q, 10, 4, 2, mask, True)[:2]
+            assert_answers_agree(d1, p1, d2, p2)
 
 
-def test_wide_index_over_the_budget_keeps_per_list_tables(monkeypatch):
-    monkeypatch.setattr(adctables, "PRECOMPUTED_MAX_BYTES", 1000)
-    X = clustered(11, 2000, 32, nclusters=20)
-    index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, L2)
-    assert index.table_strategy == "per_list" and index.info()["precomputed_bytes"] == 0
+@pytest.mark.parametrize("metric", [L2, COSINE])
+def test_adc_scan_with_row_terms_matches_reference(metric):
+    X, Q, ivf = make_ivf(23, metric)
+    mask = make_mask("half", X.shape[0], 4)
+    for i, q in enumerate(Q):
+        probes = probe(q, ivf["centroids"], 2 + i, L2)
+        got = adc_topk(q, ivf, probes, mask, L2, 25, terms=True)
+        ref = adc_search_ref(*adc_args(q, ivf, probes, mask, L2, 25))
+        assert_same_topk(*got, *ref)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from simplevector.engine.kernels.adctables import NO_TERMS
 from simplevector.engine.kernels.distances import L2
 from simplevector.engine.kernels.ivfscan import NO_MASK, adc_scan, adc_search_ref, build_csr
 from simplevector.engine.kernels.ivfscan import probe as probe_lists
@@ -101,8 +102,8 @@ def adc_call(ivf, q, probes, kk=KK):
         ivf["no_delta"] = np.zeros(ivf["C"].shape[0] + 1, np.int64)
     hd, hi = np.empty(kk, np.float32), np.empty(kk, np.int64)
     size, _, _ = adc_scan(q, ivf["C"], ivf["cbT"], ivf["no_pre"], probes, ivf["offsets"],
-                          ivf["codes"], ivf["pos"], empty, none, none, ivf["no_delta"], NO_MASK,
-                          False, L2, hd, hi, -1)
+                          ivf["codes"], ivf["pos"], NO_TERMS, empty, none, NO_TERMS, none,
+                          ivf["no_delta"], NO_MASK, False, L2, hd, hi, -1)
     heap_sort(hd, hi, size)
     return hd[:size], hi[:size]
 

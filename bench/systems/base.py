@@ -137,5 +137,6 @@ def ivf_defaults(n: int, dim: int) -> tuple[int, int]:
 
 
 NPROBE_SWEEP = (8, 16, 32, 64)
-REFINE_SWEEP = (1, 4)
+#: refine 8 too: on the minilm set (384-d) refine 4 stops short of recall@10 0.95
+REFINE_SWEEP = (1, 4, 8)
 EF_SWEEP = (16, 32, 64, 128, 256)

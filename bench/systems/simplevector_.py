@@ -68,11 +68,10 @@ class SimpleVectorFlat(System):
         return np.fromiter((h.id for h in hits), np.int64, count=len(hits))
 
     def query_batch(self, Q, k):
-        rows = self.ns.query(Q, k=k, include=(), **self.params)
-        out = np.full((len(Q), k), -1, np.int64)
-        for i, hits in enumerate(rows):
-            out[i, : len(hits)] = [h.id for h in hits]
-        return out
+        # Namespace.search: the same query as fixed-shape arrays (FAISS's contract, what the
+        # FAISS adapter returns), no Hit object per result
+        _, ids = self.ns.search(Q, k=k, **self.params)
+        return np.where(ids == None, -1, ids).astype(np.int64)  # noqa: E711
 
     def reopen(self):
         self.close()

@@ -51,6 +51,8 @@ __all__ = [
     "probe_lists_batch",
     "widen_target",
     "adc_scan",
+    "adc_scan_table",
+    "query_tables",
     "adc_search_ref",
     "flat_scan",
     "ivfflat_search_ref",
@@ -225,8 +227,30 @@ def widen_target(probes, offsets, doffsets, min_lists):
 
 
 @njit(cache=True, nogil=True)
-def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, dorder,
-             doffsets, mask, use_mask, metric, hd, hi, min_lists):
+def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm,
+             dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
+    """ADC scan of one query; see :func:`adc_scan_table` (which this calls, building the
+    query's table itself)."""
+    return adc_scan_table(q, centroids, cbT, pre, np.empty((0, cbT.shape[2]), np.float32),
+                          probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm, dorder,
+                          doffsets, mask, use_mask, metric, hd, hi, min_lists)
+
+
+def query_tables(Q, cbT, scale: float) -> np.ndarray:
+    """The query-only ADC tables of every row of Q at once, by BLAS: float32 (nq, m, ksub),
+    ``scale * (q_j . codeword_jt)``; -1 is the ip table, -2 the row-terms l2 table
+    (:func:`adc_scan_table`'s ``qtable``)."""
+    m, dsub, _ = cbT.shape
+    Qs = np.ascontiguousarray(np.asarray(Q, np.float32).reshape(len(Q), m, dsub)
+                              .transpose(1, 0, 2))
+    T = np.matmul(Qs, cbT)                        # (m, nq, ksub)
+    T *= np.float32(scale)
+    return np.ascontiguousarray(T.transpose(1, 0, 2))
+
+
+@njit(cache=True, nogil=True)
+def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, snorm, dcodes,
+                   dpos, dnorm, dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
     """ADC scan of the probed lists (sealed rows then delta rows) into the heap hd/hi
     (capacity ``hd.shape[0]``); returns (heap size (unsorted), lists scanned, whether the
     widening target was reached).
@@ -234,16 +258,30 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
     ``cbT``: the codebooks transposed (:func:`.pq.transpose_codebooks`). l2 tables: ``pre``
     (nlist, m, ksub) from :func:`.adctables.precompute_l2_terms` selects the precomputed
     form (one query table per query, one table add per list); an empty ``pre`` (0, m, ksub)
-    the per-list form (see :mod:`.adctables` for the choice). ``min_lists`` < 0: scan every
+    the per-list form, unless ``snorm`` / ``dnorm`` hold one row term per sealed / delta code
+    row (:func:`.adctables.row_l2_terms`): then one query-only table -2 q_j . codeword
+    serves every list and a row's distance is ||q - c_l||^2 + its term + the table sum
+    (pass :data:`.adctables.NO_TERMS` for both otherwise; see :mod:`.adctables` for the
+    choice). ``min_lists`` < 0: scan every
     list in ``probes``. Otherwise a widened filtered scan (:func:`widen_target`): after the
     first ``min_lists`` lists, stop at the first list boundary where the allowed rows seen
-    reach the rows those first lists hold.
+    reach the rows those first lists hold. ``qtable`` (m, ksub): the query-only table
+    computed by the caller (:func:`query_tables`, for ip and row-terms scans; ignored
+    otherwise), or (0, ksub) to build it here.
     """
     m, _, ksub = cbT.shape
     T = np.empty((m, ksub), np.float32)
     use_pre = metric == L2 and pre.shape[0] > 0
-    if metric != L2:
+    use_terms = (metric == L2 and not use_pre and snorm.shape[0] == codes.shape[0]
+                 and dnorm.shape[0] == dcodes.shape[0])
+    if (metric != L2 or use_terms) and qtable.shape[0] > 0:
+        T = qtable
+    elif metric != L2 or use_terms:
         _neg_ip_table(q, cbT, T)
+        if use_terms:
+            for j in range(m):
+                for t in range(ksub):
+                    T[j, t] *= np.float32(2.0)
     S = T
     if use_pre:
         S = np.empty((m, ksub), np.float32)
@@ -261,7 +299,10 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
         l = probes[p]
         if offsets[l] == offsets[l + 1] and doffsets[l] == doffsets[l + 1]:
             continue
-        if use_pre:
+        if use_terms:
+            # ||q - c - r||^2 = ||q - c||^2 + N_r - 2 q.r, N_r per row
+            base = _l2sq(q, centroids[l])
+        elif use_pre:
             # ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 c.r) - 2 q.r
             base = _l2sq(q, centroids[l])
             _add_scaled(pre[l], S, T)
@@ -276,12 +317,35 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
         while r + 4 <= end:
             # four codes at once: four independent sums over the same table rows
             s0, s1, s2, s3 = _adc4(T, codes, r)
+            s0 += base
+            s1 += base
+            s2 += base
+            s3 += base
+            if use_terms:
+                s0 += snorm[r]
+                s1 += snorm[r + 1]
+                s2 += snorm[r + 2]
+                s3 += snorm[r + 3]
+            if not use_mask:
+                # every row allowed: a position is read only for a code that enters the
+                # heap (most do not: 60k x 384, nprobe 16, 45 -> 30 ns a code)
+                seen += 4
+                if s0 <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, s0, pos[r])
+                if s1 <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, s1, pos[r + 1])
+                if s2 <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, s2, pos[r + 2])
+                if s3 <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, s3, pos[r + 3])
+                r += 4
+                continue
             for i in range(4):
                 pr = pos[r + i]
                 if not allowed(mask, use_mask, pr):
                     continue
                 seen += 1
-                d = base + (s0 if i == 0 else s1 if i == 1 else s2 if i == 2 else s3)
+                d = s0 if i == 0 else s1 if i == 1 else s2 if i == 2 else s3
                 if d <= worst:
                     size, worst = heap_consider(hd, hi, size, worst, d, pr)
             r += 4
@@ -290,6 +354,8 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
             if allowed(mask, use_mask, pr):
                 seen += 1
                 d = base + _adc(T, codes[r])
+                if use_terms:
+                    d += snorm[r]
                 if d <= worst:
                     size, worst = heap_consider(hd, hi, size, worst, d, pr)
             r += 1
@@ -299,6 +365,8 @@ def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, dcodes, dpos, 
             if allowed(mask, use_mask, pr):
                 seen += 1
                 d = base + _adc(T, dcodes[r])
+                if use_terms:
+                    d += dnorm[r]
                 if d <= worst:
                     size, worst = heap_consider(hd, hi, size, worst, d, pr)
     return size, scanned, seen >= target
