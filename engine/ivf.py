@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numba
 import numpy as np
@@ -162,7 +162,29 @@ class IVFIndex:
         """(sealed, delta) row terms for the scan kernels, or NO_TERMS for both."""
         if not self._row_terms or self._pre.shape[0]:
             return adctables.NO_TERMS, adctables.NO_TERMS
-        return sealed.terms, d.terms
+        return self._with_terms(sealed).terms, d.terms
+
+    def _with_terms(self, sealed: _Lists) -> _Lists:
+        """``sealed`` with its row terms. Lists loaded from a checkpoint without stored
+        terms (an older bundle) get them here, on first use by a kernel query, not at open:
+        a reopen then runs no numba code and does no per-row work."""
+        if sealed.terms is not None:
+            return sealed
+        terms = self._sealed_terms(sealed.offsets, sealed.codes)
+        done = replace(sealed, terms=terms)
+        with self._lock:
+            if self._lists is sealed:
+                self._lists = done
+        return done
+
+    def _stored_terms(self, arrays: dict, codes) -> np.ndarray | None:
+        """The checkpoint's row terms when they fit these codes, else None (lazy)."""
+        if not self._row_terms:
+            return adctables.NO_TERMS
+        terms = arrays.get("terms")
+        if terms is None or len(terms) != len(codes):
+            return None
+        return terms
 
     @property
     def table_strategy(self) -> str:
@@ -438,6 +460,8 @@ class IVFIndex:
         """(meta, arrays) for a checkpoint: the lists in sealed (CSR) form, delta folded
         in and dead rows dropped, so that :meth:`from_arrays` uses them as they are."""
         sealed, d = self.snapshot()
+        if self._row_terms:
+            sealed = self._with_terms(sealed)
         sizes = np.diff(sealed.offsets)
         lists = np.concatenate([np.repeat(np.arange(self.nlist, dtype=np.int64), sizes),
                                 d.lists[: d.n].astype(np.int64)])
@@ -452,6 +476,9 @@ class IVFIndex:
                 "covers": int(len(alive))}
         arrays = {"centroids": self.centroids, "offsets": offsets,
                   "pos": pos[order], "codes": codes[order], "pre": self._pre}
+        if self._row_terms:
+            terms = np.concatenate([sealed.terms, d.terms[: d.n]])[keep]
+            arrays["terms"] = np.ascontiguousarray(terms[order], np.float32)
         if self.m:
             arrays["codebooks"] = self.codebooks
         return meta, arrays
@@ -459,9 +486,9 @@ class IVFIndex:
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict) -> "IVFIndex":
         """The index saved by :meth:`to_arrays`; its lists and codes are the arrays
-        themselves (views of a checkpoint bundle), not copies. The row terms are computed
-        here (derived state); a stored ``pre`` (older builds wrote non-empty ones) is not
-        used."""
+        themselves (views of a checkpoint bundle), not copies, and so are the row terms
+        (derived state stored with them; computed on first use when a bundle lacks them). A
+        stored ``pre`` (older builds wrote non-empty ones) is not used."""
         codebooks = arrays.get("codebooks")
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
                     np.array(arrays["centroids"], np.float32),
@@ -471,7 +498,7 @@ class IVFIndex:
         index.trained_upto = meta.get("trained_upto", 0)
         codes = index._codes2d(arrays["codes"])
         index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
-                              index._sealed_terms(arrays["offsets"], codes))
+                              index._stored_terms(arrays, codes))
         return index
 
     def _codes2d(self, codes):
@@ -488,7 +515,7 @@ class IVFIndex:
             keep = np.flatnonzero(d.pos[: d.n] >= n0)
             codes = self._codes2d(arrays["codes"])
             self._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
-                                 self._sealed_terms(arrays["offsets"], codes))
+                                 self._stored_terms(arrays, codes))
             self._delta = _delta(np.ascontiguousarray(d.codes[keep]),
                                  np.ascontiguousarray(d.pos[keep]),
                                  np.ascontiguousarray(d.lists[keep]), len(keep), self.nlist,
@@ -505,7 +532,7 @@ class IVFIndex:
             "code_bytes": self.m,
             "adc_tables": self.table_strategy,
             "precomputed_bytes": int(self._pre.nbytes),
-            "row_terms_bytes": int(self.snapshot()[0].terms.nbytes),
+            "row_terms_bytes": int(getattr(self.snapshot()[0].terms, "nbytes", 0)),
             "refine": self.spec.refine,
             "default_nprobe": self.spec.default_nprobe(),
             "train_seconds": round(self.train_seconds, 3),

@@ -195,29 +195,36 @@ def test_row_terms_give_the_expanded_l2_distance():
         assert abs(got - want) < 1e-4 * max(1.0, want)
 
 
-def test_checkpoint_keeps_its_arrays_and_reopen_rebuilds_the_row_terms():
-    """The bundle format is unchanged (an empty ``pre``, as per-list indexes wrote); reopen
-    computes the row terms from the stored codes, and a non-empty ``pre`` stored by an older
-    build is not used: the answers are the same."""
+def test_checkpoint_stores_the_row_terms_and_reopen_maps_them():
+    """The bundle holds the row terms beside the codes (an empty ``pre``, as per-list
+    indexes wrote), so a reopen maps them and runs no numba code. A bundle without them (an
+    older build) gets them computed on the first kernel query, not at open; a non-empty
+    ``pre`` stored by an older build is not used. The answers are the same every way."""
     X = normalize_rows(clustered(10, 3000, 32, nclusters=20))
     index = IVFIndex.train(IndexSpec.parse("IVF16,PQ8x8,Refine2"), X, COSINE)
     lists, codes = index.encode(X)
     index.load_lists(np.arange(len(X)), lists, codes)
     meta, arrays = index.to_arrays(np.ones(len(X), bool))
-    assert set(arrays) == {"centroids", "offsets", "pos", "codes", "pre", "codebooks"}
+    assert set(arrays) == {"centroids", "offsets", "pos", "codes", "pre", "codebooks", "terms"}
     assert arrays["pre"].shape == (0, 8, 256)
-    old = dict(arrays, pre=adctables.precompute_l2_terms(index.centroids, index.codebooks))
+    np.testing.assert_array_equal(arrays["terms"], index.snapshot()[0].terms)
+    older = {k: v for k, v in arrays.items() if k != "terms"}
+    old_pre = dict(older, pre=adctables.precompute_l2_terms(index.centroids, index.codebooks))
     mask = np.ones(len(X), bool)
-    for bundle in (arrays, old):
+    for bundle, stored in ((arrays, True), (older, False), (old_pre, False)):
         again = IVFIndex.from_arrays(meta, bundle)
         assert again.table_strategy == "row_terms"
         assert again.info()["precomputed_bytes"] == 0
-        np.testing.assert_allclose(again.snapshot()[0].terms, index.snapshot()[0].terms,
-                                   rtol=0, atol=1e-6)
+        if stored:
+            assert again.snapshot()[0].terms is bundle["terms"]      # a view, not computed
+        else:
+            assert again.snapshot()[0].terms is None                 # lazy: nothing at open
         for q in X[:5]:
             d1, p1 = index.search(X, q, 10, 4, 2, mask, True)[:2]
             d2, p2 = again.search(X, q, 10, 4, 2, mask, True)[:2]
             assert_answers_agree(d1, p1, d2, p2)
+        np.testing.assert_allclose(again.snapshot()[0].terms, index.snapshot()[0].terms,
+                                   rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("metric", [L2, COSINE])
