@@ -323,7 +323,18 @@ def _convert2(src: str, dst: str, progress) -> tuple[int, int]:
                 counts[config.vid] = schema.unpack_u64(raw) if raw else 0
             total = sum(counts.values())
             raw = txn.get(schema.META_SNAPSHOT, db=odb[b"meta"])
-            snap = None if raw is None else msgpack.unpackb(bytes(raw), raw=False)
+            # int map keys: a checkpoint record's "gens" (row file generations)
+            snap = None if raw is None else msgpack.unpackb(bytes(raw), raw=False,
+                                                            strict_map_key=False)
+            for config in configs:
+                if txn.get(schema.gen_key(config.vid), db=odb[b"counters"]) is not None:
+                    # only development builds between compaction and format 3 wrote these
+                    raise StorageError(
+                        f"upgrade: namespace {config.name!r} v{config.version} was compacted "
+                        "by a development build of format 2; this upgrade does not convert "
+                        "compacted row files",
+                        hint="export it with that build (`simplevector export`) and import "
+                             "it into a new database")
 
             def copy_meta(w):
                 for sub in (b"meta", b"catalog", b"ops", b"counters"):
