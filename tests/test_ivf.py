@@ -102,9 +102,9 @@ def trained(tmp_path, X, *, metric="l2", spec="IVF32,PQ8x8,Refine4", metadata=No
     return db, ns
 
 
-def assert_own_nearest(ns, ids, X, metric, *, nprobe=None, exact=False, k=1):
+def assert_own_nearest(ns, ids, X, metric, *, nprobe=None, exact=False, k=1, refine=None):
     """Each row's own vector finds that row first (or a row at an exactly tied distance)."""
-    hits = ns.query(X, k=k, nprobe=nprobe, exact=exact, include=())
+    hits = ns.query(X, k=k, nprobe=nprobe, exact=exact, include=(), refine=refine)
     D = None
     for i, (extid, h) in enumerate(zip(ids, hits)):
         assert h, f"no hit for {extid}"
@@ -541,7 +541,10 @@ def test_build_index_during_concurrent_upserts_and_queries_loses_nothing(tmp_pat
         V = np.concatenate([v for _, v in written])
         assert ns.count() == 4000 + len(ids)
         assert ns.index_info()["rows_in_lists"] >= ns.count()
-        assert_own_nearest(ns, ids, V, "l2", nprobe=32)
+        # every list probed; k=1 with the spec's Refine4 re-ranks only 4 ADC candidates, and
+        # a written row near a cluster centre can rank 5th by its code (1 run in 10 did), so
+        # re-rank 64: the check is that no written row is missing from the lists
+        assert_own_nearest(ns, ids, V, "l2", nprobe=32, refine=64)
 
 
 def test_ivf_queries_concurrent_with_upserts_never_fail(ivfpq_ns):
