@@ -54,6 +54,8 @@ BODIES = {
     "create_snapshot": ({"path": _NULLABLE_STR}, []),
     "verify_snapshot": ({"path": {"type": "string"}}, ["path"]),
     "prune_snapshots": ({"keep": {"type": "integer", "minimum": 0}}, ["keep"]),
+    "probe": ({"samples": {"type": "integer", "minimum": 1},
+               "k": {"type": "integer", "minimum": 1}, "where": {"type": "object"}}, []),
     "compact": ({"namespace": _NULLABLE_STR,
                  "version": {"type": ["integer", "null"], "minimum": 1}}, []),
     "consumer_changes": ({"since": {"type": "integer", "minimum": 0},

@@ -145,6 +145,37 @@ async def verify_snapshot(request):
     return encode(request, info.to_dict())
 
 
+# -- alerts, events, recall probes ------------------------------------------------------------
+async def alerts(request):
+    """Evaluate every alert rule now (``db.alerts()``): each rule's state, value and
+    message; state changes are recorded as events (a read-only server records none)."""
+    found = await call(_db(request).alerts)
+    return encode(request, {"alerts": [a.to_dict() for a in found]})
+
+
+async def events(request):
+    """Recorded alert state changes and lifecycle events, oldest first. Query: since
+    (epoch seconds)."""
+    raw = request.query_params.get("since")
+    since = None
+    if raw is not None:
+        try:
+            since = float(raw)
+        except ValueError:
+            raise InvalidInput(f"since {raw!r} is not valid; expected epoch seconds") from None
+    return encode(request, {"events": await call(_db(request).alert_events, since)})
+
+
+async def probe(request):
+    """Recall@k of the live index against exact search (``db.probe_recall``). Body:
+    samples, k, where (a filter: filtered recall against exact over the matching rows)."""
+    data = await payload(request, ("samples", "k", "where"))
+    name = request.path_params["name"]
+    result = await call(_db(request).probe_recall, name, data.get("samples", 200),
+                        data.get("k", 10), where=data.get("where"))
+    return encode(request, result.to_dict())
+
+
 # -- compaction ---------------------------------------------------------------------------------
 async def compact(request):
     """Rewrite versions without their tombstones (db.compact). Body: namespace (none: every
@@ -403,6 +434,9 @@ ROUTES = [
     ("/v1/snapshots", "POST", create_snapshot, "create_snapshot"),
     ("/v1/snapshots/prune", "POST", prune_snapshots, "prune_snapshots"),
     ("/v1/snapshots/verify", "POST", verify_snapshot, "verify_snapshot"),
+    ("/v1/alerts", "GET", alerts, "alerts"),
+    ("/v1/events", "GET", events, "events"),
+    (NS + "/probe", "POST", probe, "probe"),
     ("/v1/compact", "POST", compact, "compact"),
     ("/v1/compaction", "GET", compaction_status, "compaction_status"),
     ("/v1/wal/retention", "GET", wal_retention, "wal_retention"),

@@ -293,6 +293,27 @@ class Client:
         return _snapshot_info(self._request("POST", "/v1/snapshots/verify", body={
             "path": str(path)}, idempotent=True))
 
+    # -- alerts, events, recall probes ----------------------------------------------------
+    def alerts(self) -> list:
+        """Evaluate the server's alert rules now: a list of ``Alert`` (as ``db.alerts()``)."""
+        from simplevector.ops.alerts import Alert
+        return [Alert(**a) for a in self._request("GET", "/v1/alerts")["alerts"]]
+
+    def alert_events(self, since=None) -> list:
+        """The server's recorded alert and lifecycle events, oldest first."""
+        return self._request("GET", "/v1/events",
+                             params={"since": since} if since is not None else None)["events"]
+
+    def probe_recall(self, namespace, samples: int = 200, k: int = 10, *, where=None):
+        """Recall@k of the live index of ``namespace`` against exact search, measured on
+        the server: a ``ProbeResult`` (as ``db.probe_recall``)."""
+        from simplevector.ops.probe import ProbeResult
+        body = {"samples": samples, "k": k}
+        if where is not None:
+            body["where"] = where
+        return ProbeResult.from_dict(self._request(
+            "POST", self._ns_path(namespace, "/probe"), body=body, idempotent=True))
+
     # -- compaction ------------------------------------------------------------------------
     def compact(self, namespace=None, version=None):
         """Rewrite versions without their tombstones on the server (admin key): every

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -665,3 +666,24 @@ def test_compact_bad_input_raises_typed_errors(backend, name):
         backend.compact(name, 7)
     with pytest.raises(sv.InvalidInput, match="version"):
         backend.compact(version=1)
+
+
+def test_alerts_events_and_recall_probe(backend, name):
+    from simplevector.ops.alerts import Alert
+    from simplevector.ops.probe import ProbeResult
+    ns = backend.create_namespace(name, dim=4, metric="l2", index="Flat")
+    X = data(300)
+    ns.upsert(list(range(300)), X, metadata=[{"g": i % 3} for i in range(300)])
+    found = backend.alerts()
+    assert found and all(isinstance(a, Alert) for a in found)
+    assert {a.state for a in found} <= {"firing", "ok", "no_data"}
+    events = backend.alert_events()
+    assert isinstance(events, list)
+    assert backend.alert_events(since=time.time() + 3600) == []
+    result = backend.probe_recall(name, samples=20, k=5)
+    assert isinstance(result, ProbeResult)
+    assert (result.namespace, result.samples, result.k, result.recall) == (name, 20, 5, 1.0)
+    filtered = backend.probe_recall(name, samples=20, k=5, where={"g": 1})
+    assert filtered.where == {"g": 1} and filtered.recall == 1.0
+    with pytest.raises(sv.NamespaceNotFound):
+        backend.probe_recall(f"{name}-missing", samples=5)
