@@ -91,26 +91,37 @@ def exact(X, xnorm2, q, metric: int, k: int, mask=None):
     """Exact top-k of one query in numpy: ``(dist float32, pos int64)`` sorted by distance
     then position. Rows are selected by ``||x||^2 - 2 x.q`` (l2), ``-x.q`` (ip) or
     ``1 - x.q`` (cosine, unit rows), every row tied with the k-th kept, then their
-    distances computed exactly; ``mask`` (bool, n) allows rows."""
+    distances computed exactly; ``mask`` (bool, n) allows rows. A selective mask scores
+    only the allowed rows (gathered), a wide one every row (one BLAS product)."""
     n = X.shape[0]
-    scores = X @ q
+    rows = None
+    if mask is not None and np.count_nonzero(mask) * 4 < n:
+        rows = np.flatnonzero(mask)
+        scores = np.asarray(X[rows]) @ q
+        norms = xnorm2[rows] if metric == L2 else None
+    else:
+        scores = X @ q
+        norms = xnorm2[:n] if metric == L2 else None
     if metric == L2:
-        d = xnorm2[:n] - np.float32(2.0) * scores
+        d = norms - np.float32(2.0) * scores
     elif metric == IP:
         d = -scores
     else:
         d = np.float32(1.0) - scores
-    if mask is not None:
+    if mask is not None and rows is None:
         d[~mask] = np.inf
-    kk = min(k, n)
+    m = len(d)
+    kk = min(k, m)
     if kk <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    if kk < n:
+    if kk < m:
         bound = d[np.argpartition(d, kk - 1)[:kk]].max()
         cand = np.flatnonzero(d <= bound)
     else:
-        cand = np.arange(n)
+        cand = np.arange(m)
     cand = cand[np.isfinite(d[cand])]
+    if rows is not None:
+        cand = rows[cand]
     return _rank(X, q, metric, k, cand)
 
 

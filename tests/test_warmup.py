@@ -110,9 +110,11 @@ def test_exact_matches_the_flat_kernel_on_every_metric():
         xn = np.einsum("ij,ij->i", Y, Y).astype(np.float32)
         mask = rng.random(4000) < 0.5
         mask[7] = mask[8] = True
+        sparse = rng.random(4000) < 0.05        # a selective mask scores the gathered rows
+        sparse[7] = sparse[8] = True
         for q in (Y[8], Y[3] + 0.05):
             q = np.ascontiguousarray(q, np.float32)
-            for m in (None, mask):
+            for m in (None, mask, sparse):
                 got = warmup.exact(Y, xn, q, metric, 10, m)
                 want = flat.search_one(Y, xn, q, metric, 10,
                                        None if m is None else m.astype(np.uint8))
