@@ -433,6 +433,13 @@ class Applier:
             return None
         config, vid, gen = state.config, state.config.vid, op["gen"]
         what = f"compaction of namespace {config.name!r} v{config.version}"
+        if persist and gen != state.gen:
+            with self.store.read() as txn:
+                raw = txn.get(schema.gen_key(vid), db=self.store.dbs[b"counters"])
+            if raw is not None and schema.unpack_u64(raw) == gen:
+                # an earlier try committed the rekey and failed before the swap (a retried
+                # apply): LMDB is on the new layout already, only the memory is not
+                persist = False
         with state.mutate_lock:
             meta, arrays = state.capture()
             keep = compact.survivors(arrays["alive"])
