@@ -264,10 +264,10 @@ class LifecycleMixin:
         return repair.repair(self, progress=progress, rows_from_wal=rows_from_wal)
 
     def scrubber(self, rows: int = 4096, *, deep: bool = True):
-        """An incremental verify, one bounded slice per ``step()`` (integrity.Scrubber)."""
-        from . import integrity
+        """An incremental verify, one bounded slice per ``step()`` (scrub.Scrubber)."""
+        from . import scrub
         self._check_open()
-        return integrity.Scrubber(self, rows, deep=deep)
+        return scrub.Scrubber(self, rows, deep=deep)
 
     def wal_keep_target(self) -> int:
         """WAL bytes kept past every pin: ``wal_keep_bytes`` when given, else

@@ -12,7 +12,7 @@ simplevector/engine/integrity.py); this module remembers what they found:
   cycle before (``alert_events()``, rules ``verify``, ``repair``, ``scrub``).
 
 Scrub (``sv.open(..., scrub_interval=seconds, scrub_rows=4096)``): every interval one
-:meth:`~simplevector.engine.integrity.Scrubber.step` checks one bounded slice (``scrub_rows``
+:meth:`~simplevector.engine.scrub.Scrubber.step` checks one bounded slice (``scrub_rows``
 positions or id entries of one version, or one version's counts, IVF lists, bundle and a
 deep sample: 256 rows re-encoded, 32 queries re-ranked, another sample each cycle). A
 problem found stays in the result until a whole cycle passes without it. It is off by
