@@ -174,18 +174,8 @@ class Client:
         ``embedding=fn`` dim and model come from the function (given as well, they must
         agree); the server embeds with its own function of that model (``serve
         --embedding``), which the model string identifies."""
-        if embedding is not None:
-            from simplevector.ops.embeddings import check_function
-            check_function(embedding)
-            if dim is not None and dim != embedding.dim:
-                raise InvalidInput(f"dim {dim!r} is not the embedding function's dim "
-                                   f"{embedding.dim}; expected {embedding.dim} or no dim")
-            if model is not None and model != embedding.model:
-                raise InvalidInput(f"model {model!r} is not the embedding function's model "
-                                   f"{embedding.model!r}; expected no model or the same")
-            dim, model = embedding.dim, embedding.model
-        if dim is None:
-            raise InvalidInput("dim None is not valid; expected dim=N or embedding=fn")
+        from simplevector.ops.embeddings import dim_and_model
+        dim, model = dim_and_model(embedding, dim, model)
         desc = self._request("POST", "/v1/namespaces", body={
             "name": name, "dim": dim, "metric": metric, "model": model, "index": index})
         return self._handle(desc, None)

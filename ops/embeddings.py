@@ -77,6 +77,24 @@ def check_function(fn, what: str = "embedding"):
     return fn
 
 
+def dim_and_model(embedding, dim, model) -> tuple:
+    """The (dim, model) a namespace created with ``embedding`` (or None) gets: the
+    function's, which ``dim`` and ``model`` when given must agree with; ``dim`` is
+    required without a function. Raises InvalidInput naming the disagreement."""
+    if embedding is not None:
+        check_function(embedding)
+        if dim is not None and dim != embedding.dim:
+            raise InvalidInput(f"dim {dim!r} is not the embedding function's dim "
+                               f"{embedding.dim}; expected {embedding.dim} or no dim")
+        if model is not None and model != embedding.model:
+            raise InvalidInput(f"model {model!r} is not the embedding function's model "
+                               f"{embedding.model!r}; expected no model or the same")
+        dim, model = embedding.dim, embedding.model
+    if dim is None:
+        raise InvalidInput("dim None is not valid; expected dim=N or embedding=fn")
+    return dim, model
+
+
 def embed_checked(fn, texts: list) -> np.ndarray:
     """``fn.embed(texts)`` as a C-contiguous float32 (len(texts), fn.dim) array of finite
     values; anything else raises EmbeddingError naming the model."""

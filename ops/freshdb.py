@@ -24,7 +24,7 @@ from simplevector.engine.errors import InvalidInput, MigrationError
 from . import costs as costs_mod
 from . import freshness as freshness_mod
 from . import migration as migration_mod
-from .embeddings import check_function
+from .embeddings import check_function, dim_and_model
 from .ratelimit import RateLimits
 from .sync import check_model
 from .textns import TextNamespace
@@ -69,17 +69,7 @@ class FreshnessMixin:
                          embedding=None) -> TextNamespace:
         """The engine's create_namespace (see there); with ``embedding=fn`` dim and model
         come from the function (given as well, they must agree) and it stays attached."""
-        if embedding is not None:
-            check_function(embedding)
-            if dim is not None and dim != embedding.dim:
-                raise InvalidInput(f"dim {dim!r} is not the embedding function's dim "
-                                   f"{embedding.dim}; expected {embedding.dim} or no dim")
-            if model is not None and model != embedding.model:
-                raise InvalidInput(f"model {model!r} is not the embedding function's model "
-                                   f"{embedding.model!r}; expected no model or the same")
-            dim, model = embedding.dim, embedding.model
-        if dim is None:
-            raise InvalidInput("dim None is not valid; expected dim=N or embedding=fn")
+        dim, model = dim_and_model(embedding, dim, model)
         ns = self.engine.create_namespace(name, dim=dim, metric=metric, model=model,
                                           index=index)
         if embedding is not None:
