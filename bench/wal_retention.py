@@ -6,7 +6,7 @@ to the database (issue 10 item 4), same data, same run.
 Each run fills a fresh database with ``--n`` random float32 rows of ``--dim`` in batches,
 checkpoints and closes it, then reports the directory's allocated bytes (st_blocks) split
 into LMDB and WAL, next to the raw vector bytes: once with ``wal_keep_bytes=256 MiB`` (the
-former default), once with the default (None: max(16 MiB, 25% of LMDB's used bytes), the
+former default), once with the default (None: max(4 MiB, 25% of LMDB's used bytes), the
 active segment sealed and removed when nothing pins it). Prints the machine (CPU, load).
 """
 

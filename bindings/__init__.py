@@ -43,7 +43,7 @@ def open(path, *, durability: str = "sync", readonly: bool = False,
     checkpoint_interval: seconds between background checkpoints (0 turns them off).
     wal_keep_bytes: WAL bytes kept past what the checkpoint, named change-feed consumers,
     the oldest snapshot (without an archive) and the archive still need; None (default)
-    sizes it to the database: max(16 MiB, 25% of the LMDB bytes used).
+    sizes it to the database: max(4 MiB, 25% of the LMDB bytes used).
     wal_archive: a directory that receives a copy of every sealed WAL segment before it may
     be removed (a snapshot and a clean close seal the active one), for point-in-time
     restore (``restore(..., to_lsn=, to_time=, wal_archive=)``); only the writer archives

@@ -27,7 +27,7 @@ from . import snapshot
 from .errors import DiskFullError, InvalidInput
 
 #: Default WAL kept past every pin: max(floor, fraction x LMDB bytes used).
-WAL_KEEP_FLOOR = 16 << 20
+WAL_KEEP_FLOOR = 4 << 20
 WAL_KEEP_FRACTION = 0.25
 #: Free disk a write must leave, besides 3x its WAL bytes.
 DISK_RESERVE_FLOOR = 8 << 20

@@ -21,6 +21,7 @@ so that a plan does not depend on which test ran first).
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 
@@ -78,13 +79,18 @@ def start(kind: str, fn) -> None:
         _started.add(kind)
 
     def run():
+        threading.current_thread().name = f"simplevector-warmup-{kind}"
         try:
             fn()
         except Exception:       # the next query loads the kernels on its own thread
             pass
         finally:
             _done.add(kind)
-    threading.Thread(target=run, name=f"simplevector-warmup-{kind}", daemon=True).start()
+    # not threading.Thread.start(): it waits until the new thread has run, and a new thread
+    # that starts importing numba holds the GIL for a switch interval (5 ms) or more, which
+    # the query that asked for it would pay. start_new_thread returns at once; the thread
+    # is a daemon (never joined, like the background numba load it is).
+    _thread.start_new_thread(run, ())
 
 
 def exact(X, xnorm2, q, metric: int, k: int, mask=None):

@@ -45,7 +45,7 @@ def _first(db):
 
 
 def test_default_wal_retention_is_sized_to_the_database_and_wal_keep_bytes_overrides(tmp_path):
-    assert default_wal_keep_bytes(0) == WAL_KEEP_FLOOR == 16 << 20
+    assert default_wal_keep_bytes(0) == WAL_KEEP_FLOOR == 4 << 20
     assert default_wal_keep_bytes(4 << 30) == int((4 << 30) * WAL_KEEP_FRACTION) == 1 << 30
     with _open(tmp_path / "a") as db:
         used = db.status().map_used
@@ -59,7 +59,7 @@ def test_default_wal_retention_is_sized_to_the_database_and_wal_keep_bytes_overr
         assert db.status().wal_segments > 3
         db.checkpoint()                                 # nothing pins: every segment goes
         assert db.status().wal_segments == 0
-    with _open(tmp_path / "c") as db:                   # default: 16 MiB floor keeps it all
+    with _open(tmp_path / "c") as db:                   # default: 4 MiB floor keeps it all
         ns = db.create_namespace("docs", dim=DIM, metric="l2")
         _write(ns, 60)
         db.checkpoint()
@@ -90,7 +90,7 @@ def test_the_active_segment_is_sealed_and_removed_when_it_alone_exceeds_the_tail
         np.testing.assert_array_equal(db.namespace("docs").get([7], include=("vectors",))[0]
                                       .vector, X[7])
     with sv.open(tmp_path / "small", checkpoint_interval=0, auto_index=False) as db:
-        ns = db.create_namespace("docs", dim=256, metric="l2")  # default tail: 16 MiB
+        ns = db.create_namespace("docs", dim=256, metric="l2")  # default tail: 4 MiB
         ns.upsert(list(range(500)), X[:500])
         db.checkpoint()
         assert db.status().wal_first_lsn == 1           # under the tail: kept for readers
