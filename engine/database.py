@@ -141,7 +141,8 @@ class Database(LifecycleMixin):
         try:
             self._store = Store(os.path.join(self.path, "lmdb"), readonly=self.readonly)
             self._wal = WriteAheadLog(os.path.join(self.path, "wal"), readonly=self.readonly,
-                                      segment_bytes=wal_segment_bytes)
+                                      segment_bytes=wal_segment_bytes,
+                                      scan_from=self._replay_floor())
             self._applier = Applier(self._store, self.path, readonly=self.readonly)
             self._recover()
             self._handled_lsn = self._applied_lsn  # applied, or waiting in the backlog
@@ -179,6 +180,19 @@ class Database(LifecycleMixin):
             raise LockedError(f"the database at {self.path} is locked by another writer process"
                               ) from e
         self._lock_fd = fd
+
+    def _replay_floor(self) -> int:
+        """No WAL record at or below this LSN is replayed by :meth:`_recover`: the lower of
+        LMDB's applied LSN and the checkpoint's (its bundles are loaded, then the WAL after
+        it). The WAL's open reads only the headers of segments wholly below it."""
+        meta = self._store.dbs[b"meta"]
+        with self._store.read() as txn:
+            raw_applied = txn.get(schema.META_APPLIED_LSN, db=meta)
+            raw_snap = txn.get(schema.META_SNAPSHOT, db=meta)
+        floor = unpack(raw_applied) if raw_applied else 0
+        if raw_snap:
+            floor = min(floor, int(unpack(raw_snap).get("lsn") or 0))
+        return max(0, int(floor))
 
     def _recover(self):
         """Load the last checkpoint's segments and replay the WAL after them up to LMDB's

@@ -136,7 +136,7 @@ class _Found:
         self.omitted = 0
         self.checked = {"versions": 0, "id_entries": 0, "rows": 0, "records": 0,
                         "bundles": 0, "ivf_rows": 0, "field_paths": 0, "deep_rows": 0,
-                        "deep_queries": 0}
+                        "deep_queries": 0, "wal_segments": 0}
 
     def add(self, kind, config=None, *, id=None, key=None, detail="", primary=False):
         slot = (kind, None if config is None else config.vid)
@@ -695,6 +695,19 @@ class _Held:
             self._stack.pop().release()
 
 
+def check_wal(db, found: _Found):
+    """Every frame of every retained WAL segment. An open reads only the segments past the
+    checkpoint (engine/wal.py ``scan_from``), so damage to older ones, which only the change
+    feed, followers and point-in-time restore read, is found here (not primary: the state
+    does not depend on it)."""
+    try:
+        found.count("wal_segments", db._wal.check())
+    except CorruptionError as e:
+        found.add("wal_segment", detail=f"{e.message}: the change feed and point-in-time "
+                  "restore cannot read past it; the database's state does not need it. "
+                  "Take a new snapshot (`simplevector snapshot`) so restores do not either")
+
+
 def check_checkpoint_record(db, found: _Found) -> str | None:
     """The checkpoint directory LMDB's checkpoint record names (None: no checkpoint); a
     problem when it is missing (the last open could not use it and rebuilt the state).
@@ -730,6 +743,7 @@ def verify(db, *, deep: bool = False, progress=None) -> VerifyReport:
     t0 = time.perf_counter()
     found = _Found()
     check_lmdb(db, found)
+    check_wal(db, found)
     ckpt = check_checkpoint_record(db, found)
     configs = sorted(db._applier.configs.values(), key=lambda c: (c.name, c.version))
     total = sum(s.n for s in db._applier.states.values())

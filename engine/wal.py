@@ -69,6 +69,12 @@ class WriteAheadLog:
     database lock guarantees this). ``readonly=True`` opens nothing for writing, modifies no
     file, ignores a torn tail, and can iterate while a writer in another process appends.
 
+    ``scan_from``: recovery reads only the header of a sealed segment whose records all have
+    LSNs <= ``scan_from`` (the engine passes its checkpoint's LSN: nothing below it is
+    replayed), so opening costs the WAL tail past the checkpoint, not everything retained for
+    consumers, snapshots and the change feed. Those frames are checked when read and by
+    :meth:`check` (``Database.verify``).
+
     Thread-safe. Methods raise :class:`ClosedError` after :meth:`close`; OS failures are
     :class:`StorageError` (cause kept); after a failed ``fdatasync`` or an unrepairable failed
     write the log refuses further writes until reopened (the page cache can no longer be
@@ -76,7 +82,7 @@ class WriteAheadLog:
     """
 
     def __init__(self, directory, *, segment_bytes: int = 64 << 20, compress_above: int = 4096,
-                 readonly: bool = False):
+                 readonly: bool = False, scan_from: int = 0):
         if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or \
                 segment_bytes < _HEADER.size + _FRAME.size + 1:
             raise InvalidInput(
@@ -86,7 +92,10 @@ class WriteAheadLog:
         if (isinstance(compress_above, bool) or not isinstance(compress_above, int)
                 or compress_above < 0):
             raise InvalidInput(f"compress_above must be an int >= 0, got {compress_above!r}")
+        if isinstance(scan_from, bool) or not isinstance(scan_from, int) or scan_from < 0:
+            raise InvalidInput(f"scan_from must be an int >= 0, got {scan_from!r}")
         self._dir = os.fspath(directory)
+        self._scan_from = scan_from
         self._segment_bytes = segment_bytes
         self._compress_above = compress_above
         self._readonly = bool(readonly)
@@ -136,14 +145,21 @@ class WriteAheadLog:
         if removed:
             _fsync_dir(self._dir)
 
-    def _recover(self) -> None:
-        segs = _list_segments(self._dir)
+    def _scan(self, segs, scan_from: int):
+        """Read the segments ``segs`` as recovery does: ``(last LSN, ends, counts, torn)``,
+        raising CorruptionError for damage anywhere but a torn tail of the last one. A
+        segment before the last whose records all have LSNs <= ``scan_from`` (the next
+        segment starts at or below ``scan_from + 1``) has only its header read: its frames
+        are checked when something reads them (:meth:`iter_records`, :meth:`check`)."""
         prev = 0
         ends: list[int] = []  # end of the last whole frame, per segment
         counts: list[int] = []  # whole records, per segment
         torn = False  # the last segment has bytes after its last whole frame
         for i, (path, first) in enumerate(segs):
             is_last = i == len(segs) - 1
+            # never the last two: an empty last segment is removed and the one before it
+            # becomes the active one, whose end and count recovery needs
+            skip = i < len(segs) - 2 and segs[i + 1][1] <= scan_from + 1
             stop = _Stop()
             count, end = 0, 0
             try:
@@ -161,6 +177,11 @@ class WriteAheadLog:
                             f"LSN {prev}; LSNs must strictly increase"
                         )
                     end = _HEADER.size
+                    if skip:
+                        prev = segs[i + 1][1] - 1
+                        ends.append(size)
+                        counts.append(-1)       # not counted (never the last segment)
+                        continue
                     for lsn, _flags, _body, end in _frames(f, path, end, size, prev, first, stop):
                         prev = lsn
                         count += 1
@@ -173,6 +194,21 @@ class WriteAheadLog:
                 torn = True
             ends.append(end)
             counts.append(count)
+        return prev, ends, counts, torn
+
+    def check(self) -> int:
+        """Read every frame of every retained segment (CRCs, LSN order, lengths) as recovery
+        would with nothing skipped; return the number of segments read. Raises
+        CorruptionError naming the segment and offset of the first damage (a torn tail of
+        the active segment, a frame still being written, is not damage)."""
+        self._check_open()
+        segs = _list_segments(self._dir)
+        self._scan(segs, 0)
+        return len(segs)
+
+    def _recover(self) -> None:
+        segs = _list_segments(self._dir)
+        prev, ends, counts, torn = self._scan(segs, self._scan_from)
         self._last_lsn = self._synced_lsn = prev
         if self._readonly or not segs:
             return

@@ -424,3 +424,48 @@ def test_bad_arguments_are_invalid_input(tmp_path):
         assert wal.last_lsn == 0
     with pytest.raises(InvalidInput):
         WriteAheadLog(tmp_path / "other", segment_bytes=10)
+
+
+def test_scan_from_reads_only_headers_below_it_and_check_reads_everything(tmp_path):
+    """Recovery with ``scan_from`` (the engine's checkpoint LSN) skips the frames of sealed
+    segments wholly at or below it; damage there is found by check() and by reading them,
+    never by the open; damage above it still fails the open."""
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024) as wal:
+        fill(wal, range(1, 41), size=200)
+        segs = wal.segments()
+    assert len(segs) >= 6
+    first_path = segs[0][0]
+    size = os.path.getsize(first_path)
+    flip_byte(first_path, size - 2)             # damage LSNs below segs[1]'s first
+    below = segs[1][1] - 1
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024, scan_from=below) as wal:
+        assert wal.last_lsn == 40               # opened: the damaged frames were not read
+        with pytest.raises(CorruptionError, match=os.path.basename(first_path)):
+            wal.check()
+        with pytest.raises(CorruptionError):
+            list(wal.iter_records(0))
+        assert [lsn for lsn, _ in wal.iter_records(below)] == list(range(below + 1, 41))
+        wal.append(41, b"after")                # the writer continues where it was
+    with pytest.raises(CorruptionError, match="not a torn tail"):
+        WriteAheadLog(tmp_path / "wal", segment_bytes=1024, scan_from=below - 1)
+    with pytest.raises(CorruptionError):
+        WriteAheadLog(tmp_path / "wal", segment_bytes=1024)    # scan_from=0: all of it
+    flip_byte(first_path, size - 2)             # repaired: check() reads every segment
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024) as wal:
+        assert wal.check() == len(wal.segments())
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(InvalidInput, match="scan_from"):
+            WriteAheadLog(tmp_path / "wal", scan_from=bad)
+
+
+def test_scan_from_never_skips_the_segment_before_an_empty_last_one(tmp_path):
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024) as wal:
+        fill(wal, range(1, 21), size=200)
+        last = wal.segments()[-1]
+    empty = tmp_path / "wal" / f"{21:020d}.wal"
+    empty.write_bytes(HEADER.pack(b"SVWAL", 1, 21))
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024, scan_from=20) as wal:
+        assert not empty.exists() and wal.segments()[-1] == last
+        wal.append(21, b"next")
+    with WriteAheadLog(tmp_path / "wal", segment_bytes=1024) as wal:
+        assert [lsn for lsn, _ in wal.iter_records(18)] == [19, 20, 21]
