@@ -99,11 +99,15 @@ class System:
 
 
 def dir_size(path: str) -> int:
+    """Bytes the files under ``path`` occupy on disk: allocated blocks (``st_blocks`` x 512),
+    not the apparent size, so a sparse tail (SimpleVector's row file grows by ``ftruncate``
+    in chunks and is trimmed at close) counts as what it costs; a file written whole (a
+    library's saved index) occupies its size rounded up to the block."""
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
             try:
-                total += os.lstat(os.path.join(root, f)).st_size
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
             except OSError:
                 pass
     return total
