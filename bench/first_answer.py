@@ -1,7 +1,7 @@
 """Reopen to first answer in fresh processes: the numpy path of engine/warmup.py against
 waiting for the numba kernels, same database, same run.
 
-    python -m bench.first_answer [--n 1000000] [--dim 128] [--runs 3] [--path DIR]
+    python -m bench.first_answer [--n 1000000] [--dim 128] [--runs 3] [--path DIR] [--cold]
 
 Builds (once, at ``--path`` or a temporary directory) an l2 namespace of ``--n`` random
 float32 rows of ``--dim`` with the default IVF-PQ spec for its size, then for each run
@@ -9,7 +9,8 @@ starts two fresh Python processes that open it read-only and answer one query: o
 shipped (``SIMPLEVECTOR_COLD_QUERIES`` unset: the first answer comes from numpy while the
 kernels load), one with ``SIMPLEVECTOR_COLD_QUERIES=0`` (the first answer waits for the
 kernels). Reports open time, first answer (open + query), the plan, and when the kernels
-were loaded. Prints the machine (CPU, load).
+were loaded. Prints the machine (CPU, load). ``--cold`` empties the page cache before
+each child (root; the interpreter and packages then come from disk too).
 """
 
 from __future__ import annotations
@@ -58,7 +59,17 @@ def build(path: str, n: int, dim: int) -> str:
         return ns.build_index()["active"]
 
 
-def run(n: int, dim: int, runs: int, path: str | None) -> dict:
+def drop_caches() -> None:
+    """Empty the page cache (root only): the cold-cache figure."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root to write /proc/sys/vm/drop_caches: {e}") from e
+
+
+def run(n: int, dim: int, runs: int, path: str | None, cold: bool = False) -> dict:
     tmp = None
     if path is None:
         tmp = path = tempfile.mkdtemp(prefix="sv-first-answer-")
@@ -66,13 +77,16 @@ def run(n: int, dim: int, runs: int, path: str | None) -> dict:
         spec = None
         if not os.path.isdir(os.path.join(path, "lmdb")):
             spec = build(path, n, dim)
-        out = {"machine": machine(), "n": n, "dim": dim, "spec": spec, "runs": []}
+        out = {"machine": machine(), "n": n, "dim": dim, "spec": spec, "cold": cold,
+               "runs": []}
         for r in range(runs):
             row = {}
             for label, env in (("numpy first", {}), ("kernels first",
                                                      {"SIMPLEVECTOR_COLD_QUERIES": "0"})):
                 e = {k: v for k, v in os.environ.items() if k != "SIMPLEVECTOR_COLD_QUERIES"}
                 e.update(env)
+                if cold:
+                    drop_caches()
                 res = subprocess.run([sys.executable, "-c", _CHILD, path, str(dim), str(r)],
                                      env=e, capture_output=True, text=True, check=True)
                 row[label] = json.loads(res.stdout)
@@ -91,15 +105,19 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--path", default=None, help="keep (and reuse) the database here")
+    p.add_argument("--cold", action="store_true",
+                   help="Drop the page cache before each child (root): the cold-cache figure "
+                        "(the Python interpreter and packages are read from disk too).")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     args = p.parse_args(argv)
-    res = run(args.n, args.dim, args.runs, args.path)
+    res = run(args.n, args.dim, args.runs, args.path, args.cold)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     m = res["machine"]
     print(f"{m['cpu_model']}, {m['cores']} cores, load {m['loadavg_at_start']}")
-    print(f"{res['n']} x {res['dim']}, {res['spec'] or 'existing database'}")
+    print(f"{res['n']} x {res['dim']}, {res['spec'] or 'existing database'}"
+          f"{', cold page cache' if res['cold'] else ''}")
     for i, row in enumerate(res["runs"]):
         for label in ("numpy first", "kernels first"):
             x = row[label]

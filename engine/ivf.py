@@ -36,16 +36,74 @@ HELD_OUT_POINTS = 8192
 #: Merge the delta into the sealed lists once it holds this share of the sealed rows.
 SEAL_FRACTION = 0.1
 MIN_SEAL_ROWS = 16384
-#: A single query whose probed lists hold more codes than this splits them across the
+#: A single query whose probed lists hold more codes than this may split them across the
 #: numba threads; smaller scans stay on one thread (waking the pool costs more). Decided per
 #: query from the probed lists' real sizes: queries land in populous lists, which hold
 #: 2-3x the average (1M x 128 synthetic, IVF1024, nprobe 8: 21.8k codes against 7.8k).
-#: GloVe 400k, IVF1024,PQ25, nprobe 64 (~25k codes): 1,770 QPS on one thread, 2,690 on two.
-#: On a shared machine the split scan waits for the second thread: 60k x 384, IVF256,PQ48x8,
-#: nprobe 64 (~15-25k codes), 2-core Xeon at load 2.5-11, one process, same queries: serial
-#: 1.1-1.8 ms a query, split 2.1-18.5 ms (the bench's nprobe-64 single queries fell to 42
-#: QPS). Only scans of more than 100k codes split now.
-PARALLEL_SCAN_CODES = 100_000
+#: Whether a scan past it splits is measured, not fixed (:class:`ScanChooser`): on a quiet
+#: machine the split wins (GloVe 400k, IVF1024,PQ25, nprobe 64, ~25k codes: 1,770 QPS on
+#: one thread, 2,690 on two), on a busy one it loses badly, since it waits for the second
+#: thread (60k x 384, IVF256,PQ48x8, nprobe 64, 2-core Xeon at load 2.5-11: serial 1.1-1.8
+#: ms a query, split 2.1-18.5 ms). A fixed threshold of 100k codes (the second case's fix)
+#: cost GloVe 0.67-0.78x of the split's QPS at nprobe 32-64 (bench/versus.py).
+PARALLEL_SCAN_CODES = 10_000
+#: Tests and benchmarks force the choice: True (split), False (serial); None measures.
+SCAN_SPLIT: bool | None = None
+
+
+class ScanChooser:
+    """Serial or split scan for the single queries of one index, by measurement.
+
+    Keeps a moving average of the seconds per scanned code of each way (the kernel call
+    timed around it; a way's first call, which loads its kernel, is not counted) and takes
+    the cheaper; the other way is tried again every
+    ``EXPLORE_SERIAL`` queries while the split is preferred and every ``EXPLORE_SPLIT``
+    while serial is, so a change in the machine's load is noticed. A split that waits for
+    a busy core can cost 10x, so it is retried rarely: at most 1 in 256 eligible queries,
+    under the 1% a p99 would show. Races between query threads only blur the averages."""
+
+    EXPLORE_SERIAL = 64
+    EXPLORE_SPLIT = 256
+    ALPHA = 0.2
+
+    def __init__(self):
+        self.cost = [None, None]        # seconds per code: serial, split
+        self.seen = [0, 0]              # calls timed per way (the first is not counted)
+        self.calls = 0
+
+    def split(self) -> bool:
+        if SCAN_SPLIT is not None:
+            return SCAN_SPLIT
+        self.calls += 1
+        serial, split = self.cost
+        if serial is None:
+            return False
+        if split is None:
+            return True             # until a split is measured (its first call is not)
+        if split < serial:
+            return self.calls % self.EXPLORE_SERIAL != 0
+        return self.calls % self.EXPLORE_SPLIT == 0
+
+    def record(self, split: bool, seconds: float, codes: int) -> None:
+        if codes <= 0:
+            return
+        i = 1 if split else 0
+        self.seen[i] += 1
+        if self.seen[i] == 1:
+            return      # a way's first call loads its kernel (and wakes the thread pool)
+        c = seconds / codes
+        old = self.cost[i]
+        # a faster measurement is taken at once (what the way costs when it is not
+        # disturbed), a slower one moves the average a step: one lucky call cannot hold
+        # a slow way, a few slow ones move it off
+        self.cost[i] = c if old is None or c < old else old + self.ALPHA * (c - old)
+
+    def info(self) -> dict:
+        serial, split = self.cost
+        return {"serial_ns_per_code": None if serial is None else round(serial * 1e9, 3),
+                "split_ns_per_code": None if split is None else round(split * 1e9, 3)}
+
+
 #: A batch query computes its queries' ADC tables by BLAS, this many bytes of tables at a
 #: time (128 queries at PQ64, 256 x 4-byte entries per sub-quantizer).
 BATCH_TABLE_BYTES = 8 << 20
@@ -135,6 +193,7 @@ class IVFIndex:
         self.train_error = train_error
         self.trained_upto = 0
         self._lock = threading.Lock()
+        self._chooser = ScanChooser()    # serial or split single-query scans
         nlist = self.centroids.shape[0]
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
                              np.zeros(0, np.int64))
@@ -372,10 +431,21 @@ class IVFIndex:
             threads = numba.get_num_threads() if count > PARALLEL_SCAN_CODES else 1
             st, dt = self._terms(sealed, d)
             if threads > 1:
-                return ivffused.pq_search_parallel(
-                    q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
-                    sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask,
-                    use_mask, self.list_metric, self.metric, kk, k, threads, min_lists)
+                split = self._chooser.split()
+                t0 = time.perf_counter()
+                if split:
+                    out = ivffused.pq_search_parallel(
+                        q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
+                        sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
+                        mask, use_mask, self.list_metric, self.metric, kk, k, threads,
+                        min_lists)
+                else:
+                    out = ivffused.pq_search_serial(
+                        q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
+                        sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
+                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists)
+                self._chooser.record(split, time.perf_counter() - t0, count)
+                return out
             return ivffused.pq_search_serial(
                 q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                 sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask,

@@ -29,9 +29,10 @@ def _ids_and_distances(hits):
 def test_split_lists_path_returns_the_single_thread_results(tmp_path, monkeypatch, metric):
     db, ns, Q = _namespace(tmp_path, metric, "IVF16,PQ8x8,Refine3")
     with db:
-        monkeypatch.setattr(ivf, "PARALLEL_SCAN_CODES", 10**12)
-        serial = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
         monkeypatch.setattr(ivf, "PARALLEL_SCAN_CODES", 0)
+        monkeypatch.setattr(ivf, "SCAN_SPLIT", False)
+        serial = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
+        monkeypatch.setattr(ivf, "SCAN_SPLIT", True)
         split = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
         for a, b in zip(serial, split):
             ids_a, d_a = _ids_and_distances(a)
@@ -83,3 +84,42 @@ def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(
         view = state.view()
         sealed, d = state.index.snapshot()
         assert real(view.alive[:-1], True, sealed, d)
+
+
+def test_the_scan_chooser_takes_the_cheaper_way_and_retries_the_other(monkeypatch):
+    monkeypatch.setattr(ivf, "SCAN_SPLIT", None)
+    c = ivf.ScanChooser()
+    assert c.split() is False                   # nothing measured: serial first
+    c.record(False, 1.0, 10_000)                # a first call (kernel load): not counted
+    assert c.split() is False and c.info()["serial_ns_per_code"] is None
+    c.record(False, 1e-3, 10_000)
+    assert c.split() is True                    # then the split, until it is measured
+    c.record(True, 1.0, 10_000)
+    assert c.split() is True
+    c.record(True, 5e-3, 10_000)                # the split is 5x slower (a busy machine)
+    picks = [c.split() for _ in range(c.EXPLORE_SPLIT * 4)]
+    assert sum(picks) == 4                      # retried once per EXPLORE_SPLIT queries
+    c.record(True, 0.4e-3, 10_000)              # the machine went quiet: the split wins
+    picks = [c.split() for _ in range(c.EXPLORE_SERIAL * 4)]
+    assert picks.count(False) == 4 and c.info()["split_ns_per_code"] < \
+        c.info()["serial_ns_per_code"]
+    c.record(True, 1.0, 0)                      # a scan of nothing is not a measurement
+    assert c.info()["split_ns_per_code"] < 100
+    for _ in range(10):
+        c.record(True, 5e-3, 10_000)            # busy again: a few slow splits move it off
+    assert c.split() is False
+    monkeypatch.setattr(ivf, "SCAN_SPLIT", True)
+    assert all(c.split() for _ in range(10))
+
+
+def test_single_queries_past_the_threshold_are_timed_both_ways(tmp_path, monkeypatch):
+    db, ns, Q = _namespace(tmp_path, "l2", "IVF16,PQ8x8,Refine3")
+    with db:
+        monkeypatch.setattr(ivf, "PARALLEL_SCAN_CODES", 0)
+        monkeypatch.setattr(ivf, "SCAN_SPLIT", None)
+        monkeypatch.setattr(ivf.numba, "get_num_threads", lambda: 2)
+        for q in Q:
+            ns.query(q, k=10, nprobe=6, include=())
+        index = db.engine._state(db.engine._resolve(ns.name).vid).index
+        info = index._chooser.info()
+        assert info["serial_ns_per_code"] > 0 and info["split_ns_per_code"] > 0
