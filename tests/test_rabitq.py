@@ -404,14 +404,14 @@ def filtered_ns(tmp_path_factory):
 @pytest.mark.parametrize("selectivity", [0.002, 0.01, 0.03, 0.1, 0.3])
 @pytest.mark.parametrize("kind", ["bucket", "category"])
 @pytest.mark.parametrize("force_ivf", [False, True])
-def test_filtered_rabitq_queries_are_never_short_and_keep_recall(filtered_ns, monkeypatch,
-                                                                  selectivity, kind, force_ivf):
+def test_filtered_rabitq_queries_are_never_short_and_keep_recall(
+        filtered_ns, monkeypatch, selectivity, kind, force_ivf):
     ns, X, bucket, labels, Q = filtered_ns
     if force_ivf:                        # the widened IVF scan, not exact over the matches
         monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
     if kind == "bucket":
-        where, allowed = {"bucket": {"$lt": int(selectivity * 10_000)}}, \
-            bucket < int(selectivity * 10_000)
+        cut = int(selectivity * 10_000)
+        where, allowed = {"bucket": {"$lt": cut}}, bucket < cut
     else:
         cut = max(1, int(round(selectivity * 80)))
         where, allowed = {"category": {"$lt": cut}}, labels < cut
