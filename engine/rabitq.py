@@ -6,8 +6,9 @@ row is ``code_bytes(dim)`` = D'/8 + 16 bytes (D' = dim rounded up to 64) held as
 the same lists, so the IVF scaffolding is shared as it is: sealed CSR plus delta, incremental
 ``add`` and ``seal``, the alive mask and filters, the widened filtered scan, checkpoints (the
 lists are views of the bundle) and compaction (positions remapped, codes untouched). What it
-adds is trained state (the rotation R (D', D') and the rotated centroids R c_l (nlist, D'),
-checkpointed as the bundle arrays ``ivf.rotation`` and ``ivf.rcentroids``) and its own
+adds is trained state (the rotation: its random signs (4, D') and R itself (D', D') dense,
+and the rotated centroids R c_l (nlist, D'), checkpointed as the bundle arrays
+``ivf.rotation_signs``, ``ivf.rotation`` and ``ivf.rcentroids``) and its own
 encode and scan. Queries are estimated by AND + popcount against a 4-bit query, then the best
 ``k * refine`` are re-ranked exactly from the stored float32 rows.
 
@@ -39,10 +40,16 @@ class RaBitQIndex(IVFIndex):
     """Coarse quantizer + random rotation + RaBitQ codes in inverted lists."""
 
     def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
-                 rotation: np.ndarray, rcentroids: np.ndarray | None = None, *,
+                 signs: np.ndarray, rotation: np.ndarray | None = None,
+                 rcentroids: np.ndarray | None = None, *,
                  train_seconds: float = 0.0, trained_rows: int = 0, train_error: float = 0.0):
         super().__init__(spec, dim, metric, centroids, None, train_seconds=train_seconds,
                          trained_rows=trained_rows, train_error=train_error)
+        # the rotation: its random signs (single queries rotate by the fast transform) and
+        # the same matrix dense (encodes and batches rotate by BLAS)
+        self.signs = np.ascontiguousarray(signs, np.float32)
+        if rotation is None:
+            rotation = rq.random_rotation_of(self.signs)
         self.rotation = np.ascontiguousarray(rotation, np.float32)
         self.dpad = self.rotation.shape[0]
         self.words = self.dpad // 64
@@ -68,8 +75,8 @@ class RaBitQIndex(IVFIndex):
         centroids = train_coarse(spec, X, metric, seed)
         if should_stop is not None and should_stop():
             raise TrainingCancelled()
-        rotation = rq.random_rotation(X.shape[1], seed + ROTATION_SEED)
-        index = cls(spec, X.shape[1], metric, centroids, rotation,
+        signs = rq.rotation_signs(X.shape[1], seed + ROTATION_SEED)
+        index = cls(spec, X.shape[1], metric, centroids, signs,
                     train_seconds=time.perf_counter() - t0, trained_rows=len(X))
         rng = np.random.default_rng(seed + 1)
         held = X if len(X) <= ERROR_SAMPLE else X[np.sort(rng.choice(len(X), ERROR_SAMPLE,
@@ -96,7 +103,8 @@ class RaBitQIndex(IVFIndex):
 
     def empty_like(self) -> "RaBitQIndex":
         return RaBitQIndex(self.spec, self.dim, self.metric, np.array(self.centroids),
-                           np.array(self.rotation), np.array(self.rcentroids),
+                           np.array(self.signs), np.array(self.rotation),
+                           np.array(self.rcentroids),
                            train_seconds=self.train_seconds, trained_rows=self.trained_rows,
                            train_error=self.train_error)
 
@@ -114,7 +122,7 @@ class RaBitQIndex(IVFIndex):
         words, fac = rq.views(sealed.codes)
         dwords, dfac = rq.views(d.codes)
         return rq.rabitq_search_serial(
-            q, X, self.rotation, self.centroids, self.rcentroids, nprobe, self.list_metric,
+            q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
             sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
             mask, use_mask, self.metric, max(k * refine, k), k, min_lists)
 
@@ -168,6 +176,7 @@ class RaBitQIndex(IVFIndex):
     def to_arrays(self, alive: np.ndarray) -> tuple[dict, dict]:
         meta, arrays = super().to_arrays(alive)
         arrays.pop("codebooks", None)
+        arrays["rotation_signs"] = self.signs
         arrays["rotation"] = self.rotation
         arrays["rcentroids"] = self.rcentroids
         return meta, arrays
@@ -177,8 +186,8 @@ class RaBitQIndex(IVFIndex):
         """The index saved by :meth:`to_arrays`: lists, codes, rotation and rotated centroids
         are the bundle's arrays (mapped views), nothing is re-encoded."""
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
-                    np.array(arrays["centroids"], np.float32), arrays["rotation"],
-                    arrays["rcentroids"], train_seconds=meta["train_seconds"],
+                    np.array(arrays["centroids"], np.float32), arrays["rotation_signs"],
+                    arrays["rotation"], arrays["rcentroids"], train_seconds=meta["train_seconds"],
                     trained_rows=meta["trained_rows"], train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)
         codes = index._codes2d(arrays["codes"])
@@ -190,5 +199,6 @@ class RaBitQIndex(IVFIndex):
         out = super().info()
         out.update(quantizer="rabitq", pq_m=0, code_bytes=self.m, padded_dim=self.dpad,
                    query_bits=rq.QUERY_BITS, adc_tables="rabitq",
-                   rotation_bytes=int(self.rotation.nbytes + self.rcentroids.nbytes))
+                   rotation_bytes=int(self.rotation.nbytes + self.signs.nbytes
+                                      + self.rcentroids.nbytes))
         return out
