@@ -75,6 +75,8 @@ __all__ = [
 
 #: float32 factors per code row: ||r||^2, scale, error factor, popcount.
 FACTORS = 4
+#: Rows :func:`encode` rotates at a time (8192 x 768 float64 temporaries: 50 MB).
+ENCODE_BLOCK = 8192
 #: Rounds of (random signs, fast Hadamard transform, Kac butterfly) in the rotation.
 ROTATION_ROUNDS = 4
 #: Bits of the scalar-quantized query residual (B_q in the paper; 4 loses < 1% of recall).
@@ -149,10 +151,12 @@ def encode(residuals: np.ndarray, R: np.ndarray) -> np.ndarray:
     residuals = np.ascontiguousarray(residuals, np.float32)
     n, dim = residuals.shape
     dp = R.shape[0]
-    Rr = residuals @ np.ascontiguousarray(R[:, :dim].T)        # (n, D')
+    RT = np.ascontiguousarray(R[:, :dim].T)
     out = np.zeros((n, dp // 8 + 4 * FACTORS), np.uint8)
-    out[:, : dp // 8] = np.packbits(Rr > 0, axis=1, bitorder="little")
-    out[:, dp // 8:] = _factors(Rr).view(np.uint8)
+    for lo in range(0, n, ENCODE_BLOCK):         # bounded temporaries (float64 factors)
+        Rr = residuals[lo:lo + ENCODE_BLOCK] @ RT                  # (rows, D')
+        out[lo:lo + len(Rr), : dp // 8] = np.packbits(Rr > 0, axis=1, bitorder="little")
+        out[lo:lo + len(Rr), dp // 8:] = _factors(Rr).view(np.uint8)
     return out
 
 
@@ -491,6 +495,6 @@ def search_ref(q, X, R, centroids, rcent, probes, offsets, codes, pos, dcodes, d
     est, where = np.concatenate(est), np.concatenate(where).astype(np.int64)
     top = np.lexsort((where, est))[:kk]
     cand = where[top]
-    d = distances_to_ref(np.asarray(X, np.float64)[cand], q, metric)
+    d = distances_to_ref(np.asarray(X)[cand].astype(np.float64), q, metric)
     order = np.lexsort((cand, d))[:k]
     return d[order].astype(np.float32), cand[order], cand
