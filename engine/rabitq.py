@@ -25,8 +25,9 @@ import time
 import numpy as np
 
 from .indexspec import IndexSpec
+from . import ivf
 from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _end,
-                  _scan_mask, train_coarse)
+                  train_coarse)
 from .kernels import adctables, ivfscan, kmeans as kmeans_k, rabitq as rq
 from .kernels.threads import one_blas_thread
 
@@ -118,7 +119,7 @@ class RaBitQIndex(IVFIndex):
         """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
-        use_mask = _scan_mask(mask, all_alive, sealed, d)
+        use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         words, fac = rq.views(sealed.codes)
         dwords, dfac = rq.views(d.codes)
         return rq.rabitq_search_serial(
@@ -135,7 +136,7 @@ class RaBitQIndex(IVFIndex):
         """As :meth:`IVFIndex.search_batch_padded`: (D, I, lists scanned, reached)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d = self.snapshot()
-        use_mask = _scan_mask(mask, all_alive, sealed, d)
+        use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         with one_blas_thread():
             probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
             QR = self.rotate(Q)
