@@ -71,6 +71,8 @@ def _common(f):
 _IVF_KEYS = {
     "simplevector-ivfpq": ("nlist", "pq_m"),
     "faiss-ivfpq": ("nlist", "pq_m"),
+    "simplevector-rabitq": ("nlist", None),
+    "faiss-rabitq": ("nlist", None),
     "faiss-ivfflat": ("nlist", None),
     "lancedb-ivfpq": ("num_partitions", "num_sub_vectors"),
 }

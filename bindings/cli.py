@@ -109,7 +109,8 @@ def ns():
 @click.option("--metric", default="cosine", show_default=True, help="cosine, l2 or ip.")
 @click.option("--model", default=None, help="Embedding model as name@x.y.z.")
 @click.option("--index", default="auto", show_default=True,
-              help="Index spec: auto, Flat, IVF<n>,Flat, IVF<n>,PQ<m>x8[,Refine<r>].")
+              help="Index spec: auto, Flat, IVF<n>,Flat, IVF<n>,PQ<m>x8[,Refine<r>], "
+                   "IVF<n>,RaBitQ[,Refine<r>].")
 @db_option()
 @output_option
 def ns_create(name, dim, metric, model, index, db_path, as_json):

@@ -38,8 +38,8 @@ def wants_training(state, auto_threshold: int) -> bool:
     spec = state.spec
     if state.index is not None:
         active = state.index.spec
-        return (spec.kind == "ivf" and (spec.nlist, spec.pq_m, spec.refine)
-                != (active.nlist, active.pq_m, active.refine)
+        return (spec.kind == "ivf" and (spec.nlist, spec.pq_m, spec.refine, spec.rabitq)
+                != (active.nlist, active.pq_m, active.refine, active.rabitq)
                 and state.live >= spec.min_train_rows)
     if spec.kind == "auto":
         return state.live >= max(auto_threshold, 256)

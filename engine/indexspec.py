@@ -5,6 +5,9 @@
     "IVF1024,Flat"              inverted lists of full vectors (exact distances in the lists)
     "IVF1024,PQ16x8"            inverted lists of 16 8-bit product-quantizer codes
     "IVF1024,PQ16x8,Refine4"    ... then re-rank the top k*4 candidates exactly
+    "IVF1024,RaBitQ"            inverted lists of 1-bit RaBitQ codes of rotated residuals,
+                                re-ranked exactly from k*RABITQ_DEFAULT_REFINE candidates
+    "IVF1024,RaBitQ,Refine20"   ... from k*20 candidates
 
 ``IndexSpec.parse(text)`` and ``str(spec)`` round-trip.
 """
@@ -21,11 +24,21 @@ from .errors import InvalidInput
 _IVF_RE = re.compile(r"^IVF(\d+)$", re.I)
 _PQ_RE = re.compile(r"^PQ(\d+)(?:x(\d+))?$", re.I)
 _REFINE_RE = re.compile(r"^Refine(\d+)$", re.I)
+_RABITQ = "rabitq"
 
 #: "auto" stays flat below this many live rows, then trains IVF-PQ in the background.
 AUTO_THRESHOLD = 50_000
 #: k-means needs this many training points per list (FAISS warns below 39).
 TRAIN_POINTS_PER_LIST = 39
+#: Refine of "IVF<n>,RaBitQ" without a Refine part: 1-bit codes rank coarsely, so they are
+#: always re-ranked. Measured (docs/perf/rabitq.md, `python -m bench run`, IVF256, 2-core
+#: Xeon): refine 4 -> 8 gains 0.011 recall@10 on minilm 60k x 384 (nprobe 32: 0.953 ->
+#: 0.964) and 0.010 on spectral 60k x 768 (nprobe 8: 0.990 -> 0.9996) for 5% and 15% of
+#: single-query QPS; 8 -> 16 gains <= 0.002 unfiltered. Filtered scans reach lists far
+#: from the query, where the estimate's error (which grows with ||q - c||) is larger:
+#: tests/test_rabitq.py's 30% category filter lost 0.035 recall at refine 8 and keeps it
+#: at 10, so the default is 10.
+RABITQ_DEFAULT_REFINE = 10
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,10 @@ class IndexSpec:
     refine: re-rank the best k*refine ADC candidates with exact distances from the stored
         float32 vectors (1 = no re-ranking). Refine 4 recovers most of PQ's recall loss.
     nprobe: lists probed per query by default (search-time; override per call).
+    rabitq: the lists hold RaBitQ codes (1 bit a dimension of the rotated residual, padded
+        to a multiple of 64, plus 16 bytes of per-row factors: dim/8 + 16 bytes a row,
+        engine/kernels/rabitq.py) instead of PQ codes; any dim works. Its refine defaults
+        to :data:`RABITQ_DEFAULT_REFINE`.
     """
 
     kind: str = "auto"
@@ -49,6 +66,7 @@ class IndexSpec:
     pq_bits: int = 8
     refine: int = 1
     nprobe: int = 0
+    rabitq: bool = False
 
     @classmethod
     def parse(cls, text) -> "IndexSpec":
@@ -72,13 +90,14 @@ class IndexSpec:
             raise InvalidInput(f"index spec {text!r}: nlist {nlist} is not in 1..65536")
         if len(parts) < 2:
             raise InvalidInput(f"index spec {text!r} needs a list encoding after {parts[0]}: "
-                               "'Flat' or 'PQ<m>x8'")
+                               "'Flat', 'PQ<m>x8' or 'RaBitQ'")
         pq_m, bits = 0, 8
-        if parts[1].lower() != "flat":
+        rabitq = parts[1].lower() == _RABITQ
+        if parts[1].lower() != "flat" and not rabitq:
             pm = _PQ_RE.match(parts[1])
             if not pm:
                 raise InvalidInput(f"index spec {text!r}: {parts[1]!r} is not valid; expected "
-                                   "'Flat' or 'PQ<m>x8'")
+                                   "'Flat', 'PQ<m>x8' or 'RaBitQ'")
             pq_m = int(pm.group(1))
             bits = int(pm.group(2) or 8)
             if bits != 8:
@@ -86,7 +105,7 @@ class IndexSpec:
                                    "supported; expected 8")
             if not 1 <= pq_m <= 1024:
                 raise InvalidInput(f"index spec {text!r}: PQ m={pq_m} is not in 1..1024")
-        refine = 1
+        refine = RABITQ_DEFAULT_REFINE if rabitq else 1
         for extra in parts[2:]:
             rm = _REFINE_RE.match(extra)
             if not rm or not 1 <= int(rm.group(1)) <= 1000:
@@ -95,13 +114,19 @@ class IndexSpec:
             refine = int(rm.group(1))
         if len(parts) > 3:
             raise InvalidInput(f"index spec {text!r} has too many parts")
-        return cls(kind="ivf", nlist=nlist, pq_m=pq_m, pq_bits=bits, refine=refine)
+        return cls(kind="ivf", nlist=nlist, pq_m=pq_m, pq_bits=bits, refine=refine,
+                   rabitq=rabitq)
 
     def __str__(self) -> str:
         if self.kind == "auto":
             return "auto"
         if self.kind == "flat":
             return "Flat"
+        if self.rabitq:
+            text = f"IVF{self.nlist},RaBitQ"
+            if self.refine != RABITQ_DEFAULT_REFINE:
+                text += f",Refine{self.refine}"
+            return text
         text = f"IVF{self.nlist}," + (f"PQ{self.pq_m}x{self.pq_bits}" if self.pq_m else "Flat")
         if self.refine > 1:
             text += f",Refine{self.refine}"
@@ -120,6 +145,11 @@ class IndexSpec:
             return 0
         need = self.nlist * TRAIN_POINTS_PER_LIST
         return max(need, 256) if self.pq_m else need
+
+    @property
+    def encoding(self) -> str:
+        """What the lists hold: "pq", "rabitq" or "flat" (full vectors; also auto/Flat)."""
+        return "rabitq" if self.rabitq else "pq" if self.pq_m else "flat"
 
     def default_nprobe(self) -> int:
         """The spec's nprobe, or the planner's default for its nlist (engine/planner.py)."""

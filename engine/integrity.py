@@ -649,11 +649,7 @@ def _check_deep(v: _Version, found: _Found, seed: int):
 
 
 def _reconstruct(index, lists, codes) -> np.ndarray:
-    from .kernels import pq as pq_k
-    out = index.centroids[lists].astype(np.float64)
-    if index.m:
-        out += pq_k.pq_decode(np.ascontiguousarray(codes), index.codebooks)
-    return out
+    return index.reconstruct(lists, codes)
 
 
 # -- holding writes off -----------------------------------------------------------------------

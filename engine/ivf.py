@@ -115,6 +115,16 @@ class TrainingCancelled(Exception):
     """A background build noticed that its database is closing."""
 
 
+def train_coarse(spec: IndexSpec, X: np.ndarray, metric: int, seed: int) -> np.ndarray:
+    """The coarse quantizer's centroids (nlist, dim) trained on rows X (every IVF kind)."""
+    max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
+    # ip and cosine train like FAISS's ip quantizer (unit-norm "spherical" centroids,
+    # assignment by inner product); l2 uses plain L2 k-means
+    coarse_metric = IP if metric in (IP, COSINE) else L2
+    return kmeans_k.kmeans(X, spec.nlist, niter=COARSE_NITER, seed=seed,
+                           max_points=max_points, metric=coarse_metric)
+
+
 @dataclass(frozen=True)
 class _Lists:
     offsets: np.ndarray   # int64 (nlist + 1)
@@ -279,14 +289,12 @@ class IVFIndex:
         def check():
             if should_stop is not None and should_stop():
                 raise TrainingCancelled()
+        if spec.rabitq and cls is IVFIndex:
+            from .rabitq import RaBitQIndex
+            return RaBitQIndex.train(spec, X, metric, seed=seed, should_stop=should_stop)
         t0 = time.perf_counter()
         X = np.ascontiguousarray(X, np.float32)
-        max_points = spec.nlist * MAX_TRAIN_POINTS_PER_LIST
-        # ip and cosine train like FAISS's ip quantizer (unit-norm "spherical" centroids,
-        # assignment by inner product); l2 uses plain L2 k-means
-        coarse_metric = IP if metric in (IP, COSINE) else L2
-        centroids = kmeans_k.kmeans(X, spec.nlist, niter=COARSE_NITER, seed=seed,
-                                    max_points=max_points, metric=coarse_metric)
+        centroids = train_coarse(spec, X, metric, seed)
         check()
         codebooks = None
         rng = np.random.default_rng(seed + 1)
@@ -340,6 +348,28 @@ class IVFIndex:
         if self.m:
             recon = recon + pq_k.pq_decode(codes, self.codebooks)
         return float(np.mean(np.sum((X - recon) ** 2, axis=1)))
+
+    def reconstruct(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """float64 (n, dim): what list ids and codes stand for (the centroid plus the decoded
+        PQ residual; the centroid alone for IVF-Flat). verify compares stored and fresh
+        encodings by it."""
+        out = self.centroids[lists].astype(np.float64)
+        if self.m:
+            out += pq_k.pq_decode(np.ascontiguousarray(codes), self.codebooks)
+        return out
+
+    def empty_like(self) -> "IVFIndex":
+        """A new index with this one's trained quantizers and no rows (repair re-encodes
+        into it)."""
+        return type(self)(self.spec, self.dim, self.metric, np.array(self.centroids),
+                          None if self.codebooks is None else np.array(self.codebooks),
+                          train_seconds=self.train_seconds, trained_rows=self.trained_rows,
+                          train_error=self.train_error)
+
+    def trained_finite(self) -> bool:
+        """Whether the trained arrays hold only finite values (repair keeps the index)."""
+        return bool(np.isfinite(self.centroids).all()) and (
+            self.codebooks is None or bool(np.isfinite(self.codebooks).all()))
 
     # -- lists ---------------------------------------------------------------------------------
     def load_lists(self, positions: np.ndarray, lists: np.ndarray, codes: np.ndarray):
@@ -559,8 +589,12 @@ class IVFIndex:
         themselves (views of a checkpoint bundle), not copies, and so are the row terms
         (derived state stored with them; computed on first use when a bundle lacks them). A
         stored ``pre`` (older builds wrote non-empty ones) is not used."""
+        spec = IndexSpec.parse(meta["spec"])
+        if spec.rabitq and cls is IVFIndex:
+            from .rabitq import RaBitQIndex
+            return RaBitQIndex.from_arrays(meta, arrays)
         codebooks = arrays.get("codebooks")
-        index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
+        index = cls(spec, meta["dim"], meta["metric"],
                     np.array(arrays["centroids"], np.float32),
                     None if codebooks is None else np.array(codebooks, np.float32),
                     train_seconds=meta["train_seconds"], trained_rows=meta["trained_rows"],

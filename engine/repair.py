@@ -141,8 +141,7 @@ def _trained_indexes(db, before: VerifyReport) -> dict:
         index = state.index
         if index is None:
             continue
-        ok = bool(np.isfinite(index.centroids).all()) and (
-            index.codebooks is None or bool(np.isfinite(index.codebooks).all()))
+        ok = index.trained_finite()
         key = (state.config.name, state.config.version)
         out[vid] = (str(index.spec), index if ok and key not in damaged else None)
     return out
@@ -150,12 +149,8 @@ def _trained_indexes(db, before: VerifyReport) -> dict:
 
 def _reencode(state, old):
     """A new index with ``old``'s trained centroids and codebooks over the live rows."""
-    from .ivf import IVFIndex
     from .indexer import ENCODE_CHUNK
-    index = IVFIndex(old.spec, old.dim, old.metric, np.array(old.centroids),
-                     None if old.codebooks is None else np.array(old.codebooks),
-                     train_seconds=old.train_seconds, trained_rows=old.trained_rows,
-                     train_error=old.train_error)
+    index = old.empty_like()
     view = state.view()
     positions = np.flatnonzero(view.alive)
     lists = np.empty(len(positions), np.int32)

@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from .kernels import flat, ivffused, topk
+from .kernels import flat, ivffused, rabitq, topk
 from .kernels.distances import IP, L2
 
 #: An exact numpy scan answers cold queries over up to this many stored values (rows x dim):
@@ -38,6 +38,7 @@ COLD_EXACT_VALUES = 1 << 27
 _DISPATCHERS = {
     "ivfpq": (ivffused, ("probe_and_count", "pq_search_serial")),
     "ivfflat": (ivffused, ("flat_lists_serial",)),
+    "rabitq": (rabitq, ("rabitq_search_serial",)),
     "flat": (flat, ("_search_serial",)),
     "flat-blas": (topk, ("_topk_smallest_kernel",)),
 }
@@ -52,6 +53,8 @@ def kind_of(index, values: int) -> str:
     if index is None:
         from .planner import use_blas_scan
         return "flat-blas" if use_blas_scan(values) else "flat"
+    if index.spec.rabitq:
+        return "rabitq"
     return "ivfpq" if index.m else "ivfflat"
 
 
@@ -139,7 +142,11 @@ def ivf_search(index, X, q, metric: int, k: int, nprobe: int, refine: int, mask=
     codebooks for l2, ``q . c_l`` plus query tables for ip) and re-rank the best
     ``k * refine`` exactly; without codes (IVF-Flat) score the listed rows exactly. The
     same algorithm as kernels/ivffused.py, in float32 numpy (ties may resolve otherwise).
+    An IVF-RaBitQ index runs its own numpy search (``RaBitQIndex.search_numpy``: the same
+    probes, 1-bit estimates and exact re-rank as its kernel, in float64).
     """
+    if index.spec.rabitq:
+        return index.search_numpy(X, q, metric, k, nprobe, refine, mask)
     sealed, delta = index.snapshot()
     C = index.centroids
     if index.list_metric == L2:

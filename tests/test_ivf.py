@@ -118,7 +118,8 @@ def assert_own_nearest(ns, ids, X, metric, *, nprobe=None, exact=False, k=1, ref
 
 # -- 1. spec strings --------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["Flat", "IVF1024,Flat", "IVF1024,PQ16x8",
-                                  "IVF1024,PQ16x8,Refine4", "auto"])
+                                  "IVF1024,PQ16x8,Refine4", "auto", "IVF1024,RaBitQ",
+                                  "IVF1024,RaBitQ,Refine4"])
 def test_index_spec_round_trips_through_parse_and_str(text):
     spec = IndexSpec.parse(text)
     assert str(spec) == text
@@ -585,7 +586,7 @@ def test_ivf_queries_concurrent_with_upserts_never_fail(ivfpq_ns):
     assert not failures, f"{len(failures)} of 800 queries failed, e.g. {failures[0]}"
 
 
-@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine4", "IVF16,Flat"])
+@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine4", "IVF16,Flat", "IVF16,RaBitQ"])
 def test_ivf_query_ignores_rows_written_after_it_took_its_row_view(tmp_path, monkeypatch, spec):
     """Deterministic form of the race above: a write lands between the query's row view
     and its read of the index lists. The query must answer from its view (the new row may

@@ -41,7 +41,7 @@ def test_split_lists_path_returns_the_single_thread_results(tmp_path, monkeypatc
             assert_same_hits(a, b)          # ids equal except among (near-)tied distances
 
 
-@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat"])
+@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat", "IVF16,RaBitQ,Refine3"])
 def test_batch_query_returns_the_single_query_results(tmp_path, spec):
     db, ns, Q = _namespace(tmp_path, "cosine", spec)
     with db:
@@ -53,7 +53,7 @@ def test_batch_query_returns_the_single_query_results(tmp_path, spec):
                                        rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat"])
+@pytest.mark.parametrize("spec", ["IVF16,PQ8x8,Refine3", "IVF16,Flat", "IVF16,RaBitQ,Refine3"])
 def test_scan_without_the_alive_mask_only_when_no_row_can_be_excluded(
         tmp_path, monkeypatch, spec):
     """With no tombstones, no filter and no row past the query's view, the scan skips the

@@ -60,7 +60,7 @@ def _exact(X, alive_ids, q, metric, k, allowed=None):
 
 
 @pytest.mark.parametrize("metric,index", [("l2", "IVF16,PQ8"), ("ip", "IVF16,Flat"),
-                                          ("l2", "Flat")])
+                                          ("l2", "Flat"), ("l2", "IVF16,RaBitQ")])
 def test_first_queries_of_a_process_are_exact_then_the_index_answers(tmp_path, metric, index):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((3000, DIM)).astype(np.float32)
@@ -73,7 +73,8 @@ def test_first_queries_of_a_process_are_exact_then_the_index_answers(tmp_path, m
         ns.delete(list(range(0, 3000, 10)))
     alive = [i for i in range(3000) if i % 10]
     Q = rng.standard_normal((2, DIM)).astype(np.float32)
-    kind = {"IVF16,PQ8": "ivfpq", "IVF16,Flat": "ivfflat", "Flat": "flat"}[index]
+    kind = {"IVF16,PQ8": "ivfpq", "IVF16,Flat": "ivfflat", "Flat": "flat",
+            "IVF16,RaBitQ": "rabitq"}[index]
     first, filtered, later = _fresh(path, kind, Q, tmp_path)
     assert first[0] == ("exact-numpy" if index == "Flat" else "ivf-numpy"), first
     assert "loading" in first[1]

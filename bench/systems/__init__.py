@@ -14,9 +14,11 @@ from .base import System, Unavailable
 REGISTRY = {
     "simplevector-flat": "simplevector_:SimpleVectorFlat",
     "simplevector-ivfpq": "simplevector_:SimpleVectorIVFPQ",
+    "simplevector-rabitq": "simplevector_:SimpleVectorRaBitQ",
     "faiss-flat": "faiss_:FaissFlat",
     "faiss-ivfflat": "faiss_:FaissIVFFlat",
     "faiss-ivfpq": "faiss_:FaissIVFPQRefine",
+    "faiss-rabitq": "faiss_:FaissIVFRaBitQRefine",
     "hnswlib": "hnswlib_:Hnswlib",
     "usearch": "usearch_:USearch",
     "lancedb-ivfpq": "lancedb_:LanceDB",

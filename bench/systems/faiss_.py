@@ -124,3 +124,32 @@ class FaissIVFPQRefine(FaissIVFFlat):
         super().set_search_params(**params)
         if self.index is not None and "refine" in params:
             self.faiss.downcast_index(self.index).k_factor = float(params["refine"])
+
+
+class FaissIVFRaBitQRefine(FaissIVFPQRefine):
+    """IndexIVFRaBitQ (FAISS >= 1.11) wrapped in IndexRefineFlat, ``refine`` its k_factor.
+    The query is quantized to ``qb`` bits (FAISS 1.15's default 4, as SimpleVector's,
+    unless the config sets one)."""
+    name = "faiss-rabitq"
+
+    def __init__(self, metric, dim, n, workdir, **config):
+        super().__init__(metric, dim, n, workdir, **config)
+        if not hasattr(self.faiss, "IndexIVFRaBitQ"):
+            from .base import Unavailable
+            raise Unavailable(f"faiss {self.faiss.__version__} has no IndexIVFRaBitQ")
+        self.config["factory"] = f"IVF{self.config['nlist']},RaBitQ,RFlat"
+
+    def _make(self):
+        index = super()._make()
+        if "qb" in self.config:
+            ivf = self.faiss.downcast_index(self.faiss.extract_index_ivf(index))
+            ivf.qb = int(self.config["qb"])
+        return index
+
+    def sweep(self):
+        from .simplevector_ import RABITQ_REFINE_SWEEP
+        return [{"nprobe": p, "refine": r} for p in NPROBE_SWEEP if p <= self.config["nlist"]
+                for r in RABITQ_REFINE_SWEEP]
+
+    def default_params(self):
+        return {"nprobe": 32, "refine": 8}

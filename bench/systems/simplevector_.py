@@ -111,3 +111,25 @@ class SimpleVectorIVFPQ(SimpleVectorFlat):
 
     def default_params(self):
         return {"nprobe": 32, "refine": 4}
+
+
+#: RaBitQ's refine sweep: 1-bit estimates rank coarsely, so every point re-ranks.
+RABITQ_REFINE_SWEEP = (4, 8, 16)
+
+
+class SimpleVectorRaBitQ(SimpleVectorFlat):
+    """IVF-RaBitQ (engine/rabitq.py): the same nlist as the IVF-PQ adapter, 1-bit codes."""
+    name = "simplevector-rabitq"
+
+    def _spec(self) -> str:
+        nlist, _ = ivf_defaults(self.n, self.dim)
+        nlist = self.config.get("nlist", nlist)
+        return f"IVF{nlist},RaBitQ"
+
+    def sweep(self):
+        nlist = int(self.config["index"].split(",")[0][3:])
+        return [{"nprobe": p, "refine": r} for p in NPROBE_SWEEP if p <= nlist
+                for r in RABITQ_REFINE_SWEEP]
+
+    def default_params(self):
+        return {"nprobe": 32, "refine": 8}

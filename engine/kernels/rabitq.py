@@ -1,0 +1,500 @@
+"""RaBitQ kernels: 1-bit codes of rotated residuals, a 4-bit query, AND + popcount scans.
+
+After Gao & Long, "RaBitQ: Quantizing High-Dimensional Vectors with a Theoretical Error
+Bound for Approximate Nearest Neighbor Search" (SIGMOD 2024), as FAISS's IndexIVFRaBitQ
+uses it inside IVF lists.
+
+Encoding (:func:`encode`, reference :func:`encode_ref`): a row x of list l has the residual
+r = x - c_l. One random orthogonal matrix R (D' x D', D' = dim rounded up to a multiple of
+64; rows are zero-padded to D') rotates it, r' = R r, and the code keeps the sign bits of
+r' (bit i of word i // 64 is 1 where r'_i > 0) plus :data:`FACTORS` float32 per row:
+
+- ``sq``    ||r||^2
+- ``scale`` ||r||^2 / sum_i |r'_i|: with x_b the bits and xbar = (2 x_b - 1) / sqrt(D'),
+  <xbar, o> = sum |r'_i| / (sqrt(D') ||r||) for the unit residual o = r' / ||r||, and the
+  estimator <r, y> ~ ||r|| <xbar, y> / <xbar, o> = scale * (2 <x_b, y> - sum_i y_i)
+- ``err``   ||r|| sqrt(1 - <xbar, o>^2) / <xbar, o> / sqrt(D' - 1): the paper's bound says
+  |<xbar, y>/<xbar, o> - <o, y>| <= eps0 ||y|| sqrt(1 - a^2) / a / sqrt(D' - 1) with high
+  probability (eps0 ~ 1.9), so the error of the estimated <r, y> is within eps0 * err * ||y||
+- ``ones``  the number of set bits (popcount of the code)
+
+A code row is ``code_bytes(dim)`` = D' / 8 + 16 bytes, stored as uint8 so that the IVF lists
+(sealed CSR, delta, checkpoints, compaction) carry it like a PQ code; the kernels read it
+through two zero-copy views, ``words`` (uint64 (N, D'/64 + 2)) and ``fac`` (float32
+(N, D'/32 + 4)) (:func:`views`).
+
+Search: the query is rotated once (q' = R q), each probed list's query residual
+y = q' - R c_l (``rcent`` holds R c_l per list; ip uses y = q' for every list) is
+quantized to 4 bits with the list's own lo and delta (:func:`quantize_query`), kept as 4
+bit planes, and <x_b, ybar> = lo * ones + delta * sum_j 2^j popcount(x_b AND plane_j) over
+the uint64 words. Estimated distances (lower is nearer):
+
+- l2 (and cosine, whose rows are unit): ||y||^2 + sq - 2 scale (2 <x_b, ybar> - sum ybar)
+- ip: -(<q', R c_l> + scale (2 <x_b, ybar> - sum ybar))
+
+The best ``kk`` estimates are then re-ranked exactly from the stored rows (the engine's
+shared re-rank, :func:`.ivffused.rerank`). Lists, delta, mask, widening and the heap are
+the IVF scaffolding of :mod:`.ivfscan` / :mod:`.topk`. :func:`search_ref` is the numpy
+reference of the whole search, :func:`estimate_ref` of the estimator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .distances import IP, _dot, distances_to_ref
+from .ivffused import rerank
+from .ivfscan import allowed, probe, widen_target
+from .topk import heap_consider
+
+__all__ = [
+    "FACTORS",
+    "QUERY_BITS",
+    "padded_dim",
+    "code_bytes",
+    "rotation_signs",
+    "random_rotation",
+    "random_rotation_of",
+    "rotate",
+    "views",
+    "encode",
+    "encode_ref",
+    "decode_ref",
+    "popcount",
+    "quantize_query",
+    "quantize_query_ref",
+    "estimate",
+    "estimate_ref",
+    "rabitq_scan",
+    "rabitq_search_serial",
+    "rabitq_search_batch",
+    "search_ref",
+]
+
+#: float32 factors per code row: ||r||^2, scale, error factor, popcount.
+FACTORS = 4
+#: Rows :func:`encode` rotates at a time (8192 x 768 float64 temporaries: 50 MB).
+ENCODE_BLOCK = 8192
+#: Rounds of (random signs, fast Hadamard transform, Kac butterfly) in the rotation.
+ROTATION_ROUNDS = 4
+#: Bits of the scalar-quantized query residual (B_q in the paper; 4 loses < 1% of recall).
+QUERY_BITS = 4
+_LEVELS = (1 << QUERY_BITS) - 1
+
+
+def padded_dim(dim: int) -> int:
+    """D': dim rounded up to a multiple of 64 (the code's bit count)."""
+    return (int(dim) + 63) // 64 * 64
+
+
+def code_bytes(dim: int) -> int:
+    """Bytes of one code row: D' / 8 bits + FACTORS float32."""
+    return padded_dim(dim) // 8 + 4 * FACTORS
+
+
+def rotation_signs(dim: int, seed: int = 0) -> np.ndarray:
+    """The random part of the rotation: ROTATION_ROUNDS rows of D' random signs (float32)."""
+    rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, (ROTATION_ROUNDS, padded_dim(dim))) * 2 - 1
+    return np.ascontiguousarray(signs, np.float32)
+
+
+def random_rotation(dim: int, seed: int = 0) -> np.ndarray:
+    """The dense D' x D' orthogonal matrix of :func:`rotate` with :func:`rotation_signs`
+    (``R @ x_padded == rotate(signs, x)``): for BLAS encodes and batches."""
+    return random_rotation_of(rotation_signs(dim, seed))
+
+
+def random_rotation_of(signs: np.ndarray) -> np.ndarray:
+    """The dense matrix of :func:`rotate` with these signs (its columns are R e_j)."""
+    signs = np.ascontiguousarray(signs, np.float32)
+    dp = signs.shape[1]
+    eye = np.eye(dp, dtype=np.float32)
+    cols = np.empty((dp, dp), np.float32)
+    for j in range(dp):
+        rotate(signs, eye[j], cols[j])
+    return np.ascontiguousarray(cols.T)
+
+
+def views(codes: np.ndarray):
+    """(words uint64 (N, W + 2), fac float32 (N, 2 W + 4)) over code rows uint8 (N, B):
+    zero-copy (read-only stays read-only). Bits are ``words[:, :W]``, factor j is
+    ``fac[:, 2 W + j]``."""
+    codes = np.ascontiguousarray(codes)
+    return codes.view(np.uint64), codes.view(np.float32)
+
+
+def _factors(Rr: np.ndarray) -> np.ndarray:
+    """(n, FACTORS) float32 of rotated residuals (n, D') (float64 maths)."""
+    Rr = np.asarray(Rr, np.float64)
+    dp = Rr.shape[1]
+    sq = np.einsum("ij,ij->i", Rr, Rr)
+    l1 = np.abs(Rr).sum(axis=1)
+    norm = np.sqrt(sq)
+    out = np.zeros((len(Rr), FACTORS), np.float64)
+    ok = l1 > 0
+    out[:, 0] = sq
+    out[ok, 1] = sq[ok] / l1[ok]
+    a = np.zeros(len(Rr))
+    a[ok] = l1[ok] / (norm[ok] * np.sqrt(dp))
+    a = np.clip(a, 0.0, 1.0)
+    out[ok, 2] = norm[ok] * np.sqrt(1.0 - a[ok] ** 2) / a[ok] / np.sqrt(max(dp - 1, 1))
+    out[:, 3] = (Rr > 0).sum(axis=1)
+    return out.astype(np.float32)
+
+
+def encode(residuals: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Code rows uint8 (n, code_bytes(dim)) of residuals (n, dim) float32: the rotation by
+    BLAS, the sign bits packed little-endian, then the factors."""
+    residuals = np.ascontiguousarray(residuals, np.float32)
+    n, dim = residuals.shape
+    dp = R.shape[0]
+    RT = np.ascontiguousarray(R[:, :dim].T)
+    out = np.zeros((n, dp // 8 + 4 * FACTORS), np.uint8)
+    for lo in range(0, n, ENCODE_BLOCK):         # bounded temporaries (float64 factors)
+        Rr = residuals[lo:lo + ENCODE_BLOCK] @ RT                  # (rows, D')
+        out[lo:lo + len(Rr), : dp // 8] = np.packbits(Rr > 0, axis=1, bitorder="little")
+        out[lo:lo + len(Rr), dp // 8:] = _factors(Rr).view(np.uint8)
+    return out
+
+
+def encode_ref(residuals: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """numpy reference of :func:`encode`: float64 rotation, one bit at a time."""
+    residuals = np.asarray(residuals, np.float64)
+    n, dim = residuals.shape
+    dp = R.shape[0]
+    W = dp // 64
+    Rr = residuals @ np.asarray(R, np.float64)[:, :dim].T
+    out = np.zeros((n, dp // 8 + 4 * FACTORS), np.uint8)
+    for i in range(n):
+        words = np.zeros(W, np.uint64)
+        for d in range(dp):
+            if Rr[i, d] > 0:
+                words[d // 64] |= np.uint64(1) << np.uint64(d % 64)
+        out[i, : dp // 8] = words.view(np.uint8)
+    out[:, dp // 8:] = _factors(Rr).view(np.uint8)
+    return out
+
+
+def decode_ref(codes: np.ndarray, R: np.ndarray, dim: int) -> np.ndarray:
+    """The residuals the codes stand for (n, dim) float64: ||r|| R^T xbar (the reconstruction
+    verify compares a stored code with a fresh one by)."""
+    dp = R.shape[0]
+    _, fac = views(codes)
+    bits = np.unpackbits(np.ascontiguousarray(codes[:, : dp // 8]), axis=1,
+                         bitorder="little").astype(np.float64)
+    xbar = (2.0 * bits - 1.0) / np.sqrt(dp)
+    norm = np.sqrt(np.asarray(fac[:, dp // 32], np.float64))
+    return (norm[:, None] * xbar) @ np.asarray(R, np.float64)[:, :dim]
+
+
+# --------------------------------------------------------------------------- popcount
+
+
+@intrinsic
+def _ctpop(typingctx, x):
+    """LLVM's ctpop on an integer (one popcnt instruction where the CPU has it)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = x(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def popcount(x):
+    """Set bits of a uint64."""
+    return _ctpop(x)
+
+
+# --------------------------------------------------------------------------- query
+
+
+@njit(cache=True, nogil=True)
+def quantize_query(y, planes):
+    """Quantize y (D',) float32 to QUERY_BITS unsigned levels ybar_i = lo + delta * u_i
+    (u_i = floor((y_i - lo) / delta + 0.5), delta = (max - min) / 15), writing the bit
+    planes of u into ``planes`` (QUERY_BITS, W) uint64. Returns (lo, delta, sum u)."""
+    dp = y.shape[0]
+    lo = y[0]
+    hi = y[0]
+    for i in range(1, dp):
+        v = y[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    delta = (hi - lo) / np.float32(_LEVELS)
+    inv = np.float32(1.0) / delta if delta > 0 else np.float32(0.0)
+    one = np.uint64(1)
+    total = 0
+    for w in range(dp >> 6):
+        p0 = np.uint64(0)
+        p1 = np.uint64(0)
+        p2 = np.uint64(0)
+        p3 = np.uint64(0)
+        for b in range(64):
+            # non-negative: truncation is the floor
+            u = int((y[(w << 6) + b] - lo) * inv + np.float32(0.5))
+            u = min(u, _LEVELS)
+            total += u
+            ub = np.uint64(u)
+            sh = np.uint64(b)
+            p0 |= (ub & one) << sh
+            p1 |= ((ub >> one) & one) << sh
+            p2 |= ((ub >> np.uint64(2)) & one) << sh
+            p3 |= ((ub >> np.uint64(3)) & one) << sh
+        planes[0, w] = p0
+        planes[1, w] = p1
+        planes[2, w] = p2
+        planes[3, w] = p3
+    return lo, delta, total
+
+
+def quantize_query_ref(y):
+    """numpy reference of :func:`quantize_query`: (u int64 (D',), lo, delta) in float32."""
+    y = np.asarray(y, np.float32)
+    lo, hi = y.min(), y.max()
+    delta = np.float32((hi - lo) / np.float32(_LEVELS))
+    inv = np.float32(1.0) / delta if delta > 0 else np.float32(0.0)
+    u = np.minimum(np.floor((y - lo) * inv + np.float32(0.5)), _LEVELS).astype(np.int64)
+    return u, lo, delta
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bq(words, r, W, planes):
+    """sum_j 2^j popcount(x_b AND plane_j) of code row r."""
+    s = 0
+    for w in range(W):
+        x = words[r, w]
+        s += (popcount(x & planes[0, w]) + 2 * popcount(x & planes[1, w])
+              + 4 * popcount(x & planes[2, w]) + 8 * popcount(x & planes[3, w]))
+    return s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def estimate(words, fac, r, W, planes, lo, delta, ysum, base, metric):
+    """The estimated distance of code row r (module docstring): ``ysum`` = sum ybar,
+    ``base`` = ||y||^2 (l2) or -<q', R c_l> (ip)."""
+    f = 2 * W
+    ip = lo * fac[r, f + 3] + delta * np.float32(_bq(words, r, W, planes))
+    xy = fac[r, f + 1] * (np.float32(2.0) * ip - ysum)
+    if metric == IP:
+        return base - xy
+    return base + fac[r, f] - np.float32(2.0) * xy
+
+
+def estimate_ref(codes, y, dp, metric, base):
+    """numpy reference of :func:`estimate` for every code row (float64), with the same
+    4-bit query (:func:`quantize_query_ref`): (estimates, error bounds at eps0 = 1)."""
+    _, fac = views(codes)
+    W = dp // 64
+    fac = np.asarray(fac[:, 2 * W:], np.float64)
+    bits = np.unpackbits(np.ascontiguousarray(codes[:, : dp // 8]), axis=1,
+                         bitorder="little").astype(np.float64)
+    u, lo, delta = quantize_query_ref(y)
+    ybar = np.float64(lo) + np.float64(delta) * u.astype(np.float64)
+    xy = fac[:, 1] * (2.0 * bits @ ybar - ybar.sum())
+    ynorm = float(np.linalg.norm(np.asarray(y, np.float64)))
+    err = fac[:, 2] * ynorm
+    if metric == IP:
+        return base - xy, err
+    return base + fac[:, 0] - 2.0 * xy, 2.0 * err
+
+
+# --------------------------------------------------------------------------- scans
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _fht(x, start, h):
+    """Orthonormal fast Walsh-Hadamard transform of x[start:start + h] (h a power of 2)."""
+    step = 1
+    while step < h:
+        for i in range(start, start + h, 2 * step):
+            for j in range(i, i + step):
+                a = x[j]
+                b = x[j + step]
+                x[j] = a + b
+                x[j + step] = a - b
+        step *= 2
+    scale = np.float32(1.0 / np.sqrt(h))
+    for j in range(start, start + h):
+        x[j] *= scale
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def rotate(signs, q, out):
+    """out = R q_padded (D'), R the random orthogonal matrix of ``signs`` (ROTATION_ROUNDS,
+    D'): each round flips signs, applies the orthonormal Hadamard transform to the leading
+    (even rounds) or trailing (odd rounds) h = the largest power of two <= D' coordinates,
+    and, when h < D', a Kac butterfly between the two halves ((a + b, a - b) / sqrt 2).
+    Every step is orthogonal; O(D' log D') and no matrix read (a dense 768 x 768 one is
+    2.4 MB streamed per query)."""
+    dp = signs.shape[1]
+    dim = q.shape[0]
+    for i in range(dim):
+        out[i] = q[i]
+    for i in range(dim, dp):
+        out[i] = np.float32(0.0)
+    h = 1
+    while h * 2 <= dp:
+        h *= 2
+    half = dp // 2
+    inv2 = np.float32(1.0 / np.sqrt(2.0))
+    for t in range(signs.shape[0]):
+        st = signs[t]
+        for i in range(dp):
+            out[i] *= st[i]
+        _fht(out, 0 if t % 2 == 0 else dp - h, h)
+        if h < dp:
+            for i in range(half):
+                a = out[i]
+                b = out[i + half]
+                out[i] = (a + b) * inv2
+                out[i + half] = (a - b) * inv2
+
+
+@njit(cache=True, nogil=True)
+def rabitq_scan(qr, rcent, probes, offsets, words, fac, pos, dwords, dfac, dpos, dorder,
+                doffsets, mask, use_mask, metric, hd, hi, min_lists):
+    """Estimated-distance scan of the probed lists (sealed rows, then delta rows) of the
+    rotated query ``qr`` (D') into the heap hd/hi (capacity ``hd.shape[0]``); returns (heap
+    size (unsorted), lists scanned, widening target reached), like
+    :func:`.ivfscan.adc_scan_table`. ``min_lists``: as there."""
+    dp = qr.shape[0]
+    W = dp // 64
+    planes = np.empty((4, W), np.uint64)
+    y = np.empty(dp, np.float32)
+    lo = np.float32(0.0)
+    delta = np.float32(0.0)
+    ysum = np.float32(0.0)
+    if metric == IP:                        # one quantized query serves every list
+        lo, delta, total = quantize_query(qr, planes)
+        ysum = np.float32(dp) * lo + delta * np.float32(total)
+    size = 0
+    worst = np.float32(np.inf)
+    target = widen_target(probes, offsets, doffsets, min_lists)
+    seen = 0
+    scanned = 0
+    for p in range(probes.shape[0]):
+        if p >= min_lists >= 0 and seen >= target:
+            break
+        scanned += 1
+        l = probes[p]
+        if offsets[l] == offsets[l + 1] and doffsets[l] == doffsets[l + 1]:
+            continue
+        if metric == IP:
+            base = -_dot(qr, rcent[l])
+        else:
+            c = rcent[l]
+            base = np.float32(0.0)
+            for i in range(dp):
+                v = qr[i] - c[i]
+                y[i] = v
+                base += v * v
+            lo, delta, total = quantize_query(y, planes)
+            ysum = np.float32(dp) * lo + delta * np.float32(total)
+        for r in range(offsets[l], offsets[l + 1]):
+            pr = pos[r]
+            if allowed(mask, use_mask, pr):
+                seen += 1
+                d = estimate(words, fac, r, W, planes, lo, delta, ysum, base, metric)
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
+        for t in range(doffsets[l], doffsets[l + 1]):
+            r = dorder[t]
+            pr = dpos[r]
+            if allowed(mask, use_mask, pr):
+                seen += 1
+                d = estimate(dwords, dfac, r, W, planes, lo, delta, ysum, base, metric)
+                if d <= worst:
+                    size, worst = heap_consider(hd, hi, size, worst, d, pr)
+    return size, scanned, seen >= target
+
+
+@njit(cache=True, nogil=True)
+def rabitq_search_serial(q, X, signs, centroids, rcent, nprobe, probe_metric, offsets, words,
+                         fac, pos, dwords, dfac, dpos, dorder, doffsets, mask, use_mask, metric,
+                         kk, k, min_lists):
+    """One query in one compiled call: probe, rotate (:func:`rotate`), estimate-scan into
+    the top kk, exact re-rank to the top k. ``probe_metric`` is also the estimate's (l2 for
+    cosine), ``metric`` the exact one. Returns (dist, pos, lists scanned, target reached)."""
+    probes = probe(q, centroids, nprobe, probe_metric)
+    qr = np.empty(signs.shape[1], np.float32)
+    rotate(signs, q, qr)
+    hd = np.empty(kk, np.float32)
+    hi = np.empty(kk, np.int64)
+    size, scanned, reached = rabitq_scan(qr, rcent, probes, offsets, words, fac, pos, dwords,
+                                         dfac, dpos, dorder, doffsets, mask, use_mask,
+                                         probe_metric, hd, hi, min_lists)
+    od, oi = rerank(X, q, metric, hd, hi, size, k)
+    return od, oi, scanned, reached
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def rabitq_search_batch(Q, QR, X, rcent, probes2d, offsets, words, fac, pos, dwords, dfac,
+                        dpos, dorder, doffsets, mask, use_mask, probe_metric, metric, kk, k,
+                        min_lists):
+    """Every query in parallel, rotated queries ``QR`` (nq, D') and probes given (both by
+    BLAS): (D (nq, k), I (nq, k)) padded with +inf / -1, lists scanned, target reached."""
+    nq = Q.shape[0]
+    D = np.full((nq, k), np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    scanned = np.zeros(nq, np.int64)
+    reached = np.zeros(nq, np.bool_)
+    for r in prange(nq):
+        hd = np.empty(kk, np.float32)
+        hi = np.empty(kk, np.int64)
+        size, scanned[r], reached[r] = rabitq_scan(
+            QR[r], rcent, probes2d[r], offsets, words, fac, pos, dwords, dfac, dpos, dorder,
+            doffsets, mask, use_mask, probe_metric, hd, hi, min_lists)
+        od, oi = rerank(X, Q[r], metric, hd, hi, size, k)
+        for j in range(od.shape[0]):
+            D[r, j] = od[j]
+            I[r, j] = oi[j]
+    return D, I, scanned, reached
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def search_ref(q, X, R, centroids, rcent, probes, offsets, codes, pos, dcodes, dpos, dlist,
+               dn, mask, probe_metric, metric, kk, k):
+    """numpy reference of :func:`rabitq_search_serial` over the given probes: the estimates
+    of every allowed row of the probed lists (:func:`estimate_ref`), the kk smallest (ties
+    by lower position), exact distances from X for those, the k nearest. Returns (dist
+    float32, pos, estimated top-kk positions)."""
+    dp = R.shape[0]
+    qr = np.asarray(R, np.float32)[:, : len(q)] @ np.asarray(q, np.float32)
+    est, where = [], []
+    dl = np.asarray(dlist)[:dn]
+    for l in probes:
+        l = int(l)
+        rows = np.arange(offsets[l], offsets[l + 1])
+        drows = np.flatnonzero(dl == l)
+        c = np.concatenate([np.asarray(codes)[rows], np.asarray(dcodes)[drows]])
+        w = np.concatenate([np.asarray(pos)[rows], np.asarray(dpos)[drows]])
+        if mask is not None:
+            keep = np.asarray(mask, bool)[w]
+            c, w = c[keep], w[keep]
+        if not len(w):
+            continue
+        if probe_metric == IP:
+            y = qr
+            base = -float(np.dot(qr.astype(np.float64), np.asarray(rcent[l], np.float64)))
+        else:
+            y = (qr - rcent[l]).astype(np.float32)
+            base = float(np.dot(y.astype(np.float64), y.astype(np.float64)))
+        e, _ = estimate_ref(c.reshape(-1, codes.shape[1]), y, dp, probe_metric, base)
+        est.append(e)
+        where.append(w)
+    if not est:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    est, where = np.concatenate(est), np.concatenate(where).astype(np.int64)
+    top = np.lexsort((where, est))[:kk]
+    cand = where[top]
+    d = distances_to_ref(np.asarray(X)[cand].astype(np.float64), q, metric)
+    order = np.lexsort((cand, d))[:k]
+    return d[order].astype(np.float32), cand[order], cand

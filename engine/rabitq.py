@@ -1,0 +1,205 @@
+"""IVF-RaBitQ: inverted lists of 1-bit codes of randomly rotated residuals (spec
+``IVF<nlist>,RaBitQ[,Refine<r>]``; the codes and the scan: engine/kernels/rabitq.py).
+
+It is an :class:`~.ivf.IVFIndex` whose code rows are RaBitQ codes instead of PQ codes: each
+row is ``code_bytes(dim)`` = D'/8 + 16 bytes (D' = dim rounded up to 64) held as uint8 in
+the same lists, so the IVF scaffolding is shared as it is: sealed CSR plus delta, incremental
+``add`` and ``seal``, the alive mask and filters, the widened filtered scan, checkpoints (the
+lists are views of the bundle) and compaction (positions remapped, codes untouched). What it
+adds is trained state (the rotation: its random signs (4, D') and R itself (D', D') dense,
+and the rotated centroids R c_l (nlist, D'), checkpointed as the bundle arrays
+``ivf.rotation_signs``, ``ivf.rotation`` and ``ivf.rcentroids``) and its own
+encode and scan. Queries are estimated by AND + popcount against a 4-bit query, then the best
+``k * refine`` are re-ranked exactly from the stored float32 rows.
+
+A single query is one compiled call (probe, rotate, scan, re-rank) on one thread (no split
+scan as IVF-PQ has past ``PARALLEL_SCAN_CODES``: a popcount code costs a few ns); a batch
+rotates and probes by BLAS and scans its queries in parallel. The cold numpy path of
+engine/warmup.py runs :meth:`RaBitQIndex.search_numpy`, the same search in numpy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .indexspec import IndexSpec
+from . import ivf
+from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _end,
+                  train_coarse)
+from .kernels import adctables, ivfscan, kmeans as kmeans_k, rabitq as rq
+from .kernels.threads import one_blas_thread
+
+#: The rotation's seed offset from the build seed (any fixed value; stored with the index).
+ROTATION_SEED = 3
+#: Rows of the held-out sample the training error is measured on.
+ERROR_SAMPLE = HELD_OUT_POINTS
+
+
+class RaBitQIndex(IVFIndex):
+    """Coarse quantizer + random rotation + RaBitQ codes in inverted lists."""
+
+    def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
+                 signs: np.ndarray, rotation: np.ndarray | None = None,
+                 rcentroids: np.ndarray | None = None, *,
+                 train_seconds: float = 0.0, trained_rows: int = 0, train_error: float = 0.0):
+        super().__init__(spec, dim, metric, centroids, None, train_seconds=train_seconds,
+                         trained_rows=trained_rows, train_error=train_error)
+        # the rotation: its random signs (single queries rotate by the fast transform) and
+        # the same matrix dense (encodes and batches rotate by BLAS)
+        self.signs = np.ascontiguousarray(signs, np.float32)
+        if rotation is None:
+            rotation = rq.random_rotation_of(self.signs)
+        self.rotation = np.ascontiguousarray(rotation, np.float32)
+        self.dpad = self.rotation.shape[0]
+        self.words = self.dpad // 64
+        if rcentroids is None:
+            rcentroids = self.centroids @ self.rotation[:, :dim].T
+        self.rcentroids = np.ascontiguousarray(rcentroids, np.float32)
+        self.m = rq.code_bytes(dim)      # bytes of a code row (the lists' column count)
+        self._row_terms = False
+        nlist = self.centroids.shape[0]
+        self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
+                             np.zeros(0, np.int64), 0, adctables.NO_TERMS)
+        self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
+                             np.zeros(0, np.int32), 0, nlist, adctables.NO_TERMS)
+
+    # -- training and encoding ---------------------------------------------------------------
+    @classmethod
+    def train(cls, spec: IndexSpec, X: np.ndarray, metric: int, *, seed: int = 0,
+              should_stop=None) -> "RaBitQIndex":
+        """Train the coarse quantizer on rows of X and draw the rotation (RaBitQ itself
+        learns nothing); ``train_error`` is the reconstruction error on held-out rows."""
+        t0 = time.perf_counter()
+        X = np.ascontiguousarray(X, np.float32)
+        centroids = train_coarse(spec, X, metric, seed)
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled()
+        signs = rq.rotation_signs(X.shape[1], seed + ROTATION_SEED)
+        index = cls(spec, X.shape[1], metric, centroids, signs,
+                    train_seconds=time.perf_counter() - t0, trained_rows=len(X))
+        rng = np.random.default_rng(seed + 1)
+        held = X if len(X) <= ERROR_SAMPLE else X[np.sort(rng.choice(len(X), ERROR_SAMPLE,
+                                                                     replace=False))]
+        index.train_error = index.quantization_error(held)
+        return index
+
+    def _encode(self, X: np.ndarray):
+        labels, _ = kmeans_k.assign(X, self.centroids, self.list_metric)
+        residuals = np.ascontiguousarray(X - self.centroids[labels])
+        return labels.astype(np.int32), rq.encode(residuals, self.rotation)
+
+    def reconstruct(self, lists: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return (self.centroids[lists].astype(np.float64)
+                + rq.decode_ref(np.ascontiguousarray(codes), self.rotation, self.dim))
+
+    def quantization_error(self, X: np.ndarray) -> float:
+        if len(X) == 0:
+            return 0.0
+        X = np.ascontiguousarray(X, np.float32)
+        lists, codes = self.encode(X)
+        recon = self.reconstruct(lists, codes)
+        return float(np.mean(np.sum((X - recon) ** 2, axis=1)))
+
+    def empty_like(self) -> "RaBitQIndex":
+        return RaBitQIndex(self.spec, self.dim, self.metric, np.array(self.centroids),
+                           np.array(self.signs), np.array(self.rotation),
+                           np.array(self.rcentroids),
+                           train_seconds=self.train_seconds, trained_rows=self.trained_rows,
+                           train_error=self.train_error)
+
+    def trained_finite(self) -> bool:
+        return bool(np.isfinite(self.centroids).all() and np.isfinite(self.rotation).all()
+                    and np.isfinite(self.rcentroids).all())
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
+               min_lists: int = -1):
+        """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached)."""
+        nprobe = min(nprobe, self.nlist)
+        sealed, d = self.snapshot()
+        use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
+        words, fac = rq.views(sealed.codes)
+        dwords, dfac = rq.views(d.codes)
+        return rq.rabitq_search_serial(
+            q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
+            sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
+            mask, use_mask, self.metric, max(k * refine, k), k, min_lists)
+
+    def rotate(self, Q: np.ndarray) -> np.ndarray:
+        """Rows of Q (nq, dim) in the rotated space (nq, D'), by BLAS."""
+        return np.ascontiguousarray(Q @ self.rotation[:, : self.dim].T, np.float32)
+
+    def search_batch_padded(self, X, Q, k: int, nprobe: int, refine: int, mask,
+                            all_alive: bool = False, min_lists: int = -1):
+        """As :meth:`IVFIndex.search_batch_padded`: (D, I, lists scanned, reached)."""
+        nprobe = min(nprobe, self.nlist)
+        sealed, d = self.snapshot()
+        use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
+        with one_blas_thread():
+            probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
+            QR = self.rotate(Q)
+        words, fac = rq.views(sealed.codes)
+        dwords, dfac = rq.views(d.codes)
+        return rq.rabitq_search_batch(
+            Q, QR, X, self.rcentroids, probes, sealed.offsets, words, fac, sealed.pos, dwords,
+            dfac, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric,
+            max(k * refine, k), k, min_lists)
+
+    def search_numpy(self, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):
+        """The single-query search in numpy, no numba (engine/warmup.py's cold path): the
+        same probes, estimates and re-rank as :meth:`search`, in float64 numpy
+        (:func:`.kernels.rabitq.search_ref`); (dist, pos)."""
+        sealed, d = self.snapshot()
+        probes = ivfscan.probe_lists_ref(q, self.centroids, min(nprobe, self.nlist),
+                                         self.list_metric)
+        if mask is not None and len(mask) < max(sealed.end, d.end):
+            grown = np.zeros(max(sealed.end, d.end), bool)
+            grown[: len(mask)] = mask
+            mask = grown
+        dist, pos, _ = rq.search_ref(q, X, self.rotation, self.centroids, self.rcentroids,
+                                     probes, sealed.offsets, sealed.codes, sealed.pos, d.codes,
+                                     d.pos, d.lists, d.n, mask, self.list_metric, metric,
+                                     max(k * refine, k), k)
+        return dist, pos
+
+    def scan_costs(self) -> tuple[int, int]:
+        """(opening a probed list: the query residual, its 4-bit planes; scoring a code:
+        five popcounts a 64-bit word), in the planner's units."""
+        return 3 * self.dpad, 5 * self.words + 4
+
+    @property
+    def table_strategy(self) -> str:
+        return "rabitq"
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_arrays(self, alive: np.ndarray) -> tuple[dict, dict]:
+        meta, arrays = super().to_arrays(alive)
+        arrays.pop("codebooks", None)
+        arrays["rotation_signs"] = self.signs
+        arrays["rotation"] = self.rotation
+        arrays["rcentroids"] = self.rcentroids
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict) -> "RaBitQIndex":
+        """The index saved by :meth:`to_arrays`: lists, codes, rotation and rotated centroids
+        are the bundle's arrays (mapped views), nothing is re-encoded."""
+        index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
+                    np.array(arrays["centroids"], np.float32), arrays["rotation_signs"],
+                    arrays["rotation"], arrays["rcentroids"], train_seconds=meta["train_seconds"],
+                    trained_rows=meta["trained_rows"], train_error=meta["train_error"])
+        index.trained_upto = meta.get("trained_upto", 0)
+        codes = index._codes2d(arrays["codes"])
+        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
+                              adctables.NO_TERMS)
+        return index
+
+    def info(self) -> dict:
+        out = super().info()
+        out.update(quantizer="rabitq", pq_m=0, code_bytes=self.m, padded_dim=self.dpad,
+                   query_bits=rq.QUERY_BITS, adc_tables="rabitq",
+                   rotation_bytes=int(self.rotation.nbytes + self.signs.nbytes
+                                      + self.rcentroids.nbytes))
+        return out
