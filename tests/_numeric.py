@@ -82,3 +82,17 @@ def assert_labels_tie_aware(X, C, labels_a, labels_b, *, ip: bool = False,
     np.testing.assert_allclose(da, db, rtol=0, atol=tol,
                                err_msg=f"labels differ at rows {diff[:10].tolist()} "
                                        "where the centroids are not tied")
+
+
+def exact_distances(X, Q, metric):
+    """(len(Q), len(X)) float64 distances in the engine's units (l2 squared, ip negated,
+    cosine 1 - cos): the reference the recall tests measure against."""
+    X = np.asarray(X, np.float64)
+    Q = np.atleast_2d(np.asarray(Q, np.float64))
+    if metric == "l2":
+        return (Q * Q).sum(1)[:, None] - 2.0 * Q @ X.T + (X * X).sum(1)[None, :]
+    if metric == "ip":
+        return -(Q @ X.T)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    return 1.0 - Qn @ Xn.T

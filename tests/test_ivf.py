@@ -24,6 +24,7 @@ from simplevector.engine.indexspec import IndexSpec
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _ivf_crash_child as child  # noqa: E402
+from _numeric import exact_distances  # noqa: E402
 
 CHILD = os.path.join(os.path.dirname(__file__), "_ivf_crash_child.py")
 METRICS = ("l2", "ip", "cosine")
@@ -43,19 +44,6 @@ def clustered(rng, n, dim, clusters=50, spread=4.0):
 def near(rng, centres, which, dim):
     """One held-out query near each centre in `which`."""
     return (centres[which] + rng.standard_normal((len(which), dim))).astype(np.float32)
-
-
-def exact_distances(X, Q, metric):
-    """(len(Q), len(X)) float64 distances in the engine's units."""
-    X = np.asarray(X, np.float64)
-    Q = np.atleast_2d(np.asarray(Q, np.float64))
-    if metric == "l2":
-        return (Q * Q).sum(1)[:, None] - 2.0 * Q @ X.T + (X * X).sum(1)[None, :]
-    if metric == "ip":
-        return -(Q @ X.T)
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
-    return 1.0 - Qn @ Xn.T
 
 
 def ids_for(n, prefix="r"):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import simplevector as sv
+from _numeric import exact_distances as exact
 from simplevector.engine import planner, warmup
 from simplevector.engine.indexspec import RABITQ_DEFAULT_REFINE, IndexSpec
 from simplevector.engine.ivf import IVFIndex
@@ -42,18 +43,6 @@ def clustered(rng, n, dim, clusters=40, spread=3.0):
 def near(rng, centres, count, dim):
     which = rng.integers(0, len(centres), count)
     return (centres[which] + rng.standard_normal((count, dim))).astype(np.float32)
-
-
-def exact(X, Q, metric):
-    X = np.asarray(X, np.float64)
-    Q = np.atleast_2d(np.asarray(Q, np.float64))
-    if metric == "l2":
-        return (Q * Q).sum(1)[:, None] - 2.0 * Q @ X.T + (X * X).sum(1)[None, :]
-    if metric == "ip":
-        return -(Q @ X.T)
-    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
-    return 1.0 - Qn @ Xn.T
 
 
 def recall(hits, D, allowed=None, k=10):
