@@ -701,7 +701,8 @@ def check_wal(db, found: _Found):
     except CorruptionError as e:
         found.add("wal_segment", detail=f"{e.message}: the change feed and point-in-time "
                   "restore cannot read past it; the database's state does not need it. "
-                  "Take a new snapshot (`simplevector snapshot`) so restores do not either")
+                  "Take a new snapshot (`simplevector snapshot create`) so restores do not "
+                  "either")
 
 
 def check_checkpoint_record(db, found: _Found) -> str | None:
