@@ -356,6 +356,13 @@ class LifecycleMachine(ReopenMachine):
         super().delete_ids(ids)
         self._record()
 
+    @rule(where=filter_st)
+    def delete_where(self, where):
+        # every rule that writes records the model at its LSN: a snapshot taken right
+        # after an unrecorded write had no history point to restore to
+        super().delete_where(where)
+        self._record()
+
     @rule()
     def compact(self):
         report = self.ns.compact()
