@@ -179,7 +179,10 @@ def test_the_policy_keeps_a_churned_namespace_near_its_live_size(tmp_path):
             status = db.compaction_status()
             events = [e for e in db.alert_events() if e.get("rule") == "compaction"]
             if ratio:
-                assert status["runs"] >= 5 and status["errors"] == 0, status
+                # how many runs the churn takes depends on how the background compactor
+                # interleaves with the writes (a slow, loaded machine coalesces pokes): the
+                # size bound below is the behaviour; at least one run, none failed
+                assert status["runs"] >= 1 and status["errors"] == 0, status
                 assert len(events) == status["runs"] and all(e["automatic"] for e in events)
             else:
                 assert status["runs"] == 0 and not events

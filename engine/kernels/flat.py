@@ -156,7 +156,12 @@ def _merge_block(G, metric, xn2, qn2, row0, mask, use_mask, hd, hi, counts, q0):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _finish_batch(hd, hi, counts, k):
+def _finish_batch(hd, hi, counts, k, X, Q, metric):
+    """Sort each query's heap, then give every selected row its exact distance (the
+    single-query kernels' :func:`.distances.distance`) and order by (distance, position)
+    again. BLAS rounds a row's inner product by where the row falls in its block and on
+    which CPU (seen: a compaction moved rows and their batch distances changed in the last
+    bit on AMD EPYC, not on Intel), so the expanded form is only used to select."""
     nq = hd.shape[0]
     D = np.full((nq, k), np.inf, np.float32)
     I = np.full((nq, k), -1, np.int64)
@@ -164,8 +169,16 @@ def _finish_batch(hd, hi, counts, k):
         size = counts[r]
         heap_sort(hd[r], hi[r], size)
         for j in range(size):
-            D[r, j] = hd[r, j]
-            I[r, j] = hi[r, j]
+            p = hi[r, j]
+            d = distance(X[p], Q[r], metric)
+            # insertion into the sorted prefix: the order is nearly right already
+            t = j
+            while t > 0 and (D[r, t - 1] > d or (D[r, t - 1] == d and I[r, t - 1] > p)):
+                D[r, t] = D[r, t - 1]
+                I[r, t] = I[r, t - 1]
+                t -= 1
+            D[r, t] = d
+            I[r, t] = p
     return D, I
 
 
@@ -281,8 +294,10 @@ def search_batch(X, xnorm2, Q, metric, k, mask=None):
 
     Inner products come from BLAS in blocks of at most BATCH_ROW_BLOCK rows (and enough
     queries to keep one block of distances under BATCH_BLOCK_ELEMENTS); every block is merged
-    into per-query heaps by a parallel kernel. l2 uses xnorm2 + ||q||^2 - 2 x.q clamped at 0
-    (xnorm2 = squared row norms of X, float32 (n,); computed here when None).
+    into per-query heaps by a parallel kernel. l2 selects by xnorm2 + ||q||^2 - 2 x.q clamped
+    at 0 (xnorm2 = squared row norms of X, float32 (n,); computed here when None); the
+    distances returned are recomputed exactly for the selected rows (:func:`_finish_batch`),
+    so they do not depend on a row's position or on the CPU's BLAS kernel.
 
     Returns ``(D float32 (nq, k), I int64 (nq, k))`` of fixed shape: when fewer than k rows
     are allowed, the tail of each row is padded with distance +inf and position -1.
@@ -322,7 +337,7 @@ def search_batch(X, xnorm2, Q, metric, k, mask=None):
             for q0 in range(0, nq, q_block):
                 G = Q[q0 : q0 + q_block] @ Xb.T
                 _merge_block(G, metric, xnorm2, qn2, r0, mask, use_mask, hd, hi, counts, q0)
-    return _finish_batch(hd, hi, counts, k)
+    return _finish_batch(hd, hi, counts, k, X, Q, metric)
 
 
 # --------------------------------------------------------------------------- references
