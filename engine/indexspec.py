@@ -152,9 +152,14 @@ class IndexSpec:
         return "rabitq" if self.rabitq else "pq" if self.pq_m else "flat"
 
     def default_nprobe(self) -> int:
-        """The spec's nprobe, or the planner's default for its nlist (engine/planner.py)."""
-        from .planner import default_nprobe
-        return default_nprobe(self.nlist, self.nprobe)
+        """The spec's nprobe, or the planner's default for its nlist (engine/planner.py).
+        Kept on the instance after the first call (every default query asks)."""
+        value = self.__dict__.get("_default_nprobe")
+        if value is None:
+            from .planner import default_nprobe
+            value = default_nprobe(self.nlist, self.nprobe)
+            self.__dict__["_default_nprobe"] = value    # frozen: not a field, not compared
+        return value
 
 
 #: auto's lists: the power of two nearest AUTO_LISTS_PER_SQRT_N * sqrt(n). Measured

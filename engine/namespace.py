@@ -59,6 +59,13 @@ def _padded(d, p, k):
     return D, P
 
 
+def _one(d, p):
+    """One query's (dist, pos), nearest first and all valid, as (1, m) views, m <= k:
+    the single-query form of :meth:`Namespace._execute` (no padding to build and no
+    padding to cut again; :meth:`Namespace.search` pads)."""
+    return d.reshape(1, -1), p.reshape(1, -1)
+
+
 def _observed(op: str):
     """Time a public data operation and report it to the database's observers, with the
     numba compilation it triggered split out (engine/observer.py)."""
@@ -295,8 +302,11 @@ class Namespace:
         t0 = time.perf_counter()
         state, view, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact,
                                                        t0)
-        keep = P >= 0
-        results = [(D[i][keep[i]], P[i][keep[i]]) for i in range(len(P))]
+        if len(P) == 1:
+            results = [(D[0], P[0])]        # single queries come unpadded (_execute)
+        else:
+            keep = P >= 0
+            results = [(D[i][keep[i]], P[i][keep[i]]) for i in range(len(P))]
         hits = self._hits(state, view, results, include)
         plan.seconds["fetch"] = time.perf_counter() - t3
         self._db._notify_query(self.name, plan, Q)
@@ -319,6 +329,8 @@ class Namespace:
         """
         t0 = time.perf_counter()
         state, _, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact, t0)
+        if P.shape[1] < k:                  # a single query's unpadded (1, m) result
+            D, P = _padded(D[0], P[0], k)
         ids = np.full(P.shape, None, dtype=object)
         keep = P >= 0
         if keep.any():
@@ -328,8 +340,10 @@ class Namespace:
         return (D, ids, plan) if explain else (D, ids)
 
     def _execute(self, vectors, k, where, nprobe, refine, exact, t0, cold_ok=True):
-        """Validate, plan and run a query: (state, view, prepared queries, D (nq, k) float32,
-        P (nq, k) positions padded with +inf / -1, Plan, time the search ended)."""
+        """Validate, plan and run a query: (state, view, prepared queries, D float32, P
+        positions, Plan, time the search ended). A batch's D and P are (nq, k), padded with
+        +inf / -1; a single query's are (1, m), m <= k, all valid (:func:`_one`): the
+        padding is built only where a caller wants it."""
         config = self._config()
         k = validate.k_value(k)
         if nprobe is not None:
@@ -359,9 +373,11 @@ class Namespace:
         if kind is not None and matched and not warmup.loaded(kind):
             cold = self._cold(view, index, Q[0], code, k, node, mask, matched, nprobe, refine,
                               plan)
+        single = len(Q) == 1
         if matched == 0:
-            D = np.full((len(Q), k), np.inf, np.float32)
-            P = np.full((len(Q), k), -1, np.int64)
+            width = 0 if single else k
+            D = np.full((len(Q), width), np.inf, np.float32)
+            P = np.full((len(Q), width), -1, np.int64)
         elif cold is not None:
             # the first query of this kind in the process, answered in numpy; the kernels
             # load on a background thread running the same query (engine/warmup.py)
@@ -382,7 +398,10 @@ class Namespace:
             D, P = self._search(view, Q, code, k, mask, positions)
         t3 = time.perf_counter()
         want = min(k, matched)
-        plan.short = int(np.count_nonzero((P >= 0).sum(axis=1) < want)) if want else 0
+        if single:
+            plan.short = int(P.shape[1] < want)
+        else:
+            plan.short = int(np.count_nonzero((P >= 0).sum(axis=1) < want)) if want else 0
         plan.seconds = {"prepare": t1 - t0, "filter": t2 - t1, "search": t3 - t2}
         return state, view, Q, D, P, plan, t3
 
@@ -403,23 +422,26 @@ class Namespace:
                 plan.index, plan.nprobe, plan.spec = "ivf-numpy", probes, index.spec_text
                 plan.refine = refine
                 plan.reason = reason + ": the same IVF search in numpy"
-                return _padded(d, p, k)
+                return _one(d, p)
         if matched * dim > warmup.COLD_EXACT_VALUES:
             return None
         allowed = None if node is None and view.live == view.n else mask
         d, p = warmup.exact(view.X, view.xnorm2, q, code, k, allowed)
         plan.index, plan.candidates = "exact-numpy", matched
         plan.reason = reason + ": an exact numpy scan"
-        return _padded(d, p, k)
+        return _one(d, p)
 
     def _search_ivf(self, state, index, view, Q, code, k, mask, matched, nprobe, refine, plan,
                     all_alive):
-        """(D, P) padded (nq, k) by the IVF plan (engine/planner.py)."""
+        """(D, P) by the IVF plan (engine/planner.py), shaped as :meth:`_execute` says."""
         spec = index.spec
-        list_cost, code_cost = index.scan_costs()
+        filtered = plan.matched is not None
+        # the scan costs weigh a filter's two ways only
+        list_cost, code_cost = index.scan_costs() if filtered else (0, 0)
         choice = ivf_plan(
-            filtered=plan.matched is not None, matched=matched, live=view.live, k=k,
-            nprobe=nprobe, refine=refine, spec_nprobe=spec.default_nprobe(),
+            filtered=filtered, matched=matched, live=view.live, k=k,
+            nprobe=nprobe, refine=refine,
+            spec_nprobe=nprobe or spec.default_nprobe(),
             spec_refine=spec.refine, nlist=index.nlist, has_codes=bool(index.m), dim=index.dim,
             list_cost=list_cost, code_cost=code_cost)
         plan.index, plan.spec, plan.nprobe = choice.index, index.spec_text, choice.nprobe
@@ -436,21 +458,24 @@ class Namespace:
             d, p, scanned, reached = index.search(view.X, Q[0], k, choice.max_lists,
                                                   choice.refine, mask, all_alive,
                                                   choice.min_lists)
-            D, P = _padded(d, p, k)
             plan.lists = float(scanned)
             # plain Python on one query: numpy's small-array calls cost more than the logic
-            short = np.arange(1) if len(p) < want or (widened and not reached) else ()
-        else:
-            D, P, scanned, reached = index.search_batch_padded(
-                view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
-            plan.lists = float(scanned.mean()) if len(scanned) else 0.0
-            short = (P >= 0).sum(axis=1) < want
-            if widened:
-                short |= ~np.asarray(reached, bool)
-            short = np.flatnonzero(short)
+            if len(p) >= want and (reached or not widened):
+                return _one(d, p)
+            plan.index = "ivf+exact-fallback"
+            if filtered:
+                return self._search(view, Q, code, k, None, np.flatnonzero(mask))
+            return self._search(view, Q, code, k, mask, None)
+        D, P, scanned, reached = index.search_batch_padded(
+            view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
+        plan.lists = float(scanned.mean()) if len(scanned) else 0.0
+        short = (P >= 0).sum(axis=1) < want
+        if widened:
+            short |= ~np.asarray(reached, bool)
+        short = np.flatnonzero(short)
         if len(short):
             plan.index = "ivf+exact-fallback"
-            if plan.matched is not None:
+            if filtered:
                 ED, EP = self._search(view, Q[short], code, k, None, np.flatnonzero(mask))
             else:
                 ED, EP = self._search(view, Q[short], code, k, mask, None)
@@ -588,7 +613,8 @@ class Namespace:
 
     @staticmethod
     def _search(view, Q, code, k, mask, positions):
-        """Exact (D, P): (nq, k) distances and positions, nearest first, padded +inf / -1."""
+        """Exact (D, P): distances and positions, nearest first; (nq, k) padded +inf / -1,
+        or a single query's (1, m) unpadded (:func:`_one`)."""
         if len(Q) == 1:
             if positions is not None:
                 d, p = flat.search_subset(view.X, view.xnorm2, Q[0], code, k, positions)
@@ -596,7 +622,7 @@ class Namespace:
                 d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
             else:
                 d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)
-            return _padded(d, p, k)
+            return _one(d, p)
         if positions is not None:
             Xs = np.ascontiguousarray(view.X[positions])
             D, I = flat.search_batch(Xs, view.xnorm2[positions], Q, code, k, None)

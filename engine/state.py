@@ -76,6 +76,7 @@ class VersionState:
         self.metas: dict[int, dict] = {}
         self._fields: FieldIndex | None = FieldIndex()
         self._lock = threading.Lock()   # guards array swaps on growth
+        self._view = None               # (n, live, arrays..., View) of the last view()
         # held while a write mutates this state; an index build takes it to catch up and swap
         self.mutate_lock = threading.RLock()
         self.spec = IndexSpec.parse(config.index)
@@ -109,9 +110,20 @@ class VersionState:
         return self._X[:n] if self.rows is None else self.rows.rows(n)
 
     def view(self) -> View:
+        """The searchable arrays now. The same View object is handed out until a write
+        changes n or live, or grows an array (every query asks; building one costs
+        more than the checks)."""
         with self._lock:
-            n = self.n
-            return View(self._rows_view(n), self._xnorm2[:n], self._alive[:n], n, self.live)
+            n, live = self.n, self.live
+            base = self._X if self.rows is None else self.rows.base()
+            cached = self._view
+            if (cached is not None and cached[0] == n and cached[1] == live
+                    and cached[2] is base and cached[3] is self._xnorm2
+                    and cached[4] is self._alive):
+                return cached[5]
+            view = View(self._rows_view(n), self._xnorm2[:n], self._alive[:n], n, live)
+            self._view = (n, live, base, self._xnorm2, self._alive, view)
+            return view
 
     def position_of(self, extid):
         # ids are str or int only (bools and floats are rejected at the boundary), so the
