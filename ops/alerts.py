@@ -9,8 +9,8 @@ severity while firing is recorded as an event too). Metrics:
   stat: p50, p95, p99, p999, mean, max); per namespace when the rule names one, else all
   namespaces merged. ``<op>_errors``, ``<op>_count``: failed / all operations in ``window``.
 - ``recall``: the latest probe's recall@k, per live namespace.
-- ``tombstone_ratio``, ``index_drift``, ``index_list_imbalance``, ``index_empty_lists``:
-  per namespace version.
+- ``tombstone_ratio``, ``index_drift``, ``index_list_imbalance`` (the IVF imbalance factor,
+  engine/ivf.py ``imbalance_factor``), ``index_empty_lists``: per namespace version.
 - ``short_results``: short results in ``window`` (lifetime without one), per namespace.
 - ``disk_free_ratio``, ``map_growth_headroom`` (free disk / what the LMDB map can still
   claim through its next growth), ``map_used_ratio`` (informational: the map grows by

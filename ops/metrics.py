@@ -115,6 +115,10 @@ class OpsCollector:
                                   "Tombstones over all positions.", labels=labels)
         imb = GaugeMetricFamily(f"{PREFIX}_index_list_imbalance",
                                 "Largest IVF list over the mean list.", labels=labels)
+        factor = GaugeMetricFamily(
+            f"{PREFIX}_index_imbalance_factor",
+            "IVF imbalance factor: nlist * sum(size^2) / rows^2 (1 = balanced lists).",
+            labels=labels)
         empty = GaugeMetricFamily(f"{PREFIX}_index_empty_lists", "Empty IVF lists.",
                                   labels=labels)
         drift = GaugeMetricFamily(
@@ -130,11 +134,12 @@ class OpsCollector:
             if st.index_info is not None:
                 info = st.index_info
                 imb.add_metric(lv, info["list_imbalance"])
+                factor.add_metric(lv, info.get("imbalance_factor", 0.0))
                 empty.add_metric(lv, info["empty_lists"])
                 value, _ = drift_ratio(db, st, self.drift_sample)
                 if value is not None:
                     drift.add_metric(lv, value)
-        yield from (rows, tomb, ratio, imb, empty, drift)
+        yield from (rows, tomb, ratio, imb, factor, empty, drift)
         recall = GaugeMetricFamily(f"{PREFIX}_recall",
                                    "Recall@k measured by the latest probe.",
                                    labels=["namespace", "version", "k"])

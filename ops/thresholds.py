@@ -26,7 +26,9 @@ class HealthThresholds:
 
     tombstone_warning: float = 0.20
     tombstone_critical: float = 0.50
-    imbalance_warning: float = 5.0          # largest list / mean list
+    # IVF imbalance factor: nlist * sum(size^2) / rows^2, the scan cost over balanced lists
+    # (engine/ivf.py imbalance_factor; it was largest list / mean list, 5.0, until 2026-12)
+    imbalance_warning: float = 2.0
     empty_lists_warning: float = 0.10       # share of lists that are empty
     # new-row quantization error / training error. train_error is measured on rows held out
     # of PQ training, but small training sets still vary by ~1.3-2x between samples: warn
@@ -116,7 +118,8 @@ TABLE = (
               "index_drift", "drift-and-re-training",
               "quantization error of new rows / at training"),
     Threshold("index_list_imbalance", "index_balance", "above", "imbalance_warning", None,
-              "index_imbalance", "drift-and-re-training", "largest IVF list / mean list"),
+              "index_imbalance", "drift-and-re-training",
+              "IVF imbalance factor (scan cost over balanced lists)"),
     Threshold("index_empty_lists", "index_empty_lists", "above", "empty_lists_warning", None,
               "index_empty_lists", "drift-and-re-training", "share of IVF lists empty"),
     Threshold("tombstone_ratio", "tombstone_ratio", "above", "tombstone_warning",

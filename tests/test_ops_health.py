@@ -227,3 +227,34 @@ def test_every_runbook_link_points_to_a_section_of_the_runbook(db):
     assert used and used <= anchors, used - anchors
     db.create_namespace("docs", dim=4, metric="l2")
     assert {f.runbook.split("#")[1] for f in db.health().findings} <= anchors
+
+
+def test_imbalance_factor_is_the_scan_cost_over_balanced_lists():
+    """nlist * sum(size^2) / rows^2 (FAISS's imbalance_factor): 1 when balanced, nlist when
+    one list holds every row, 0 without rows; one big list among many costs little."""
+    from simplevector.engine.ivf import imbalance_factor
+    assert imbalance_factor([5, 5, 5, 5]) == 1.0
+    assert imbalance_factor([20, 0, 0, 0]) == 4.0
+    assert imbalance_factor([0, 0, 0]) == 0.0
+    sizes = np.array([720] + [99] * 1023)           # largest list 7.2x the mean
+    assert sizes.max() / sizes.mean() > 7
+    want = len(sizes) * float((sizes.astype(float) ** 2).sum()) / float(sizes.sum()) ** 2
+    assert imbalance_factor(sizes) == round(want, 3) and imbalance_factor(sizes) < 1.1
+
+
+def test_index_balance_is_graded_by_the_imbalance_factor(db):
+    """Rows that pile into a few lists (new data far from every centroid) raise the factor
+    past the warning and fire index_imbalance; the same index on data like its training
+    set stays ok. The value is the index's own imbalance_factor."""
+    ns = planted(db, shifted=False)
+    info = ns.index_info()
+    f = by_check(db.health(), "index_balance", "v")
+    assert f.value == info["imbalance_factor"] < db.thresholds.imbalance_warning
+    assert f.severity == "ok" and "imbalance factor" in f.message
+    db.drop_namespace("v")
+    ns = planted(db, shifted=True)
+    info = ns.index_info()
+    f = by_check(db.health(), "index_balance", "v")
+    assert f.value == info["imbalance_factor"] > db.thresholds.imbalance_warning
+    assert f.severity == "warning"
+    assert "index_imbalance" in {a.rule for a in db.alerts() if a.state == "firing"}
