@@ -71,9 +71,13 @@ class ScanChooser:
         self.seen = [0, 0]              # calls timed per way (the first is not counted)
         self.calls = 0
 
+    def forced(self) -> bool | None:
+        return SCAN_SPLIT
+
     def split(self) -> bool:
-        if SCAN_SPLIT is not None:
-            return SCAN_SPLIT
+        forced = self.forced()
+        if forced is not None:
+            return forced
         self.calls += 1
         serial, split = self.cost
         if serial is None:
@@ -104,9 +108,30 @@ class ScanChooser:
                 "split_ns_per_code": None if split is None else round(split * 1e9, 3)}
 
 
-#: A batch query computes its queries' ADC tables by BLAS, this many bytes of tables at a
-#: time (128 queries at PQ64, 256 x 4-byte entries per sub-quantizer).
+class BatchTableChooser(ScanChooser):
+    """Where a batch's query-only ADC tables (ip, and l2/cosine row terms) are built, by
+    measurement, as :class:`ScanChooser` picks a scan (here "split" means BLAS): inside the
+    parallel scan, one query at a time (``ivffused.pq_search_batch``), or
+    ``BATCH_TABLE_BYTES`` of them at once by BLAS (``ivfscan.query_tables``, then
+    ``pq_search_batch_tables``). Which is cheaper depends on the CPU and its BLAS: on a
+    2-core Intel Xeon BLAS made minilm batches 1.16x faster at nprobe 32 (commit 0a1f6e9);
+    on a 2-core AMD EPYC at 2.0 GHz the tables of 1,000 queries took 24-135 ms by BLAS and
+    2.6-34 ms in numba (PQ25x8 to PQ192x4), and whole batches ran 15-25% faster in-kernel
+    at 7 of 8 points (GloVe and 384-d, nprobe 8-64). Costs are seconds per probed list;
+    batches are few and long, so the other way is retried every 16 of them."""
+
+    EXPLORE_SERIAL = 16
+    EXPLORE_SPLIT = 16
+
+    def forced(self) -> bool | None:
+        return None if BATCH_TABLES is None else BATCH_TABLES == "blas"
+
+
+#: A BLAS table batch computes this many bytes of tables at a time (128 queries at PQ64,
+#: 256 x 4-byte entries per sub-quantizer).
 BATCH_TABLE_BYTES = 8 << 20
+#: Tests and benchmarks force the batch tables: "blas" or "kernel"; None measures.
+BATCH_TABLES: str | None = None
 #: Encodes of at most this many rows (a write batch) run on one thread.
 SMALL_ENCODE_ROWS = 16384
 
@@ -217,6 +242,7 @@ class IVFIndex:
         self.trained_upto = 0
         self._lock = threading.Lock()
         self._chooser = ScanChooser()    # serial or split single-query scans
+        self._tables = BatchTableChooser()  # BLAS or in-kernel batch tables
         nlist = self.centroids.shape[0]
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
                              np.zeros(0, np.int64))
@@ -515,8 +541,18 @@ class IVFIndex:
             st, dt = self._terms(sealed, d)
             if self.list_metric == IP or len(st) == len(sealed.codes) and \
                     len(dt) == len(d.codes) and not self._pre.shape[0]:
-                return self._batch_with_tables(X, Q, probes, sealed, d, st, dt, mask, use_mask,
-                                               kk, k, min_lists)
+                blas = self._tables.split()
+                t0 = time.perf_counter()
+                if blas:
+                    out = self._batch_with_tables(X, Q, probes, sealed, d, st, dt, mask,
+                                                  use_mask, kk, k, min_lists)
+                else:
+                    out = ivffused.pq_search_batch(
+                        Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
+                        sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
+                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists)
+                self._tables.record(blas, time.perf_counter() - t0, probes.size)
+                return out
             return ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
                 sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask, use_mask,

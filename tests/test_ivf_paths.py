@@ -123,3 +123,43 @@ def test_single_queries_past_the_threshold_are_timed_both_ways(tmp_path, monkeyp
         index = db.engine._state(db.engine._resolve(ns.name).vid).index
         info = index._chooser.info()
         assert info["serial_ns_per_code"] > 0 and info["split_ns_per_code"] > 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_batch_tables_by_blas_and_in_the_kernel_give_the_same_hits(tmp_path, monkeypatch,
+                                                                   metric):
+    """Both places a batch's query tables are built (ivf.BatchTableChooser) return the
+    same hits and distances, and the single queries' hits."""
+    db, ns, Q = _namespace(tmp_path, metric, "IVF16,PQ8x8,Refine3")
+    with db:
+        got = {}
+        for way in ("blas", "kernel"):
+            monkeypatch.setattr(ivf, "BATCH_TABLES", way)
+            got[way] = ns.query(Q, k=10, nprobe=6, include=())
+        single = [ns.query(q, k=10, nprobe=6, include=()) for q in Q]
+        for a, b, s in zip(got["blas"], got["kernel"], single):
+            assert _ids_and_distances(a)[0] == _ids_and_distances(b)[0]
+            np.testing.assert_allclose(_ids_and_distances(a)[1], _ids_and_distances(b)[1],
+                                       rtol=1e-6, atol=1e-6)
+            assert_same_hits(b, s)
+
+
+def test_batches_time_both_table_ways_and_take_the_cheaper(tmp_path, monkeypatch):
+    """Unforced, the first batches measure each way (its first call not counted), then
+    the cheaper is taken and the other retried every EXPLORE_SPLIT batches."""
+    db, ns, Q = _namespace(tmp_path, "cosine", "IVF16,PQ8x8,Refine3")
+    with db:
+        monkeypatch.setattr(ivf, "BATCH_TABLES", None)
+        index = db.engine._state(db.engine._resolve(ns.name).vid).index
+        for _ in range(6):
+            ns.query(Q, k=10, nprobe=6, include=())
+        info = index._tables.info()
+        assert info["serial_ns_per_code"] > 0 and info["split_ns_per_code"] > 0
+    c = ivf.BatchTableChooser()
+    for way, cost in ((False, 1.0), (False, 2e-3), (True, 1.0), (True, 1e-3)):
+        c.split()
+        c.record(way, cost, 1000)
+    picks = [c.split() for _ in range(c.EXPLORE_SERIAL * 3)]
+    assert picks.count(False) == 3                  # BLAS cheaper: in-kernel retried
+    monkeypatch.setattr(ivf, "BATCH_TABLES", "kernel")
+    assert not any(c.split() for _ in range(5))
