@@ -58,7 +58,8 @@ db = sv.open(path, checkpoint_interval=0, auto_index=False, readonly=True)
 ns = db.namespace("v")
 for q in Q[:20]:
     ns.query(q, k=10, include=())
-ns.query(Q[:50], k=10, include=())
+for _ in range(4):      # batches measure two table ways, their first calls not counted
+    ns.query(Q[:50], k=10, include=())
 out = []
 for p in grid:
     t0 = time.perf_counter()
