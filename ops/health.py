@@ -151,7 +151,7 @@ def version_checks(db, t: HealthThresholds, drift_sample: int):
             entry["index_info"] = info
             # graded by the imbalance factor (the scan-cost excess queries pay); the largest
             # list over the mean says little on its own (one big list among 1024 is cheap)
-            imb = info.get("imbalance_factor", info["list_imbalance"])
+            imb = info["imbalance_factor"]
             empty_share = info["empty_lists"] / info["nlist"] if info["nlist"] else 0.0
             findings.append(Finding(
                 "index_balance", grade("index_balance", imb, t), ns, imb, t.imbalance_warning,

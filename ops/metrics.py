@@ -134,7 +134,7 @@ class OpsCollector:
             if st.index_info is not None:
                 info = st.index_info
                 imb.add_metric(lv, info["list_imbalance"])
-                factor.add_metric(lv, info.get("imbalance_factor", 0.0))
+                factor.add_metric(lv, info["imbalance_factor"])
                 empty.add_metric(lv, info["empty_lists"])
                 value, _ = drift_ratio(db, st, self.drift_sample)
                 if value is not None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _numeric import assert_same_topk
 
 from simplevector.engine.kernels import flat
 from simplevector.engine.kernels.distances import COSINE, IP, L2
@@ -59,9 +60,17 @@ def test_batch_distances_do_not_depend_on_where_a_row_sits(metric):
     perm = rng.permutation(len(X))
     D1, I1 = flat.search_batch(X, None, Q, metric, 10)
     D2, I2 = flat.search_batch(np.ascontiguousarray(X[perm]), None, Q, metric, 10)
-    np.testing.assert_array_equal(I1, perm[I2])
-    np.testing.assert_array_equal(D1, D2)
     for r in range(len(Q)):
         d, p = flat.search_one(X, None, Q[r], metric, 10)
-        np.testing.assert_array_equal(p, I1[r])
-        np.testing.assert_array_equal(d, D1[r])
+        moved = dict(zip(perm[I2[r]].tolist(), D2[r].tolist()))
+        single = dict(zip(p.tolist(), d.tolist()))
+        # the set may differ only where the selection's rounding breaks a near-tie
+        assert_same_topk(D1[r], I1[r], D2[r], perm[I2[r]])
+        assert_same_topk(D1[r], I1[r], d, p)
+        # a row found by both carries the same bits, wherever it sat and by either path
+        for pos, dist in zip(I1[r].tolist(), D1[r].tolist()):
+            if pos in moved:
+                assert moved[pos] == dist, (r, pos)
+            if pos in single:
+                assert single[pos] == dist, (r, pos)
+        assert len(set(I1[r].tolist()) & set(single)) >= 9
