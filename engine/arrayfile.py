@@ -158,17 +158,32 @@ def read_bundle(path: str, *, check: bool = False) -> tuple[dict, dict]:
     """(meta, arrays) of a bundle; arrays are views of one private mapping.
     ``check=True`` verifies every array's CRC-32 (verify does; reopening does not)."""
     try:
+        header, arrays = _map_bundle(path, check)
+    except FileNotFoundError as e:
+        raise CorruptionError(f"cannot read the array bundle {path}: {e}") from e
+    return header["meta"], arrays
+
+
+def _map_bundle(path: str, check: bool) -> tuple[dict, dict]:
+    """(header, arrays) from one mapping of the file. Once mapped, the arrays stay readable
+    even if a later checkpoint unlinks the file (verify reads a bundle while one may).
+    A missing file raises FileNotFoundError; anything unreadable, CorruptionError."""
+    try:
         with open(path, "rb") as f:
             header, data_start = _read_header(f, path)
             size = os.fstat(f.fileno()).st_size
             # copy-on-write and never written: the arrays are writable numpy arrays (the
             # numba kernels are compiled for those) whose pages stay the file's
             mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else b""
+    except FileNotFoundError:
+        raise
     except (OSError, struct.error, ValueError, msgpack.UnpackException) as e:
         raise CorruptionError(f"cannot read the array bundle {path}: {e}") from e
     buf = memoryview(mm)
     arrays = {}
     try:
+        if not isinstance(header.get("meta"), dict):
+            raise ValueError("it has no meta")
         for name, (dtype, shape, off, nbytes, crc) in header["arrays"].items():
             start = data_start + off
             if start + nbytes > size:
@@ -178,8 +193,8 @@ def read_bundle(path: str, *, check: bool = False) -> tuple[dict, dict]:
             if check and (zlib.crc32(raw) & 0xFFFFFFFF) != crc:
                 raise CorruptionError(f"array bundle {path}: {name!r} fails its checksum")
             arrays[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
-        return header["meta"], arrays
-    except (KeyError, TypeError, ValueError) as e:      # a header of the wrong shape
+        return header, arrays
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a header of the wrong shape
         raise CorruptionError(f"array bundle {path}: its header is not valid: {e}") from e
 
 
@@ -204,25 +219,20 @@ def _read_header(f, path: str) -> tuple[dict, int]:
     return header, -(-(_HEAD.size + hlen + extra) // _ALIGN) * _ALIGN
 
 
-def bundle_damage(path: str) -> list:
-    """What is wrong with a bundle, one string per finding (empty: every array passes its
-    CRC-32): an unreadable header, or each array that runs past the file or fails its
-    checksum, by name. engine/integrity.py reports them; repair rewrites the bundle."""
+def inspect_bundle(path: str) -> tuple[dict | None, dict | None, list]:
+    """(meta, arrays, damage) of a bundle from one mapping. Damage is one string per finding
+    (empty: every array passes its CRC-32): an unreadable header, or each array that runs
+    past the file or fails its checksum, by name; meta and arrays are None when the header
+    cannot be read. A missing file raises FileNotFoundError: the caller decides whether that
+    is damage or a checkpoint that replaced this one meanwhile."""
     try:
-        _meta, arrays = read_bundle(path)
+        header, arrays = _map_bundle(path, False)
     except CorruptionError as e:
-        return [str(e)]
-    try:
-        with open(path, "rb") as f:
-            header, _start = _read_header(f, path)
-    except CorruptionError as e:
-        return [str(e)]
-    except (OSError, struct.error, ValueError, msgpack.UnpackException) as e:
-        return [f"cannot read the array bundle {path}: {e}"]
+        return None, None, [str(e)]
     out = []
     for name, entry in header["arrays"].items():
         arr = arrays[name]
         raw = memoryview(arr).cast("B") if arr.size else b""
         if (zlib.crc32(raw) & 0xFFFFFFFF) != entry[4]:
             out.append(f"array bundle {path}: {name!r} fails its checksum")
-    return out
+    return header["meta"], arrays, out

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import schema, segments
 from .apply import unpack
-from .arrayfile import bundle_damage, read_bundle
+from .arrayfile import inspect_bundle
 from .errors import CorruptionError, InvalidInput, StorageError
 from .fieldindex import FieldIndex, _walk
 from .filters import scalar_key
@@ -557,15 +557,17 @@ def _check_ivf(v: _Version, found: _Found):
 
 def check_bundle(dbpath: str, name: str, config, found: _Found):
     path = segments.bundle_path(dbpath, name, config.vid)
-    if not os.path.exists(path):
-        return                      # a version created since the checkpoint
+    try:
+        meta, arrays, damage = inspect_bundle(path)
+    except FileNotFoundError:
+        # a version created since the checkpoint, or a checkpoint that replaced this one
+        # (and removed its directory) while verify ran: this bundle is no longer the record
+        return
     found.count("bundles")
-    damage = bundle_damage(path)
     for text in damage:
         found.add("bundle_checksum", config, key=path, detail=text)
     if damage:
         return
-    meta, arrays = read_bundle(path)
     alive = arrays["alive"]
     if int(np.count_nonzero(alive)) != meta["live"]:
         found.add("bundle", config, key=path, detail=f"the bundle's alive mask holds "

@@ -453,6 +453,47 @@ def test_verify_and_scrub_during_concurrent_writes_report_nothing(db_path):
         assert db.verify().ok
 
 
+def test_verify_reads_a_bundle_that_a_later_checkpoint_removes_meanwhile(db_path, monkeypatch):
+    """A checkpoint that replaces the one verify read from the record removes its directory:
+    before verify maps the bundle (nothing to read: not damage) or after (the mapping stays
+    readable). Both are what a checkpoint in another thread does during verify."""
+    import shutil
+    from simplevector.engine import arrayfile, integrity
+    path, _ = db_path
+    with sv.open(path) as db:
+        ns = db.namespace("docs")
+        real_record, real_map = integrity.check_checkpoint_record, arrayfile._map_bundle
+
+        def record_then_replace(engine, found):
+            name = real_record(engine, found)
+            ns.upsert(["late"], np.ones((1, DIM), np.float32))
+            db.checkpoint()                         # the named directory is gone now
+            assert integrity._checkpoint_dir(engine) != name
+            assert not os.path.isdir(os.path.join(segments.ckpt_root(str(path)), name))
+            return name
+
+        monkeypatch.setattr(integrity, "check_checkpoint_record", record_then_replace)
+        report = db.verify()
+        assert report.ok, report.problems
+        assert report.checked["bundles"] == 0
+        monkeypatch.setattr(integrity, "check_checkpoint_record", real_record)
+
+        moved = str(path / "moved-away")
+
+        def map_then_remove(bundle, check):
+            out = real_map(bundle, check)
+            shutil.move(os.path.dirname(bundle), moved)    # as the next checkpoint removes it
+            return out
+
+        monkeypatch.setattr(arrayfile, "_map_bundle", map_then_remove)
+        name = integrity._checkpoint_dir(db.engine)
+        report = db.verify()
+        assert report.ok, report.problems
+        assert report.checked["bundles"] >= 1       # read, checksums and lists checked
+        assert os.path.isdir(moved)
+        shutil.move(moved, os.path.join(segments.ckpt_root(str(path)), name))
+
+
 def test_cli_repair_rows_from_wal_rewrites_only_when_asked(db_path):
     path, vid = db_path
     plant_row(path, vid, 17)
