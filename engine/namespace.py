@@ -300,14 +300,15 @@ class Namespace:
         except (ValueError, TypeError):     # ragged rows: the validation below names them
             single = False
         t0 = time.perf_counter()
-        state, view, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact,
-                                                       t0)
-        if len(P) == 1:
-            results = [(D[0], P[0])]        # single queries come unpadded (_execute)
-        else:
-            keep = P >= 0
-            results = [(D[i][keep[i]], P[i][keep[i]]) for i in range(len(P))]
-        hits = self._hits(state, view, results, include)
+        with warmup.foreground():
+            state, view, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine,
+                                                           exact, t0)
+            if len(P) == 1:
+                results = [(D[0], P[0])]        # single queries come unpadded (_execute)
+            else:
+                keep = P >= 0
+                results = [(D[i][keep[i]], P[i][keep[i]]) for i in range(len(P))]
+            hits = self._hits(state, view, results, include)
         plan.seconds["fetch"] = time.perf_counter() - t3
         self._db._notify_query(self.name, plan, Q)
         out = hits[0] if single else hits
@@ -328,13 +329,15 @@ class Namespace:
         padding.
         """
         t0 = time.perf_counter()
-        state, _, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine, exact, t0)
-        if P.shape[1] < k:                  # a single query's unpadded (1, m) result
-            D, P = _padded(D[0], P[0], k)
-        ids = np.full(P.shape, None, dtype=object)
-        keep = P >= 0
-        if keep.any():
-            ids[keep] = state.extids_at(P[keep])
+        with warmup.foreground():
+            state, _, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine,
+                                                        exact, t0)
+            if P.shape[1] < k:                  # a single query's unpadded (1, m) result
+                D, P = _padded(D[0], P[0], k)
+            ids = np.full(P.shape, None, dtype=object)
+            keep = P >= 0
+            if keep.any():
+                ids[keep] = state.extids_at(P[keep])
         plan.seconds["fetch"] = time.perf_counter() - t3
         self._db._notify_query(self.name, plan, Q)
         return (D, ids, plan) if explain else (D, ids)

@@ -17,12 +17,24 @@ dispatchers already hold a compiled signature in this process (any earlier query
 ``SIMPLEVECTOR_COLD_QUERIES=0`` in the environment turns the numpy path off: every query
 then runs through the kernels, the first ones waiting for them (the test suite does this,
 so that a plan does not depend on which test ran first).
+
+Loading the kernels is mostly Python (numba importing its target registries), so the
+background thread competes for the GIL with the queries it is there to keep fast: on the
+2-core demo machine the first filtered query after a reopen took 21-26 ms with the thread
+running against 6-8 ms once it was done. So the background thread steps aside: a trace
+hook on that thread alone (``sys.settrace``, called on each Python call it makes) waits,
+GIL released, while a query runs in any other thread (:func:`foreground`), at most
+:data:`MAX_PAUSE_S` per query, so a query that needs a lock the loader holds (numba's
+compiler lock, an import lock) is delayed by that bound, never deadlocked. The hook is
+removed when the load ends.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
+import sys
 import threading
 
 import numpy as np
@@ -43,9 +55,54 @@ _DISPATCHERS = {
     "flat-blas": (topk, ("_topk_smallest_kernel",)),
 }
 
+#: The longest a background load waits for one foreground query (see the module docstring).
+MAX_PAUSE_S = 0.05
+
 _lock = threading.Lock()
 _started: set = set()
 _done: set = set()
+_loading = 0                    # background loads running
+_foreground = 0                 # queries running outside the background threads
+_episode = 0                    # counts the times _foreground went 0 -> 1
+_clear = threading.Event()      # set while no query runs in the foreground
+_clear.set()
+_NO_LOAD = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _query_running():
+    global _foreground, _episode
+    with _lock:
+        _foreground += 1
+        if _foreground == 1:
+            _episode += 1
+            _clear.clear()
+    try:
+        yield
+    finally:
+        with _lock:
+            _foreground -= 1
+            if _foreground == 0:
+                _clear.set()
+
+
+def foreground():
+    """A context for one query in a caller's thread: background loads wait while it runs.
+    Costs one check while none runs (the usual case)."""
+    return _query_running() if _loading else _NO_LOAD
+
+
+def _step_aside():
+    """A trace function for the background thread: wait while a foreground query runs."""
+    waited = -1
+
+    def trace(frame, event, arg):
+        nonlocal waited
+        if _foreground and waited != _episode:
+            waited = _episode
+            _clear.wait(MAX_PAUSE_S)
+        return None                 # no per-line tracing
+    return trace
 
 
 def kind_of(index, values: int) -> str:
@@ -76,19 +133,27 @@ def loaded(kind: str) -> bool:
 
 def start(kind: str, fn) -> None:
     """Run ``fn`` (a query through the kernels) once per kind on a background thread."""
+    global _loading
     with _lock:
         if kind in _started:
             return
         _started.add(kind)
 
     def run():
+        global _loading
         threading.current_thread().name = f"simplevector-warmup-{kind}"
+        sys.settrace(_step_aside())
         try:
             fn()
         except Exception:       # the next query loads the kernels on its own thread
             pass
         finally:
+            sys.settrace(None)
             _done.add(kind)
+            with _lock:
+                _loading -= 1
+    with _lock:
+        _loading += 1
     # not threading.Thread.start(): it waits until the new thread has run, and a new thread
     # that starts importing numba holds the GIL for a switch interval (5 ms) or more, which
     # the query that asked for it would pay. start_new_thread returns at once; the thread

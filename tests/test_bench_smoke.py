@@ -96,3 +96,31 @@ def test_ivf_ingest_build_all_reports_both_systems(tmp_path):
         assert res[key] > 0, key
     assert res["ratio_build_all_over_faiss"] == pytest.approx(
         res["simplevector_build_index_all_seconds"] / res["faiss_train_add_seconds"])
+
+
+def test_first_answer_measures_an_existing_namespace_and_a_filtered_query(tmp_path):
+    import numpy as np
+
+    import simplevector as sv
+    from bench import first_answer
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, 16)).astype(np.float32)
+    with sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False) as db:
+        ns = db.create_namespace("words", dim=16, metric="cosine", index="IVF16,PQ4")
+        ns.upsert(list(range(3000)), X, metadata=[{"rank": i} for i in range(3000)])
+        ns.build_index()
+    res = first_answer.run(0, 0, 1, str(tmp_path / "db"), namespace="words",
+                           where={"rank": {"$lt": 300}})
+    row = res["runs"][0]
+    assert row["same_hits"] and row["same_filtered_hits"]
+    for label in ("numpy first", "kernels first"):
+        x = row[label]
+        assert len(x["ids"]) == 10 and all(i < 300 for i in x["filtered_ids"])
+        assert len(x["filtered_ids"]) == 10 and x["filtered_s"] > 0
+        assert {"filter", "search"} <= set(x["filtered_stages_s"])
+    assert row["numpy first"]["plan"] == "ivf-numpy"
+    assert row["numpy first"]["filtered_plan"] == "exact-numpy"
+    # the filtered hits are the exact nearest among the matching rows (cosine)
+    q = np.random.default_rng(0).standard_normal(16).astype(np.float32)
+    V = X[:300] / np.linalg.norm(X[:300], axis=1, keepdims=True)
+    assert row["numpy first"]["filtered_ids"] == np.argsort(-(V @ q), kind="stable")[:10].tolist()

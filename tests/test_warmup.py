@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +154,48 @@ def test_numpy_ivf_search_equals_the_kernels(tmp_path):
                     assert all(view.alive[p])
             # float32 sums in another order may swap a candidate at the re-rank boundary
             assert same >= 0.99 * 20 * 2 * 10, (metric, spec, same)
+
+
+def _background_load(monkeypatch, pause_s):
+    """Start a background load (warmup.start) that makes one Python call once released:
+    (release, done) events; the test's own kind is forgotten afterwards."""
+    monkeypatch.setattr(warmup, "MAX_PAUSE_S", pause_s)
+    kind = f"test-step-aside-{pause_s}"
+    release, done = threading.Event(), threading.Event()
+
+    def python_call():
+        return 1
+
+    def load():
+        release.wait()
+        python_call()               # a Python call: the trace hook decides whether to wait
+        done.set()
+    warmup.start(kind, load)
+    monkeypatch.setattr(warmup, "_started", warmup._started - {kind})
+    return release, done
+
+
+def test_a_background_load_waits_while_a_query_runs_and_goes_on_after_it(monkeypatch):
+    release, done = _background_load(monkeypatch, pause_s=60.0)
+    with warmup.foreground():
+        assert warmup._foreground == 1      # a load is running: the query is counted
+        release.set()
+        # unhooked, the load finishes in microseconds; hooked, it waits for the query
+        assert not done.wait(0.3)
+    assert done.wait(10)
+    assert warmup._foreground == 0
+    deadline = time.time() + 10
+    while warmup._loading and time.time() < deadline:
+        time.sleep(0.001)
+    assert warmup._loading == 0
+    # no load running: a query costs one check, nothing is counted
+    with warmup.foreground():
+        assert warmup._foreground == 0
+
+
+def test_a_background_load_waits_at_most_max_pause_for_one_query(monkeypatch):
+    # a query that outlasts the bound (or waits for a lock the load holds) does not stop it
+    release, done = _background_load(monkeypatch, pause_s=0.05)
+    with warmup.foreground():
+        release.set()
+        assert done.wait(10)
