@@ -128,7 +128,12 @@ def test_auto_spec_picks_about_two_sqrt_n_lists_as_the_sweep_measured():
     0.9 and over the health imbalance warning); 60k x 384: IVF512, 4-dim sub-vectors."""
     from simplevector.engine.indexspec import auto_spec
     assert str(auto_spec(400_000, 50)) == "IVF1024,PQ25x8,Refine4"
-    assert str(auto_spec(60_000, 384)) == "IVF512,PQ96x8,Refine4"
+    assert str(auto_spec(60_000, 128)) == "IVF512,PQ32x8,Refine4"
+    # from 384 dims RaBitQ (docs/perf/rabitq.md), refine 10 by default
+    assert str(auto_spec(60_000, 384)) == "IVF512,RaBitQ"
+    assert auto_spec(60_000, 384).refine == 10
+    assert str(auto_spec(60_000, 320)) == "IVF512,PQ80x8,Refine4"
+    assert auto_spec(200_000, 1536).rabitq and auto_spec(200_000, 1536).nlist == 1024
     assert auto_spec(10_000_000, 96).nlist == 4096           # the cap
     assert auto_spec(3000, 16).nlist * 39 <= 3000             # still trainable
 
