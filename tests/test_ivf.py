@@ -135,6 +135,9 @@ def test_auto_spec_picks_about_two_sqrt_n_lists_as_the_sweep_measured():
     assert str(auto_spec(60_000, 320)) == "IVF512,PQ80x8,Refine4"
     assert auto_spec(200_000, 1536).rabitq and auto_spec(200_000, 1536).nlist == 1024
     assert auto_spec(10_000_000, 96).nlist == 4096           # the cap
+    assert str(auto_spec(60_000, 98)) == "IVF512,PQ14x8,Refine4"   # 7-dim sub-vectors
+    assert str(auto_spec(60_000, 127)) == "IVF512,RaBitQ"    # prime: no PQ1x8
+    assert str(auto_spec(60_000, 254)) == "IVF512,RaBitQ"    # 2 x 127: no PQ2x8
     assert auto_spec(3000, 16).nlist * 39 <= 3000             # still trainable
 
 
