@@ -185,22 +185,18 @@ def auto_spec(n: int, dim: int) -> IndexSpec:
     (:data:`RABITQ_DEFAULT_REFINE`), below it PQ with sub-vectors of 2 dims (4 when
     dim > 64) and refine 4. PQ needs m to divide dim; where no divisor keeps sub-vectors
     within twice that width (a prime dim such as 127 would get PQ1x8, one 127-dim
-    sub-vector: recall@10 0.09 against RaBitQ's 0.46 on a 20k x 127 synthetic set at
-    the default nprobe, and 0.45 / 0.44 for PQ32x8 / RaBitQ at 128 dims), RaBitQ codes,
-    which take any dim."""
+    sub-vector that barely ranks), RaBitQ codes, which take any dim."""
     want = AUTO_LISTS_PER_SQRT_N * math.sqrt(max(n, 1))
     nlist = 2 ** int(round(math.log2(max(64.0, min(4096.0, want)))))
     while nlist > 1 and nlist * TRAIN_POINTS_PER_LIST > n:
         nlist //= 2     # small namespaces (a low auto threshold): fewer lists, still trainable
-    if dim >= AUTO_RABITQ_MIN_DIM:
-        return IndexSpec(kind="ivf", nlist=nlist, rabitq=True, refine=RABITQ_DEFAULT_REFINE)
     sub = 2 if dim <= 64 else 4
-    m = dim // sub
+    m = max(1, dim // sub)
     while m > 1 and dim % m:
         m -= 1
-    if dim // max(1, m) > 2 * sub:
+    if dim >= AUTO_RABITQ_MIN_DIM or dim // m > 2 * sub:
         return IndexSpec(kind="ivf", nlist=nlist, rabitq=True, refine=RABITQ_DEFAULT_REFINE)
-    return IndexSpec(kind="ivf", nlist=nlist, pq_m=max(1, m), refine=4)
+    return IndexSpec(kind="ivf", nlist=nlist, pq_m=m, refine=4)
 
 
 def with_nprobe(spec: IndexSpec, nprobe: Optional[int]) -> IndexSpec:
