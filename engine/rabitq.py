@@ -58,6 +58,8 @@ class RaBitQIndex(IVFIndex):
             rcentroids = self.centroids @ self.rotation[:, :dim].T
         self.rcentroids = np.ascontiguousarray(rcentroids, np.float32)
         self.m = rq.code_bytes(dim)      # bytes of a code row (the lists' column count)
+        #: eps0 of the re-rank's error bound (kernels/rabitq.py BOUND_EPS; < 0: re-rank all)
+        self.bound_eps = rq.BOUND_EPS
         self._row_terms = False
         nlist = self.centroids.shape[0]
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
@@ -122,10 +124,11 @@ class RaBitQIndex(IVFIndex):
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         words, fac = rq.views(sealed.codes)
         dwords, dfac = rq.views(d.codes)
-        return rq.rabitq_search_serial(
+        dist, pos, scanned, reached, _ = rq.rabitq_search_serial(
             q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
             sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-            mask, use_mask, self.metric, max(k * refine, k), k, min_lists)
+            mask, use_mask, self.metric, max(k * refine, k), k, min_lists, self.bound_eps)
+        return dist, pos, scanned, reached
 
     def rotate(self, Q: np.ndarray) -> np.ndarray:
         """Rows of Q (nq, dim) in the rotated space (nq, D'), by BLAS."""
@@ -142,10 +145,11 @@ class RaBitQIndex(IVFIndex):
             QR = self.rotate(Q)
         words, fac = rq.views(sealed.codes)
         dwords, dfac = rq.views(d.codes)
-        return rq.rabitq_search_batch(
+        D, I, scanned, reached, _ = rq.rabitq_search_batch(
             Q, QR, X, self.rcentroids, probes, sealed.offsets, words, fac, sealed.pos, dwords,
             dfac, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric,
-            max(k * refine, k), k, min_lists)
+            max(k * refine, k), k, min_lists, self.bound_eps)
+        return D, I, scanned, reached
 
     def search_numpy(self, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):
         """The single-query search in numpy, no numba (engine/warmup.py's cold path): the
@@ -158,10 +162,10 @@ class RaBitQIndex(IVFIndex):
             grown = np.zeros(max(sealed.end, d.end), bool)
             grown[: len(mask)] = mask
             mask = grown
-        dist, pos, _ = rq.search_ref(q, X, self.rotation, self.centroids, self.rcentroids,
-                                     probes, sealed.offsets, sealed.codes, sealed.pos, d.codes,
-                                     d.pos, d.lists, d.n, mask, self.list_metric, metric,
-                                     max(k * refine, k), k)
+        dist, pos, _, _ = rq.search_ref(q, X, self.rotation, self.centroids, self.rcentroids,
+                                        probes, sealed.offsets, sealed.codes, sealed.pos, d.codes,
+                                        d.pos, d.lists, d.n, mask, self.list_metric, metric,
+                                        max(k * refine, k), k, self.bound_eps)
         return dist, pos
 
     def scan_costs(self) -> tuple[int, int]:

@@ -209,15 +209,19 @@ def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
     probes = np.arange(index.nlist, dtype=np.int64)
     hd = np.empty(len(X), np.float32)
     hi = np.empty(len(X), np.int64)
+    hl = np.empty(len(X), np.float32)
     words, fac = rq.views(sealed.codes)
     dwords, dfac = rq.views(d.codes)
     size, scanned, _ = rq.rabitq_scan(qr, index.rcentroids, probes, sealed.offsets, words, fac,
                                       sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-                                      ivfscan.NO_MASK, False, metric, hd, hi, -1)
+                                      ivfscan.NO_MASK, False, metric, hd, hi, hl, 1.5, -1)
     assert size == len(X) and scanned == index.nlist
     got = np.empty(len(X))
     got[hi[:size]] = hd[:size]
+    got_lower = np.empty(len(X))
+    got_lower[hi[:size]] = hl[:size]
     want = np.empty(len(X))
+    want_err = np.empty(len(X))
     dl = d.lists[: d.n]
     for l in range(index.nlist):
         rows = np.arange(sealed.offsets[l], sealed.offsets[l + 1])
@@ -227,9 +231,11 @@ def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
         y = qr if metric == IP else (qr - index.rcentroids[l]).astype(np.float32)
         base = (-float(qr.astype(np.float64) @ index.rcentroids[l]) if metric == IP
                 else float(y.astype(np.float64) @ y))
-        want[pos], _ = rq.estimate_ref(codes, y, index.dpad, metric, base)
+        want[pos], want_err[pos] = rq.estimate_ref(codes, y, index.dpad, metric, base)
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+    # each heap entry carries its lower bound, estimate - eps x error bound
+    np.testing.assert_allclose(got_lower, want - 1.5 * want_err, rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -275,15 +281,90 @@ def test_search_kernel_returns_the_reference_search(metric):
     for q in Q:
         probes = ivfscan.probe_lists_ref(q, index.centroids, 5, index.list_metric)
         dist, pos, scanned, reached = index.search(X, q, 10, 5, 4, mask)
-        want_d, want_p, _ = rq.search_ref(q, X, index.rotation, index.centroids,
-                                          index.rcentroids, probes, sealed.offsets,
-                                          sealed.codes, sealed.pos, d.codes, d.pos, d.lists,
-                                          d.n, mask, index.list_metric, metric, 40, 10)
+        want_d, want_p, top, done = rq.search_ref(
+            q, X, index.rotation, index.centroids, index.rcentroids, probes, sealed.offsets,
+            sealed.codes, sealed.pos, d.codes, d.pos, d.lists, d.n, mask, index.list_metric,
+            metric, 40, 10)
         assert scanned == 5 and reached
         assert not (mask[pos] == 0).any()
         np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-4)
         # ids agree except among (near-)tied estimates or distances
         assert len(set(pos.tolist()) & set(want_p.tolist())) >= 9
+        assert len(top) == 40 and 10 <= len(done) <= 40 and set(done) <= set(top)
+
+
+def test_bounded_rerank_reads_candidates_in_bound_order_until_one_is_beyond_the_kth():
+    """rerank_bounded against its definition: candidates by lower bound; each re-ranked
+    unless its bound (halved for cosine) already exceeds the k-th exact distance so far;
+    the first that does ends the re-rank. Negative bounds everywhere: all re-ranked."""
+    rng = np.random.default_rng(3)
+    for metric in (L2, IP, COSINE):
+        X = rng.standard_normal((500, 24)).astype(np.float32)
+        if metric == COSINE:
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+        for trial in range(20):
+            q = X[rng.integers(500)] + 0.3 * rng.standard_normal(24).astype(np.float32)
+            if metric == COSINE:
+                q /= np.linalg.norm(q)
+            q = q.astype(np.float32)
+            cand = rng.choice(500, 60, replace=False).astype(np.int64)
+            names = {L2: "l2", IP: "ip", COSINE: "cosine"}
+            exact_d = {int(p): float(v)
+                       for p, v in zip(cand, exact(X[cand], q[None], names[metric])[0])}
+            scale = 0.5 if metric == COSINE else 1.0
+            # bounds: the exact distance (in the estimate's units) minus a random slack
+            lower = np.array([exact_d[int(p)] / scale - rng.uniform(0, 2.0) for p in cand],
+                             np.float32)
+            if trial == 0:
+                lower[:] = -np.inf
+            got_d, got_p, n = rq.rerank_bounded(X, q, metric, cand, lower, len(cand), 10)
+            seen = []
+            for t in np.argsort(lower, kind="stable"):
+                if len(seen) >= 10 and lower[t] * scale > sorted(exact_d[p] for p in seen)[9]:
+                    break
+                seen.append(int(cand[t]))
+            assert n == len(seen) and (trial or n == len(cand))
+            want = sorted(seen, key=lambda p: (exact_d[p], p))[:10]
+            assert got_p.tolist() == want
+            np.testing.assert_allclose(got_d, [exact_d[p] for p in want], rtol=1e-5, atol=1e-5)
+            # with true lower bounds nothing skipped could have been among the k nearest
+            full = sorted(cand.tolist(), key=lambda p: (exact_d[p], p))[:10]
+            assert got_p.tolist() == full
+
+
+@pytest.mark.parametrize("metric", [L2, IP, COSINE])
+def test_error_bound_keeps_the_results_of_re_ranking_every_candidate(metric):
+    """The bound only skips rows that were not going to make the top k: against eps < 0 (every
+    one of the k x refine candidates re-ranked) the results agree, while fewer rows are read."""
+    rng = np.random.default_rng(70 + metric)
+    # rows of a 16-dim latent space in 384 dims (embeddings are far from isotropic): the
+    # distances spread, so the bound has something to skip
+    basis = rng.standard_normal((16, 384)).astype(np.float32)
+    Z = rng.standard_normal((6030, 16)).astype(np.float32)
+    X = Z @ basis + 0.1 * rng.standard_normal((6030, 384)).astype(np.float32)
+    if metric == COSINE:
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X, Q = np.ascontiguousarray(X[:6000]), np.ascontiguousarray(X[6000:])
+    index = IVFIndex.train(IndexSpec.parse("IVF16,RaBitQ"), X, metric, seed=1)
+    index.load_lists(np.arange(len(X)), *index.encode(X))
+    sealed, d = index.snapshot()
+    words, fac = rq.views(sealed.codes)
+    dwords, dfac = rq.views(d.codes)
+    mask = np.ones(len(X), bool)
+    same = read = every = 0
+    for q in Q:
+        out = {}
+        for eps in (-1.0, rq.BOUND_EPS):
+            out[eps] = rq.rabitq_search_serial(
+                q, X, index.signs, index.centroids, index.rcentroids, 6, index.list_metric,
+                sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
+                mask, False, metric, 80, 10, -1, eps)
+        same += len(set(out[-1.0][1].tolist()) & set(out[rq.BOUND_EPS][1].tolist()))
+        every += out[-1.0][4]
+        read += out[rq.BOUND_EPS][4]
+    assert every == 80 * len(Q)
+    assert same >= 0.995 * 10 * len(Q), same
+    assert read < 0.9 * every, (read, every)
 
 
 def test_batch_kernel_returns_the_single_query_results():

@@ -45,7 +45,6 @@ __all__ = [
     "pq_search_ref",
     "flat_lists_serial",
     "flat_lists_batch",
-    "rerank",
 ]
 
 
@@ -78,11 +77,6 @@ def _rerank(X, q, metric, cd, ci, csize, k):
             size, worst = heap_consider(od, oi, size, worst, d, p)
     heap_sort(od, oi, size)
     return od[:size].copy(), oi[:size].copy()
-
-
-#: The exact re-rank every IVF kernel with estimated candidates shares (kernels/rabitq.py):
-#: (dist, pos) of the k nearest of the ``csize`` candidate positions ``ci``, ascending.
-rerank = _rerank
 
 
 @njit(cache=True, nogil=True)

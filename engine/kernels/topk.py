@@ -4,7 +4,8 @@ Order is by value ascending, ties broken by the lower index, so results are dete
 match a stable argsort. Selection keeps a bounded max-heap of size k (the root is the worst
 entry kept), which costs O(n log k) and touches each value once.
 
-The heap helpers (``heap_offer``, ``heap_consider``, ``heap_sort``) work on a pair of
+The heap helpers (``heap_offer``, ``heap_consider``, ``heap_sort``; ``heap_consider_payload``
+carries one float32 more per entry) work on a pair of
 parallel arrays (values, ids) and are shared by every kernel that keeps a top-k (:mod:`.flat`,
 :mod:`.ivfscan`, :mod:`.ivffused`). Inputs must be finite: a
 NaN never compares as better or worse, so it is not defined where it lands.
@@ -109,6 +110,59 @@ def heap_sort(hd, hi, size):
         hd[end] = top_d
         hi[end] = top_i
         _sift_down(hd, hi, end, last_d, last_i)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down_payload(hd, hi, hx, size, d, i, x):
+    """:func:`_sift_down` carrying a float32 payload ``hx`` beside each entry."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and _worse(hd[right], hi[right], hd[child], hi[child]):
+            child = right
+        if _worse(hd[child], hi[child], d, i):
+            hd[pos] = hd[child]
+            hi[pos] = hi[child]
+            hx[pos] = hx[child]
+            pos = child
+        else:
+            break
+    hd[pos] = d
+    hi[pos] = i
+    hx[pos] = x
+
+
+@njit(cache=True, nogil=True)
+def heap_consider_payload(hd, hi, hx, size, worst, d, i, x):
+    """:func:`heap_consider` whose entries carry a float32 payload ``x`` in ``hx`` (the
+    same order by (d, i); the payload never decides): kernels/rabitq.py keeps each
+    candidate's lower distance bound there."""
+    if d > worst:
+        return size, worst
+    k = hd.shape[0]
+    if size < k:
+        pos = size
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if _worse(d, i, hd[parent], hi[parent]):
+                hd[pos] = hd[parent]
+                hi[pos] = hi[parent]
+                hx[pos] = hx[parent]
+                pos = parent
+            else:
+                break
+        hd[pos] = d
+        hi[pos] = i
+        hx[pos] = x
+        size += 1
+    elif k > 0 and _worse(hd[0], hi[0], d, i):
+        _sift_down_payload(hd, hi, hx, size, d, i, x)
+    if size == k:
+        worst = hd[0]
+    return size, worst
 
 
 # --------------------------------------------------------------------------- kernels
