@@ -84,8 +84,14 @@ class IdMap:
 
     def at_many(self, positions) -> list:
         positions = np.asarray(positions, np.int64)
-        if self.id_int is not None and (not len(positions) or positions.max() < self.base_n):
-            return self.id_int[positions].tolist()
+        if not len(positions):
+            return []
+        if self.id_int is not None:
+            # a query's k positions: Python's max of the list beats numpy's reduction
+            small = len(positions) <= 64
+            top = max(positions.tolist()) if small else int(positions.max())
+            if top < self.base_n:
+                return self.id_int[positions].tolist()
         return [self.at(p) for p in positions.tolist()]
 
     # -- id -> position ----------------------------------------------------------------------

@@ -50,13 +50,11 @@ def _provenance_list(provenance, n: int) -> list:
     return list(provenance)
 
 
-def _padded(d, p, k):
-    """One query's (dist, pos) as (1, k) arrays padded with +inf / -1."""
+def _padded(d, k):
+    """One query's distances as a (1, k) array padded with +inf."""
     D = np.full((1, k), np.inf, np.float32)
-    P = np.full((1, k), -1, np.int64)
     D[0, :len(d)] = d
-    P[0, :len(p)] = p
-    return D, P
+    return D
 
 
 def _one(d, p):
@@ -332,12 +330,18 @@ class Namespace:
         with warmup.foreground():
             state, _, Q, D, P, plan, t3 = self._execute(vectors, k, where, nprobe, refine,
                                                         exact, t0)
-            if P.shape[1] < k:                  # a single query's unpadded (1, m) result
-                D, P = _padded(D[0], P[0], k)
-            ids = np.full(P.shape, None, dtype=object)
-            keep = P >= 0
-            if keep.any():
-                ids[keep] = state.extids_at(P[keep])
+            if len(P) == 1:                     # a single query's (1, m) result, all valid
+                m = P.shape[1]
+                ids = np.empty((1, k), dtype=object)        # None-filled
+                if m:
+                    ids[0, :m] = state.extids_at(P[0])
+                if m < k:
+                    D = _padded(D[0], k)
+            else:
+                ids = np.full(P.shape, None, dtype=object)
+                keep = P >= 0
+                if keep.any():
+                    ids[keep] = state.extids_at(P[keep])
         plan.seconds["fetch"] = time.perf_counter() - t3
         self._db._notify_query(self.name, plan, Q)
         return (D, ids, plan) if explain else (D, ids)

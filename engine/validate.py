@@ -167,12 +167,22 @@ def _utf8_ok(value: str) -> bool:
 # -- vectors -----------------------------------------------------------------------------
 def vector_matrix(vectors, dim: int, *, what: str = "vectors", zero_ok: bool = True) -> np.ndarray:
     """(n, dim) C-contiguous float32; rejects wrong shape, NaN/inf and (if asked) zero rows."""
-    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 1
-            and vectors.shape[0] == dim and vectors.flags.c_contiguous):
-        # the single-query fast path: one finiteness check, no conversion
-        dot = float(np.dot(vectors, vectors))
-        if math.isfinite(dot) and (zero_ok or dot > 0.0):
-            return vectors.reshape(1, dim)
+    if (type(vectors) is np.ndarray and vectors.dtype == np.float32
+            and vectors.flags.c_contiguous and 0 < vectors.size
+            and vectors.shape[-1] == dim and vectors.ndim <= 2):
+        # float32 rows as stored, (dim,) or (n, dim): one finiteness check (a sum of
+        # squares is finite only if every value is), no conversion; anything doubtful
+        # takes the checks below, which name the row
+        flat = vectors.reshape(-1)
+        dot = float(np.dot(flat, flat))
+        if math.isfinite(dot):
+            rows = vectors.reshape(-1, dim)
+            if zero_ok:
+                return rows
+            if len(rows) == 1 and dot > 0.0:
+                return rows
+            if len(rows) > 1 and np.einsum("ij,ij->i", rows, rows).min() > 0.0:
+                return rows
     if vectors is None:
         raise InvalidInput(f"{what} is None; expected an array of shape (n, {dim})")
     try:

@@ -21,6 +21,7 @@ them off. They stop before the engine closes.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import threading
@@ -257,21 +258,35 @@ class ObservedDatabase(FreshnessMixin):
         return series
 
     def _offer_queries(self, namespace, queries):
-        """Reservoir sampling (algorithm R) of recent query vectors per namespace."""
+        """Reservoir sampling of recent query vectors per namespace: algorithm L (Li, 1994),
+        which draws how many rows to skip before the next one it keeps, so a query the
+        sample does not take costs a counter (algorithm R drew a random number for each)."""
         slot = self._reservoir.get(namespace)
-        if slot is None:
-            slot = self._reservoir.setdefault(namespace, [0, []])
+        if slot is None:                    # [seen, rows, seen count of the next take, w]
+            slot = self._reservoir.setdefault(namespace, [0, [], RESERVOIR_SIZE, 1.0])
         rows = queries if len(queries) <= RESERVOIR_PER_BATCH else \
             queries[self._rng.sample(range(len(queries)), RESERVOIR_PER_BATCH)]
         with self._ops_lock:
+            if len(slot[1]) == RESERVOIR_SIZE and slot[0] + len(rows) < slot[2]:
+                slot[0] += len(rows)        # none of these is taken
+                return
             for row in rows:
                 slot[0] += 1
                 if len(slot[1]) < RESERVOIR_SIZE:
                     slot[1].append(np.array(row, np.float32))
-                else:
-                    j = self._rng.randrange(slot[0])
-                    if j < RESERVOIR_SIZE:
-                        slot[1][j] = np.array(row, np.float32)
+                    if len(slot[1]) == RESERVOIR_SIZE:
+                        self._next_take(slot)
+                elif slot[0] == slot[2]:
+                    slot[1][self._rng.randrange(RESERVOIR_SIZE)] = np.array(row, np.float32)
+                    self._next_take(slot)
+
+    def _next_take(self, slot):
+        """Algorithm L's step: shrink w and draw the seen count of the next row kept."""
+        rng = self._rng
+        slot[3] *= math.exp(math.log(1.0 - rng.random()) / RESERVOIR_SIZE)
+        skip = math.floor(math.log(1.0 - rng.random()) / math.log1p(-slot[3])) \
+            if slot[3] < 1.0 else 0
+        slot[2] = slot[0] + skip + 1
 
     def recent_queries(self, namespace: str, dim: int | None = None) -> np.ndarray | None:
         """The reservoir of recent (prepared) query vectors of ``namespace``, or None."""

@@ -258,3 +258,23 @@ def test_index_balance_is_graded_by_the_imbalance_factor(db):
     assert f.value == info["imbalance_factor"] > db.thresholds.imbalance_warning
     assert f.severity == "warning"
     assert "index_imbalance" in {a.rule for a in db.alerts() if a.state == "firing"}
+
+
+def test_query_reservoir_is_a_uniform_sample_of_every_query_offered(db):
+    """Algorithm L (ops/database.py): after 20,000 single queries the 256 kept are spread
+    over the whole stream (not the first 256, not only the latest), none twice, and a
+    later batch offers at most RESERVOIR_PER_BATCH rows."""
+    from simplevector.ops.database import RESERVOIR_PER_BATCH, RESERVOIR_SIZE
+
+    n = 20_000
+    for i in range(n):
+        db._offer_queries("docs", np.array([[float(i), 0.0]], np.float32))
+    kept = db.recent_queries("docs", dim=2)[:, 0].astype(int)
+    assert len(kept) == RESERVOIR_SIZE == len(set(kept.tolist()))
+    assert db._reservoir["docs"][0] == n
+    # a uniform sample of 0..n-1: mean n/2 (sd of the mean ~ n / sqrt(12 * 256) = 361)
+    assert abs(kept.mean() - n / 2) < 4 * n / np.sqrt(12 * RESERVOIR_SIZE)
+    quarters = np.bincount(kept * 4 // n, minlength=4)
+    assert quarters.min() >= 40, quarters          # ~64 expected in each quarter
+    db._offer_queries("docs", np.zeros((50, 2), np.float32))
+    assert db._reservoir["docs"][0] == n + RESERVOIR_PER_BATCH
