@@ -124,3 +124,17 @@ def test_first_answer_measures_an_existing_namespace_and_a_filtered_query(tmp_pa
     q = np.random.default_rng(0).standard_normal(16).astype(np.float32)
     V = X[:300] / np.linalg.norm(X[:300], axis=1, keepdims=True)
     assert row["numpy first"]["filtered_ids"] == np.argsort(-(V @ q), kind="stable")[:10].tolist()
+
+
+def test_rabitq_bound_reports_recall_and_rows_re_ranked_per_eps(tmp_path):
+    from bench import rabitq_bound
+    res = rabitq_bound.run("spectral:n=3000,dim=128,queries=50,clusters=50", 16, 4, 4,
+                           [1.0, 3.0], cache_dir=str(tmp_path))
+    rows = {r["eps0"]: r for r in res["rows"]}
+    assert set(rows) == {-1.0, 1.0, 3.0}
+    # the reference re-ranks every candidate; a bound never reads more
+    assert rows[-1.0]["reranked"] == rows[-1.0]["candidates"] == 40
+    assert rows[-1.0]["same_as_all"] == 1.0
+    assert rows[1.0]["reranked"] <= rows[3.0]["reranked"] <= 40
+    for r in rows.values():
+        assert 0.0 <= r["recall"] <= 1.0 and r["us_per_query"] > 0
