@@ -192,12 +192,8 @@ class VersionState:
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors as the index stores them (unit rows for cosine)."""
         if self.metric.normalize:
-            if vectors.shape[0] == 1:
-                v = vectors[0]
-                n2 = float(np.dot(v, v))
-                if 1e-30 < n2 < 1e30:       # float32 holds the norm: two numpy calls
-                    return (v * np.float32(1.0 / math.sqrt(n2))).reshape(1, -1)
-                v = v.astype(np.float64)
+            if vectors.shape[0] == 1:       # float64 maths as below: rows stored one at a
+                v = vectors[0].astype(np.float64)   # time and in batches match bit for bit
                 return (v / math.sqrt(v @ v)).astype(np.float32).reshape(1, -1)
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
             return (vectors / norms[:, None]).astype(np.float32)

@@ -644,3 +644,16 @@ def test_wal_damage_below_the_checkpoint_does_not_stop_the_open_and_verify_names
         db.create_namespace("x", dim=4, metric="l2").upsert([1], np.ones((1, 4), np.float32))
         report = db.verify()
         assert report.ok and report.checked["wal_segments"] == 1
+
+
+def test_cosine_rows_normalise_bit_for_bit_alike_one_at_a_time_and_in_a_batch(tmp_path):
+    """repair's WAL check re-derives a stored row from its logged vector one row at a time:
+    a single row's normalisation must equal the batch's exactly (a float32 shortcut for
+    single rows once made repair miss rows the WAL still held)."""
+    with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
+        db.create_namespace("c", dim=97, metric="cosine")
+        state = db.engine._state(db.engine._resolve("c").vid)
+        X = np.random.default_rng(4).standard_normal((64, 97)).astype(np.float32) * 3.7
+        batch = state.prepare(X)
+        for i in range(len(X)):
+            assert state.prepare(X[i:i + 1])[0].tobytes() == batch[i].tobytes()
