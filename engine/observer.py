@@ -77,7 +77,10 @@ class CompileClock:
 
     def _end(self):
         tls = self._tls
-        tls.depth = getattr(tls, "depth", 1) - 1
+        depth = getattr(tls, "depth", 0)
+        if depth <= 0:      # the end of a compilation whose start came before install():
+            return          # nothing to time, and raising here would fail that compile
+        tls.depth = depth - 1
         if tls.depth == 0:
             spent = time.perf_counter() - tls.t0
             tls.seconds = getattr(tls, "seconds", 0.0) + spent

@@ -312,3 +312,21 @@ def test_wal_rule_a_bad_frame_before_a_later_segment_is_corruption(tmp_path):
     _, stop = _scan(path)
     err = walformat.bad_frame_error(path, stop, 4, "later.wal")
     assert isinstance(err, sv.CorruptionError) and "later segment later.wal" in str(err)
+
+
+def test_compile_clock_installed_mid_compilation_ignores_the_end_it_did_not_see():
+    """A thread whose compilation began before the clock was installed sees only its end
+    event: the clock counts nothing for it and does not raise inside numba's compiler
+    lock (which would fail that compilation)."""
+    from simplevector.engine.observer import CompileClock
+    clock = CompileClock()
+    clock._end()                            # no _start seen on this thread
+    assert (clock.total_seconds, clock.compilations, clock.thread_seconds()) == (0.0, 0, 0.0)
+    clock._start()
+    clock._start()                          # nested: only the outermost counts
+    clock._end()
+    assert clock.compilations == 0
+    clock._end()
+    assert clock.compilations == 1 and clock.thread_seconds() > 0.0
+    clock._end()                            # one end too many: still nothing
+    assert clock.compilations == 1

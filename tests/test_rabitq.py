@@ -139,6 +139,55 @@ def test_create_namespace_with_a_bad_rabitq_spec_creates_nothing(tmp_path):
 
 
 # -- 2. encoder, popcount, query quantizer, estimator against numpy -----------------------------
+def _rotation_ref(signs, x):
+    """The rotation of kernels/rabitq.rotate in float64 numpy, written from its definition:
+    each round flips signs, applies the orthonormal Hadamard matrix (Sylvester's
+    construction) to the leading (even rounds) or trailing (odd) h = 2^floor(log2 D')
+    coordinates, then, when h < D', the Kac butterfly ((a + b, a - b) / sqrt 2) between the
+    two halves."""
+    dp = signs.shape[1]
+    h = 1 << (dp.bit_length() - 1)
+    H = np.array([[1.0]])
+    while H.shape[0] < h:
+        H = np.block([[H, H], [H, -H]])
+    H /= np.sqrt(h)
+    y = np.zeros(dp)
+    y[: len(x)] = x
+    for t in range(signs.shape[0]):
+        y = y * signs[t]
+        s = 0 if t % 2 == 0 else dp - h
+        y[s:s + h] = H @ y[s:s + h]
+        if h < dp:
+            a, b = y[: dp // 2].copy(), y[dp // 2:].copy()
+            y[: dp // 2], y[dp // 2:] = (a + b) / np.sqrt(2), (a - b) / np.sqrt(2)
+    return y
+
+
+@pytest.mark.parametrize("dim", (8, 50, 64, 384, 768, 1536))
+def test_rotate_matches_the_numpy_rotation_and_the_dense_matrix(dim):
+    rng = np.random.default_rng(dim)
+    signs = rq.rotation_signs(dim, 5)
+    q = rng.standard_normal(dim).astype(np.float32)
+    out = np.empty(signs.shape[1], np.float32)
+    rq.rotate(signs, q, out)
+    want = _rotation_ref(signs.astype(np.float64), q.astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(np.linalg.norm(out), np.linalg.norm(q), rtol=1e-5)
+    R = rq.random_rotation_of(signs)
+    np.testing.assert_allclose(R[:, :dim] @ q, out, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("h", (1, 2, 4, 8, 16, 64, 512, 1024))
+@pytest.mark.parametrize("start", (0, 3, 256))
+def test_fht_register_stages_equal_the_stage_loop_bit_for_bit(h, start):
+    x = np.random.default_rng(h + start).standard_normal(start + h + 5).astype(np.float32)
+    a, b = x.copy(), x.copy()
+    rq._fht(a, start, h)
+    rq._fht_loop(b, start, h)
+    assert np.array_equal(a, b)
+    assert np.array_equal(a[:start], x[:start]) and np.array_equal(a[start + h:], x[start + h:])
+
+
 @pytest.mark.parametrize("dim", DIMS)
 def test_encode_matches_the_numpy_reference(dim):
     rng = np.random.default_rng(dim)
