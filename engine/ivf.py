@@ -175,6 +175,13 @@ def _end(pos) -> int:
     return int(pos.max()) + 1 if len(pos) else 0
 
 
+def _stored_end(meta: dict, arrays: dict) -> int:
+    """:func:`_end` of a bundle's lists: saved in its meta since the bundle has it (reading
+    every position at open made the open grow with n), computed for older bundles."""
+    end = meta.get("end")
+    return int(end) if end is not None else _end(arrays["pos"])
+
+
 def _delta(codes, pos, lists, n, nlist, terms=adctables.NO_TERMS) -> _Delta:
     if n == 0:                          # the empty delta of a new or reopened index
         return _Delta(codes, pos, lists, 0, np.zeros(0, np.int64),
@@ -622,7 +629,7 @@ class IVFIndex:
         meta = {"spec": str(self.spec), "dim": self.dim, "metric": self.metric,
                 "train_seconds": self.train_seconds, "trained_rows": self.trained_rows,
                 "train_error": self.train_error, "m": self.m, "trained_upto": self.trained_upto,
-                "covers": int(len(alive))}
+                "covers": int(len(alive)), "end": _end(pos)}
         arrays = {"centroids": self.centroids, "offsets": offsets,
                   "pos": pos[order], "codes": codes[order], "pre": self._pre}
         if self._row_terms:
@@ -650,7 +657,7 @@ class IVFIndex:
                     train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)
         codes = index._codes2d(arrays["codes"])
-        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
+        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _stored_end(meta, arrays),
                               index._stored_terms(arrays, codes))
         return index
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .indexspec import IndexSpec
 from . import ivf
-from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _end,
+from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _stored_end,
                   train_coarse)
 from .kernels import adctables, ivfscan, kmeans as kmeans_k, rabitq as rq
 from .kernels.threads import one_blas_thread
@@ -196,7 +196,7 @@ class RaBitQIndex(IVFIndex):
                     trained_rows=meta["trained_rows"], train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)
         codes = index._codes2d(arrays["codes"])
-        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
+        index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _stored_end(meta, arrays),
                               adctables.NO_TERMS)
         return index
 

@@ -327,14 +327,25 @@ class VersionState:
 
     @classmethod
     def restore(cls, config: VersionConfig, meta: dict, arrays: dict, rows) -> "VersionState":
-        """The state saved by :meth:`capture`, its arrays views of the bundle's mapping
-        (alive and norms are copied: they change). O(1) in Python per row."""
+        """The state saved by :meth:`capture`, its arrays views of the bundle's mapping.
+        Alive and norms too: the mapping is private copy-on-write (arrayfile.read_bundle), so
+        a delete writes a private copy of one page and never the file, and the first write
+        past n copies them into grown arrays (:meth:`_reserve`). Nothing here reads every
+        row (copying them made the open grow with n)."""
         state = cls(config, meta["next_rowid"], rows=rows)
         state.gen = meta.get("gen", 0)
         n = meta["n"]
-        state._reserve(n)
-        state._alive[:n] = arrays["alive"]
-        state._xnorm2[:n] = arrays["xnorm2"]
+        alive, xnorm2 = arrays["alive"], arrays["xnorm2"]
+        if (len(alive), len(xnorm2)) != (n, n):
+            raise CorruptionError(f"namespace {config.name!r}: the checkpoint holds "
+                                  f"{len(alive)} alive flags and {len(xnorm2)} norms for "
+                                  f"{n} rows")
+        if alive.flags.writeable and xnorm2.flags.writeable:
+            state._alive, state._xnorm2 = alive, xnorm2
+        else:                               # not a private mapping: own copies
+            state._reserve(n)
+            state._alive[:n] = alive
+            state._xnorm2[:n] = xnorm2
         state.rows.rows(n)                  # the file must hold every checkpointed row
         state._adopt(meta, arrays, n)
         state.n, state.live = n, meta["live"]

@@ -114,6 +114,52 @@ def test_reopen_and_first_filtered_query_do_no_per_row_python_work(tmp_path, mon
         assert ns.get(["id1", 0, "id2999"])[0].metadata == {"g": 1, "r": 1.0, "w": "w1"}
 
 
+def test_reopen_maps_alive_norms_and_list_ends_and_deletes_never_touch_the_bundle(
+        tmp_path, monkeypatch):
+    """Opening reads no array row by row: the alive flags and norms are the bundle's private
+    copy-on-write mapping (not copies) and the lists' end position comes from the bundle's
+    meta (not a max over every position). A delete after the reopen writes a private page:
+    the bundle file is byte for byte unchanged, and the next open (replaying the delete
+    from the WAL) and the next checkpoint both see it."""
+    import glob
+    import hashlib
+    from simplevector.engine import ivf
+
+    def digest():
+        return {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
+                for f in glob.glob(str(tmp_path / "db" / "ckpt" / "**" / "*.arr"),
+                                   recursive=True)}
+
+    path = tmp_path / "db"
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns, ids, X = _fill(db, n=4000, index="IVF16,PQ4x8")
+        ns.build_index()
+        db.checkpoint()
+    before = digest()
+    assert before
+    monkeypatch.setattr(ivf, "_end", lambda pos: pytest.fail("open read every list position"))
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns = db.namespace("t")
+        e = ns.engine_ns
+        state = e._db._state(e._config().vid)
+        assert not state._alive.flags.owndata and not state._xnorm2.flags.owndata
+        assert state._alive.base is not None and len(state._alive) == 4000
+        assert state.index is not None and state.index.snapshot()[0].end == 4000
+        monkeypatch.undo()
+        assert ns.delete([ids[7], ids[3999]]) == 2
+        assert digest() == before           # the delete wrote no byte of the bundle
+        hits = ns.query(X[7], k=3, include=())
+        assert ids[7] not in [h.id for h in hits]
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns = db.namespace("t")
+        assert ns.count() == 3998 and ns.get([ids[7], ids[3999]]) == [None, None]
+        db.checkpoint()
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns = db.namespace("t")
+        assert ns.count() == 3998 and ns.get([ids[7], ids[3999]]) == [None, None]
+        assert ns.get(ids[8]) is not None
+
+
 def test_writes_after_a_checkpoint_combine_with_the_persisted_base(tmp_path):
     """Deletes and replacements of checkpointed rows, new rows, then a reopen (replaying
     the tail on top of the bundle) and another checkpoint (rebasing): every path agrees
