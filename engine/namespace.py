@@ -646,11 +646,12 @@ class Namespace:
             at = state.extid_at
             moved = need_lmdb and not _same_layout(txn, self._db._store.dbs, state)
             for dist, pos in results:
+                if not need_lmdb:           # ids by one lookup of the k positions
+                    out.append(list(map(Hit, state.extids_at(pos), dist.tolist())))
+                    continue
                 pos = pos.tolist()
                 dist = dist.tolist()
-                if not need_lmdb:
-                    out.append([Hit(at(p), d) for d, p in zip(dist, pos)])
-                elif moved:
+                if moved:
                     hits = []
                     for d, p in zip(dist, pos):
                         extid = at(p)

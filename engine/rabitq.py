@@ -66,6 +66,7 @@ class RaBitQIndex(IVFIndex):
                              np.zeros(0, np.int64), 0, adctables.NO_TERMS)
         self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
                              np.zeros(0, np.int32), 0, nlist, adctables.NO_TERMS)
+        self._views_cache = None        # (sealed, delta, their code views): _code_views
 
     # -- training and encoding ---------------------------------------------------------------
     @classmethod
@@ -120,15 +121,24 @@ class RaBitQIndex(IVFIndex):
                min_lists: int = -1):
         """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached)."""
         nprobe = min(nprobe, self.nlist)
-        sealed, d = self.snapshot()
+        sealed, d, words, fac, dwords, dfac = self._code_views()
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
-        words, fac = rq.views(sealed.codes)
-        dwords, dfac = rq.views(d.codes)
         dist, pos, scanned, reached, _ = rq.rabitq_search_serial(
             q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
             sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
             mask, use_mask, self.metric, max(k * refine, k), k, min_lists, self.bound_eps)
         return dist, pos, scanned, reached
+
+    def _code_views(self):
+        """(sealed, delta, their words and factors): the views of this snapshot's codes,
+        made once per snapshot (every query needs them; four numpy views cost more than
+        the check)."""
+        sealed, d = self.snapshot()
+        cached = self._views_cache
+        if cached is None or cached[0] is not sealed or cached[1] is not d:
+            cached = (sealed, d) + rq.views(sealed.codes) + rq.views(d.codes)
+            self._views_cache = cached
+        return cached
 
     def rotate(self, Q: np.ndarray) -> np.ndarray:
         """Rows of Q (nq, dim) in the rotated space (nq, D'), by BLAS."""
@@ -138,13 +148,11 @@ class RaBitQIndex(IVFIndex):
                             all_alive: bool = False, min_lists: int = -1):
         """As :meth:`IVFIndex.search_batch_padded`: (D, I, lists scanned, reached)."""
         nprobe = min(nprobe, self.nlist)
-        sealed, d = self.snapshot()
+        sealed, d, words, fac, dwords, dfac = self._code_views()
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         with one_blas_thread():
             probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
             QR = self.rotate(Q)
-        words, fac = rq.views(sealed.codes)
-        dwords, dfac = rq.views(d.codes)
         D, I, scanned, reached, _ = rq.rabitq_search_batch(
             Q, QR, X, self.rcentroids, probes, sealed.offsets, words, fac, sealed.pos, dwords,
             dfac, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric,
