@@ -36,6 +36,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -128,6 +129,17 @@ def loaded(kind: str) -> bool:
         if dispatcher is None or not getattr(dispatcher, "signatures", None):
             return False
     _done.add(kind)
+    return True
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until no background kernel load runs: True, or False when ``timeout`` seconds
+    passed first. For benchmarks and tests that time the kernels' steady state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while _loading:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
     return True
 
 

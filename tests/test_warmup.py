@@ -199,3 +199,14 @@ def test_a_background_load_waits_at_most_max_pause_for_one_query(monkeypatch):
     with warmup.foreground():
         release.set()
         assert done.wait(10)
+
+
+def test_wait_returns_when_the_background_load_ends_or_at_its_timeout(monkeypatch):
+    release, done = _background_load(monkeypatch, pause_s=0.07)    # a kind of its own
+    t0 = time.monotonic()
+    assert warmup.wait(timeout=0.2) is False        # the load waits for its release
+    assert 0.2 <= time.monotonic() - t0 < 5.0 and not done.is_set()
+    threading.Timer(0.1, release.set).start()
+    assert warmup.wait(timeout=30.0) is True
+    assert done.is_set() and warmup._loading == 0
+    assert warmup.wait() is True                    # nothing loading: at once

@@ -75,6 +75,11 @@ class System:
     def query_one(self, q: np.ndarray, k: int) -> np.ndarray:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Wait for work a system's first queries started in the background (a JIT's
+        kernel load) before the timed queries: a sweep point measures the steady state.
+        The first-query cost is the reopen figure's."""
+
     def query_batch(self, Q: np.ndarray, k: int) -> np.ndarray:
         out = np.full((len(Q), k), -1, np.int64)
         for i, q in enumerate(Q):

@@ -71,6 +71,12 @@ class SimpleVectorFlat(System):
         hits = self.ns.query(q, k=k, include=(), **self.params)
         return np.fromiter((h.id for h in hits), np.int64, count=len(hits))
 
+    def settle(self):
+        # the first queries are answered in numpy while the kernels load on a background
+        # thread (engine/warmup.py); time the kernels, not that thread's competition
+        from simplevector.engine import warmup
+        warmup.wait(timeout=120.0)
+
     def query_batch(self, Q, k):
         # Namespace.search: the same query as fixed-shape arrays (FAISS's contract, what the
         # FAISS adapter returns), no Hit object per result
