@@ -138,3 +138,16 @@ def test_rabitq_bound_reports_recall_and_rows_re_ranked_per_eps(tmp_path):
     assert rows[1.0]["reranked"] <= rows[3.0]["reranked"] <= 40
     for r in rows.values():
         assert 0.0 <= r["recall"] <= 1.0 and r["us_per_query"] > 0
+
+
+def test_rows_source_times_mapped_and_heap_rows_at_every_point(tmp_path):
+    from bench import rows_source
+    res = rows_source.run("spectral:n=3000,dim=64,queries=40", "IVF16,PQ8x8,Refine4",
+                          [2, 8], [1, 4], rounds=2, block=10, cache_dir=str(tmp_path))
+    assert [(r["nprobe"], r["refine"]) for r in res["rows"]] == [(2, 1), (2, 4), (8, 1), (8, 4)]
+    for r in res["rows"]:
+        assert r["single_us_map"] > 0 and r["single_us_heap"] > 0
+        assert r["batch_qps_map"] > 0 and r["batch_qps_heap"] > 0
+        assert r["single_qps_ratio"] == r["single_us_heap"] / r["single_us_map"]
+        assert r["batch_qps_ratio"] == r["batch_qps_map"] / r["batch_qps_heap"]
+    assert res["machine"]["cpu_model"] and res["spec"] == "IVF16,PQ8x8,Refine4"
