@@ -13,7 +13,7 @@ filter ``bucket < s * 10000`` matches a share s of rows scattered over every lis
 Recall@10 is tie-aware against exact search over the matching rows (numpy, float32 dot
 products on the unit rows). Systems, same index parameters:
 
-- ``simplevector``: ``IVF<nlist>,PQ<m>x8,Refine<refine>`` through the public API,
+- ``simplevector``: ``IVF<nlist>,PQ<m>x8,Refine<refine>`` (or ``--spec``) through the public API,
   ``ns.query(q, where=..., nprobe=nprobe)``; the planner widens the scan or goes exact
   (the plan it took is reported). The filter is evaluated inside every call.
 - ``faiss-ivfpq``: ``IVF<nlist>,PQ<m>x8np,RFlat`` with ``k_factor = refine`` and an
@@ -233,7 +233,7 @@ def run(args) -> dict:
     # embedding_like draws cluster labels first from its seed-0 generator: the same labels
     cluster = np.random.default_rng(0).integers(0, 1000, args.n)
     metadata = [{"bucket": int(b), "cluster": int(c)} for b, c in zip(bucket, cluster)]
-    spec = f"IVF{args.nlist},PQ{args.m}x8,Refine{args.refine}"
+    spec = args.spec or f"IVF{args.nlist},PQ{args.m}x8,Refine{args.refine}"
     ours = Ours(X, metadata, spec, args.dir)
     ivf = Faiss(X, f"IVF{args.nlist},PQ{args.m}x8np,RFlat", args.refine)
     flat = Faiss(X, "Flat")
@@ -253,7 +253,13 @@ def run(args) -> dict:
             where, allowed = {"cluster": {"$lt": cut}}, cluster < cut
         gt, kth = exact_filtered(X, Q, allowed, K)
         p_ivf, p_flat = ivf.params(allowed, args.nprobe), flat.params(allowed, args.nprobe)
-        ours.single(Qs[:5], where, args.nprobe)            # warm-up (compilation)
+        # warm-up: compile or load the kernels this selectivity's plans use (single and
+        # batch, fallbacks included), then wait for the background load the first single
+        # queries start (engine/warmup.py), so the timed calls run the kernels
+        ours.single(Qs[:5], where, args.nprobe)
+        ours.batch(Q, where, args.nprobe)
+        from simplevector.engine import warmup
+        warmup.wait(timeout=120.0)
         row = {"selectivity": float(allowed.mean()), "matched": int(allowed.sum()),
                "loadavg": list(os.getloadavg())}
         for name, single, batch in (
@@ -317,6 +323,9 @@ def add_arguments(p):
     p.add_argument("--nlist", type=int, default=256)
     p.add_argument("--m", type=int, default=48)
     p.add_argument("--refine", type=int, default=8)
+    p.add_argument("--spec", default=None,
+                   help="SimpleVector's index spec instead of IVF<nlist>,PQ<m>x8,Refine<refine> "
+                        "(e.g. IVF256,RaBitQ,Refine8, or auto); the peers keep theirs")
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--selectivity", type=floats,
                    default=[1.0, 0.3, 0.1, 0.03, 0.01, 0.001, 0.0001])

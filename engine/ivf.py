@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numba
 import numpy as np
 
+from . import planner
 from .indexspec import IndexSpec
 from .kernels import adctables, ivffused, ivfscan, kmeans as kmeans_k, pq as pq_k
 from .kernels.threads import one_blas_thread, single_threaded
@@ -597,6 +598,10 @@ class IVFIndex:
             keep = I[i] >= 0
             out.append((D[i][keep], I[i][keep]))
         return out
+
+    def row_cost(self) -> float:
+        """The planner's cost of one row a masked scan passes (engine/planner.py)."""
+        return planner.MASK_COST
 
     def scan_costs(self) -> tuple[int, int]:
         """(cost of opening one probed list, cost of scoring one allowed code) in the

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import schema, validate, warmup
+from . import planner, schema, validate, warmup
 from .apply import pack
 from .errors import InvalidInput, StorageError
 from .filters import compile_filter
@@ -445,12 +445,13 @@ class Namespace:
         filtered = plan.matched is not None
         # the scan costs weigh a filter's two ways only
         list_cost, code_cost = index.scan_costs() if filtered else (0, 0)
+        row_cost = index.row_cost() if filtered else planner.MASK_COST
         choice = ivf_plan(
             filtered=filtered, matched=matched, live=view.live, k=k,
             nprobe=nprobe, refine=refine,
             spec_nprobe=nprobe or spec.default_nprobe(),
             spec_refine=spec.refine, nlist=index.nlist, has_codes=bool(index.m), dim=index.dim,
-            list_cost=list_cost, code_cost=code_cost)
+            list_cost=list_cost, code_cost=code_cost, row_cost=row_cost)
         plan.index, plan.spec, plan.nprobe = choice.index, index.spec_text, choice.nprobe
         plan.refine, plan.candidates, plan.reason = choice.refine, choice.candidates, choice.reason
         plan.max_lists = choice.max_lists

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from . import planner
 from .indexspec import IndexSpec
 from . import ivf
 from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _stored_end,
@@ -180,6 +181,10 @@ class RaBitQIndex(IVFIndex):
         """(opening a probed list: the query residual, its 4-bit planes; scoring a code:
         five popcounts a 64-bit word), in the planner's units."""
         return 3 * self.dpad, 5 * self.words + 4
+
+    def row_cost(self) -> float:
+        """A passed row's position, mask lookup and branch (measured: planner.py)."""
+        return planner.RABITQ_MASK_COST
 
     @property
     def table_strategy(self) -> str:

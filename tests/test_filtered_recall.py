@@ -162,6 +162,26 @@ def test_cost_model_prefers_exact_for_few_matching_rows_and_ivf_for_many():
     assert unfiltered.max_lists == unfiltered.nprobe == 32 and unfiltered.min_lists == -1
 
 
+def test_rabitq_row_cost_sends_a_10_percent_filter_exact_where_the_mask_cost_did_not():
+    """The measured shape behind planner.RABITQ_MASK_COST (60k x 384, IVF512,RaBitQ,
+    nprobe 32, refine 10): a filter matching 10% goes exact over its rows with the
+    RaBitQ row cost and went to the widened scan with MASK_COST; 30% stays on the
+    widened scan either way. Each index hands the planner its own row cost."""
+    from simplevector.engine.ivf import IVFIndex
+    from simplevector.engine.rabitq import RaBitQIndex
+    assert RaBitQIndex.row_cost(None) == planner.RABITQ_MASK_COST > planner.MASK_COST
+    assert IVFIndex.row_cost(None) == planner.MASK_COST
+    common = dict(filtered=True, k=10, nprobe=32, refine=10, spec_nprobe=32,
+                  spec_refine=10, nlist=512, has_codes=True, dim=384, live=60_000,
+                  list_cost=3 * 384, code_cost=5 * 6 + 4)
+    rabitq = dict(common, row_cost=planner.RABITQ_MASK_COST)
+    assert planner.ivf_plan(matched=6_113, **rabitq).index == "flat-subset"
+    assert planner.ivf_plan(matched=6_113, **common).index == "ivf"
+    for kw in (rabitq, common):
+        wide = planner.ivf_plan(matched=18_055, **kw)
+        assert wide.index == "ivf" and wide.min_lists == 32
+
+
 def test_recall_probe_measures_filtered_queries_against_exact_over_matching_rows(clustered_ns):
     ns, _, bucket, _, _, db = clustered_ns
     plain = db.probe_recall("v", samples=100, k=10, source="stored")
