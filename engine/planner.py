@@ -47,13 +47,15 @@ WIDEN_HEADROOM = 2.0
 #: single-query QPS, while exact over the 3% rows ran at 412.
 MASK_COST = 1.0
 EXACT_VALUE_COST = 0.5
-#: The RaBitQ scan's cost of one row a masked scan passes (its position, the mask lookup
-#: and the branch), in the same units: measured on 60k x 384 (IVF512,RaBitQ, AMD EPYC) at
-#: 13.6 ns a row (nprobe 32: 222 us with a mask every row passes against 171 us without,
-#: 3,750 rows), where an exact scan over the matching rows took 0.30 ns a value (0.5
-#: units): 22 units. With MASK_COST there, a filter matching 10% took the widened scan
-#: (458 lists, 0.91 ms a query) over exact over the matching rows (0.70 ms).
-RABITQ_MASK_COST = 22.0
+#: The RaBitQ scan's cost of one row a widened masked scan passes (its position, the mask
+#: lookup, the branch), in the same units, fitted to one measurement: ``python -m bench
+#: filtered --spec auto --nlist 512 --nprobe 32 --refine 10`` (60k x 384, IVF512,RaBitQ,
+#: AMD EPYC) at 10% selectivity ran the widened scan (471 of 512 lists) at 475 single-query
+#: QPS, where exact over the matching rows ran at 829 (1.75x); with MASK_COST the model had
+#: priced the widened scan at half the exact one, and 41 a passed row makes its price 1.75x
+#: the exact one's. The crossover then sits near 14% of rows matching (unmeasured between
+#: 10% and 30%, where the widened scan is the faster by far).
+RABITQ_MASK_COST = 41.0
 #: Default nprobe when the spec names none: nlist / NPROBE_DIVISOR, at least NPROBE_MIN.
 NPROBE_DIVISOR = 16
 NPROBE_MIN = 8
