@@ -243,7 +243,6 @@ class IVFIndex:
         self._row_terms = adctables.table_strategy(self.list_metric, self.m) == "row_terms"
         self._pre = self._no_pre()
         self._seals = 0                 # bumps whenever the sealed lists are replaced
-        self._seals_at_capture = -1
         self.train_seconds = train_seconds
         self.trained_rows = trained_rows
         self.train_error = train_error
@@ -619,8 +618,10 @@ class IVFIndex:
     # -- persistence ----------------------------------------------------------------------------
     def to_arrays(self, alive: np.ndarray) -> tuple[dict, dict]:
         """(meta, arrays) for a checkpoint: the lists in sealed (CSR) form, delta folded
-        in and dead rows dropped, so that :meth:`from_arrays` uses them as they are."""
-        sealed, d = self.snapshot()
+        in and dead rows dropped, so that :meth:`from_arrays` uses them as they are. The
+        meta's ``seals`` is the seal count of the lists captured (:meth:`rebase`)."""
+        with self._lock:
+            sealed, d, seals = self._lists, self._delta, self._seals
         if self._row_terms:
             sealed = self._with_terms(sealed)
         sizes = np.diff(sealed.offsets)
@@ -634,7 +635,7 @@ class IVFIndex:
         meta = {"spec": str(self.spec), "dim": self.dim, "metric": self.metric,
                 "train_seconds": self.train_seconds, "trained_rows": self.trained_rows,
                 "train_error": self.train_error, "m": self.m, "trained_upto": self.trained_upto,
-                "covers": int(len(alive)), "end": _end(pos)}
+                "covers": int(len(alive)), "end": _end(pos), "seals": seals}
         arrays = {"centroids": self.centroids, "offsets": offsets,
                   "pos": pos[order], "codes": codes[order], "pre": self._pre}
         if self._row_terms:
@@ -669,18 +670,21 @@ class IVFIndex:
     def _codes2d(self, codes):
         return codes.reshape(-1, self.m) if self.m else np.zeros((len(codes), 0), np.uint8)
 
-    def rebase(self, arrays: dict, n0: int):
-        """After a checkpoint that captured this index over positions below ``n0``: its
-        lists become the sealed part (views of the bundle), the delta keeps later rows.
-        Skipped when the lists were sealed again since (they are then newer)."""
+    def rebase(self, meta: dict, arrays: dict, n0: int):
+        """After a checkpoint that captured this index over positions below ``n0`` (its
+        :meth:`to_arrays` ``meta`` and ``arrays``): its lists become the sealed part (views
+        of the bundle), the delta keeps later rows. Skipped when the lists were sealed again
+        since the capture (they are then newer). Until this ran at all (``seals`` was
+        compared with a count nothing set), the index kept its pre-checkpoint lists and a
+        delta that grew until the next training, and held the replaced bundle mapped."""
         with self._lock:
             d = self._delta
-            if self._seals != self._seals_at_capture:
+            if self._seals != meta.get("seals", -1):
                 return
             keep = np.flatnonzero(d.pos[: d.n] >= n0)
             codes = self._codes2d(arrays["codes"])
-            self._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _end(arrays["pos"]),
-                                 self._stored_terms(arrays, codes))
+            self._lists = _Lists(arrays["offsets"], codes, arrays["pos"],
+                                 _stored_end(meta, arrays), self._stored_terms(arrays, codes))
             self._delta = _delta(np.ascontiguousarray(d.codes[keep]),
                                  np.ascontiguousarray(d.pos[keep]),
                                  np.ascontiguousarray(d.lists[keep]), len(keep), self.nlist,

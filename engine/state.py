@@ -340,7 +340,8 @@ class VersionState:
             raise CorruptionError(f"namespace {config.name!r}: the checkpoint holds "
                                   f"{len(alive)} alive flags and {len(xnorm2)} norms for "
                                   f"{n} rows")
-        if alive.flags.writeable and xnorm2.flags.writeable:
+        if (alive.flags.writeable and xnorm2.flags.writeable and alive.dtype == np.bool_
+                and xnorm2.dtype == np.float32):
             state._alive, state._xnorm2 = alive, xnorm2
         else:                               # not a private mapping: own copies
             state._reserve(n)
@@ -355,6 +356,22 @@ class VersionState:
             state.index = IVFIndex.from_arrays(meta["ivf"], _sub(arrays, "ivf."))
         return state
 
+    def _own_arrays(self):
+        """Alive flags and norms copied out of the bundle mapping :meth:`restore` adopted,
+        once, at the first checkpoint after it (which rewrites them anyway): otherwise that
+        mapping, and the disk of the unlinked bundle file behind it, stays held for as long
+        as no row is appended."""
+        if self._alive.flags.owndata and self._xnorm2.flags.owndata:
+            return
+        n = self.n
+        cap = max(_MIN_CAPACITY, self._alive.shape[0])
+        xn = np.zeros(cap, np.float32)
+        xn[:n] = self._xnorm2[:n]
+        alive = np.zeros(cap, np.bool_)
+        alive[:n] = self._alive[:n]
+        with self._lock:
+            self._xnorm2, self._alive = xn, alive
+
     def _adopt(self, meta: dict, arrays: dict, n: int):
         self.ids, self._fields, self.metas = _base_structures(meta, arrays, n)
 
@@ -365,6 +382,7 @@ class VersionState:
         one or the other, never a half-built one."""
         n0 = meta["n"]
         with self.mutate_lock:
+            self._own_arrays()
             old_ids, old_metas = self.ids, self.metas
             ids, fields, metas = _base_structures(meta, arrays, n0)
             ids.tail = old_ids.tail[n0 - old_ids.base_n:]
@@ -377,7 +395,7 @@ class VersionState:
             self.ids, self._fields, self.metas = ids, fields, metas
             index = self.index
             if index is not None and "ivf" in meta and id(index) == meta["captured_index"]:
-                index.rebase(_sub(arrays, "ivf."), n0)
+                index.rebase(meta["ivf"], _sub(arrays, "ivf."), n0)
 
 
 def _base_structures(meta: dict, arrays: dict, n: int):

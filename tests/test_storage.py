@@ -153,11 +153,75 @@ def test_reopen_maps_alive_norms_and_list_ends_and_deletes_never_touch_the_bundl
     with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
         ns = db.namespace("t")
         assert ns.count() == 3998 and ns.get([ids[7], ids[3999]]) == [None, None]
+        e = ns.engine_ns
+        state = e._db._state(e._config().vid)
+        assert not state._alive.flags.owndata      # still the bundle's mapping
+        assert ns.delete([ids[9]]) == 1
         db.checkpoint()
+        # the checkpoint rewrote them: owned copies now, so the replaced bundle (unlinked)
+        # is not held mapped by this process
+        assert state._alive.flags.owndata and state._xnorm2.flags.owndata
+        state.view()                        # the cached view held the old arrays
+        import gc
+        gc.collect()
+        with open("/proc/self/maps") as f:
+            held = [line for line in f if ".arr" in line and "(deleted)" in line]
+        assert held == []
+        assert ns.count() == 3997 and ns.get([ids[7], ids[9]]) == [None, None]
     with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
         ns = db.namespace("t")
-        assert ns.count() == 3998 and ns.get([ids[7], ids[3999]]) == [None, None]
+        assert ns.count() == 3997 and ns.get([ids[7], ids[9], ids[3999]]) == [None] * 3
         assert ns.get(ids[8]) is not None
+
+
+@pytest.mark.parametrize("spec", ["IVF16,PQ4x8,Refine4", "IVF16,RaBitQ,Refine4"])
+def test_a_checkpoint_rebases_the_ivf_lists_on_its_bundle_and_keeps_later_rows(
+        tmp_path, spec):
+    """After a checkpoint the index's sealed lists are the new bundle's (views of it, the
+    delta folded in) and its delta holds only rows written since: queries answer the
+    same before and after, through more writes, deletes and checkpoints, and after a
+    reopen; no replaced bundle stays mapped."""
+    import gc
+    rng = np.random.default_rng(5)
+    path = tmp_path / "db"
+
+    def answers(ns, Q):
+        return [[h.id for h in row] for row in ns.query(Q, k=10, include=(), nprobe=16)]
+
+    def held():
+        gc.collect()
+        with open("/proc/self/maps") as f:
+            return [line for line in f if ".arr" in line and "(deleted)" in line]
+
+    Q = rng.standard_normal((20, 16)).astype(np.float32)
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns, ids, X = _fill(db, n=3000, index=spec)
+        ns.build_index()
+        ns.upsert([f"late{i}" for i in range(500)],
+                  rng.standard_normal((500, 16)).astype(np.float32))
+        e = ns.engine_ns
+        index = e._db._state(e._config().vid).index
+        assert index.snapshot()[1].n == 500                 # the delta before the checkpoint
+        before = answers(ns, Q)
+        db.checkpoint()
+        sealed, delta = index.snapshot()
+        assert delta.n == 0 and len(sealed.pos) == 3500     # folded into the bundle's lists
+        assert not sealed.codes.flags.owndata               # a view of the bundle
+        assert answers(ns, Q) == before
+        ns.delete([ids[i] for i in range(0, 3000, 7)])
+        ns.upsert([f"later{i}" for i in range(300)],
+                  rng.standard_normal((300, 16)).astype(np.float32))
+        mid = answers(ns, Q)
+        db.checkpoint()
+        sealed, delta = index.snapshot()
+        assert delta.n == 0 and len(sealed.pos) == 3500 - len(range(0, 3000, 7)) + 300
+        assert answers(ns, Q) == mid
+        assert held() == []
+        ns.upsert(["after"], rng.standard_normal((1, 16)).astype(np.float32))
+        assert index.snapshot()[1].n == 1                   # written since: in the delta
+        last = answers(ns, Q)
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        assert answers(db.namespace("t"), Q) == last
 
 
 def test_writes_after_a_checkpoint_combine_with_the_persisted_base(tmp_path):
