@@ -34,9 +34,7 @@ def _reranked(ns, queries, k, nprobe, refine) -> float:
     e = ns.engine_ns
     state = e._db._state(e._config().vid)
     view, index = state.view(), state.index
-    sealed, d = index.snapshot()
-    words, fac = rq.views(sealed.codes)
-    dwords, dfac = rq.views(d.codes)
+    sealed, d, words, fac, dwords, dfac = index._code_views()
     use_mask = ivf._scan_mask(view.alive, view.live == view.n, sealed, d)
     total = 0
     for q in state.prepare(queries):

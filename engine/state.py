@@ -177,7 +177,11 @@ class VersionState:
         cap = self._alive.shape[0]
         if need <= cap:
             return
-        new_cap = max(_MIN_CAPACITY, cap * 2, need)
+        self._grow(max(_MIN_CAPACITY, cap * 2, need))
+
+    def _grow(self, new_cap: int):
+        """Alive flags, norms (and rows, without a row file) copied into owned arrays of
+        ``new_cap`` positions, swapped in whole."""
         xn = np.zeros(new_cap, np.float32)
         xn[: self.n] = self._xnorm2[: self.n]
         alive = np.zeros(new_cap, np.bool_)
@@ -361,16 +365,8 @@ class VersionState:
         once, at the first checkpoint after it (which rewrites them anyway): otherwise that
         mapping, and the disk of the unlinked bundle file behind it, stays held for as long
         as no row is appended."""
-        if self._alive.flags.owndata and self._xnorm2.flags.owndata:
-            return
-        n = self.n
-        cap = max(_MIN_CAPACITY, self._alive.shape[0])
-        xn = np.zeros(cap, np.float32)
-        xn[:n] = self._xnorm2[:n]
-        alive = np.zeros(cap, np.bool_)
-        alive[:n] = self._alive[:n]
-        with self._lock:
-            self._xnorm2, self._alive = xn, alive
+        if not (self._alive.flags.owndata and self._xnorm2.flags.owndata):
+            self._grow(max(_MIN_CAPACITY, self._alive.shape[0]))
 
     def _adopt(self, meta: dict, arrays: dict, n: int):
         self.ids, self._fields, self.metas = _base_structures(meta, arrays, n)
