@@ -41,7 +41,7 @@ def _reranked(ns, queries, k, nprobe, refine) -> float:
         total += rq.rabitq_search_serial(
             q, view.X, index.signs, index.centroids, index.rcentroids, nprobe,
             index.list_metric, sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos,
-            d.order, d.offsets, view.alive, use_mask, index.metric, k * refine, k, -1,
+            d.order, d.offsets, view.alive, use_mask, index.metric, k * refine, k, -1, 1.0,
             index.bound_eps)[4]
     return total / len(queries)
 

@@ -486,15 +486,15 @@ class IVFIndex:
 
     # -- search --------------------------------------------------------------------------------
     def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
-               min_lists: int = -1):
+               min_lists: int = -1, target_share: float = 1.0):
         """Top-k (distance, position) for one query, exact distances for what is returned.
 
         Probe (one compiled call), then the ADC scan of the probed lists (rows not allowed
         by ``mask`` are skipped inside the scan; ``all_alive`` lets it skip the lookup, see
         :func:`_scan_mask`) and exact re-ranking of the best ``k * refine`` (a second one).
         ``min_lists`` >= 0 widens a filtered scan: ``nprobe`` lists are probed in order and
-        the scan stops, after the first ``min_lists``, once it has seen as many allowed rows
-        as those first lists hold (kernels/ivfscan.py ``widen_target``).
+        the scan stops, after the first ``min_lists``, once it has seen ``target_share`` as
+        many allowed rows as those first lists hold (kernels/ivfscan.py ``widen_target``).
         Returns (dist, pos, lists scanned, whether the widened scan saw that many rows).
         """
         nprobe = min(nprobe, self.nlist)
@@ -514,24 +514,26 @@ class IVFIndex:
                         q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                         sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
                         mask, use_mask, self.list_metric, self.metric, kk, k, threads,
-                        min_lists)
+                        min_lists, target_share)
                 else:
                     out = ivffused.pq_search_serial(
                         q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                         sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
-                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists)
+                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists,
+                        target_share)
                 self._chooser.record(split, time.perf_counter() - t0, count)
                 return out
             return ivffused.pq_search_serial(
                 q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                 sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask,
-                use_mask, self.list_metric, self.metric, kk, k, min_lists)
+                use_mask, self.list_metric, self.metric, kk, k, min_lists, target_share)
         return ivffused.flat_lists_serial(
             q, X, self.centroids, nprobe, self.list_metric, sealed.offsets, sealed.pos, d.pos,
-            d.order, d.offsets, mask, use_mask, self.metric, k, min_lists)
+            d.order, d.offsets, mask, use_mask, self.metric, k, min_lists, target_share)
 
     def search_batch_padded(self, X, Q, k: int, nprobe: int, refine: int, mask,
-                            all_alive: bool = False, min_lists: int = -1):
+                            all_alive: bool = False, min_lists: int = -1,
+                            target_share: float = 1.0):
         """:meth:`search` for every row of Q, queries in parallel: ``(D (nq, k) float32,
         I (nq, k) int64 positions, lists scanned (nq,), reached (nq,) bool)`` padded with
         +inf / -1."""
@@ -552,24 +554,25 @@ class IVFIndex:
                 t0 = time.perf_counter()
                 if blas:
                     out = self._batch_with_tables(X, Q, probes, sealed, d, st, dt, mask,
-                                                  use_mask, kk, k, min_lists)
+                                                  use_mask, kk, k, min_lists, target_share)
                 else:
                     out = ivffused.pq_search_batch(
                         Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets,
                         sealed.codes, sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets,
-                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists)
+                        mask, use_mask, self.list_metric, self.metric, kk, k, min_lists,
+                        target_share)
                 self._tables.record(blas, time.perf_counter() - t0, probes.size)
                 return out
             return ivffused.pq_search_batch(
                 Q, X, self.centroids, self._cbT, self._pre, probes, sealed.offsets, sealed.codes,
                 sealed.pos, st, d.codes, d.pos, dt, d.order, d.offsets, mask, use_mask,
-                self.list_metric, self.metric, kk, k, min_lists)
+                self.list_metric, self.metric, kk, k, min_lists, target_share)
         return ivffused.flat_lists_batch(
             Q, X, probes, sealed.offsets, sealed.pos, d.pos, d.order, d.offsets, mask, use_mask,
-            self.metric, k, min_lists)
+            self.metric, k, min_lists, target_share)
 
     def _batch_with_tables(self, X, Q, probes, sealed, d, st, dt, mask, use_mask, kk, k,
-                           min_lists):
+                           min_lists, target_share):
         """ip and row-terms batches: the query tables of BATCH_TABLE_BYTES worth of queries
         at a time by BLAS (kernels/ivfscan.query_tables), then the parallel scan."""
         m, ksub, _ = self.codebooks.shape
@@ -583,15 +586,16 @@ class IVFIndex:
                 Q[s:s + step], tables, X, self.centroids, self._cbT, self._pre,
                 probes[s:s + step], sealed.offsets, sealed.codes, sealed.pos, st, d.codes, d.pos,
                 dt, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric, kk, k,
-                min_lists))
+                min_lists, target_share))
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
     def search_batch(self, X, Q, k: int, nprobe: int, refine: int, mask,
-                     all_alive: bool = False, min_lists: int = -1):
+                     all_alive: bool = False, min_lists: int = -1, target_share: float = 1.0):
         """:meth:`search_batch_padded` as a list of (dist, pos) per query, padding cut."""
-        D, I, _, _ = self.search_batch_padded(X, Q, k, nprobe, refine, mask, all_alive, min_lists)
+        D, I, _, _ = self.search_batch_padded(X, Q, k, nprobe, refine, mask, all_alive,
+                                              min_lists, target_share)
         out = []
         for i in range(len(Q)):
             keep = I[i] >= 0

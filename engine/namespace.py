@@ -451,7 +451,7 @@ class Namespace:
             nprobe=nprobe, refine=refine,
             spec_nprobe=nprobe or spec.default_nprobe(),
             spec_refine=spec.refine, nlist=index.nlist, has_codes=bool(index.m), dim=index.dim,
-            list_cost=list_cost, code_cost=code_cost, row_cost=row_cost)
+            list_cost=list_cost, code_cost=code_cost, row_cost=row_cost, queries=len(Q))
         plan.index, plan.spec, plan.nprobe = choice.index, index.spec_text, choice.nprobe
         plan.refine, plan.candidates, plan.reason = choice.refine, choice.candidates, choice.reason
         plan.max_lists = choice.max_lists
@@ -465,7 +465,7 @@ class Namespace:
         if len(Q) == 1:
             d, p, scanned, reached = index.search(view.X, Q[0], k, choice.max_lists,
                                                   choice.refine, mask, all_alive,
-                                                  choice.min_lists)
+                                                  choice.min_lists, choice.target_share)
             plan.lists = float(scanned)
             # plain Python on one query: numpy's small-array calls cost more than the logic
             if len(p) >= want and (reached or not widened):
@@ -475,7 +475,8 @@ class Namespace:
                 return self._search(view, Q, code, k, None, np.flatnonzero(mask))
             return self._search(view, Q, code, k, mask, None)
         D, P, scanned, reached = index.search_batch_padded(
-            view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists)
+            view.X, Q, k, choice.max_lists, choice.refine, mask, all_alive, choice.min_lists,
+            choice.target_share)
         plan.lists = float(scanned.mean()) if len(scanned) else 0.0
         short = (P >= 0).sum(axis=1) < want
         if widened:

@@ -14,9 +14,15 @@ query"); :class:`~.namespace.Namespace` executes the plan.
   out (the k nearest of a 3% sample are about the 330 nearest of all rows), so recall falls
   (measured: 0.954 unfiltered, 0.873 at 10%, 0.667 at 3%). The widened scan probes up to
   ``max_lists`` = min(nlist, ``WIDEN_HEADROOM`` x nprobe / s) lists nearest first and stops,
-  after the first nprobe, once it has seen as many matching rows as those nprobe lists hold
-  rows: the candidates an unfiltered query scores. Scattered filters then scan about
-  nprobe / s lists, filters that match the query's neighbourhood stay near nprobe.
+  after the first nprobe, once it has seen sqrt(s) as many matching rows as those nprobe
+  lists hold rows (the candidates an unfiltered query scores; :func:`widen_share`).
+  Scattered filters then scan about nprobe / sqrt(s) lists, filters that match the query's
+  neighbourhood stay at nprobe. Why sqrt(s) and not all of them: the k nearest matching
+  rows are about the k / s nearest of all rows, which sit in far fewer than nprobe / s
+  lists; waiting for a full target bought recall the unfiltered query does not have. At
+  30% of rows matching (60k x 384, IVF512,RaBitQ, nprobe 32, AMD EPYC) the full target
+  opened 160 lists for recall 0.996 against the unfiltered 0.991, sent the queries that
+  reached max_lists first to the exact fallback, and ran at 0.4x the unfiltered QPS.
 * ``ivf+exact-fallback``: an ``ivf`` query whose lists could not yield k matches; those
   queries go exact.
 """
@@ -37,6 +43,9 @@ BLAS_SCAN_ELEMENTS = 1 << 20
 #: (the scan usually stops near nprobe / selectivity; the headroom serves queries whose
 #: neighbourhood holds fewer matching rows than the average).
 WIDEN_HEADROOM = 2.0
+#: A widened scan stops once it has seen s ** WIDEN_EXPONENT as many matching rows as the
+#: first nprobe lists hold rows (module docstring, "ivf"; :func:`widen_share`).
+WIDEN_EXPONENT = 1.0 / 3.0
 #: Cost-model weights (engine/planner.py:filtered_costs), in multiply-adds or table reads:
 #: one mask lookup per row a widened scan passes, and one exact distance term per matching
 #: row value an exact scan of the matching rows computes. Exact terms stream through
@@ -48,14 +57,21 @@ WIDEN_HEADROOM = 2.0
 MASK_COST = 1.0
 EXACT_VALUE_COST = 0.5
 #: The RaBitQ scan's cost of one row a widened masked scan passes (its position, the mask
-#: lookup, the branch), in the same units, fitted to one measurement: ``python -m bench
-#: filtered --spec auto --nlist 512 --nprobe 32 --refine 10`` (60k x 384, IVF512,RaBitQ,
-#: AMD EPYC) at 10% selectivity ran the widened scan (471 of 512 lists) at 475 single-query
-#: QPS, where exact over the matching rows ran at 829 (1.75x); with MASK_COST the model had
-#: priced the widened scan at half the exact one, and 41 a passed row makes its price 1.75x
-#: the exact one's. The crossover then sits near 14% of rows matching (unmeasured between
-#: 10% and 30%, where the widened scan is the faster by far).
-RABITQ_MASK_COST = 41.0
+#: lookup, the branch, and the per-list work the list estimate misses: the nearest lists
+#: hold more rows than the average, so a widened scan opens 1.3-1.6x the lists
+#: :func:`filtered_costs` expects), in the same units, fitted to single queries on 60k x
+#: 384, IVF512,RaBitQ,Refine10, nprobe 32, AMD EPYC (scattered and clustered filters, each
+#: plan forced): time of the widened scan over exact over the matching rows 2.0-2.4 at 3%,
+#: 0.48-0.86 at 10%, 0.30-0.38 at 20%, 0.26-0.33 at 30%; at 30 a passed row the model says
+#: 4.7, 0.70, 0.24, 0.14, and the crossover near 8% where the measured one is near 7%.
+RABITQ_MASK_COST = 30.0
+#: A batch of at least BATCH_QUERIES queries computes its exact distances over the matching
+#: rows as one BLAS product, at BATCH_EXACT_VALUE_COST a value instead of EXACT_VALUE_COST;
+#: fitted on the shape above (300 queries): the widened scan's batch time over the exact
+#: batch's was 1.9-3.2 at 10%, 1.5-1.8 at 20%, 0.64-0.77 at 30%, and the model at 0.085 says
+#: 4.1, 1.4, 0.8 (crossover near 25%: single queries go exact below ~8%, batches below ~25%).
+BATCH_QUERIES = 32
+BATCH_EXACT_VALUE_COST = 0.085
 #: Default nprobe when the spec names none: nlist / NPROBE_DIVISOR, at least NPROBE_MIN.
 NPROBE_DIVISOR = 16
 NPROBE_MIN = 8
@@ -107,7 +123,8 @@ def flat_plan(filtered: bool, matched: int, n: int) -> str:
 @dataclass(frozen=True)
 class IvfChoice:
     """What :func:`ivf_plan` decided: the plan name, nprobe, refine, candidates, the lists
-    to probe (``max_lists``), the widening base (``min_lists``, -1: not widened) and why."""
+    to probe (``max_lists``), the widening base (``min_lists``, -1: not widened), why, and
+    the share of the base's rows a widened scan must see matching (``target_share``)."""
 
     index: str
     nprobe: int
@@ -116,11 +133,12 @@ class IvfChoice:
     max_lists: int
     min_lists: int
     reason: str = ""
+    target_share: float = 1.0
 
 
 def filtered_costs(*, matched: int, live: int, dim: int, nprobe: int, nlist: int, kk: int,
-                   list_cost: int, code_cost: int,
-                   row_cost: float = MASK_COST) -> tuple[float, float, int]:
+                   list_cost: int, code_cost: int, row_cost: float = MASK_COST,
+                   queries: int = 1) -> tuple[float, float, int]:
     """(cost of the widened IVF scan, cost of exact search over the matching rows, lists
     the widened scan is expected to open), in multiply-adds or table reads.
 
@@ -129,24 +147,27 @@ def filtered_costs(*, matched: int, live: int, dim: int, nprobe: int, nlist: int
     exact distances. Exact: every matching row's distance (dim terms).
     """
     s = matched / live if live else 1.0
-    lists = min(nlist, math.ceil(nprobe / max(s, 1e-12)))
+    lists = min(nlist, math.ceil(nprobe * widen_share(s) / max(s, 1e-12)))
     share = lists / nlist
     ivf = (lists * list_cost + share * live * row_cost + share * matched * code_cost
            + kk * dim)
-    exact = matched * dim * EXACT_VALUE_COST
+    value = BATCH_EXACT_VALUE_COST if queries >= BATCH_QUERIES else EXACT_VALUE_COST
+    exact = matched * dim * value
     return float(ivf), float(exact), int(lists)
 
 
 def ivf_plan(*, filtered: bool, matched: int, live: int, k: int, nprobe: int | None,
              refine: int | None, spec_nprobe: int, spec_refine: int, nlist: int,
              has_codes: bool, dim: int = 0, list_cost: int = 0,
-             code_cost: int = 0, row_cost: float = MASK_COST) -> IvfChoice:
+             code_cost: int = 0, row_cost: float = MASK_COST,
+             queries: int = 1) -> IvfChoice:
     """The plan for a query on an IVF index (module docstring).
 
     ``nprobe``/``refine`` are the caller's overrides (None: the spec's defaults);
     ``has_codes``: the lists hold PQ codes (re-ranked from k x refine candidates);
     ``list_cost``/``code_cost``/``row_cost``: the index's scan costs
-    (``IVFIndex.scan_costs``).
+    (``IVFIndex.scan_costs``); ``queries``: how many queries the call answers (a batch's
+    exact search is cheaper a value, :data:`BATCH_EXACT_VALUE_COST`).
     """
     nprobe = min(nprobe or spec_nprobe, nlist)
     refine = refine or spec_refine
@@ -159,7 +180,7 @@ def ivf_plan(*, filtered: bool, matched: int, live: int, k: int, nprobe: int | N
     s = matched / live if live else 1.0
     ivf_cost, exact_cost, lists = filtered_costs(
         matched=matched, live=live, dim=dim, nprobe=nprobe, nlist=nlist, kk=kk,
-        list_cost=list_cost, code_cost=code_cost, row_cost=row_cost)
+        list_cost=list_cost, code_cost=code_cost, row_cost=row_cost, queries=queries)
     costs = f"exact over {matched} matching rows ~{exact_cost:.3g} ops, IVF over " \
             f"~{lists} of {nlist} lists ~{ivf_cost:.3g} ops"
     if exact_cost <= ivf_cost:
@@ -167,7 +188,14 @@ def ivf_plan(*, filtered: bool, matched: int, live: int, k: int, nprobe: int | N
                          f"filter matches {s:.2%}: {costs}: exact")
     max_lists = min(nlist, max(nprobe, math.ceil(WIDEN_HEADROOM * nprobe / s)))
     return IvfChoice(IVF, nprobe, refine, kk, max_lists, nprobe,
-                     f"filter matches {s:.2%}: {costs}: IVF widened to <= {max_lists} lists")
+                     f"filter matches {s:.2%}: {costs}: IVF widened to <= {max_lists} lists",
+                     widen_share(s))
+
+
+def widen_share(s: float) -> float:
+    """The share of the first nprobe lists' rows a widened scan must see matching, for a
+    filter matching a share ``s`` of the rows: sqrt(s) (module docstring, "ivf")."""
+    return min(1.0, max(s, 0.0) ** WIDEN_EXPONENT)
 
 
 def use_blas_scan(values: int) -> bool:

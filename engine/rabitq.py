@@ -119,7 +119,7 @@ class RaBitQIndex(IVFIndex):
 
     # -- search --------------------------------------------------------------------------------
     def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
-               min_lists: int = -1):
+               min_lists: int = -1, target_share: float = 1.0):
         """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d, words, fac, dwords, dfac = self._code_views()
@@ -127,7 +127,8 @@ class RaBitQIndex(IVFIndex):
         dist, pos, scanned, reached, _ = rq.rabitq_search_serial(
             q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
             sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-            mask, use_mask, self.metric, max(k * refine, k), k, min_lists, self.bound_eps)
+            mask, use_mask, self.metric, max(k * refine, k), k, min_lists, target_share,
+            self.bound_eps)
         return dist, pos, scanned, reached
 
     def _code_views(self):
@@ -146,7 +147,8 @@ class RaBitQIndex(IVFIndex):
         return np.ascontiguousarray(Q @ self.rotation[:, : self.dim].T, np.float32)
 
     def search_batch_padded(self, X, Q, k: int, nprobe: int, refine: int, mask,
-                            all_alive: bool = False, min_lists: int = -1):
+                            all_alive: bool = False, min_lists: int = -1,
+                            target_share: float = 1.0):
         """As :meth:`IVFIndex.search_batch_padded`: (D, I, lists scanned, reached)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d, words, fac, dwords, dfac = self._code_views()
@@ -157,7 +159,7 @@ class RaBitQIndex(IVFIndex):
         D, I, scanned, reached, _ = rq.rabitq_search_batch(
             Q, QR, X, self.rcentroids, probes, sealed.offsets, words, fac, sealed.pos, dwords,
             dfac, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric,
-            max(k * refine, k), k, min_lists, self.bound_eps)
+            max(k * refine, k), k, min_lists, target_share, self.bound_eps)
         return D, I, scanned, reached
 
     def search_numpy(self, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):

@@ -80,6 +80,7 @@ def ivf_only(monkeypatch):
     """Make exact search over the matching rows look expensive, so that every filtered
     query takes the widened IVF scan (the path whose recall is in question)."""
     monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
+    monkeypatch.setattr(planner, "BATCH_EXACT_VALUE_COST", 1e12)
 
 
 @pytest.mark.parametrize("kind", ["bucket", "category"])
@@ -162,24 +163,39 @@ def test_cost_model_prefers_exact_for_few_matching_rows_and_ivf_for_many():
     assert unfiltered.max_lists == unfiltered.nprobe == 32 and unfiltered.min_lists == -1
 
 
-def test_rabitq_row_cost_sends_a_10_percent_filter_exact_where_the_mask_cost_did_not():
-    """The measured shape behind planner.RABITQ_MASK_COST (60k x 384, IVF512,RaBitQ,
-    nprobe 32, refine 10): a filter matching 10% goes exact over its rows with the
-    RaBitQ row cost and went to the widened scan with MASK_COST; 30% stays on the
-    widened scan either way. Each index hands the planner its own row cost."""
+def test_rabitq_costs_send_filters_where_the_measured_shape_was_faster():
+    """The measured shape behind planner.RABITQ_MASK_COST and BATCH_EXACT_VALUE_COST (60k x
+    384, IVF512,RaBitQ, nprobe 32, refine 10): single queries went faster exact at 3% and
+    widened at 10% and 30%; batches of 300 exact at 10% and 20%, widened at 30%. Each index
+    hands the planner its own row cost."""
     from simplevector.engine.ivf import IVFIndex
     from simplevector.engine.rabitq import RaBitQIndex
     assert RaBitQIndex.row_cost(None) == planner.RABITQ_MASK_COST > planner.MASK_COST
     assert IVFIndex.row_cost(None) == planner.MASK_COST
-    common = dict(filtered=True, k=10, nprobe=32, refine=10, spec_nprobe=32,
+    rabitq = dict(filtered=True, k=10, nprobe=32, refine=10, spec_nprobe=32,
                   spec_refine=10, nlist=512, has_codes=True, dim=384, live=60_000,
-                  list_cost=3 * 384, code_cost=5 * 6 + 4)
-    rabitq = dict(common, row_cost=planner.RABITQ_MASK_COST)
-    assert planner.ivf_plan(matched=6_113, **rabitq).index == "flat-subset"
-    assert planner.ivf_plan(matched=6_113, **common).index == "ivf"
-    for kw in (rabitq, common):
-        wide = planner.ivf_plan(matched=18_055, **kw)
-        assert wide.index == "ivf" and wide.min_lists == 32
+                  list_cost=3 * 384, code_cost=5 * 6 + 4, row_cost=planner.RABITQ_MASK_COST)
+    single = {s: planner.ivf_plan(matched=int(s * 60_000), **rabitq) for s in (0.03, 0.1, 0.3)}
+    batch = {s: planner.ivf_plan(matched=int(s * 60_000), queries=300, **rabitq)
+             for s in (0.1, 0.2, 0.3)}
+    assert single[0.03].index == "flat-subset" and "exact" in single[0.03].reason
+    for choice in (single[0.1], single[0.3], batch[0.3]):
+        assert choice.index == "ivf" and choice.min_lists == 32
+        assert choice.target_share == pytest.approx(planner.widen_share(18_000 / 60_000)
+                                                    if choice is not single[0.1] else
+                                                    planner.widen_share(0.1))
+    assert batch[0.1].index == batch[0.2].index == "flat-subset"
+    # a batch below BATCH_QUERIES prices exact search like a single query
+    small = planner.ivf_plan(matched=12_000, queries=planner.BATCH_QUERIES - 1, **rabitq)
+    assert small.index == "ivf"
+
+
+def test_widen_share_is_the_cube_root_and_reaches_one_unfiltered():
+    assert planner.widen_share(1.0) == 1.0
+    assert planner.widen_share(0.001) == pytest.approx(0.1)
+    assert planner.widen_share(0.3) == pytest.approx(0.3 ** (1 / 3))
+    shares = [planner.widen_share(s) for s in (0.01, 0.1, 0.5, 1.0)]
+    assert shares == sorted(shares)
 
 
 def test_recall_probe_measures_filtered_queries_against_exact_over_matching_rows(clustered_ns):

@@ -272,6 +272,7 @@ def ivf_preferred(monkeypatch):
     would go exact over the matching rows (small test data makes exact cheap)."""
     from simplevector.engine import planner
     monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
+    monkeypatch.setattr(planner, "BATCH_EXACT_VALUE_COST", 1e12)
 
 
 def _matching(metas_fn, n=N_FILTER):

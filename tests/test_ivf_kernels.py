@@ -367,7 +367,7 @@ def adc_topk(q, ivf, probes, mask, metric, kk, pre=None, min_lists=-1, terms=Fal
     size, _, _ = adc_scan(q, ivf["centroids"], e["cbT"], e["pre"], probes, ivf["offsets"],
                           ivf["codes"], ivf["pos"], e["snorm"], ivf["dcodes"], ivf["dpos"],
                           e["dnorm"], e["dorder"], e["doffsets"], e["mask"], e["use_mask"],
-                          metric, hd, hi, min_lists)
+                          metric, hd, hi, min_lists, 1.0)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy()
 
@@ -463,7 +463,7 @@ def test_engine_pq_kernels_match_reference(metric, mask_kind, terms):
     mask = make_mask(mask_kind, X.shape[0], 6)
     P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
     D, I, scanned, reached = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, scan, exact,
-                                                               40, 10, terms=terms), -1)
+                                                               40, 10, terms=terms), -1, 1.0)
     assert D.shape == I.shape == (len(Q), 10) and (scanned == 4).all() and reached.all()
     for i, q in enumerate(Q):
         probes = probe(q, ivf["centroids"], 4, scan)
@@ -473,12 +473,13 @@ def test_engine_pq_kernels_match_reference(metric, mask_kind, terms):
                                      ivf["dpos"], ivf["dlist"], ivf["dn"], mask, scan, exact,
                                      40, 10)
         d, p, n, ok = ivffused.pq_search_serial(*pq_args(q, X, ivf, probes, mask, scan, exact,
-                                                         40, 10, terms=terms), -1)
+                                                         40, 10, terms=terms), -1, 1.0)
         assert n == 4 and ok
         assert_same_topk(d, p, *ref)
         for chunks in (2, 3):
             dp, pp, n, _ = ivffused.pq_search_parallel(
-                *pq_args(q, X, ivf, probes, mask, scan, exact, 40, 10, terms=terms), chunks, -1)
+                *pq_args(q, X, ivf, probes, mask, scan, exact, 40, 10, terms=terms), chunks, -1,
+                1.0)
             assert n == 4
             assert_answers_agree(dp, pp, d, p)
         keep = I[i] >= 0
@@ -486,32 +487,50 @@ def test_engine_pq_kernels_match_reference(metric, mask_kind, terms):
         assert np.isinf(D[i][~keep]).all()
 
 
+@pytest.mark.parametrize("share", [1.0, 0.5, 0.1])
 @pytest.mark.parametrize("mask_kind", ["half", "sparse"])
-def test_widened_scan_opens_the_lists_the_reference_names(mask_kind):
-    """min_lists >= 0: the scan opens the prefix of the probes that widen_ref names and
-    returns the reference's answer over exactly those lists."""
+def test_widened_scan_opens_the_lists_the_reference_names(mask_kind, share):
+    """min_lists >= 0: the scan opens the prefix of the probes that widen_ref names (its
+    target ``share`` of the first lists' rows) and returns the reference's answer over
+    exactly those lists."""
     X, Q, ivf = make_ivf(25, L2)
     mask = make_mask(mask_kind, X.shape[0], 7)
     nlist = ivf["centroids"].shape[0]
     P = probe_lists_batch(Q, ivf["centroids"], nlist, L2)
     _, _, scanned, reached = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 30,
-                                                               10), 2)
+                                                               10), 2, share)
     for i, q in enumerate(Q):
         opened, ok = widen_ref(P[i], ivf["offsets"], ivf["pos"], ivf["dpos"], ivf["dlist"],
-                               ivf["dn"], mask, 2)
+                               ivf["dn"], mask, 2, share)
         d, p, n, got_ok = ivffused.pq_search_serial(*pq_args(q, X, ivf, P[i], mask, L2, L2, 30,
-                                                             10), 2)
+                                                             10), 2, share)
         assert n == scanned[i] == len(opened) and got_ok == reached[i] == ok
-        assert n > 2 if mask_kind == "sparse" else n >= 2
+        assert n >= 2
         ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], opened,
                                      ivf["offsets"], ivf["codes"], ivf["pos"], ivf["dcodes"],
                                      ivf["dpos"], ivf["dlist"], ivf["dn"], mask, L2, L2, 30, 10)
         assert_same_topk(d, p, *ref)
         fd, fp, fn, _ = ivffused.flat_lists_serial(q, X, ivf["centroids"], nlist, L2,
-                                                   *flat_kernel_args(X, ivf, mask), L2, 10, 2)
+                                                   *flat_kernel_args(X, ivf, mask), L2, 10, 2,
+                                                   share)
         assert fn == len(opened)
         flat_ref = ivfflat_search_ref(*flat_args(q, X, ivf, opened, mask, L2, 10))
         assert_same_topk(fd, fp, *flat_ref)
+
+
+def test_widened_scan_target_share_sets_how_far_it_goes():
+    """A sparse mask (2% of rows): the full target is out of reach (every list opened), a
+    tenth of it stops part way, a twentieth earlier, and share 0 at min_lists."""
+    X, Q, ivf = make_ivf(25, L2)
+    mask = make_mask("sparse", X.shape[0], 7)
+    nlist = ivf["centroids"].shape[0]
+    P = probe_lists_batch(Q, ivf["centroids"], nlist, L2)
+    opened = {share: ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 30, 10), 2,
+                                              share)[2]
+              for share in (1.0, 0.1, 0.05, 0.0)}
+    assert (opened[1.0] == nlist).all() and (opened[0.0] == 2).all()
+    assert (opened[0.05] <= opened[0.1]).all() and (opened[0.1] < nlist).all()
+    assert opened[0.05].sum() < opened[0.1].sum() and (opened[0.05] > 2).all()
 
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
@@ -522,10 +541,11 @@ def test_engine_ivfflat_kernels_match_reference(metric, mask_kind):
     probe_metric = IP if metric == IP else L2
     P = probe_lists_batch(Q, ivf["centroids"], 3, probe_metric)
     D, I, _, _ = ivffused.flat_lists_batch(Q, X, P, *flat_kernel_args(X, ivf, mask), metric, 15,
-                                           -1)
+                                           -1, 1.0)
     for i, q in enumerate(Q):
         d, p, n, _ = ivffused.flat_lists_serial(q, X, ivf["centroids"], 3, probe_metric,
-                                                *flat_kernel_args(X, ivf, mask), metric, 15, -1)
+                                                *flat_kernel_args(X, ivf, mask), metric, 15, -1,
+                                                1.0)
         assert n == 3
         ref = ivfflat_search_ref(*flat_args(q, X, ivf, P[i], mask, metric, 15))
         assert_same_topk(d, p, *ref)
@@ -538,7 +558,8 @@ def test_ivfflat_with_every_list_probed_equals_exact_search():
     X, Q, ivf = make_ivf(18, L2)
     nlist = ivf["centroids"].shape[0]
     dist, pos, _, _ = ivffused.flat_lists_serial(Q[0], X, ivf["centroids"], nlist, L2,
-                                                 *flat_kernel_args(X, ivf, None), L2, 10, -1)
+                                                 *flat_kernel_args(X, ivf, None), L2, 10, -1,
+                                                 1.0)
     exact = ((X.astype(np.float64) - Q[0]) ** 2).sum(1)
     np.testing.assert_allclose(dist, np.sort(exact)[:10], rtol=1e-4, atol=1e-3)
 
@@ -557,14 +578,14 @@ def test_every_engine_kernel_accepts_read_only_arrays():
     P = read_only(probe_lists_batch(Q, C, 3, L2))
     args = [read_only(a) if isinstance(a, np.ndarray) else a
             for a in pq_args(Q[0], X, ivf, probes, mask, L2, L2, 5, 5, terms=True)]
-    assert ivffused.pq_search_serial(*args, -1)[0].size == 5
-    assert ivffused.pq_search_parallel(*args, 2, -1)[0].size == 5
+    assert ivffused.pq_search_serial(*args, -1, 1.0)[0].size == 5
+    assert ivffused.pq_search_parallel(*args, 2, -1, 1.0)[0].size == 5
     args[0], args[5] = Q, P
-    assert ivffused.pq_search_batch(*args, -1)[0].shape == (8, 5)
+    assert ivffused.pq_search_batch(*args, -1, 1.0)[0].shape == (8, 5)
     flat = [read_only(a) if isinstance(a, np.ndarray) else a
             for a in flat_kernel_args(X, ivf, mask)]
-    assert ivffused.flat_lists_serial(Q[0], X, C, 3, L2, *flat, L2, 5, -1)[0].size == 5
-    assert ivffused.flat_lists_batch(Q, X, P, *flat, L2, 5, -1)[0].shape == (8, 5)
+    assert ivffused.flat_lists_serial(Q[0], X, C, 3, L2, *flat, L2, 5, -1, 1.0)[0].size == 5
+    assert ivffused.flat_lists_batch(Q, X, P, *flat, L2, 5, -1, 1.0)[0].shape == (8, 5)
     build_csr(read_only(ivf["dlist"]), C.shape[0])
 
 
@@ -591,7 +612,7 @@ def test_batch_with_blas_tables_matches_reference_and_the_single_query_kernel(me
     P = probe_lists_batch(Q, ivf["centroids"], 4, scan)
     args = pq_args(Q, X, ivf, P, mask, scan, exact, 40, 10, terms=True)
     tables = query_tables(Q, args[3], -1.0 if scan == IP else -2.0)
-    D, I, scanned, reached = ivffused.pq_search_batch_tables(Q, tables, *args[1:], -1)
+    D, I, scanned, reached = ivffused.pq_search_batch_tables(Q, tables, *args[1:], -1, 1.0)
     assert (scanned == 4).all() and reached.all()
     for i, q in enumerate(Q):
         ref = ivffused.pq_search_ref(q, X, ivf["centroids"], ivf["codebooks"], P[i],
@@ -601,5 +622,5 @@ def test_batch_with_blas_tables_matches_reference_and_the_single_query_kernel(me
         keep = I[i] >= 0
         assert_same_topk(D[i][keep], I[i][keep], *ref)
         d, p, _, _ = ivffused.pq_search_serial(*pq_args(q, X, ivf, P[i], mask, scan, exact,
-                                                        40, 10, terms=True), -1)
+                                                        40, 10, terms=True), -1, 1.0)
         assert_answers_agree(D[i][keep], I[i][keep], d, p)

@@ -79,10 +79,11 @@ def test_pq_search_batch_with_precomputed_tables_equals_single_query_loop():
     pre = precompute_l2_terms(ivf["centroids"], ivf["codebooks"])
     mask = make_mask("half", X.shape[0], 5)
     P = probe_lists_batch(Q, ivf["centroids"], 5, L2)
-    D, I, _, _ = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 40, 10, pre), -1)
+    D, I, _, _ = ivffused.pq_search_batch(*pq_args(Q, X, ivf, P, mask, L2, L2, 40, 10, pre), -1,
+                                          1.0)
     for i in range(Q.shape[0]):
         d, p, _, _ = ivffused.pq_search_serial(*pq_args(Q[i], X, ivf, P[i], mask, L2, L2, 40, 10,
-                                                        pre), -1)
+                                                        pre), -1, 1.0)
         assert_answers_agree(D[i, : d.size], I[i, : p.size], d, p)
 
 

@@ -263,7 +263,7 @@ def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
     dwords, dfac = rq.views(d.codes)
     size, scanned, _ = rq.rabitq_scan(qr, index.rcentroids, probes, sealed.offsets, words, fac,
                                       sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-                                      ivfscan.NO_MASK, False, metric, hd, hi, hl, 1.5, -1)
+                                      ivfscan.NO_MASK, False, metric, hd, hi, hl, 1.5, -1, 1.0)
     assert size == len(X) and scanned == index.nlist
     got = np.empty(len(X))
     got[hi[:size]] = hd[:size]
@@ -407,7 +407,7 @@ def test_error_bound_keeps_the_results_of_re_ranking_every_candidate(metric):
             out[eps] = rq.rabitq_search_serial(
                 q, X, index.signs, index.centroids, index.rcentroids, 6, index.list_metric,
                 sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-                mask, False, metric, 80, 10, -1, eps)
+                mask, False, metric, 80, 10, -1, 1.0, eps)
         same += len(set(out[-1.0][1].tolist()) & set(out[rq.BOUND_EPS][1].tolist()))
         every += out[-1.0][4]
         read += out[rq.BOUND_EPS][4]
@@ -528,6 +528,7 @@ def test_filtered_rabitq_queries_are_never_short_and_keep_recall(
     ns, X, bucket, labels, Q = filtered_ns
     if force_ivf:                        # the widened IVF scan, not exact over the matches
         monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
+        monkeypatch.setattr(planner, "BATCH_EXACT_VALUE_COST", 1e12)
     if kind == "bucket":
         cut = int(selectivity * 10_000)
         where, allowed = {"bucket": {"$lt": cut}}, bucket < cut

@@ -103,7 +103,7 @@ def adc_call(ivf, q, probes, kk=KK):
     hd, hi = np.empty(kk, np.float32), np.empty(kk, np.int64)
     size, _, _ = adc_scan(q, ivf["C"], ivf["cbT"], ivf["no_pre"], probes, ivf["offsets"],
                           ivf["codes"], ivf["pos"], NO_TERMS, empty, none, NO_TERMS, none,
-                          ivf["no_delta"], NO_MASK, False, L2, hd, hi, -1)
+                          ivf["no_delta"], NO_MASK, False, L2, hd, hi, -1, 1.0)
     heap_sort(hd, hi, size)
     return hd[:size], hi[:size]
 

@@ -20,8 +20,8 @@ references :func:`pq_search_ref` and :func:`.ivfscan.ivfflat_search_ref`.
   or per-row terms of the sealed and delta rows (the engine's; ``pre`` empty), or neither
   (``pre`` (0, m, ksub), ``adctables.NO_TERMS``) for per-list tables
   (:func:`.ivfscan.adc_scan`, :mod:`.adctables`).
-- ``min_lists``: -1 scans every probed list; >= 0 is the widened filtered scan of
-  :func:`.ivfscan.widen_target` (engine/planner.py decides).
+- ``min_lists``, ``target_share``: -1 scans every probed list; >= 0 is the widened
+  filtered scan of :func:`.ivfscan.widen_target` (engine/planner.py decides).
 - Re-ranking computes exact distances from X for the ADC candidates and keeps the k best;
   results are ascending by (distance, position). Every kernel also returns the lists each
   query scanned and whether its widening target was reached.
@@ -108,14 +108,14 @@ def probe_and_count(q, centroids, nprobe, probe_metric, offsets, doffsets):
 @njit(cache=True, nogil=True)
 def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos, snorm,
                      dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric,
-                     kk, k, min_lists):
+                     kk, k, min_lists, target_share):
     """(dist, pos, lists scanned, target reached) of one query: the ADC top-kk of the
     probed lists, re-ranked exactly to the top k."""
     hd = np.empty(kk, np.float32)
     hi = np.empty(kk, np.int64)
     size, scanned, reached = adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos,
                                       snorm, dcodes, dpos, dnorm, dorder, doffsets, mask,
-                                      use_mask, scan_metric, hd, hi, min_lists)
+                                      use_mask, scan_metric, hd, hi, min_lists, target_share)
     od, oi = _rerank(X, q, metric, hd, hi, size, k)
     return od, oi, scanned, reached
 
@@ -123,7 +123,7 @@ def pq_search_serial(q, X, centroids, cbT, pre, probes, offsets, codes, pos, sno
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos, snorm,
                        dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric,
-                       kk, k, nchunks, min_lists):
+                       kk, k, nchunks, min_lists, target_share):
     """:func:`pq_search_serial` with the probed lists split across ``nchunks`` threads
     (interleaved; a widened scan gives each chunk its share of ``min_lists``)."""
     HD = np.empty((nchunks, kk), np.float32)
@@ -136,7 +136,7 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos, s
         share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
         size, lists, ok = adc_scan(q, centroids, cbT, pre, sub, offsets, codes, pos, snorm,
                                    dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask,
-                                   scan_metric, HD[c], HI[c], share)
+                                   scan_metric, HD[c], HI[c], share, target_share)
         sizes[c] = size
         scanned[c] = lists
         reached[c] = ok
@@ -148,7 +148,7 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos, s
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, snorm, dcodes,
                     dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, metric, kk, k,
-                    min_lists):
+                    min_lists, target_share):
     """Every query in parallel: (D (nq, k), I (nq, k)) padded with +inf / -1, the lists
     each query scanned, and whether each reached its widening target."""
     nq = Q.shape[0]
@@ -161,7 +161,7 @@ def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, sn
         hi = np.empty(kk, np.int64)
         size, scanned[r], reached[r] = adc_scan(
             Q[r], centroids, cbT, pre, probes2d[r], offsets, codes, pos, snorm, dcodes, dpos,
-            dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi, min_lists)
+            dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi, min_lists, target_share)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
@@ -172,7 +172,7 @@ def pq_search_batch(Q, X, centroids, cbT, pre, probes2d, offsets, codes, pos, sn
 @njit(cache=True, nogil=True, parallel=True)
 def pq_search_batch_tables(Q, tables, X, centroids, cbT, pre, probes2d, offsets, codes, pos,
                            snorm, dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask,
-                           scan_metric, metric, kk, k, min_lists):
+                           scan_metric, metric, kk, k, min_lists, target_share):
     """:func:`pq_search_batch` with each query's query-only table given (``tables``
     (nq, m, ksub) from :func:`.ivfscan.query_tables`, one BLAS product per sub-space for
     the whole batch): for ip and row-terms scans."""
@@ -187,7 +187,7 @@ def pq_search_batch_tables(Q, tables, X, centroids, cbT, pre, probes2d, offsets,
         size, scanned[r], reached[r] = adc_scan_table(
             Q[r], centroids, cbT, pre, tables[r], probes2d[r], offsets, codes, pos, snorm,
             dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask, scan_metric, hd, hi,
-            min_lists)
+            min_lists, target_share)
         od, oi = _rerank(X, Q[r], metric, hd, hi, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
@@ -197,21 +197,21 @@ def pq_search_batch_tables(Q, tables, X, centroids, cbT, pre, probes2d, offsets,
 
 @njit(cache=True, nogil=True)
 def flat_lists_serial(q, X, centroids, nprobe, probe_metric, offsets, pos, dpos, dorder,
-                      doffsets, mask, use_mask, metric, k, min_lists):
+                      doffsets, mask, use_mask, metric, k, min_lists, target_share):
     """IVF-Flat single query: probe ``nprobe`` lists, exact scan; (dist, pos, scanned,
     reached)."""
     probes = probe(q, centroids, nprobe, probe_metric)
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     size, scanned, reached = flat_scan(q, X, probes, offsets, pos, dpos, dorder, doffsets,
-                                       mask, use_mask, metric, hd, hi, min_lists)
+                                       mask, use_mask, metric, hd, hi, min_lists, target_share)
     heap_sort(hd, hi, size)
     return hd[:size].copy(), hi[:size].copy(), scanned, reached
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def flat_lists_batch(Q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask,
-                     metric, k, min_lists):
+                     metric, k, min_lists, target_share):
     """IVF-Flat, every query in parallel (probes from BLAS): padded (nq, k), scanned,
     reached."""
     nq = Q.shape[0]
@@ -222,7 +222,7 @@ def flat_lists_batch(Q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, u
     for r in prange(nq):
         size, scanned[r], reached[r] = flat_scan(Q[r], X, probes[r], offsets, pos, dpos, dorder,
                                                  doffsets, mask, use_mask, metric, D[r], I[r],
-                                                 min_lists)
+                                                 min_lists, target_share)
         heap_sort(D[r], I[r], size)
         for j in range(size, k):
             D[r, j] = np.inf

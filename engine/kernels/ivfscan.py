@@ -215,25 +215,26 @@ def _adc4(T, codes, r):
 
 
 @njit(cache=True, nogil=True)
-def widen_target(probes, offsets, doffsets, min_lists):
-    """Allowed rows a widened filtered scan must see: every row (sealed and delta) of the
-    first ``min_lists`` probed lists, i.e. as many candidates as the unfiltered query with
-    nprobe = ``min_lists`` scans. 0 when ``min_lists`` < 0 (no widening)."""
-    target = 0
+def widen_target(probes, offsets, doffsets, min_lists, target_share):
+    """Allowed rows a widened filtered scan must see: ``target_share`` of every row (sealed
+    and delta) of the first ``min_lists`` probed lists, the candidates the unfiltered query
+    with nprobe = ``min_lists`` scans (the planner passes the square root of the filter's
+    share of rows: engine/planner.py, "ivf"). 0 when ``min_lists`` < 0 (no widening)."""
+    rows = 0
     for p in range(min(max(min_lists, 0), probes.shape[0])):
         l = probes[p]
-        target += offsets[l + 1] - offsets[l] + doffsets[l + 1] - doffsets[l]
-    return target
+        rows += offsets[l + 1] - offsets[l] + doffsets[l + 1] - doffsets[l]
+    return np.int64(np.ceil(rows * target_share))
 
 
 @njit(cache=True, nogil=True)
 def adc_scan(q, centroids, cbT, pre, probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm,
-             dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
+             dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists, target_share):
     """ADC scan of one query; see :func:`adc_scan_table` (which this calls, building the
     query's table itself)."""
     return adc_scan_table(q, centroids, cbT, pre, np.empty((0, cbT.shape[2]), np.float32),
                           probes, offsets, codes, pos, snorm, dcodes, dpos, dnorm, dorder,
-                          doffsets, mask, use_mask, metric, hd, hi, min_lists)
+                          doffsets, mask, use_mask, metric, hd, hi, min_lists, target_share)
 
 
 def query_tables(Q, cbT, scale: float) -> np.ndarray:
@@ -250,7 +251,8 @@ def query_tables(Q, cbT, scale: float) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, snorm, dcodes,
-                   dpos, dnorm, dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists):
+                   dpos, dnorm, dorder, doffsets, mask, use_mask, metric, hd, hi, min_lists,
+                   target_share):
     """ADC scan of the probed lists (sealed rows then delta rows) into the heap hd/hi
     (capacity ``hd.shape[0]``); returns (heap size (unsorted), lists scanned, whether the
     widening target was reached).
@@ -265,9 +267,9 @@ def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, 
     choice). ``min_lists`` < 0: scan every
     list in ``probes``. Otherwise a widened filtered scan (:func:`widen_target`): after the
     first ``min_lists`` lists, stop at the first list boundary where the allowed rows seen
-    reach the rows those first lists hold. ``qtable`` (m, ksub): the query-only table
-    computed by the caller (:func:`query_tables`, for ip and row-terms scans; ignored
-    otherwise), or (0, ksub) to build it here.
+    reach ``target_share`` of the rows those first lists hold. ``qtable`` (m, ksub): the
+    query-only table computed by the caller (:func:`query_tables`, for ip and row-terms
+    scans; ignored otherwise), or (0, ksub) to build it here.
     """
     m, _, ksub = cbT.shape
     T = np.empty((m, ksub), np.float32)
@@ -289,7 +291,7 @@ def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, 
     size = 0
     worst = np.float32(np.inf)
     base = np.float32(0.0)
-    target = widen_target(probes, offsets, doffsets, min_lists)
+    target = widen_target(probes, offsets, doffsets, min_lists, target_share)
     seen = 0
     scanned = 0
     for p in range(probes.shape[0]):
@@ -374,12 +376,12 @@ def adc_scan_table(q, centroids, cbT, pre, qtable, probes, offsets, codes, pos, 
 
 @njit(cache=True, nogil=True)
 def flat_scan(q, X, probes, offsets, pos, dpos, dorder, doffsets, mask, use_mask, metric,
-              hd, hi, min_lists):
+              hd, hi, min_lists, target_share):
     """Exact scan of the probed lists into the heap hd/hi; returns (heap size, lists
     scanned, target reached). ``min_lists``: as in :func:`adc_scan`."""
     size = 0
     worst = np.float32(np.inf)
-    target = widen_target(probes, offsets, doffsets, min_lists)
+    target = widen_target(probes, offsets, doffsets, min_lists, target_share)
     seen = 0
     scanned = 0
     for p in range(probes.shape[0]):
@@ -452,16 +454,17 @@ def _top(dist, where, kk):
     return dist[order].astype(np.float32), where[order]
 
 
-def widen_ref(probes, offsets, pos, dpos, dlist, dn, mask, min_lists):
+def widen_ref(probes, offsets, pos, dpos, dlist, dn, mask, min_lists, target_share):
     """numpy reference of the lists a widened scan opens (:func:`widen_target`): the prefix
-    of ``probes`` after which (at least ``min_lists`` in) the allowed rows seen reach the
-    rows of the first ``min_lists`` lists. Returns (probes scanned, target reached)."""
+    of ``probes`` after which (at least ``min_lists`` in) the allowed rows seen reach
+    ``target_share`` of the rows of the first ``min_lists`` lists. Returns (probes scanned,
+    target reached)."""
     probes = np.asarray(probes)
     if min_lists < 0:
         return probes, True
     dl = np.asarray(dlist)[:dn]
     sizes = np.diff(np.asarray(offsets)) + np.bincount(dl, minlength=len(offsets) - 1)
-    target = int(sizes[probes[:min_lists]].sum())
+    target = int(np.ceil(int(sizes[probes[:min_lists]].sum()) * target_share))
     keep = np.ones(np.asarray(pos).max(initial=0) + np.asarray(dpos).max(initial=0) + 2, bool) \
         if mask is None else np.asarray(mask, bool)
     seen = 0

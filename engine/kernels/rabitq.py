@@ -420,7 +420,7 @@ def rotate(signs, q, out):
 
 @njit(cache=True, nogil=True)
 def rabitq_scan(qr, rcent, probes, offsets, words, fac, pos, dwords, dfac, dpos, dorder,
-                doffsets, mask, use_mask, metric, hd, hi, hl, eps, min_lists):
+                doffsets, mask, use_mask, metric, hd, hi, hl, eps, min_lists, target_share):
     """Estimated-distance scan of the probed lists (sealed rows, then delta rows) of the
     rotated query ``qr`` (D') into the heap hd/hi (capacity ``hd.shape[0]``), each entry
     carrying its lower distance bound (estimate - eps x err x ||y||, -inf when eps < 0) in
@@ -442,7 +442,7 @@ def rabitq_scan(qr, rcent, probes, offsets, words, fac, pos, dwords, dfac, dpos,
         slack = np.float32(eps) * np.sqrt(_dot(qr, qr))
     size = 0
     worst = np.float32(np.inf)
-    target = widen_target(probes, offsets, doffsets, min_lists)
+    target = widen_target(probes, offsets, doffsets, min_lists, target_share)
     seen = 0
     scanned = 0
     for p in range(probes.shape[0]):
@@ -525,7 +525,7 @@ def rerank_bounded(X, q, metric, hi, hl, size, k):
 @njit(cache=True, nogil=True)
 def rabitq_search_serial(q, X, signs, centroids, rcent, nprobe, probe_metric, offsets, words,
                          fac, pos, dwords, dfac, dpos, dorder, doffsets, mask, use_mask, metric,
-                         kk, k, min_lists, eps):
+                         kk, k, min_lists, target_share, eps):
     """One query in one compiled call: probe, rotate (:func:`rotate`), estimate-scan into
     the top kk, exact re-rank to the top k, bounded by ``eps`` (:func:`rerank_bounded`).
     ``probe_metric`` is also the estimate's (l2 for cosine), ``metric`` the exact one.
@@ -538,7 +538,7 @@ def rabitq_search_serial(q, X, signs, centroids, rcent, nprobe, probe_metric, of
     hl = np.empty(kk, np.float32)
     size, scanned, reached = rabitq_scan(qr, rcent, probes, offsets, words, fac, pos, dwords,
                                          dfac, dpos, dorder, doffsets, mask, use_mask,
-                                         probe_metric, hd, hi, hl, eps, min_lists)
+                                         probe_metric, hd, hi, hl, eps, min_lists, target_share)
     od, oi, done = rerank_bounded(X, q, metric, hi, hl, size, k)
     return od, oi, scanned, reached, done
 
@@ -546,7 +546,7 @@ def rabitq_search_serial(q, X, signs, centroids, rcent, nprobe, probe_metric, of
 @njit(cache=True, nogil=True, parallel=True)
 def rabitq_search_batch(Q, QR, X, rcent, probes2d, offsets, words, fac, pos, dwords, dfac,
                         dpos, dorder, doffsets, mask, use_mask, probe_metric, metric, kk, k,
-                        min_lists, eps):
+                        min_lists, target_share, eps):
     """Every query in parallel, rotated queries ``QR`` (nq, D') and probes given (both by
     BLAS): (D (nq, k), I (nq, k)) padded with +inf / -1, lists scanned, target reached,
     rows re-ranked."""
@@ -562,7 +562,7 @@ def rabitq_search_batch(Q, QR, X, rcent, probes2d, offsets, words, fac, pos, dwo
         hl = np.empty(kk, np.float32)
         size, scanned[r], reached[r] = rabitq_scan(
             QR[r], rcent, probes2d[r], offsets, words, fac, pos, dwords, dfac, dpos, dorder,
-            doffsets, mask, use_mask, probe_metric, hd, hi, hl, eps, min_lists)
+            doffsets, mask, use_mask, probe_metric, hd, hi, hl, eps, min_lists, target_share)
         od, oi, done[r] = rerank_bounded(X, Q[r], metric, hi, hl, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
