@@ -10,6 +10,9 @@ filter ``bucket < s * 10000`` matches a share s of rows scattered over every lis
 ``cluster`` (its generating cluster, 1,000 of them: ``--kind cluster`` filters on
 ``cluster < s * 1000``, rows that sit together, usually far from the query).
 
+The first row runs without a filter (``where=None``): the unfiltered query the filtered
+rows are compared with (the 100% row still evaluates its filter on every call).
+
 Recall@10 is tie-aware against exact search over the matching rows (numpy, float32 dot
 products on the unit rows). Systems, same index parameters:
 
@@ -92,7 +95,11 @@ class Ours:
         t = time.perf_counter()
         out = [[h.id for h in self.ns.query(q, k=K, where=where, include=(), nprobe=nprobe)]
                for q in Q]
-        return len(Q) / (time.perf_counter() - t), _pad(out, K)
+        qps = len(Q) / (time.perf_counter() - t)
+        # the plan a single query takes (a batch may take another: planner.BATCH_QUERIES)
+        self.single_plan = self.ns.query(Q[0], k=K, where=where, include=(), nprobe=nprobe,
+                                         explain=True)[1]
+        return qps, _pad(out, K)
 
     def batch(self, Q, where, nprobe):
         t = time.perf_counter()
@@ -122,6 +129,12 @@ class Faiss:
 
     def params(self, allowed, nprobe):
         faiss = self.faiss
+        if allowed is None:                  # unfiltered: no selector
+            if self.refine is None:
+                return None
+            self._base = faiss.SearchParametersIVF(nprobe=nprobe)
+            return faiss.IndexRefineSearchParameters(k_factor=float(self.refine),
+                                                     base_index_params=self._base)
         self._bits = np.packbits(allowed.astype(np.uint8), bitorder="little")
         sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self._bits))
         self._sel = sel
@@ -212,8 +225,10 @@ class LancePeer:
         self.build_s = time.perf_counter() - t
 
     def _one(self, q, sql, nprobe, refine):
-        s = (self.tbl.search(q, vector_column_name="vector").distance_type("cosine")
-             .where(sql, prefilter=True).nprobes(nprobe).refine_factor(refine))
+        s = self.tbl.search(q, vector_column_name="vector").distance_type("cosine")
+        if sql is not None:
+            s = s.where(sql, prefilter=True)
+        s = s.nprobes(nprobe).refine_factor(refine)
         return s.select(["id", "_distance"]).limit(K).to_arrow().column("id").to_numpy()
 
     def single(self, Q, sql, nprobe, refine):
@@ -245,15 +260,20 @@ def run(args) -> dict:
         peers["lancedb-ivfpq"] = LancePeer(X, bucket, cluster, args.nlist, args.m, args.dir)
     Qs = Q[:args.single]
     rows = []
-    for s in args.selectivity:
-        if args.kind == "bucket":
+    # the first row has no filter at all: the unfiltered query the filtered rows are held
+    # against (a filter matching every row still pays its evaluation)
+    for s in [None] + list(args.selectivity):
+        if s is None:
+            cut, where, allowed = None, None, np.ones(args.n, bool)
+        elif args.kind == "bucket":
             cut = max(1, int(round(s * 10_000)))
             where, allowed = {"bucket": {"$lt": cut}}, bucket < cut
         else:
             cut = max(1, int(round(s * 1000)))
             where, allowed = {"cluster": {"$lt": cut}}, cluster < cut
         gt, kth = exact_filtered(X, Q, allowed, K)
-        p_ivf, p_flat = ivf.params(allowed, args.nprobe), flat.params(allowed, args.nprobe)
+        sel = None if where is None else allowed
+        p_ivf, p_flat = ivf.params(sel, args.nprobe), flat.params(sel, args.nprobe)
         # warm-up: compile or load the kernels this selectivity's plans use (single and
         # batch, fallbacks included), then wait for the background load the first single
         # queries start (engine/warmup.py), so the timed calls run the kernels
@@ -261,7 +281,7 @@ def run(args) -> dict:
         ours.batch(Q, where, args.nprobe)
         warmup.wait(timeout=120.0)
         row = {"selectivity": float(allowed.mean()), "matched": int(allowed.sum()),
-               "loadavg": list(os.getloadavg())}
+               "where": where, "loadavg": list(os.getloadavg())}
         for name, single, batch in (
                 ("simplevector", lambda: ours.single(Qs, where, args.nprobe),
                  lambda: ours.batch(Q, where, args.nprobe)),
@@ -278,19 +298,24 @@ def run(args) -> dict:
                 sq, sI = peer.single(Qs, where)
                 bq, bI = peer.batch(Q, where)
             else:                             # no batch call with a filter: the loop
-                sq, sI = peer.single(Qs, f"{column} < {cut}", args.nprobe, args.refine)
+                sql = None if where is None else f"{column} < {cut}"
+                sq, sI = peer.single(Qs, sql, args.nprobe, args.refine)
                 bq, bI = sq, sI
             row[name] = {"single_qps": sq, "batch_qps": bq,
                          "recall_single": recall(sI, kth[:len(Qs)], X, Qs, allowed, K),
                          "recall_batch": recall(bI, kth[:len(bI)], X, Q[:len(bI)], allowed, K)}
             print(f"    {name:14s} recall {row[name]['recall_batch']:.3f} single "
                   f"{sq:7.0f} batch {bq:7.0f}", flush=True)
-        plan = ours.plan
+        plan, splan = ours.plan, ours.single_plan
         row["simplevector"].update({"plan": plan.index, "lists": plan.lists,
-                                    "max_lists": plan.max_lists, "reason": plan.reason})
+                                    "max_lists": plan.max_lists, "reason": plan.reason,
+                                    "plan_single": splan.index, "lists_single": splan.lists,
+                                    "reason_single": splan.reason})
         rows.append(row)
         o, f, e = row["simplevector"], row["faiss-ivfpq"], row["faiss-flat"]
-        print(f"s {row['selectivity']:8.4%} ({row['matched']:6d} rows)  ours {o['plan']:18s} "
+        label = "no filter" if where is None else f"{row['selectivity']:8.4%}"
+        print(f"s {label:9s} ({row['matched']:6d} rows)  ours {o['plan']:18s} "
+              f"(single {o['plan_single']}) "
               f"lists {o['lists']:6.1f}  recall {o['recall_batch']:.3f}  single "
               f"{o['single_qps']:7.0f}  batch {o['batch_qps']:7.0f} | faiss-ivfpq recall "
               f"{f['recall_batch']:.3f} single {f['single_qps']:7.0f} batch "

@@ -87,11 +87,16 @@ def _sorted_positions(positions) -> np.ndarray:
     return arr
 
 
-def _scatter(bitmap: np.ndarray, positions: np.ndarray, n: int, is_sorted: bool) -> None:
-    """Set bitmap[p] for every p in *positions* below n."""
+def _scatter(bitmap: np.ndarray, positions: np.ndarray, n: int, is_sorted: bool,
+             end: int | None = None) -> None:
+    """Set bitmap[p] for every p in *positions* below n. ``end``: a bound on the positions
+    (every one < end), so that a bitmap of n >= end rows takes them without the test
+    (the test and its copy cost as much as the scatter: 18k positions, ~20 us each)."""
     if positions.size == 0:
         return
-    if is_sorted:
+    if end is not None and end <= n:
+        pass
+    elif is_sorted:
         positions = positions[: np.searchsorted(positions, n)]
     else:
         positions = positions[positions < n]
@@ -101,7 +106,7 @@ def _scatter(bitmap: np.ndarray, positions: np.ndarray, n: int, is_sorted: bool)
 class _Numeric:
     """The sorted numeric values of one field, with a pending write delta."""
 
-    __slots__ = ("entries", "pending", "dead", "vals", "poss", "exact", "inexact")
+    __slots__ = ("entries", "pending", "dead", "vals", "poss", "exact", "inexact", "end")
 
     def __init__(self) -> None:
         self.entries: dict[int, tuple] = {}  # authoritative: pos -> numeric values
@@ -111,6 +116,7 @@ class _Numeric:
         self.poss = _EMPTY
         self.exact: list | None = None  # Python values in sorted order, if any inexact
         self.inexact = False
+        self.end = 0  # 1 + the largest position in poss
 
     def add(self, pos: int, values: tuple) -> None:
         self.entries[pos] = values
@@ -142,6 +148,7 @@ class _Numeric:
         self.poss = poss[order]
         self.vals.setflags(write=False)
         self.poss.setflags(write=False)
+        self.end = int(poss.max()) + 1 if count else 0
         self.inexact = not all(_exact(v) for v in raw)
         self.exact = [raw[j] for j in order.tolist()] if self.inexact else None
         self.pending = {}
@@ -322,7 +329,8 @@ class FieldIndex:
         if self._base is not None:
             base = self._base.numeric(node.path)
             if base is not None:
-                _scatter(bitmap, _range_slice(base, node.op, node.value), n, is_sorted=False)
+                _scatter(bitmap, _range_slice(base, node.op, node.value), n, is_sorted=False,
+                         end=base.end)
         with self._lock:
             entry = self._paths.get(node.path)
             num = entry.numeric if entry is not None else None
@@ -338,9 +346,10 @@ class FieldIndex:
             stale.update(num.pending)
             stale_arr = np.fromiter(stale, dtype=np.int64, count=len(stale)) if stale else None
             hit = _range_slice(num, node.op, node.value)
+            end = num.end
         if stale_arr is not None and hit.size:
             hit = hit[~np.isin(hit, stale_arr)]
-        _scatter(bitmap, hit, n, is_sorted=False)
+        _scatter(bitmap, hit, n, is_sorted=False, end=end)
         op, c = node.op, node.value
         for pos, values in pending:
             if pos < n and any(
@@ -536,12 +545,13 @@ def _key_hash(key) -> tuple[int, int]:
 
 
 class _FrozenNumeric:
-    __slots__ = ("vals", "poss", "exact", "inexact")
+    __slots__ = ("vals", "poss", "exact", "inexact", "end")
 
     def __init__(self, vals, poss, exact):
         self.vals, self.poss = vals, poss
         self.exact = exact
         self.inexact = exact is not None
+        self.end = int(poss.max()) + 1 if poss.size else 0  # once per field, at first use
 
 
 class _Frozen:

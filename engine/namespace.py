@@ -369,7 +369,7 @@ class Namespace:
         mask, positions = view.alive, None
         if node is not None:
             mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
-            plan.matched = int(mask.sum())
+            plan.matched = int(np.count_nonzero(mask))
             plan.selectivity = plan.matched / view.live if view.live else 0.0
         t2 = time.perf_counter()
         matched = view.live if plan.matched is None else plan.matched

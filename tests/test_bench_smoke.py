@@ -151,3 +151,25 @@ def test_rows_source_times_mapped_and_heap_rows_at_every_point(tmp_path):
         assert r["single_qps_ratio"] == r["single_us_heap"] / r["single_us_map"]
         assert r["batch_qps_ratio"] == r["batch_qps_map"] / r["batch_qps_heap"]
     assert res["machine"]["cpu_model"] and res["spec"] == "IVF16,PQ8x8,Refine4"
+
+
+def test_filtered_sweep_has_an_unfiltered_row_and_both_plans(tmp_path):
+    """bench filtered: a first row without a filter, then one row a selectivity, each with
+    our recall against exact over the matching rows and the plan single queries and
+    batches took (FAISS is in the dev extra)."""
+    import argparse
+    from bench import filtered
+    args = argparse.Namespace(dim=32, n=3000, nlist=16, m=8, refine=4, spec=None, nprobe=4,
+                              selectivity=[1.0, 0.3, 0.01], kind="bucket", queries=40,
+                              single=10, peers=[], dir=str(tmp_path), out=None)
+    res = filtered.run(args)
+    rows = res["rows"]
+    assert [r["where"] for r in rows][0] is None and len(rows) == 4
+    assert rows[1]["where"] == {"bucket": {"$lt": 10000}} and rows[1]["matched"] == 3000
+    for r in rows:
+        ours = r["simplevector"]
+        assert 0.0 <= ours["recall_batch"] <= 1.0 and ours["single_qps"] > 0
+        assert ours["plan"] and ours["plan_single"]
+    assert rows[0]["simplevector"]["plan"] == "ivf" and rows[0]["matched"] == 3000
+    assert rows[3]["simplevector"]["plan"] == "flat-subset"       # 30 rows: exact
+    assert rows[3]["simplevector"]["recall_batch"] == 1.0

@@ -595,3 +595,23 @@ def test_matches_and_or_not():
     assert matches(compile_filter({"$and": [{"a": 1}, {"b": "x"}]}), md)
     assert matches(compile_filter({"$or": [{"a": 2}, {"b": "x"}]}), md)
     assert not matches(compile_filter({"$not": {"$or": [{"a": 2}, {"b": "x"}]}}), md)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_range_over_a_shorter_view_leaves_out_rows_past_its_end(checkpointed):
+    """A query's view may hold fewer rows than the field index has seen (rows written, or a
+    checkpoint taken, after the view was captured): a range evaluated for n rows marks only
+    positions below n, whether the positions come from the live or the checkpointed
+    arrays, and all of them when n covers every position."""
+    from simplevector.engine.filters import compile_filter
+    index = FieldIndex(merge_threshold=0)
+    for pos in range(100):
+        index.add(pos, {"v": pos})
+    if checkpointed:
+        meta, arrays = index.to_arrays(100, np.ones(100, bool))
+        index = FieldIndex(merge_threshold=0)
+        index.load_arrays(meta, arrays, 100)
+    node = compile_filter({"v": {"$gte": 10}})
+    assert np.flatnonzero(index.evaluate(node, 50)).tolist() == list(range(10, 50))
+    assert np.flatnonzero(index.evaluate(node, 100)).tolist() == list(range(10, 100))
+    assert np.flatnonzero(index.evaluate(node, 120)).tolist() == list(range(10, 100))
