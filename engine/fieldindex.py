@@ -87,6 +87,11 @@ def _sorted_positions(positions) -> np.ndarray:
     return arr
 
 
+#: Bytes of filter results a :class:`FieldIndex` keeps (:meth:`FieldIndex.evaluate`);
+#: results larger than a quarter of it are not kept.
+RESULT_CACHE_BYTES = 32 << 20
+
+
 def _scatter(bitmap: np.ndarray, positions: np.ndarray, n: int, is_sorted: bool,
              end: int | None = None) -> None:
     """Set bitmap[p] for every p in *positions* below n. ``end``: a bound on the positions
@@ -226,6 +231,11 @@ class FieldIndex:
         self._merge_threshold = merge_threshold
         self._base: _Frozen | None = None   # positions below base_n, from a checkpoint
         self.base_n = 0
+        # the last results of evaluate (:data:`RESULT_CACHE_BYTES`): (filter, n, alive) ->
+        # (alive, bitmap), valid while _generation (every write) stays the same
+        self._generation = 0
+        self._results: dict = {}
+        self._results_gen = 0
 
     # ------------------------------------------------------------------ writes
 
@@ -237,12 +247,14 @@ class FieldIndex:
         with self._lock:
             self._paths = {}
             self._rows = 0
+            self._generation += 1
 
     def add(self, pos: int, metadata: dict | None) -> None:
         """Index the row at *pos* (which must not be indexed already)."""
         pos = int(pos)
         with self._lock:
             self._rows += 1
+            self._generation += 1
             if not metadata:
                 return
             for path, value in _walk(metadata):
@@ -274,6 +286,7 @@ class FieldIndex:
         pos = int(pos)
         with self._lock:
             self._rows = max(0, self._rows - 1)
+            self._generation += 1
             if not metadata:
                 return
             for path, value in _walk(metadata):
@@ -399,6 +412,10 @@ class FieldIndex:
     def evaluate(self, node: Node | dict, n: int, alive: np.ndarray | None = None) -> np.ndarray:
         """Bool array of length *n*: True where the row matches *node* and is alive.
 
+        The result is read-only, and the same array answers the same filter over the
+        same ``alive`` until the next write (a query repeating its filter, a tenant's or a
+        category's, skips the evaluation: 45-90 us at 60k rows for a range).
+
         *node* is a compiled filter (a raw ``where`` dict is compiled first). *alive* is
         the caller's bool mask of live rows (None: all n rows are alive); complements are
         taken within it, and the result is already ANDed with it.
@@ -408,7 +425,8 @@ class FieldIndex:
         n = int(n)
         if n < 0:
             raise InvalidInput(f"n must be >= 0, got {n}")
-        if alive is None:
+        fresh = alive is None
+        if fresh:
             alive = np.ones(n, dtype=bool)
         else:
             alive = np.asarray(alive, dtype=bool)
@@ -416,8 +434,30 @@ class FieldIndex:
                 raise InvalidInput(
                     f"alive must be a bool array of shape ({n},), got shape {alive.shape}"
                 )
+        try:
+            # without the caller's alive (a fresh all-True array) there is nothing to reuse
+            key = None if fresh else (node, n, id(alive))
+            hash(key)
+        except TypeError:                   # an unhashable filter value: not cached
+            key = None
+        with self._lock:
+            generation = self._generation
+            if self._results_gen != generation:
+                self._results, self._results_gen = {}, generation
+            hit = self._results.get(key) if key is not None else None
+        if hit is not None and hit[0] is alive:
+            return hit[1]
         out = self._eval(node, n, alive)
         out &= alive
+        if key is not None and out.nbytes <= RESULT_CACHE_BYTES // 4:
+            out.setflags(write=False)
+            with self._lock:
+                if self._generation == generation:
+                    results = self._results
+                    while results and sum(b.nbytes for _, b in results.values()) \
+                            + out.nbytes > RESULT_CACHE_BYTES:
+                        del results[next(iter(results))]        # the oldest first
+                    results[key] = (alive, out)
         return out
 
     def count(self, node: Node | dict, n: int, alive: np.ndarray | None = None) -> int:
@@ -520,8 +560,10 @@ class FieldIndex:
 
     def load_arrays(self, meta: dict, arrays: dict, base_n: int) -> None:
         """Make the checkpointed indexes the base of this (empty) index."""
-        self._base = _Frozen(meta, arrays)
-        self.base_n = base_n
+        with self._lock:
+            self._base = _Frozen(meta, arrays)
+            self.base_n = base_n
+            self._generation += 1
 
 
 def _key_bytes(key) -> bytes:

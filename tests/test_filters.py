@@ -615,3 +615,49 @@ def test_range_over_a_shorter_view_leaves_out_rows_past_its_end(checkpointed):
     assert np.flatnonzero(index.evaluate(node, 50)).tolist() == list(range(10, 50))
     assert np.flatnonzero(index.evaluate(node, 100)).tolist() == list(range(10, 100))
     assert np.flatnonzero(index.evaluate(node, 120)).tolist() == list(range(10, 100))
+
+
+def test_a_repeated_filter_reuses_its_result_until_the_next_write():
+    """evaluate returns the same read-only array for the same filter over the same alive
+    array, and a write (add or remove) makes the next evaluation see it."""
+    from simplevector.engine.filters import compile_filter
+    index = FieldIndex()
+    for pos in range(20):
+        index.add(pos, {"v": pos, "tag": "a" if pos % 2 else "b"})
+    alive = np.ones(30, bool)
+    node = compile_filter({"v": {"$lt": 10}, "tag": "a"})
+    first = index.evaluate(node, 20, alive[:20])
+    view = alive[:20]
+    again = index.evaluate(node, 20, view)
+    assert np.flatnonzero(first).tolist() == [1, 3, 5, 7, 9]
+    assert index.evaluate(node, 20, view) is again and not again.flags.writeable
+    assert index.evaluate(compile_filter({"v": {"$lt": 10}, "tag": "a"}), 20, view) is again
+    index.add(20, {"v": 5, "tag": "a"})
+    grown = np.flatnonzero(index.evaluate(node, 21, alive[:21])).tolist()
+    assert grown == [1, 3, 5, 7, 9, 20]
+    assert index.evaluate(node, 20, view) is not again       # the write dropped it
+    index.remove(3, {"v": 3, "tag": "a"})
+    assert np.flatnonzero(index.evaluate(node, 21, alive[:21])).tolist() == [1, 5, 7, 9, 20]
+    fresh = index.evaluate(node, 21)
+    assert fresh.flags.writeable and index.evaluate(node, 21) is not fresh
+
+
+def test_a_deleted_row_leaves_a_repeated_filters_matches_in_a_namespace(tmp_path):
+    """Through the public API: the same filtered query before and after a delete of a
+    checkpointed row (which changes no field index entry) and after an upsert."""
+    import simplevector as sv
+    db = sv.open(tmp_path / "db")
+    ns = db.create_namespace("f", dim=4, metric="l2")
+    X = np.eye(4, dtype=np.float32).repeat(5, axis=0) + np.arange(20)[:, None] * 0.01
+    ns.upsert(list(range(20)), X, metadata=[{"g": i % 2} for i in range(20)])
+    db.checkpoint()
+    where = {"g": 1}
+    q = X[1]
+    before = [h.id for h in ns.query(q, k=20, where=where, include=())]
+    assert sorted(before) == list(range(1, 20, 2))
+    ns.delete([1])
+    after = [h.id for h in ns.query(q, k=20, where=where, include=())]
+    assert sorted(after) == list(range(3, 20, 2))
+    ns.upsert([100], X[1:2], metadata=[{"g": 1}])
+    assert ns.query(q, k=1, where=where, include=())[0].id == 100
+    db.close()
