@@ -544,6 +544,47 @@ def rabitq_search_serial(q, X, signs, centroids, rcent, nprobe, probe_metric, of
 
 
 @njit(cache=True, nogil=True, parallel=True)
+def rabitq_search_parallel(q, X, signs, rcent, probes, offsets, words, fac, pos, dwords, dfac,
+                           dpos, dorder, doffsets, mask, use_mask, probe_metric, metric, kk, k,
+                           nchunks, min_lists, target_share, eps):
+    """:func:`rabitq_search_serial` of one query with its ``probes`` given and split across
+    ``nchunks`` threads (interleaved; a widened scan gives each chunk its share of
+    ``min_lists``, as :func:`.ivffused.pq_search_parallel`), the chunks' top kk merged with
+    their bounds, then re-ranked. Returns (dist, pos, lists scanned, target reached (every
+    chunk), rows re-ranked)."""
+    qr = np.empty(signs.shape[1], np.float32)
+    rotate(signs, q, qr)
+    HD = np.empty((nchunks, kk), np.float32)
+    HI = np.empty((nchunks, kk), np.int64)
+    HL = np.empty((nchunks, kk), np.float32)
+    sizes = np.zeros(nchunks, np.int64)
+    scanned = np.zeros(nchunks, np.int64)
+    reached = np.zeros(nchunks, np.bool_)
+    for c in prange(nchunks):
+        sub = np.ascontiguousarray(probes[c::nchunks])
+        share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
+        size, lists, ok = rabitq_scan(qr, rcent, sub, offsets, words, fac, pos, dwords, dfac,
+                                      dpos, dorder, doffsets, mask, use_mask, probe_metric,
+                                      HD[c], HI[c], HL[c], eps, share, target_share)
+        sizes[c] = size
+        scanned[c] = lists
+        reached[c] = ok
+    hd = np.empty(kk, np.float32)
+    hi = np.empty(kk, np.int64)
+    hl = np.empty(kk, np.float32)
+    size = 0
+    worst = np.float32(np.inf)
+    for c in range(nchunks):
+        for t in range(sizes[c]):
+            d = HD[c, t]
+            if d <= worst:
+                size, worst = heap_consider_payload(hd, hi, hl, size, worst, d, HI[c, t],
+                                                    HL[c, t])
+    od, oi, done = rerank_bounded(X, q, metric, hi, hl, size, k)
+    return od, oi, scanned.sum(), reached.all(), done
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def rabitq_search_batch(Q, QR, X, rcent, probes2d, offsets, words, fac, pos, dwords, dfac,
                         dpos, dorder, doffsets, mask, use_mask, probe_metric, metric, kk, k,
                         min_lists, target_share, eps):
