@@ -11,7 +11,10 @@ filter ``bucket < s * 10000`` matches a share s of rows scattered over every lis
 ``cluster < s * 1000``, rows that sit together, usually far from the query).
 
 The first row runs without a filter (``where=None``): the unfiltered query the filtered
-rows are compared with (the 100% row still evaluates its filter on every call).
+rows are compared with (the 100% row still evaluates its filter on every call). Each
+filtered row also reports ``single_vs_unfiltered`` / ``batch_vs_unfiltered``: the median
+over ``ROUNDS`` interleaved rounds (filtered, then unfiltered, same queries) of their QPS
+ratio, which the machine's drift between rows does not move.
 
 Recall@10 is tie-aware against exact search over the matching rows (numpy, float32 dot
 products on the unit rows). Systems, same index parameters:
@@ -46,6 +49,8 @@ from . import env
 from .ivf_dims import blas_info, embedding_like
 
 K = 10
+#: interleaved filtered / unfiltered rounds a row's QPS ratio is the median of
+ROUNDS = 5
 
 
 def exact_filtered(X, Q, allowed, k):
@@ -306,6 +311,21 @@ def run(args) -> dict:
                          "recall_batch": recall(bI, kth[:len(bI)], X, Q[:len(bI)], allowed, K)}
             print(f"    {name:14s} recall {row[name]['recall_batch']:.3f} single "
                   f"{sq:7.0f} batch {bq:7.0f}", flush=True)
+        if where is not None:
+            # the filtered/unfiltered QPS ratio from interleaved rounds (this machine moves
+            # a row's QPS by 1.5x between minutes; a ratio of neighbouring blocks does not)
+            ss, bb = [], []
+            for _ in range(ROUNDS):
+                f1, _ = ours.single(Qs, where, args.nprobe)
+                u1, _ = ours.single(Qs, None, args.nprobe)
+                fb, _ = ours.batch(Q, where, args.nprobe)
+                ub, _ = ours.batch(Q, None, args.nprobe)
+                ss.append(f1 / u1)
+                bb.append(fb / ub)
+            row["simplevector"]["single_vs_unfiltered"] = float(np.median(ss))
+            row["simplevector"]["batch_vs_unfiltered"] = float(np.median(bb))
+            ours.batch(Q, where, args.nprobe)          # its plan, for the row
+            ours.single(Qs[:1], where, args.nprobe)
         plan, splan = ours.plan, ours.single_plan
         row["simplevector"].update({"plan": plan.index, "lists": plan.lists,
                                     "max_lists": plan.max_lists, "reason": plan.reason,
@@ -321,6 +341,9 @@ def run(args) -> dict:
               f"{f['recall_batch']:.3f} single {f['single_qps']:7.0f} batch "
               f"{f['batch_qps']:7.0f} | faiss-flat single {e['single_qps']:6.0f} batch "
               f"{e['batch_qps']:7.0f}  load {row['loadavg'][0]:.2f}", flush=True)
+        if "single_vs_unfiltered" in o:
+            print(f"    ours / unfiltered, interleaved: single {o['single_vs_unfiltered']:.2f}x "
+                  f"batch {o['batch_vs_unfiltered']:.2f}x", flush=True)
     out = {"machine": env.machine(), "versions": env.versions(), "blas": blas_info(),
            "params": {**vars(args), "spec": spec, "metric": "cosine",
                       "data": "synthetic embedding-like (bench/ivf_dims.embedding_like)"},

@@ -173,3 +173,7 @@ def test_filtered_sweep_has_an_unfiltered_row_and_both_plans(tmp_path):
     assert rows[0]["simplevector"]["plan"] == "ivf" and rows[0]["matched"] == 3000
     assert rows[3]["simplevector"]["plan"] == "flat-subset"       # 30 rows: exact
     assert rows[3]["simplevector"]["recall_batch"] == 1.0
+    assert "single_vs_unfiltered" not in rows[0]["simplevector"]
+    for r in rows[1:]:
+        assert r["simplevector"]["single_vs_unfiltered"] > 0
+        assert r["simplevector"]["batch_vs_unfiltered"] > 0
