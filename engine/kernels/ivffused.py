@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .distances import distance, distances_to_ref
-from .ivfscan import adc_scan, adc_scan_table, adc_search_ref, flat_scan, probe
+from .ivfscan import adc_scan, adc_scan_table, adc_search_ref, chunk_probes, flat_scan, probe
 from .topk import heap_consider, heap_sort
 
 __all__ = [
@@ -132,8 +132,7 @@ def pq_search_parallel(q, X, centroids, cbT, pre, probes, offsets, codes, pos, s
     scanned = np.zeros(nchunks, np.int64)
     reached = np.zeros(nchunks, np.bool_)
     for c in prange(nchunks):
-        sub = np.ascontiguousarray(probes[c::nchunks])
-        share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
+        sub, share = chunk_probes(probes, nchunks, c, min_lists)
         size, lists, ok = adc_scan(q, centroids, cbT, pre, sub, offsets, codes, pos, snorm,
                                    dcodes, dpos, dnorm, dorder, doffsets, mask, use_mask,
                                    scan_metric, HD[c], HI[c], share, target_share)

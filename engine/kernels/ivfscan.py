@@ -215,6 +215,15 @@ def _adc4(T, codes, r):
 
 
 @njit(cache=True, nogil=True)
+def chunk_probes(probes, nchunks, c, min_lists):
+    """Chunk c of a single query's probes split across ``nchunks`` threads (interleaved,
+    so every chunk starts near the query) and its share of ``min_lists`` (-1 stays -1)."""
+    sub = np.ascontiguousarray(probes[c::nchunks])
+    share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
+    return sub, share
+
+
+@njit(cache=True, nogil=True)
 def widen_target(probes, offsets, doffsets, min_lists, target_share):
     """Allowed rows a widened filtered scan must see: ``target_share`` of every row (sealed
     and delta) of the first ``min_lists`` probed lists, the candidates the unfiltered query

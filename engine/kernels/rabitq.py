@@ -47,7 +47,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .distances import COSINE, IP, _dot, distance, distances_to_ref
-from .ivfscan import allowed, probe, widen_target
+from .ivfscan import allowed, chunk_probes, probe, widen_target
 from .topk import heap_consider, heap_consider_payload, heap_sort
 
 __all__ = [
@@ -561,8 +561,7 @@ def rabitq_search_parallel(q, X, signs, rcent, probes, offsets, words, fac, pos,
     scanned = np.zeros(nchunks, np.int64)
     reached = np.zeros(nchunks, np.bool_)
     for c in prange(nchunks):
-        sub = np.ascontiguousarray(probes[c::nchunks])
-        share = -1 if min_lists < 0 else (min_lists + nchunks - 1 - c) // nchunks
+        sub, share = chunk_probes(probes, nchunks, c, min_lists)
         size, lists, ok = rabitq_scan(qr, rcent, sub, offsets, words, fac, pos, dwords, dfac,
                                       dpos, dorder, doffsets, mask, use_mask, probe_metric,
                                       HD[c], HI[c], HL[c], eps, share, target_share)
