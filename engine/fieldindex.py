@@ -87,9 +87,11 @@ def _sorted_positions(positions) -> np.ndarray:
     return arr
 
 
-#: Bytes of filter results a :class:`FieldIndex` keeps (:meth:`FieldIndex.evaluate`);
-#: results larger than a quarter of it are not kept.
-RESULT_CACHE_BYTES = 32 << 20
+#: Filter results a :class:`FieldIndex` keeps (:meth:`FieldIndex.evaluate`), least
+#: recently used out first: at most this many bytes (one bool a row; a result larger than
+#: a quarter of it is not kept) and this many results.
+RESULT_CACHE_BYTES = 16 << 20
+RESULT_CACHE_ENTRIES = 32
 
 
 def _scatter(bitmap: np.ndarray, positions: np.ndarray, n: int, is_sorted: bool,
@@ -236,6 +238,7 @@ class FieldIndex:
         self._generation = 0
         self._results: dict = {}
         self._results_gen = 0
+        self._results_bytes = 0
 
     # ------------------------------------------------------------------ writes
 
@@ -443,8 +446,10 @@ class FieldIndex:
         with self._lock:
             generation = self._generation
             if self._results_gen != generation:
-                self._results, self._results_gen = {}, generation
-            hit = self._results.get(key) if key is not None else None
+                self._results, self._results_gen, self._results_bytes = {}, generation, 0
+            hit = self._results.pop(key, None) if key is not None else None
+            if hit is not None:
+                self._results[key] = hit                # most recently used last
         if hit is not None and hit[0] is alive:
             return hit[1]
         out = self._eval(node, n, alive)
@@ -454,10 +459,15 @@ class FieldIndex:
             with self._lock:
                 if self._generation == generation:
                     results = self._results
-                    while results and sum(b.nbytes for _, b in results.values()) \
-                            + out.nbytes > RESULT_CACHE_BYTES:
-                        del results[next(iter(results))]        # the oldest first
+                    old = results.pop(key, None)
+                    if old is not None:
+                        self._results_bytes -= old[1].nbytes
+                    while results and (len(results) >= RESULT_CACHE_ENTRIES or
+                                       self._results_bytes + out.nbytes > RESULT_CACHE_BYTES):
+                        _, dropped = results.pop(next(iter(results)))   # least recent
+                        self._results_bytes -= dropped.nbytes
                     results[key] = (alive, out)
+                    self._results_bytes += out.nbytes
         return out
 
     def count(self, node: Node | dict, n: int, alive: np.ndarray | None = None) -> int:

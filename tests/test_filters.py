@@ -661,3 +661,29 @@ def test_a_deleted_row_leaves_a_repeated_filters_matches_in_a_namespace(tmp_path
     ns.upsert([100], X[1:2], metadata=[{"g": 1}])
     assert ns.query(q, k=1, where=where, include=())[0].id == 100
     db.close()
+
+
+def test_the_filter_results_kept_stay_within_their_bounds(monkeypatch):
+    """Many distinct filters: at most RESULT_CACHE_ENTRIES results and RESULT_CACHE_BYTES
+    bytes are kept, the least recently used dropped first, and a dropped one is evaluated
+    again (right) when asked."""
+    from simplevector.engine import fieldindex
+    from simplevector.engine.filters import compile_filter
+    monkeypatch.setattr(fieldindex, "RESULT_CACHE_ENTRIES", 4)
+    monkeypatch.setattr(fieldindex, "RESULT_CACHE_BYTES", 4 * 100)
+    index = FieldIndex()
+    for pos in range(100):
+        index.add(pos, {"v": pos})
+    alive = np.ones(100, bool)
+    nodes = [compile_filter({"v": {"$lt": c}}) for c in range(10)]
+    first = index.evaluate(nodes[0], 100, alive)
+    for node in nodes[1:4]:
+        index.evaluate(node, 100, alive)
+    assert index.evaluate(nodes[0], 100, alive) is first          # used again: kept
+    for node in nodes[4:]:
+        index.evaluate(node, 100, alive)
+    assert len(index._results) == 4 and index._results_bytes == 400
+    again = index.evaluate(nodes[0], 100, alive)
+    assert again is not first and np.array_equal(again, first)
+    assert np.flatnonzero(again).tolist() == []                    # v < 0: none
+    assert np.flatnonzero(index.evaluate(nodes[9], 100, alive)).tolist() == list(range(9))
