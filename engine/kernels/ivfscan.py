@@ -227,8 +227,9 @@ def chunk_probes(probes, nchunks, c, min_lists):
 def widen_target(probes, offsets, doffsets, min_lists, target_share):
     """Allowed rows a widened filtered scan must see: ``target_share`` of every row (sealed
     and delta) of the first ``min_lists`` probed lists, the candidates the unfiltered query
-    with nprobe = ``min_lists`` scans (the planner passes the square root of the filter's
-    share of rows: engine/planner.py, "ivf"). 0 when ``min_lists`` < 0 (no widening)."""
+    with nprobe = ``min_lists`` scans (the planner passes the filter's share of rows to the
+    power ``planner.WIDEN_EXPONENT``: engine/planner.py, "ivf"). 0 when ``min_lists`` < 0
+    (no widening)."""
     rows = 0
     for p in range(min(max(min_lists, 0), probes.shape[0])):
         l = probes[p]
