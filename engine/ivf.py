@@ -603,7 +603,11 @@ class IVFIndex:
         return out
 
     def row_cost(self) -> float:
-        """The planner's cost of one row a masked scan passes (engine/planner.py)."""
+        """The planner's cost of one row a masked scan passes (engine/planner.py): the
+        engine's own IVF-PQ scans (query-only tables, "query" / "row_terms") have their
+        measured cost; per-list tables and IVF-Flat keep MASK_COST."""
+        if self.m and self.table_strategy in ("query", "row_terms"):
+            return planner.PQ_MASK_COST
         return planner.MASK_COST
 
     def scan_costs(self) -> tuple[int, int]:

@@ -67,6 +67,13 @@ EXACT_VALUE_COST = 0.5
 #: 0.48-0.86 at 10%, 0.30-0.38 at 20%, 0.26-0.33 at 30%; at 30 a passed row the model says
 #: 4.7, 0.70, 0.24, 0.14, and the crossover near 8% where the measured one is near 7%.
 RABITQ_MASK_COST = 30.0
+#: The same for the IVF-PQ scan with query-only tables (the engine's "row_terms" / "query"
+#: strategies, whose list cost is only dim), fitted the same way: 60k x 384,
+#: IVF256,PQ48x8,Refine8, nprobe 16, AMD EPYC, single queries, each plan forced: the widened
+#: scan over exact over the matching rows 0.35 at 30%, 2.3-3.1 at 10%, 6-10 at 3% (with
+#: MASK_COST the model priced the widened scan at 0.1-0.8x exact and took it at 10% and 3%,
+#: 2-10x slower); at 120 a passed row it says 0.34, 1.9, 13 (exact below ~17%).
+PQ_MASK_COST = 120.0
 #: A batch of at least BATCH_QUERIES queries computes its exact distances over the matching
 #: rows as one BLAS product, at BATCH_EXACT_VALUE_COST a value instead of EXACT_VALUE_COST;
 #: fitted on the shape above (300 queries): the widened scan's batch time over the exact

@@ -168,10 +168,9 @@ def test_rabitq_costs_send_filters_where_the_measured_shape_was_faster():
     384, IVF512,RaBitQ, nprobe 32, refine 10): single queries went faster exact at 3% and
     widened at 10% and 30%; batches of 300 exact at 10% and 20%, widened at 30%. Each index
     hands the planner its own row cost."""
-    from simplevector.engine.ivf import IVFIndex
     from simplevector.engine.rabitq import RaBitQIndex
     assert RaBitQIndex.row_cost(None) == planner.RABITQ_MASK_COST > planner.MASK_COST
-    assert IVFIndex.row_cost(None) == planner.MASK_COST
+    assert planner.PQ_MASK_COST > planner.MASK_COST      # IVF-PQ: a test below
     rabitq = dict(filtered=True, k=10, nprobe=32, refine=10, spec_nprobe=32,
                   spec_refine=10, nlist=512, has_codes=True, dim=384, live=60_000,
                   list_cost=3 * 384, code_cost=5 * 6 + 4, row_cost=planner.RABITQ_MASK_COST)
@@ -231,3 +230,25 @@ def test_probe_command_measures_a_filtered_probe(tmp_path):
     bad = CliRunner().invoke(main, ["probe", "items", "--db", str(tmp_path / "db"), "--where",
                                     "{nope"])
     assert bad.exit_code != 0 and "not valid JSON" in bad.output
+
+
+def test_ivfpq_query_table_row_cost_sends_10_and_3_percent_exact_and_30_percent_widened():
+    """The measured shape behind planner.PQ_MASK_COST (60k x 384, IVF256,PQ48x8,Refine8,
+    nprobe 16, row-terms tables): single queries ran 2-10x faster exact over the matching
+    rows at 3% and 10%, and ~3x faster widened at 30%. The engine's IVF-PQ indexes hand the
+    planner that row cost; per-list tables keep MASK_COST."""
+    pq = dict(filtered=True, k=10, nprobe=16, refine=8, spec_nprobe=16, spec_refine=8,
+              nlist=256, has_codes=True, dim=384, live=60_000, list_cost=384, code_cost=48,
+              row_cost=planner.PQ_MASK_COST)
+    for s, want in ((0.03, "flat-subset"), (0.10, "flat-subset"), (0.30, "ivf")):
+        assert planner.ivf_plan(matched=int(s * 60_000), **pq).index == want, s
+    old = dict(pq, row_cost=planner.MASK_COST)
+    assert planner.ivf_plan(matched=6_000, **old).index == "ivf"      # what it chose before
+
+
+def test_an_engine_ivfpq_index_hands_the_planner_its_row_cost(clustered_ns):
+    ns = clustered_ns[0]
+    e = ns.engine_ns
+    index = e._db._state(e._config().vid).index
+    assert index.table_strategy in ("row_terms", "query")
+    assert index.row_cost() == planner.PQ_MASK_COST
