@@ -31,7 +31,7 @@ from .indexspec import IndexSpec
 from . import ivf
 from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _stored_end,
                   train_coarse)
-from .kernels import adctables, ivffused, ivfscan, kmeans as kmeans_k, rabitq as rq
+from .kernels import adctables, ivfscan, kmeans as kmeans_k, rabitq as rq
 from .kernels.threads import one_blas_thread
 
 #: The rotation's seed offset from the build seed (any fixed value; stored with the index).
@@ -122,50 +122,25 @@ class RaBitQIndex(IVFIndex):
     # -- search --------------------------------------------------------------------------------
     def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
                min_lists: int = -1, target_share: float = 1.0):
-        """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached)."""
+        """As :meth:`IVFIndex.search`: (dist, pos, lists scanned, target reached).
+
+        A widened filtered scan over many lists may split them over the numba threads
+        (:func:`.kernels.rabitq.rabitq_search_parallel`) when this index's
+        :class:`~.ivf.ScanChooser` for its selectivity measures that faster; unfiltered
+        queries stay on one thread (the 1-thread figure the bench compares)."""
         nprobe = min(nprobe, self.nlist)
         sealed, d, words, fac, dwords, dfac = self._code_views()
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
-        if min_lists >= 0 and nprobe * self._mean_list() > ivf.PARALLEL_SCAN_CODES:
-            out = self._search_widened(X, q, k, nprobe, refine, mask, use_mask, min_lists,
-                                       target_share, sealed, d, words, fac, dwords, dfac)
-            if out is not None:
-                return out
-        dist, pos, scanned, reached, _ = rq.rabitq_search_serial(
-            q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
-            sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-            mask, use_mask, self.metric, max(k * refine, k), k, min_lists, target_share,
-            self.bound_eps)
-        return dist, pos, scanned, reached
-
-    def _mean_list(self) -> float:
-        sealed, d = self.snapshot()
-        return (len(sealed.pos) + int(d.n)) / max(1, self.nlist)
-
-    def _search_widened(self, X, q, k, nprobe, refine, mask, use_mask, min_lists,
-                        target_share, sealed, d, words, fac, dwords, dfac):
-        """A widened filtered scan over many lists on the numba threads, when
-        :class:`~.ivf.ScanChooser` (this index's own for widened scans of this selectivity
-        octave) measures the split faster than the serial scan; None: take the serial one.
-        Only widened scans split: an unfiltered query's lists stay on one thread (the
-        1-thread figure the bench compares)."""
-        threads = numba.get_num_threads()
-        if threads < 2:
-            return None
-        # one chooser a selectivity octave (target_share = s ** (1/3)): a list's cost
-        # depends on how many of its rows match, so only like scans are compared
-        octave = int(round(-3.0 * math.log2(max(target_share, 1e-3))))
-        choosers = self.__dict__.setdefault("_widen_choosers", {})
-        chooser = choosers.get(octave)
-        if chooser is None:
-            chooser = choosers[octave] = ivf.ScanChooser()
-        split = chooser.split()
         kk = max(k * refine, k)
-        t0 = time.perf_counter()
+        chooser = threads = None
+        if (min_lists >= 0 and nprobe * (len(sealed.pos) + int(d.n))
+                > ivf.PARALLEL_SCAN_CODES * self.nlist):
+            threads = numba.get_num_threads()
+            chooser = self._widen_chooser(target_share) if threads > 1 else None
+        split = chooser is not None and chooser.split()
+        t0 = time.perf_counter() if chooser is not None else 0.0
         if split:
-            probes, count = ivffused.probe_and_count(q, self.centroids, nprobe,
-                                                     self.list_metric, sealed.offsets,
-                                                     d.offsets)
+            probes = ivfscan.probe(q, self.centroids, nprobe, self.list_metric)
             dist, pos, scanned, reached, _ = rq.rabitq_search_parallel(
                 q, X, self.signs, self.rcentroids, probes, sealed.offsets, words, fac,
                 sealed.pos, dwords, dfac, d.pos, d.order, d.offsets, mask, use_mask,
@@ -177,9 +152,21 @@ class RaBitQIndex(IVFIndex):
                 sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order,
                 d.offsets, mask, use_mask, self.metric, kk, k, min_lists, target_share,
                 self.bound_eps)
-        # cost per list opened: both ways stop early, at different lists
-        chooser.record(split, time.perf_counter() - t0, int(scanned))
+        if chooser is not None:
+            # cost per list opened: both ways stop early, at different lists
+            chooser.record(split, time.perf_counter() - t0, int(scanned))
         return dist, pos, scanned, reached
+
+    def _widen_chooser(self, target_share: float) -> "ivf.ScanChooser":
+        """This index's serial-or-split chooser for widened scans of one selectivity
+        octave (target_share = s ** (1/3)): a list's cost depends on how many of its rows
+        match, so only like scans are compared."""
+        octave = int(round(-3.0 * math.log2(max(target_share, 1e-3))))
+        choosers = self.__dict__.setdefault("_widen_choosers", {})
+        chooser = choosers.get(octave)
+        if chooser is None:
+            chooser = choosers[octave] = ivf.ScanChooser()
+        return chooser
 
     def _code_views(self):
         """(sealed, delta, their words and factors): the views of this snapshot's codes,
