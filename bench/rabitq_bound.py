@@ -34,14 +34,14 @@ def _reranked(ns, queries, k, nprobe, refine) -> float:
     e = ns.engine_ns
     state = e._db._state(e._config().vid)
     view, index = state.view(), state.index
-    sealed, d, words, fac, dwords, dfac = index._code_views()
+    sealed, d, words, fac, dwords, dfac, st, dt = index._code_views()
     use_mask = ivf._scan_mask(view.alive, view.live == view.n, sealed, d)
     total = 0
     for q in state.prepare(queries):
         total += rq.rabitq_search_serial(
-            q, view.X, index.signs, index.centroids, index.rcentroids, nprobe,
-            index.list_metric, sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos,
-            d.order, d.offsets, view.alive, use_mask, index.metric, k * refine, k, -1, 1.0,
+            q, view.X, index.signs, index.centroids, index.rcentroids, index.rcenter, nprobe,
+            index.list_metric, sealed.offsets, words, fac, sealed.pos, st, dwords, dfac, d.pos,
+            dt, d.order, d.offsets, view.alive, use_mask, index.metric, k * refine, k, -1, 1.0,
             index.bound_eps)[4]
     return total / len(queries)
 

@@ -273,6 +273,10 @@ class IVFIndex:
             return adctables.NO_TERMS
         return adctables.row_l2_terms(offsets, codes, self.centroids, self._cbT)
 
+    def _delta_terms(self, lists, codes) -> np.ndarray:
+        """The row terms of loose rows (a write batch) with these list ids and codes."""
+        return adctables.delta_l2_terms(lists, codes, self.centroids, self.codebooks)
+
     def _terms(self, sealed: _Lists, d: _Delta):
         """(sealed, delta) row terms for the scan kernels, or NO_TERMS for both."""
         if not self._row_terms or self._pre.shape[0]:
@@ -453,8 +457,7 @@ class IVFIndex:
         dp[d.n:need] = positions
         dl[d.n:need] = lists
         if self._row_terms:
-            dt[d.n:need] = adctables.delta_l2_terms(lists, dc[d.n:need], self.centroids,
-                                                    self.codebooks)
+            dt[d.n:need] = self._delta_terms(lists, dc[d.n:need])
         new = _delta(dc, dp, dl, need, self.nlist, dt)
         with self._lock:
             self._delta = new

@@ -7,13 +7,17 @@ the same lists, so the IVF scaffolding is shared as it is: sealed CSR plus delta
 ``add`` and ``seal``, the alive mask and filters, the widened filtered scan, checkpoints (the
 lists are views of the bundle) and compaction (positions remapped, codes untouched). What it
 adds is trained state (the rotation: its random signs (4, D') and R itself (D', D') dense,
-and the rotated centroids R c_l (nlist, D'), checkpointed as the bundle arrays
-``ivf.rotation_signs``, ``ivf.rotation`` and ``ivf.rcentroids``) and its own
-encode and scan. Queries are estimated by AND + popcount against a 4-bit query, then the best
-``k * refine`` are re-ranked exactly from the stored float32 rows.
+the rotated centroids R c_l (nlist, D') and their mean g' (l2; zero for ip), checkpointed as
+the bundle arrays ``ivf.rotation_signs``, ``ivf.rotation``, ``ivf.rcentroids`` and
+``ivf.rcenter``) and its own encode and scan. Queries are estimated by AND + popcount
+against one 4-bit query, q' - g', for every list, then the best ``k * refine`` are
+re-ranked exactly from the stored float32 rows. For l2 and cosine each code row has a term
+(kernels/rabitq.py ``list_terms``: derived from the code, like IVF-PQ's row terms kept in
+``_Lists.terms`` / ``_Delta.terms`` and stored with a checkpoint as ``ivf.terms``; a bundle
+written before them gets them on the first kernel query, not at open).
 
-A single query is one compiled call (probe, rotate, scan, re-rank) on one thread (no split
-scan as IVF-PQ has past ``PARALLEL_SCAN_CODES``: a popcount code costs a few ns); a batch
+A single query is one compiled call (probe, rotate, scan, re-rank) on one thread (a widened
+filtered scan may split, :meth:`RaBitQIndex.search`); a batch
 rotates and probes by BLAS and scans its queries in parallel. The cold numpy path of
 engine/warmup.py runs :meth:`RaBitQIndex.search_numpy`, the same search in numpy.
 """
@@ -32,6 +36,7 @@ from . import ivf
 from .ivf import (HELD_OUT_POINTS, IVFIndex, TrainingCancelled, _Lists, _delta, _stored_end,
                   train_coarse)
 from .kernels import adctables, ivfscan, kmeans as kmeans_k, rabitq as rq
+from .kernels.distances import L2
 from .kernels.threads import one_blas_thread
 
 #: The rotation's seed offset from the build seed (any fixed value; stored with the index).
@@ -45,7 +50,7 @@ class RaBitQIndex(IVFIndex):
 
     def __init__(self, spec: IndexSpec, dim: int, metric: int, centroids: np.ndarray,
                  signs: np.ndarray, rotation: np.ndarray | None = None,
-                 rcentroids: np.ndarray | None = None, *,
+                 rcentroids: np.ndarray | None = None, rcenter: np.ndarray | None = None, *,
                  train_seconds: float = 0.0, trained_rows: int = 0, train_error: float = 0.0):
         super().__init__(spec, dim, metric, centroids, None, train_seconds=train_seconds,
                          trained_rows=trained_rows, train_error=train_error)
@@ -60,15 +65,22 @@ class RaBitQIndex(IVFIndex):
         if rcentroids is None:
             rcentroids = self.centroids @ self.rotation[:, :dim].T
         self.rcentroids = np.ascontiguousarray(rcentroids, np.float32)
+        # the centre the one quantized query is taken from (kernels/rabitq.py): l2 the mean
+        # rotated centroid, ip zero (its estimate needs no residual)
+        if rcenter is None:
+            rcenter = (self.rcentroids.mean(axis=0, dtype=np.float64)
+                       if self.list_metric == L2 and len(self.rcentroids)
+                       else np.zeros(self.dpad))
+        self.rcenter = np.ascontiguousarray(rcenter, np.float32)
         self.m = rq.code_bytes(dim)      # bytes of a code row (the lists' column count)
         #: eps0 of the re-rank's error bound (kernels/rabitq.py BOUND_EPS; < 0: re-rank all)
         self.bound_eps = rq.BOUND_EPS
-        self._row_terms = False
+        self._row_terms = self.list_metric == L2
         nlist = self.centroids.shape[0]
         self._lists = _Lists(np.zeros(nlist + 1, np.int64), np.zeros((0, self.m), np.uint8),
-                             np.zeros(0, np.int64), 0, adctables.NO_TERMS)
+                             np.zeros(0, np.int64), 0, self._no_delta_terms())
         self._delta = _delta(np.zeros((0, self.m), np.uint8), np.zeros(0, np.int64),
-                             np.zeros(0, np.int32), 0, nlist, adctables.NO_TERMS)
+                             np.zeros(0, np.int32), 0, nlist, self._no_delta_terms())
         self._views_cache = None        # (sealed, delta, their code views): _code_views
 
     # -- training and encoding ---------------------------------------------------------------
@@ -111,13 +123,32 @@ class RaBitQIndex(IVFIndex):
     def empty_like(self) -> "RaBitQIndex":
         return RaBitQIndex(self.spec, self.dim, self.metric, np.array(self.centroids),
                            np.array(self.signs), np.array(self.rotation),
-                           np.array(self.rcentroids),
+                           np.array(self.rcentroids), np.array(self.rcenter),
                            train_seconds=self.train_seconds, trained_rows=self.trained_rows,
                            train_error=self.train_error)
 
     def trained_finite(self) -> bool:
         return bool(np.isfinite(self.centroids).all() and np.isfinite(self.rotation).all()
-                    and np.isfinite(self.rcentroids).all())
+                    and np.isfinite(self.rcentroids).all() and np.isfinite(self.rcenter).all())
+
+    # -- row terms (l2, cosine) ----------------------------------------------------------------
+    def _sealed_terms(self, offsets, codes) -> np.ndarray:
+        if not self._row_terms:
+            return adctables.NO_TERMS
+        words, fac = rq.views(codes)
+        return rq.list_terms(offsets, words, fac, self.rcentroids, self.rcenter)
+
+    def _delta_terms(self, lists, codes) -> np.ndarray:
+        words, fac = rq.views(codes)
+        return rq.row_terms(np.ascontiguousarray(lists, np.int64), words, fac,
+                            self.rcentroids, self.rcenter)
+
+    def _stored_terms(self, arrays: dict, codes) -> np.ndarray | None:
+        """As :meth:`IVFIndex._stored_terms`; terms are only those of the stored centre (a
+        bundle without ``rcenter`` predates them)."""
+        if self._row_terms and "rcenter" not in arrays:
+            return None
+        return super()._stored_terms(arrays, codes)
 
     # -- search --------------------------------------------------------------------------------
     def search(self, X, q, k: int, nprobe: int, refine: int, mask, all_alive: bool = False,
@@ -129,7 +160,7 @@ class RaBitQIndex(IVFIndex):
         :class:`~.ivf.ScanChooser` for its selectivity measures that faster; unfiltered
         queries stay on one thread (the 1-thread figure the bench compares)."""
         nprobe = min(nprobe, self.nlist)
-        sealed, d, words, fac, dwords, dfac = self._code_views()
+        sealed, d, words, fac, dwords, dfac, st, dt = self._code_views()
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         kk = max(k * refine, k)
         chooser = threads = None
@@ -142,16 +173,16 @@ class RaBitQIndex(IVFIndex):
         if split:
             probes = ivfscan.probe(q, self.centroids, nprobe, self.list_metric)
             dist, pos, scanned, reached, _ = rq.rabitq_search_parallel(
-                q, X, self.signs, self.rcentroids, probes, sealed.offsets, words, fac,
-                sealed.pos, dwords, dfac, d.pos, d.order, d.offsets, mask, use_mask,
-                self.list_metric, self.metric, kk, k, threads, min_lists, target_share,
-                self.bound_eps)
+                q, X, self.signs, self.rcentroids, self.rcenter, probes, sealed.offsets, words,
+                fac, sealed.pos, st, dwords, dfac, d.pos, dt, d.order, d.offsets, mask,
+                use_mask, self.list_metric, self.metric, kk, k, threads, min_lists,
+                target_share, self.bound_eps)
         else:
             dist, pos, scanned, reached, _ = rq.rabitq_search_serial(
-                q, X, self.signs, self.centroids, self.rcentroids, nprobe, self.list_metric,
-                sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order,
-                d.offsets, mask, use_mask, self.metric, kk, k, min_lists, target_share,
-                self.bound_eps)
+                q, X, self.signs, self.centroids, self.rcentroids, self.rcenter, nprobe,
+                self.list_metric, sealed.offsets, words, fac, sealed.pos, st, dwords, dfac,
+                d.pos, dt, d.order, d.offsets, mask, use_mask, self.metric, kk, k, min_lists,
+                target_share, self.bound_eps)
         if chooser is not None:
             # cost per list opened: both ways stop early, at different lists
             chooser.record(split, time.perf_counter() - t0, int(scanned))
@@ -169,13 +200,16 @@ class RaBitQIndex(IVFIndex):
         return chooser
 
     def _code_views(self):
-        """(sealed, delta, their words and factors): the views of this snapshot's codes,
-        made once per snapshot (every query needs them; four numpy views cost more than
-        the check)."""
+        """(sealed, delta, their words and factors, their row terms): the views of this
+        snapshot's codes, made once per snapshot (every query needs them; four numpy views
+        cost more than the check). Sealed lists without terms get them here."""
         sealed, d = self.snapshot()
         cached = self._views_cache
         if cached is None or cached[0] is not sealed or cached[1] is not d:
-            cached = (sealed, d) + rq.views(sealed.codes) + rq.views(d.codes)
+            if self._row_terms:
+                sealed = self._with_terms(sealed)
+            cached = (sealed, d) + rq.views(sealed.codes) + rq.views(d.codes) + (
+                sealed.terms, d.terms)
             self._views_cache = cached
         return cached
 
@@ -188,15 +222,16 @@ class RaBitQIndex(IVFIndex):
                             target_share: float = 1.0):
         """As :meth:`IVFIndex.search_batch_padded`: (D, I, lists scanned, reached)."""
         nprobe = min(nprobe, self.nlist)
-        sealed, d, words, fac, dwords, dfac = self._code_views()
+        sealed, d, words, fac, dwords, dfac, st, dt = self._code_views()
         use_mask = ivf._scan_mask(mask, all_alive, sealed, d)
         with one_blas_thread():
             probes = ivfscan.probe_lists_batch(Q, self.centroids, nprobe, self.list_metric)
             QR = self.rotate(Q)
         D, I, scanned, reached, _ = rq.rabitq_search_batch(
-            Q, QR, X, self.rcentroids, probes, sealed.offsets, words, fac, sealed.pos, dwords,
-            dfac, d.pos, d.order, d.offsets, mask, use_mask, self.list_metric, self.metric,
-            max(k * refine, k), k, min_lists, target_share, self.bound_eps)
+            Q, QR, X, self.rcentroids, self.rcenter, probes, sealed.offsets, words, fac,
+            sealed.pos, st, dwords, dfac, d.pos, dt, d.order, d.offsets, mask, use_mask,
+            self.list_metric, self.metric, max(k * refine, k), k, min_lists, target_share,
+            self.bound_eps)
         return D, I, scanned, reached
 
     def search_numpy(self, X, q, metric: int, k: int, nprobe: int, refine: int, mask=None):
@@ -211,15 +246,17 @@ class RaBitQIndex(IVFIndex):
             grown[: len(mask)] = mask
             mask = grown
         dist, pos, _, _ = rq.search_ref(q, X, self.rotation, self.centroids, self.rcentroids,
-                                        probes, sealed.offsets, sealed.codes, sealed.pos, d.codes,
-                                        d.pos, d.lists, d.n, mask, self.list_metric, metric,
-                                        max(k * refine, k), k, self.bound_eps)
+                                        self.rcenter, probes, sealed.offsets, sealed.codes,
+                                        sealed.pos, d.codes, d.pos, d.lists, d.n, mask,
+                                        self.list_metric, metric, max(k * refine, k), k,
+                                        self.bound_eps)
         return dist, pos
 
     def scan_costs(self) -> tuple[int, int]:
-        """(opening a probed list: the query residual, its 4-bit planes; scoring a code:
-        five popcounts a 64-bit word), in the planner's units."""
-        return 3 * self.dpad, 5 * self.words + 4
+        """(opening a probed list: ||q' - R c_l||, one vectorised pass over D' (the 4-bit
+        query is made once, not per list); scoring a code: five popcounts a 64-bit word),
+        in the planner's units."""
+        return self.dpad // 2, 5 * self.words + 4
 
     def row_cost(self) -> float:
         """A passed row's position, mask lookup and branch (measured: planner.py)."""
@@ -236,6 +273,7 @@ class RaBitQIndex(IVFIndex):
         arrays["rotation_signs"] = self.signs
         arrays["rotation"] = self.rotation
         arrays["rcentroids"] = self.rcentroids
+        arrays["rcenter"] = self.rcenter
         return meta, arrays
 
     @classmethod
@@ -244,12 +282,13 @@ class RaBitQIndex(IVFIndex):
         are the bundle's arrays (mapped views), nothing is re-encoded."""
         index = cls(IndexSpec.parse(meta["spec"]), meta["dim"], meta["metric"],
                     np.array(arrays["centroids"], np.float32), arrays["rotation_signs"],
-                    arrays["rotation"], arrays["rcentroids"], train_seconds=meta["train_seconds"],
+                    arrays["rotation"], arrays["rcentroids"], arrays.get("rcenter"),
+                    train_seconds=meta["train_seconds"],
                     trained_rows=meta["trained_rows"], train_error=meta["train_error"])
         index.trained_upto = meta.get("trained_upto", 0)
         codes = index._codes2d(arrays["codes"])
         index._lists = _Lists(arrays["offsets"], codes, arrays["pos"], _stored_end(meta, arrays),
-                              adctables.NO_TERMS)
+                              index._stored_terms(arrays, codes))
         return index
 
     def info(self) -> dict:
@@ -257,5 +296,5 @@ class RaBitQIndex(IVFIndex):
         out.update(quantizer="rabitq", pq_m=0, code_bytes=self.m, padded_dim=self.dpad,
                    query_bits=rq.QUERY_BITS, adc_tables="rabitq",
                    rotation_bytes=int(self.rotation.nbytes + self.signs.nbytes
-                                      + self.rcentroids.nbytes))
+                                      + self.rcentroids.nbytes + self.rcenter.nbytes))
         return out

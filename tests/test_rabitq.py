@@ -249,21 +249,22 @@ def test_quantized_query_planes_match_the_reference(dim):
 @pytest.mark.parametrize("dim", DIMS)
 def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
     """Every estimate the compiled scan puts in its heap (capacity = all rows) equals the
-    numpy estimator's on the same codes and query."""
+    numpy estimator's on the same codes and query: one query quantized from the centre
+    (q' - g' for l2, q' for ip), the rows' terms from terms_ref, and the lower bounds
+    scaled by the list's own residual norm ||q' - R c_l|| (l2)."""
     rng = np.random.default_rng(dim * 3 + metric)
     index, X, centres = trained_index(rng, 3000, dim, metric, nlist=8)
-    sealed, d = index.snapshot()
+    sealed, d, words, fac, dwords, dfac, st, dt = index._code_views()
     q = near(rng, centres, 1, dim)[0]
     qr = index.rotate(q[None, :])[0]
     probes = np.arange(index.nlist, dtype=np.int64)
     hd = np.empty(len(X), np.float32)
     hi = np.empty(len(X), np.int64)
     hl = np.empty(len(X), np.float32)
-    words, fac = rq.views(sealed.codes)
-    dwords, dfac = rq.views(d.codes)
-    size, scanned, _ = rq.rabitq_scan(qr, index.rcentroids, probes, sealed.offsets, words, fac,
-                                      sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-                                      ivfscan.NO_MASK, False, metric, hd, hi, hl, 1.5, -1, 1.0)
+    size, scanned, _ = rq.rabitq_scan(qr, index.rcentroids, index.rcenter, probes,
+                                      sealed.offsets, words, fac, sealed.pos, st, dwords, dfac,
+                                      d.pos, dt, d.order, d.offsets, ivfscan.NO_MASK, False,
+                                      metric, hd, hi, hl, 1.5, -1, 1.0)
     assert size == len(X) and scanned == index.nlist
     got = np.empty(len(X))
     got[hi[:size]] = hd[:size]
@@ -277,14 +278,64 @@ def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
         drows = np.flatnonzero(dl == l)
         codes = np.concatenate([sealed.codes[rows], d.codes[drows]])
         pos = np.concatenate([sealed.pos[rows], d.pos[drows]])
-        y = qr if metric == IP else (qr - index.rcentroids[l]).astype(np.float32)
-        base = (-float(qr.astype(np.float64) @ index.rcentroids[l]) if metric == IP
-                else float(y.astype(np.float64) @ y))
-        want[pos], want_err[pos] = rq.estimate_ref(codes, y, index.dpad, metric, base)
+        y = (qr - index.rcenter).astype(np.float32)
+        if metric == IP:
+            assert not index.rcenter.any()
+            base = -float(qr.astype(np.float64) @ index.rcentroids[l])
+            want[pos], want_err[pos] = rq.estimate_ref(codes, y, index.dpad, metric, base)
+        else:
+            res = qr.astype(np.float64) - index.rcentroids[l]
+            t = rq.terms_ref(codes, index.rcentroids[l].astype(np.float64) - index.rcenter,
+                             index.dpad)
+            want[pos], want_err[pos] = rq.estimate_ref(codes, y, index.dpad, metric,
+                                                       float(res @ res), t,
+                                                       float(np.linalg.norm(res)))
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
     # each heap entry carries its lower bound, estimate - eps x error bound
     np.testing.assert_allclose(got_lower, want - 1.5 * want_err, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_row_terms_of_sealed_and_delta_rows_equal_the_numpy_reference(dim):
+    """list_terms (sealed CSR) and row_terms (the delta, appended by add) against
+    terms_ref: est(R c_l - g') of each code row; ip indexes keep none and a zero centre."""
+    rng = np.random.default_rng(dim + 5)
+    index, X, _ = trained_index(rng, 2000, dim, L2, nlist=8)
+    sealed, d, *_ , st, dt = index._code_views()
+    assert len(st) == len(sealed.pos) and len(dt) >= d.n == 300
+    np.testing.assert_allclose(index.rcenter, index.rcentroids.mean(axis=0), atol=1e-6)
+    want = np.empty(len(sealed.pos))
+    for l in range(index.nlist):
+        lo, hi = sealed.offsets[l], sealed.offsets[l + 1]
+        want[lo:hi] = rq.terms_ref(sealed.codes[lo:hi], index.rcentroids[l].astype(np.float64)
+                                   - index.rcenter, index.dpad)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(st, want, rtol=1e-4, atol=1e-5 * scale)
+    dl = d.lists[: d.n]
+    dwant = np.array([rq.terms_ref(d.codes[i: i + 1], index.rcentroids[dl[i]].astype(np.float64)
+                                   - index.rcenter, index.dpad)[0] for i in range(d.n)])
+    np.testing.assert_allclose(dt[: d.n], dwant, rtol=1e-4, atol=1e-5 * scale)
+    ip_index, _, _ = trained_index(rng, 2000, dim, IP, nlist=8)
+    assert not ip_index.rcenter.any() and len(ip_index._code_views()[6]) == 0
+
+
+def test_centred_estimate_equals_the_list_residual_estimate_up_to_query_rounding():
+    """est(q' - g') - t = est(q' - R c_l) (the estimator is linear): with the query left
+    unquantized both sides agree to float error, so one query serves every list at the
+    residual's error bound."""
+    rng = np.random.default_rng(9)
+    index, X, centres = trained_index(rng, 2000, 128, L2, nlist=8)
+    sealed, *_ = index._code_views()
+    qr = index.rotate(near(rng, centres, 1, 128))[0].astype(np.float64)
+    _, fac = rq.views(sealed.codes)
+    for l in range(index.nlist):
+        codes = sealed.codes[sealed.offsets[l]:sealed.offsets[l + 1]]
+        rc = index.rcentroids[l].astype(np.float64)
+        centred = (rq.terms_ref(codes, qr - index.rcenter, index.dpad)
+                   - rq.terms_ref(codes, rc - index.rcenter, index.dpad))
+        np.testing.assert_allclose(centred, rq.terms_ref(codes, qr - rc, index.dpad),
+                                   rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -331,7 +382,8 @@ def test_search_kernel_returns_the_reference_search(metric):
         probes = ivfscan.probe_lists_ref(q, index.centroids, 5, index.list_metric)
         dist, pos, scanned, reached = index.search(X, q, 10, 5, 4, mask)
         want_d, want_p, top, done = rq.search_ref(
-            q, X, index.rotation, index.centroids, index.rcentroids, probes, sealed.offsets,
+            q, X, index.rotation, index.centroids, index.rcentroids, index.rcenter, probes,
+            sealed.offsets,
             sealed.codes, sealed.pos, d.codes, d.pos, d.lists, d.n, mask, index.list_metric,
             metric, 40, 10)
         assert scanned == 5 and reached
@@ -396,18 +448,16 @@ def test_error_bound_keeps_the_results_of_re_ranking_every_candidate(metric):
     X, Q = np.ascontiguousarray(X[:6000]), np.ascontiguousarray(X[6000:])
     index = IVFIndex.train(IndexSpec.parse("IVF16,RaBitQ"), X, metric, seed=1)
     index.load_lists(np.arange(len(X)), *index.encode(X))
-    sealed, d = index.snapshot()
-    words, fac = rq.views(sealed.codes)
-    dwords, dfac = rq.views(d.codes)
+    sealed, d, words, fac, dwords, dfac, st, dt = index._code_views()
     mask = np.ones(len(X), bool)
     same = read = every = 0
     for q in Q:
         out = {}
         for eps in (-1.0, rq.BOUND_EPS):
             out[eps] = rq.rabitq_search_serial(
-                q, X, index.signs, index.centroids, index.rcentroids, 6, index.list_metric,
-                sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order, d.offsets,
-                mask, False, metric, 80, 10, -1, 1.0, eps)
+                q, X, index.signs, index.centroids, index.rcentroids, index.rcenter, 6,
+                index.list_metric, sealed.offsets, words, fac, sealed.pos, st, dwords, dfac,
+                d.pos, dt, d.order, d.offsets, mask, False, metric, 80, 10, -1, 1.0, eps)
         same += len(set(out[-1.0][1].tolist()) & set(out[rq.BOUND_EPS][1].tolist()))
         every += out[-1.0][4]
         read += out[rq.BOUND_EPS][4]
@@ -436,21 +486,19 @@ def test_split_kernel_returns_the_serial_kernel_results(metric):
     top k (merged chunk heaps hold the same kk best estimates)."""
     rng = np.random.default_rng(12)
     index, X, centres = trained_index(rng, 5000, 128, metric)
-    sealed, d = index.snapshot()
-    words, fac = rq.views(sealed.codes)
-    dwords, dfac = rq.views(d.codes)
+    sealed, d, words, fac, dwords, dfac, st, dt = index._code_views()
     mask = np.ones(len(X), bool)
     for q in near(rng, centres, 12, 128):
-        args = (sealed.offsets, words, fac, sealed.pos, dwords, dfac, d.pos, d.order,
+        args = (sealed.offsets, words, fac, sealed.pos, st, dwords, dfac, d.pos, dt, d.order,
                 d.offsets, mask, False)
         sd, sp, sn, sr, _ = rq.rabitq_search_serial(
-            q, X, index.signs, index.centroids, index.rcentroids, 7, index.list_metric, *args,
-            metric, 60, 10, -1, 1.0, rq.BOUND_EPS)
+            q, X, index.signs, index.centroids, index.rcentroids, index.rcenter, 7,
+            index.list_metric, *args, metric, 60, 10, -1, 1.0, rq.BOUND_EPS)
         probes = ivfscan.probe(q, index.centroids, 7, index.list_metric)
         for chunks in (2, 3):
             pd, pp, pn, pr, _ = rq.rabitq_search_parallel(
-                q, X, index.signs, index.rcentroids, probes, *args, index.list_metric, metric,
-                60, 10, chunks, -1, 1.0, rq.BOUND_EPS)
+                q, X, index.signs, index.rcentroids, index.rcenter, probes, *args,
+                index.list_metric, metric, 60, 10, chunks, -1, 1.0, rq.BOUND_EPS)
             np.testing.assert_allclose(pd, sd, rtol=1e-6, atol=1e-6)
             assert pp.tolist() == sp.tolist() and pn == sn == 7 and pr and sr
 
@@ -627,8 +675,13 @@ def test_checkpoint_and_reopen_maps_the_codes_and_answers_identically(tmp_path, 
         index = state_of(db2).index
         assert isinstance(index, RaBitQIndex)
         sealed, _ = index.snapshot()
-        for a in (sealed.codes, sealed.pos, index.rotation, index.rcentroids):
+        for a in (sealed.codes, sealed.pos, index.rotation, index.rcentroids, index.rcenter,
+                  sealed.terms):
             assert isinstance(_root(a), mmap.mmap), type(_root(a))   # views of the bundle
+        words, fac = rq.views(sealed.codes)
+        np.testing.assert_array_equal(
+            sealed.terms, rq.list_terms(sealed.offsets, words, fac, index.rcentroids,
+                                        index.rcenter))
         for key in ("active", "train_seconds", "trained_rows", "train_error", "code_bytes",
                     "rows"):
             assert ns2.index_info()[key] == info[key], key
@@ -636,6 +689,28 @@ def test_checkpoint_and_reopen_maps_the_codes_and_answers_identically(tmp_path, 
     assert [[h.id for h in r] for r in after] == [[h.id for h in r] for r in before]
     np.testing.assert_allclose([[h.distance for h in r] for r in after],
                                [[h.distance for h in r] for r in before], rtol=1e-6)
+
+
+def test_a_bundle_without_row_terms_gets_them_on_the_first_query_not_at_load():
+    """A RaBitQ bundle written before the row terms (no ``rcenter``, no ``terms``) loads
+    with none; the first kernel query computes them from the codes, equal to a fresh
+    index's, and answers as the index that had them."""
+    rng = np.random.default_rng(31)
+    index, X, centres = trained_index(rng, 3000, 100, L2)
+    alive = np.ones(len(X), bool)
+    meta, arrays = index.to_arrays(alive)
+    assert "terms" in arrays and "rcenter" in arrays
+    old = {key: v for key, v in arrays.items() if key not in ("terms", "rcenter")}
+    loaded = IVFIndex.from_arrays(meta, old)
+    assert loaded.snapshot()[0].terms is None
+    np.testing.assert_array_equal(loaded.rcenter, index.rcenter)
+    fresh = IVFIndex.from_arrays(meta, arrays)
+    for q in near(rng, centres, 5, 100):
+        want = fresh.search(X, q, 10, 4, 4, alive)
+        got = loaded.search(X, q, 10, 4, 4, alive)
+        assert got[1].tolist() == want[1].tolist()
+        np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(loaded.snapshot()[0].terms, fresh.snapshot()[0].terms)
 
 
 _CRASH_CHILD = textwrap.dedent("""
