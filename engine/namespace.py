@@ -200,7 +200,9 @@ class Namespace:
                 return ids
             state = db._state(vid)
             view = state.view()
-            mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
+            # already ANDed with alive; read-only, and the same array for a repeated
+            # filter until the next write (a widened RaBitQ scan keys its list bits on it)
+            mask = state.fields.evaluate(node, view.n, view.alive)
             matched = state.extids_at(np.flatnonzero(mask))
             if ids is not None:
                 keep = set(ids)             # str and int ids are distinct keys
@@ -368,7 +370,9 @@ class Namespace:
         t1 = time.perf_counter()
         mask, positions = view.alive, None
         if node is not None:
-            mask = state.fields.evaluate(node, view.n, view.alive) & view.alive
+            # already ANDed with alive; read-only, and the same array for a repeated
+            # filter until the next write (a widened RaBitQ scan keys its list bits on it)
+            mask = state.fields.evaluate(node, view.n, view.alive)
             plan.matched = int(np.count_nonzero(mask))
             plan.selectivity = plan.matched / view.live if view.live else 0.0
         t2 = time.perf_counter()

@@ -299,6 +299,25 @@ def test_probe_single_and_batch_match_reference(metric):
     assert probe(Q[0], C, 500, metric).shape == (200,)
 
 
+@pytest.mark.parametrize("metric", [L2, IP])
+def test_probe_by_key_sort_and_by_heap_give_the_same_lists_ties_by_lower_id(metric):
+    """probe sorts every list's key past nlist / PROBE_SORT_FRACTION probes and keeps a heap
+    below: both nearest first, ties by lower list id (centroids on a coarse grid tie), and
+    the same as the reference at every nprobe across the switch; negative ip scores too."""
+    from simplevector.engine.kernels import ivfscan
+    rng = np.random.default_rng(17)
+    C = np.round(rng.standard_normal((120, 6)) * 2).astype(np.float32) / 2
+    Q = np.round(rng.standard_normal((15, 6)) * 2).astype(np.float32) / 2
+    cut = 120 // ivfscan.PROBE_SORT_FRACTION
+    for q in Q:
+        full = probe(q, C, 120, metric)
+        d = -(C.astype(np.float64) @ q) if metric == IP else ((C - q) ** 2).sum(1)
+        want = np.lexsort((np.arange(120), d))
+        assert full.tolist() == want.tolist()
+        for n in (1, cut - 1, cut, cut + 1, 60, 119):
+            assert probe(q, C, n, metric).tolist() == want[:n].tolist(), n
+
+
 # --------------------------------------------------------------------------- ADC scans
 
 

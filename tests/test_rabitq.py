@@ -22,6 +22,7 @@ import pytest
 import simplevector as sv
 from _numeric import exact_distances as exact
 from simplevector.engine import planner, warmup
+from simplevector.engine import rabitq as rabitq_mod
 from simplevector.engine.indexspec import RABITQ_DEFAULT_REFINE, IndexSpec
 from simplevector.engine.ivf import IVFIndex
 from simplevector.engine.kernels import ivfscan, rabitq as rq
@@ -264,7 +265,7 @@ def test_scan_kernel_estimates_equal_the_numpy_estimator(dim, metric):
     size, scanned, _ = rq.rabitq_scan(qr, index.rcentroids, index.rcenter, probes,
                                       sealed.offsets, words, fac, sealed.pos, st, dwords, dfac,
                                       d.pos, dt, d.order, d.offsets, ivfscan.NO_MASK, False,
-                                      metric, hd, hi, hl, 1.5, -1, 1.0)
+                                      rq.NO_BITS, False, metric, hd, hi, hl, 1.5, -1, 1.0)
     assert size == len(X) and scanned == index.nlist
     got = np.empty(len(X))
     got[hi[:size]] = hd[:size]
@@ -457,7 +458,8 @@ def test_error_bound_keeps_the_results_of_re_ranking_every_candidate(metric):
             out[eps] = rq.rabitq_search_serial(
                 q, X, index.signs, index.centroids, index.rcentroids, index.rcenter, 6,
                 index.list_metric, sealed.offsets, words, fac, sealed.pos, st, dwords, dfac,
-                d.pos, dt, d.order, d.offsets, mask, False, metric, 80, 10, -1, 1.0, eps)
+                d.pos, dt, d.order, d.offsets, mask, False, rq.NO_BITS, False, metric, 80, 10,
+                -1, 1.0, eps)
         same += len(set(out[-1.0][1].tolist()) & set(out[rq.BOUND_EPS][1].tolist()))
         every += out[-1.0][4]
         read += out[rq.BOUND_EPS][4]
@@ -490,7 +492,7 @@ def test_split_kernel_returns_the_serial_kernel_results(metric):
     mask = np.ones(len(X), bool)
     for q in near(rng, centres, 12, 128):
         args = (sealed.offsets, words, fac, sealed.pos, st, dwords, dfac, d.pos, dt, d.order,
-                d.offsets, mask, False)
+                d.offsets, mask, False, rq.NO_BITS, False)
         sd, sp, sn, sr, _ = rq.rabitq_search_serial(
             q, X, index.signs, index.centroids, index.rcentroids, index.rcenter, 7,
             index.list_metric, *args, metric, 60, 10, -1, 1.0, rq.BOUND_EPS)
@@ -501,6 +503,81 @@ def test_split_kernel_returns_the_serial_kernel_results(metric):
                 index.list_metric, metric, 60, 10, chunks, -1, 1.0, rq.BOUND_EPS)
             np.testing.assert_allclose(pd, sd, rtol=1e-6, atol=1e-6)
             assert pp.tolist() == sp.tolist() and pn == sn == 7 and pr and sr
+
+
+def test_list_bits_equal_the_reference_and_past_the_mask_are_unset():
+    rng = np.random.default_rng(21)
+    for n in (0, 1, 63, 64, 65, 1000):
+        pos = rng.permutation(n + 40)[:n].astype(np.int64)
+        mask = rng.random(n + 20) < 0.3                 # positions past it: not allowed
+        got = rq.list_bits(pos, mask)
+        np.testing.assert_array_equal(got, rq.list_bits_ref(pos, mask))
+        bits = np.unpackbits(got.view(np.uint8), bitorder="little")[:n].astype(bool)
+        want = np.array([p < len(mask) and mask[p] for p in pos], bool)
+        np.testing.assert_array_equal(bits, want)
+
+
+@pytest.mark.parametrize("metric", [L2, IP])
+def test_scan_with_list_bits_takes_the_same_rows_as_the_position_mask(metric):
+    """rabitq_scan walking the set bits of list_bits returns the heap, lists scanned and
+    target of the per-row mask lookups, widened or not, with lists not aligned to 64 rows
+    (and delta rows, which keep the position mask)."""
+    rng = np.random.default_rng(23 + metric)
+    index, X, centres = trained_index(rng, 4000, 128, metric, nlist=24)
+    sealed, d, words, fac, dwords, dfac, st, dt = index._code_views()
+    mask = rng.random(len(X)) < 0.2
+    lbits = rq.list_bits(sealed.pos, mask)
+    for q in near(rng, centres, 6, 128):
+        qr = index.rotate(q[None, :])[0]
+        probes = ivfscan.probe(q, index.centroids, 24, index.list_metric)
+        for min_lists, share in ((-1, 1.0), (3, 0.5), (2, 0.9)):
+            out = []
+            for use in (False, True):
+                hd, hi, hl = (np.empty(60, np.float32), np.empty(60, np.int64),
+                              np.empty(60, np.float32))
+                size, scanned, reached = rq.rabitq_scan(
+                    qr, index.rcentroids, index.rcenter, probes, sealed.offsets, words, fac,
+                    sealed.pos, st, dwords, dfac, d.pos, dt, d.order, d.offsets, mask, True,
+                    lbits, use, index.list_metric, hd, hi, hl, rq.BOUND_EPS, min_lists, share)
+                order = np.lexsort((hi[:size], hd[:size]))
+                out.append((hi[:size][order].tolist(), hd[:size][order].tolist(), scanned,
+                            reached))
+            assert out[0] == out[1]
+            assert not (~mask[out[1][0]]).any()
+
+
+def test_a_repeated_filter_gets_list_bits_on_its_second_widened_scan(tmp_path, monkeypatch):
+    """The index keeps list bits for a read-only mask seen twice (the field index's reused
+    result), none for a writable one, and answers the same with them; a write (a new
+    result array) and a new seal (new lists) are not served the old bits."""
+    monkeypatch.setattr(planner, "EXACT_VALUE_COST", 1e12)
+    rng = np.random.default_rng(29)
+    X, _, centres = clustered(rng, 6000, 64)
+    bucket = rng.integers(0, 10, len(X))
+    db, ns = built(tmp_path / "db", X, spec="IVF64,RaBitQ",
+                   metadata=[{"b": int(v)} for v in bucket])
+    index = state_of(db).index
+    where = {"b": 0}
+    Q = near(rng, centres, 8, 64)
+    first = [[h.id for h in ns.query(q, k=10, where=where, include=(), nprobe=4)] for q in Q]
+    plan = ns.query(Q[0], k=10, where=where, include=(), nprobe=4, explain=True)[1]
+    assert plan.index == "ivf" and plan.lists > 4           # widened
+    kept = [e for e in index._bits.values() if e[2] is not None]
+    assert len(kept) == 1 and not kept[0][0].flags.writeable
+    np.testing.assert_array_equal(kept[0][2], rq.list_bits_ref(kept[0][1].pos, kept[0][0]))
+    again = [[h.id for h in ns.query(q, k=10, where=where, include=(), nprobe=4)] for q in Q]
+    assert again == first
+    for row, q in zip(first, Q):                            # against exact over matching
+        D = ((X[bucket == 0] - q) ** 2).sum(1)
+        assert len(set(row) & set(np.flatnonzero(bucket == 0)[np.argsort(D)[:10]])) >= 8
+    writable = np.array(kept[0][0])
+    assert index._list_bits(writable, kept[0][1]) is None
+    ns.upsert([len(X)], Q[:1], metadata=[{"b": 0}])        # a write: a new result array
+    for _ in range(2):
+        after = ns.query(Q[0], k=10, where=where, include=(), nprobe=4)
+        assert after[0].id == len(X) and len(after) == 10
+    assert len(index._bits) <= rabitq_mod.LIST_BITS_ENTRIES
+    db.close()
 
 
 def test_split_widened_scan_keeps_recall_and_reaches_its_target(filtered_ns, monkeypatch):

@@ -100,11 +100,33 @@ def build_csr(lists, nlist: int):
     return _csr_kernel(np.ascontiguousarray(lists, np.int64), int(nlist))
 
 
+#: :func:`probe` sorts every list's key instead of keeping a heap from nprobe > nlist / this
+#: (a widened filtered scan probes up to nlist lists). 512 lists x 384-d, one query:
+#: heap 44 us at nprobe 100 and 70 us at 320, key sort 29-34 us; at 32 the heap is faster.
+PROBE_SORT_FRACTION = 6
+
+
 @njit(cache=True, nogil=True)
 def probe(q, centroids, nprobe, metric):
     """The min(nprobe, nlist) lists nearest to q: smallest squared L2 to the centroid (l2,
     cosine), largest inner product (ip); int64, nearest first, ties by lower list id."""
-    nprobe = min(nprobe, centroids.shape[0])
+    nlist = centroids.shape[0]
+    nprobe = min(nprobe, nlist)
+    if nprobe * PROBE_SORT_FRACTION > nlist:
+        # one sort of (distance, list id) keys: ties by lower id as the heap's
+        keys = np.empty(nlist, np.uint64)
+        cell = np.empty(1, np.float32)
+        bits = cell.view(np.uint32)
+        for l in range(nlist):
+            cell[0] = -_dot(q, centroids[l]) if metric == IP else _l2sq(q, centroids[l])
+            b = bits[0]
+            b = ~b if b & np.uint32(0x80000000) else b | np.uint32(0x80000000)
+            keys[l] = (np.uint64(b) << np.uint64(32)) | np.uint64(l)
+        keys.sort()
+        out = np.empty(nprobe, np.int64)
+        for i in range(nprobe):
+            out[i] = np.int64(keys[i] & np.uint64(0xFFFFFFFF))
+        return out
     hd = np.empty(nprobe, np.float32)
     hi = np.empty(nprobe, np.int64)
     size = 0

@@ -80,6 +80,9 @@ __all__ = [
     "row_terms",
     "terms_ref",
     "rabitq_scan",
+    "list_bits",
+    "list_bits_ref",
+    "NO_BITS",
     "rerank_bounded",
     "rabitq_search_serial",
     "rabitq_search_batch",
@@ -104,6 +107,9 @@ RERANK_BLOCK = 8
 #: Bits of the scalar-quantized query residual (B_q in the paper; 4 loses < 1% of recall).
 QUERY_BITS = 4
 _LEVELS = (1 << QUERY_BITS) - 1
+#: The ``lbits`` of a scan without them.
+NO_BITS = np.zeros(0, np.uint64)
+_NO_BITS = NO_BITS
 
 
 def padded_dim(dim: int) -> int:
@@ -507,15 +513,57 @@ def rotate(signs, q, out):
 
 
 @njit(cache=True, nogil=True)
+def list_bits(pos, mask):
+    """The row mask in list order: uint64 (ceil(N / 64),), bit r of sealed code row r set
+    where its position passes ``mask`` (positions past the mask do not, as
+    :func:`.ivfscan.allowed`). A scan given it walks each list's set bits instead of
+    looking up every row's position (:func:`rabitq_scan`)."""
+    n = pos.shape[0]
+    bits = np.zeros((n + 63) >> 6, np.uint64)
+    m = mask.shape[0]
+    for r in range(n):
+        p = pos[r]
+        if p < m and mask[p] != 0:
+            bits[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    return bits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word_of_list(lbits, w, lo, hi):
+    """Word w of ``lbits`` cut to the rows lo..hi-1 of one list."""
+    x = lbits[w]
+    if w == lo >> 6:
+        x &= np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(lo & 63)
+    end = hi - (w << 6)
+    if end < 64:
+        x &= (np.uint64(1) << np.uint64(end)) - np.uint64(1)
+    return x
+
+
+def list_bits_ref(pos, mask):
+    """numpy reference of :func:`list_bits`."""
+    pos = np.asarray(pos, np.int64)
+    mask = np.asarray(mask)
+    ok = np.zeros(len(pos), bool)
+    inside = pos < len(mask)
+    ok[inside] = mask[pos[inside]] != 0
+    padded = np.zeros(((len(pos) + 63) // 64) * 64, bool)
+    padded[: len(pos)] = ok
+    return np.packbits(padded, bitorder="little").view(np.uint64)
+
+
+@njit(cache=True, nogil=True)
 def rabitq_scan(qr, rcent, rcenter, probes, offsets, words, fac, pos, terms, dwords, dfac,
-                dpos, dterms, dorder, doffsets, mask, use_mask, metric, hd, hi, hl, eps,
-                min_lists, target_share):
+                dpos, dterms, dorder, doffsets, mask, use_mask, lbits, use_lbits, metric, hd,
+                hi, hl, eps, min_lists, target_share):
     """Estimated-distance scan of the probed lists (sealed rows, then delta rows) of the
     rotated query ``qr`` (D') into the heap hd/hi (capacity ``hd.shape[0]``), each entry
     carrying its lower distance bound (estimate - eps x err x ||q' - R c_l||, -inf when
     eps < 0) in ``hl``; returns (heap size (unsorted), lists scanned, widening target
     reached), like :func:`.ivfscan.adc_scan_table`. ``min_lists``: as there. ``terms`` /
-    ``dterms``: the sealed and delta rows' t (l2; unused for ip)."""
+    ``dterms``: the sealed and delta rows' t (l2; unused for ip). ``use_lbits``: the
+    sealed rows allowed are the set bits of ``lbits`` (:func:`list_bits` of ``mask``), the
+    delta rows still look ``mask`` up; the same rows either way."""
     dp = qr.shape[0]
     W = dp // 64
     f = 2 * W
@@ -547,15 +595,32 @@ def rabitq_scan(qr, rcent, rcenter, probes, offsets, words, fac, pos, terms, dwo
             # 2 eps ||q' - R c_l||: the estimate's error is the residual's (module docstring)
             slack = np.float32(2.0 * eps) * np.sqrt(base)
         ip = metric == IP
-        for r in range(offsets[l], offsets[l + 1]):
-            pr = pos[r]
-            if allowed(mask, use_mask, pr):
-                seen += 1
-                d = estimate(words, fac, r, W, planes, lo, delta, ysum, base,
-                             np.float32(0.0) if ip else terms[r], metric)
-                if d <= worst:
-                    b = d - slack * fac[r, f + 2] if bounded else -np.inf
-                    size, worst = heap_consider_payload(hd, hi, hl, size, worst, d, pr, b)
+        start = offsets[l]
+        stop = offsets[l + 1]
+        if use_lbits:
+            # the list's allowed rows are the set bits of its words: no per-row lookup
+            for w in range(start >> 6, ((stop + 63) >> 6) if stop > start else 0):
+                x = _word_of_list(lbits, w, start, stop)
+                seen += popcount(x)
+                while x:
+                    r = (w << 6) + _cttz(x)
+                    x &= x - np.uint64(1)
+                    d = estimate(words, fac, r, W, planes, lo, delta, ysum, base,
+                                 np.float32(0.0) if ip else terms[r], metric)
+                    if d <= worst:
+                        b = d - slack * fac[r, f + 2] if bounded else -np.inf
+                        size, worst = heap_consider_payload(hd, hi, hl, size, worst, d,
+                                                            pos[r], b)
+        else:
+            for r in range(start, stop):
+                pr = pos[r]
+                if allowed(mask, use_mask, pr):
+                    seen += 1
+                    d = estimate(words, fac, r, W, planes, lo, delta, ysum, base,
+                                 np.float32(0.0) if ip else terms[r], metric)
+                    if d <= worst:
+                        b = d - slack * fac[r, f + 2] if bounded else -np.inf
+                        size, worst = heap_consider_payload(hd, hi, hl, size, worst, d, pr, b)
         for t in range(doffsets[l], doffsets[l + 1]):
             r = dorder[t]
             pr = dpos[r]
@@ -610,7 +675,8 @@ def rerank_bounded(X, q, metric, hi, hl, size, k):
 @njit(cache=True, nogil=True)
 def rabitq_search_serial(q, X, signs, centroids, rcent, rcenter, nprobe, probe_metric, offsets,
                          words, fac, pos, terms, dwords, dfac, dpos, dterms, dorder, doffsets,
-                         mask, use_mask, metric, kk, k, min_lists, target_share, eps):
+                         mask, use_mask, lbits, use_lbits, metric, kk, k, min_lists,
+                         target_share, eps):
     """One query in one compiled call: probe, rotate (:func:`rotate`), estimate-scan into
     the top kk, exact re-rank to the top k, bounded by ``eps`` (:func:`rerank_bounded`).
     ``probe_metric`` is also the estimate's (l2 for cosine), ``metric`` the exact one.
@@ -623,8 +689,8 @@ def rabitq_search_serial(q, X, signs, centroids, rcent, rcenter, nprobe, probe_m
     hl = np.empty(kk, np.float32)
     size, scanned, reached = rabitq_scan(qr, rcent, rcenter, probes, offsets, words, fac, pos,
                                          terms, dwords, dfac, dpos, dterms, dorder, doffsets,
-                                         mask, use_mask, probe_metric, hd, hi, hl, eps,
-                                         min_lists, target_share)
+                                         mask, use_mask, lbits, use_lbits, probe_metric, hd,
+                                         hi, hl, eps, min_lists, target_share)
     od, oi, done = rerank_bounded(X, q, metric, hi, hl, size, k)
     return od, oi, scanned, reached, done
 
@@ -632,7 +698,8 @@ def rabitq_search_serial(q, X, signs, centroids, rcent, rcenter, nprobe, probe_m
 @njit(cache=True, nogil=True, parallel=True)
 def rabitq_search_parallel(q, X, signs, rcent, rcenter, probes, offsets, words, fac, pos, terms,
                            dwords, dfac, dpos, dterms, dorder, doffsets, mask, use_mask,
-                           probe_metric, metric, kk, k, nchunks, min_lists, target_share, eps):
+                           lbits, use_lbits, probe_metric, metric, kk, k, nchunks, min_lists,
+                           target_share, eps):
     """:func:`rabitq_search_serial` of one query with its ``probes`` given and split across
     ``nchunks`` threads (interleaved; a widened scan gives each chunk its share of
     ``min_lists``, as :func:`.ivffused.pq_search_parallel`), the chunks' top kk merged with
@@ -650,8 +717,8 @@ def rabitq_search_parallel(q, X, signs, rcent, rcenter, probes, offsets, words, 
         sub, share = chunk_probes(probes, nchunks, c, min_lists)
         size, lists, ok = rabitq_scan(qr, rcent, rcenter, sub, offsets, words, fac, pos, terms,
                                       dwords, dfac, dpos, dterms, dorder, doffsets, mask,
-                                      use_mask, probe_metric, HD[c], HI[c], HL[c], eps, share,
-                                      target_share)
+                                      use_mask, lbits, use_lbits, probe_metric, HD[c], HI[c],
+                                      HL[c], eps, share, target_share)
         sizes[c] = size
         scanned[c] = lists
         reached[c] = ok
@@ -689,8 +756,8 @@ def rabitq_search_batch(Q, QR, X, rcent, rcenter, probes2d, offsets, words, fac,
         hl = np.empty(kk, np.float32)
         size, scanned[r], reached[r] = rabitq_scan(
             QR[r], rcent, rcenter, probes2d[r], offsets, words, fac, pos, terms, dwords, dfac,
-            dpos, dterms, dorder, doffsets, mask, use_mask, probe_metric, hd, hi, hl, eps,
-            min_lists, target_share)
+            dpos, dterms, dorder, doffsets, mask, use_mask, _NO_BITS, False, probe_metric, hd,
+            hi, hl, eps, min_lists, target_share)
         od, oi, done[r] = rerank_bounded(X, Q[r], metric, hi, hl, size, k)
         for j in range(od.shape[0]):
             D[r, j] = od[j]
