@@ -41,8 +41,8 @@ def _reranked(ns, queries, k, nprobe, refine) -> float:
         total += rq.rabitq_search_serial(
             q, view.X, index.signs, index.centroids, index.rcentroids, index.rcenter, nprobe,
             index.list_metric, sealed.offsets, words, fac, sealed.pos, st, dwords, dfac, d.pos,
-            dt, d.order, d.offsets, view.alive, use_mask, index.metric, k * refine, k, -1, 1.0,
-            index.bound_eps)[4]
+            dt, d.order, d.offsets, view.alive, use_mask, rq.NO_BITS, False, index.metric,
+            k * refine, k, -1, 1.0, index.bound_eps)[4]
     return total / len(queries)
 
 
