@@ -8,6 +8,10 @@
 
     python _storage_child.py compact DB SEED
         the same with the compaction policy on and explicit compactions ("c").
+
+    python _storage_child.py rabitq DB SEED
+        churn on an IVF4,RaBitQ namespace (its checkpoints write the codes' row terms and
+        the rotated centre with the lists).
 """
 
 import sys
@@ -34,7 +38,12 @@ def compact(path, seed):
     churn(path, seed, compacting=True)
 
 
-def churn(path, seed, compacting=False):
+def rabitq(path, seed):
+    """churn, on an IVF-RaBitQ index."""
+    churn(path, seed, index="IVF4,RaBitQ")
+
+
+def churn(path, seed, compacting=False, index="IVF4,PQ2"):
     seed = int(seed)
     options = {"compact_ratio": 0.2, "compact_min_rows": 20} if compacting else \
         {"compact_ratio": 0}
@@ -42,7 +51,7 @@ def churn(path, seed, compacting=False):
     try:
         ns = db.namespace("s")
     except sv.NamespaceNotFound:
-        ns = db.create_namespace("s", dim=DIM, metric="l2", index="IVF4,PQ2")
+        ns = db.create_namespace("s", dim=DIM, metric="l2", index=index)
         first = list(range(400))
         ns.upsert(first, rows(first, 0), metadata=[meta(i, 0) for i in first])
         ns.build_index()
@@ -71,4 +80,4 @@ def churn(path, seed, compacting=False):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"churn": churn, "compact": compact}[mode](*args)
+    {"churn": churn, "compact": compact, "rabitq": rabitq}[mode](*args)

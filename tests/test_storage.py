@@ -330,12 +330,14 @@ def _check_against(ns, model):
     assert sorted(h.id for h in hits) == ids
 
 
-@pytest.mark.parametrize("mode", ["churn", "compact"])
+@pytest.mark.parametrize("mode", ["churn", "compact", "rabitq"])
 def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path, mode):
     """Upserts, replacements and deletes on an IVF-PQ namespace with metadata while the
     checkpointer writes bundles, links, renames and rebases every 10 ms (and, in "compact"
-    mode, versions are compacted by the policy and explicitly); SIGKILL at random points.
-    Every acknowledged operation is there after reopen, nothing else is."""
+    mode, versions are compacted by the policy and explicitly; in "rabitq" mode the index
+    is IVF-RaBitQ, whose bundles also hold the codes' row terms); SIGKILL at random points.
+    Every acknowledged operation is there after reopen, nothing else is, and a RaBitQ
+    index's row terms after reopen are the ones its codes give."""
     path = tmp_path / "db"
     rng = random.Random(7)
     model = {}
@@ -378,9 +380,27 @@ def test_kill9_during_churn_with_checkpoints_every_10ms_loses_nothing(tmp_path, 
                 generation = db.engine._state(db.engine._resolve("s").vid).gen
                 report = db.verify()
                 assert report.ok, report.problems
+            if mode == "rabitq":
+                _check_rabitq_terms(db.engine._state(db.engine._resolve("s").vid).index)
     assert len(model) > 100
     if mode == "compact":
         assert compactions > 0 and generation > 0, (compactions, generation)
+
+
+def _check_rabitq_terms(index):
+    """The sealed and delta row terms the kernels read equal those computed from the codes
+    (kernels/rabitq.py list_terms / row_terms), whether loaded from a bundle or not."""
+    from simplevector.engine.kernels import rabitq as rq
+    assert index.spec.rabitq
+    sealed, d, *_, st, dt = index._code_views()
+    words, fac = rq.views(sealed.codes)
+    np.testing.assert_array_equal(
+        st, rq.list_terms(sealed.offsets, words, fac, index.rcentroids, index.rcenter))
+    if d.n:
+        dwords, dfac = rq.views(d.codes[: d.n])
+        np.testing.assert_array_equal(
+            dt[: d.n], rq.row_terms(np.ascontiguousarray(d.lists[: d.n], np.int64), dwords,
+                                    dfac, index.rcentroids, index.rcenter))
 
 
 def test_rows_lost_from_the_page_cache_after_a_checkpoint_are_rewritten_from_the_wal(tmp_path):
