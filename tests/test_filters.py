@@ -556,6 +556,80 @@ def test_many_writes_keep_ranges_consistent_with_lazy_rebuild(threshold):
                 np.testing.assert_array_equal(index.evaluate(node, n, alive), want)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_appends_removals_and_readds_between_queries_keep_the_cached_positions_right(seed):
+    """Rows appended at new positions, removed, rewritten in place (the same position
+    re-added) and rewritten with list values holding a key twice, with eq / $in / $ne /
+    $exists / range queries between the writes, over every row and over a shorter view:
+    every answer equals the reference, whether the cached sorted positions took the
+    changes in place or were built again."""
+    rng = np.random.default_rng(seed)
+    rows, alive = [], []
+    index = FieldIndex()
+
+    def new_md():
+        md = {"c": int(rng.integers(0, 4)), "r": int(rng.integers(0, 100))}
+        if rng.random() < 0.3:
+            md["t"] = ["x", "x"] if rng.random() < 0.5 else ["x", "y"]
+        if rng.random() < 0.2:
+            del md["c"]
+        return md
+
+    queries = [compile_filter(w) for w in (
+        {"c": 1}, {"c": {"$in": [0, 3]}}, {"c": {"$ne": 2}}, {"c": {"$exists": True}},
+        {"t": "x"}, {"t": {"$exists": False}}, {"r": {"$lt": 30}}, {"c": 0, "t": "y"})]
+    for step in range(600):
+        roll = rng.random()
+        live = [i for i, a in enumerate(alive) if a]
+        if roll < 0.55 or not live:
+            rows.append(new_md())
+            alive.append(True)
+            index.add(len(rows) - 1, rows[-1])
+        elif roll < 0.75:
+            pos = int(rng.choice(live))
+            index.remove(pos, rows[pos])
+            alive[pos] = False
+        else:                               # rewritten in place
+            pos = int(rng.choice(live))
+            index.remove(pos, rows[pos])
+            rows[pos] = new_md()
+            index.add(pos, rows[pos])
+        if step % 3 == 0:
+            n = len(rows)
+            mask = np.array(alive, dtype=bool)
+            short = max(0, n - int(rng.integers(1, 40)))    # a view of fewer rows
+            for node in queries:
+                want = [bool(mask[i]) and matches(node, rows[i]) for i in range(n)]
+                np.testing.assert_array_equal(index.evaluate(node, n, mask), want,
+                                              err_msg=f"step {step} {node!r}")
+                np.testing.assert_array_equal(index.evaluate(node, short, mask[:short]),
+                                              want[:short], err_msg=f"step {step} {node!r}")
+
+
+def test_a_write_between_filtered_queries_does_not_sort_every_position_again(monkeypatch):
+    """The cached sorted positions of an equality and an $exists take a write's new and
+    removed positions in place: the second query after a write builds nothing."""
+    from simplevector.engine import fieldindex as fim
+    index = build([{"c": i % 2} for i in range(1000)])
+    n = 1000
+    eq, exists = compile_filter({"c": 1}), compile_filter({"c": {"$exists": True}})
+    index.evaluate(eq, n)
+    index.evaluate(exists, n)
+    built = []
+    real = fim._sorted_positions
+    monkeypatch.setattr(fim, "_sorted_positions", lambda p: built.append(1) or real(p))
+    index.add(1000, {"c": 1})
+    index.remove(3, {"c": 1})
+    index.remove(7, {"c": 1})
+    index.add(7, {"c": 0})
+    n = 1001
+    got = np.flatnonzero(index.evaluate(eq, n))
+    want = [i for i in range(1000) if i % 2 == 1 and i not in (3, 7)] + [1000]
+    assert got.tolist() == want
+    assert np.flatnonzero(index.evaluate(exists, n)).tolist() == [i for i in range(1001) if i != 3]
+    assert built == []
+
+
 def test_concurrent_evaluates_agree_with_serial_result():
     rng = np.random.default_rng(3)
     n = 2000
