@@ -255,7 +255,10 @@ class SentenceTransformer:
         self.batch_size = validate.positive_int(batch_size, "batch_size")
         self.normalize = bool(normalize)
         self.st = _ST(os.fspath(path), device=device)
-        self.dim = int(self.st.get_sentence_embedding_dimension())
+        # renamed in sentence-transformers 5 (the old name warns there); older ones have only it
+        dim_of = getattr(self.st, "get_embedding_dimension", None) or \
+            self.st.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
 
     def embed(self, texts: list) -> np.ndarray:
         return np.asarray(self.st.encode(list(texts), batch_size=self.batch_size,

@@ -56,7 +56,11 @@ def test_sentence_transformer_adapter_loads_a_local_model(tmp_path):
     tiny randomly initialised BERT is built and saved locally, then loaded by path."""
     pytest.importorskip("sentence_transformers")
     import transformers
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    try:                                    # sentence-transformers 5 moved the modules
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "king", "queen", "market"]
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")
