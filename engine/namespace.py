@@ -132,6 +132,13 @@ class Namespace:
     def live(self) -> bool:
         return self._config().live
 
+    @property
+    def version_id(self) -> int:
+        """The engine's number for this version: unique across the database and never
+        reused, so a namespace dropped and created again gets a new one (a key for caches
+        of derived figures)."""
+        return self._config().vid
+
     # -- writes ---------------------------------------------------------------------------
     @_observed("upsert")
     def upsert(self, ids, vectors, metadata=None, documents=None, *, provenance=None) -> int:

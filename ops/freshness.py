@@ -7,7 +7,14 @@ by a model other than the version's (``stale_model``), rows embedded longer ago 
 *pending* rows a sync could not embed, ops/sync.py), the back-fill backlog of a migration in
 progress, and an ETA for the backlog from the embedding rate the ledger measured.
 
-The per-row figures come from one scan of the version's records, cached per (version, LSN).
+The per-row figures come from one scan of the version's records, cached per version and
+LSN. A scan reads every record (~2-4 s at 400k rows), so while writes continue its figures
+answer later calls at newer LSNs for up to ``RESCAN_FACTOR`` times the seconds it took:
+health checks, metric scrapes and ``freshness`` calls then spend at most about
+1 / RESCAN_FACTOR of the time rescanning, however often they come. A scan shorter than
+``RESCAN_MIN_S`` (a version of up to some tens of thousands of rows) is redone at every new
+LSN. Each report says which LSN its figures
+are of (``as_of_lsn``) and how old they are (``scan_age_s``).
 The health report turns them into findings ``stale_model``, ``stale_age`` and
 ``source_drift``, ``freshness_backlog`` (the backlog's ETA) (graded by ops/thresholds.py,
 so the default alert rules watch them), plus ``budget``, ``cost_spike`` and the
@@ -28,6 +35,11 @@ __all__ = ["FreshnessReport", "freshness", "health_checks"]
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
+
+#: a scan's figures serve newer LSNs for this many times the seconds the scan took ...
+RESCAN_FACTOR = 20.0
+#: ... when it took at least this long (a shorter scan is redone at every new LSN)
+RESCAN_MIN_S = 0.25
 
 
 @dataclass
@@ -51,6 +63,8 @@ class FreshnessReport:
     backlog: int
     embed_rate: float | None
     eta_seconds: float | None
+    as_of_lsn: int = 0
+    scan_age_s: float = 0.0
 
     @property
     def stale_age_ratio(self) -> float:
@@ -63,12 +77,20 @@ class FreshnessReport:
 
 
 def _scan(db, name: str, version: int, lsn: int):
-    key = (db.path, name, version)
+    """(figures, the LSN they are of, seconds since the scan) of one version; a cached
+    scan serves a newer LSN while it is younger than RESCAN_FACTOR x its own duration."""
+    ns = db.engine.namespace(name, version)
+    # version_id is never reused: a namespace dropped and created again inherits nothing
+    key = (db.path, name, version, ns.version_id)
+    now = time.monotonic()
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
-    if hit is not None and hit[0] == lsn:
-        return hit[1]
-    ns = db.engine.namespace(name, version)
+    if hit is not None:
+        hit_lsn, figures, done_at, took = hit
+        if hit_lsn == lsn or (hit_lsn < lsn and took >= RESCAN_MIN_S
+                              and now - done_at < RESCAN_FACTOR * took):
+            return figures, hit_lsn, now - done_at
+    t0 = time.monotonic()
     times, models, changed_ids = [], {}, 0
     cursor = None
     while True:
@@ -85,9 +107,10 @@ def _scan(db, name: str, version: int, lsn: int):
         if cursor is None:
             break
     figures = (np.sort(np.asarray(times, np.float64)), models, changed_ids, ns.count())
+    done = time.monotonic()
     with _CACHE_LOCK:
-        _CACHE[key] = (lsn, figures)
-    return figures
+        _CACHE[key] = (lsn, figures, done, done - t0)
+    return figures, lsn, 0.0
 
 
 def freshness(db, namespace=None, max_age=None, now=None) -> list:
@@ -100,7 +123,7 @@ def freshness(db, namespace=None, max_age=None, now=None) -> list:
         if info.live_version is None or (namespace is not None and info.name != namespace):
             continue
         live = next(v for v in info.versions if v.version == info.live_version)
-        times, models, changed, rows = _scan(db, info.name, live.version, lsn)
+        (times, models, changed, rows), as_of, age = _scan(db, info.name, live.version, lsn)
         stale_model = sum(n for m, n in models.items() if m != live.model)
         older = int(np.searchsorted(times, now - max_age, side="left"))
         pending = len(db.ops_store.get(PENDING_PREFIX + info.name, None) or ())
@@ -117,7 +140,8 @@ def freshness(db, namespace=None, max_age=None, now=None) -> list:
             source_changed=changed + pending, pending=pending,
             migration=None if migration is None else migration.state,
             migration_remaining=remaining, backlog=backlog, embed_rate=rate,
-            eta_seconds=(backlog / rate if rate else None) if backlog else 0.0))
+            eta_seconds=(backlog / rate if rate else None) if backlog else 0.0,
+            as_of_lsn=as_of, scan_age_s=round(age, 3)))
     return out
 
 

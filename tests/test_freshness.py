@@ -98,3 +98,30 @@ def test_freshness_of_an_unknown_namespace_is_namespace_not_found(tmp_path):
     with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
         with pytest.raises(sv.NamespaceNotFound):
             db.freshness("nope")
+
+
+def test_a_slow_scan_serves_newer_lsns_for_a_while_and_says_how_old_it_is(tmp_path,
+                                                                          monkeypatch):
+    """Health, metrics and freshness calls during continuous writes do not rescan every
+    record at each new LSN: a scan that took long serves later calls for RESCAN_FACTOR x its
+    duration, each report naming the LSN its figures are of; after that it is redone."""
+    from simplevector.ops import freshness as fr
+    with sv.open(tmp_path / "db", checkpoint_interval=0) as db:
+        ns = db.create_namespace("docs", embedding=Counting(), metric="l2")
+        ns.sync(records(20))
+        first = db.freshness("docs")[0]
+        assert first.as_of_lsn == db.lsn and first.scan_age_s == 0.0
+        monkeypatch.setattr(fr, "RESCAN_MIN_S", 0.0)
+        monkeypatch.setattr(fr, "RESCAN_FACTOR", 1e9)     # every scan counts as slow
+        db.freshness("docs")                               # cached at this LSN
+        other = "count-z@0.1.0"
+        ns.upsert(["o1"], [vector_of("x", other)], documents=["x"],
+                  provenance=[provenance_of(content_hash("x", None, other), other,
+                                            time.time())])
+        stale = db.freshness("docs")[0]
+        assert stale.as_of_lsn == first.as_of_lsn < db.lsn
+        assert (stale.stale_model, stale.rows) == (0, 20)  # the figures of that LSN
+        assert stale.scan_age_s >= 0.0
+        monkeypatch.setattr(fr, "RESCAN_FACTOR", 0.0)     # the window is over
+        fresh = db.freshness("docs")[0]
+        assert fresh.as_of_lsn == db.lsn and (fresh.stale_model, fresh.rows) == (1, 21)
