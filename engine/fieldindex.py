@@ -150,26 +150,31 @@ class _Numeric:
         return len(self.pending) + len(self.dead)
 
     def rebuild(self) -> None:
-        entries = self.entries
-        n = len(entries)
-        lens = np.fromiter(map(len, entries.values()), dtype=np.int64, count=n)
-        keys = np.fromiter(entries.keys(), dtype=np.int64, count=n)
-        poss = keys if int(lens.sum()) == n else np.repeat(keys, lens)
-        raw = list(chain.from_iterable(entries.values()))
-        vals = _floats(raw)
+        poss, raw, vals, self.inexact = _numeric_arrays(self.entries)
         order = np.argsort(vals, kind="stable")
         self.vals = vals[order]
         self.poss = poss[order]
         self.vals.setflags(write=False)
         self.poss.setflags(write=False)
         self.end = int(poss.max()) + 1 if len(raw) else 0
-        # float64 holds every float and every int below 2^53 exactly: only larger magnitudes
-        # (and the +-inf of an int beyond float range) need the exact test
-        big = np.flatnonzero(np.abs(vals) >= _EXACT_INTS)
-        self.inexact = not all(_exact(raw[j]) for j in big.tolist())
         self.exact = [raw[j] for j in order.tolist()] if self.inexact else None
         self.pending = {}
         self.dead = set()
+
+
+def _numeric_arrays(entries: dict) -> tuple[np.ndarray, list, np.ndarray, bool]:
+    """(positions, values, their float64, whether any is inexact) of a numeric index's
+    entries (position -> tuple of numbers), one item per value, in the entries' order."""
+    n = len(entries)
+    lens = np.fromiter(map(len, entries.values()), dtype=np.int64, count=n)
+    keys = np.fromiter(entries.keys(), dtype=np.int64, count=n)
+    poss = keys if int(lens.sum()) == n else np.repeat(keys, lens)
+    raw = list(chain.from_iterable(entries.values()))
+    vals = _floats(raw)
+    # float64 holds every float and every int below 2^53 exactly: only larger magnitudes
+    # (and the +-inf of an int beyond float range) need the exact test
+    big = np.flatnonzero(np.abs(vals) >= _EXACT_INTS)
+    return poss, raw, vals, not all(_exact(raw[j]) for j in big.tolist())
 
 
 #: every integer of smaller magnitude is exactly a float64
@@ -623,14 +628,10 @@ class FieldIndex:
                     eq_pos.append(np.concatenate(tp))
                 ex_pos.append(exists)
                 if entries:
-                    tv, tq = [], []
-                    for pos, values in entries.items():
-                        for v in values:
-                            tq.append(pos)
-                            tv.append(v)
-                    poss.append(np.array(tq, np.int64))
-                    vals.append(np.fromiter((_to_float(v) for v in tv), np.float64, len(tv)))
-                    exact.append(tv)
+                    tq, tv, tf, inexact = _numeric_arrays(entries)
+                    poss.append(tq)
+                    vals.append(tf)
+                    exact.append(tv if inexact else tf)     # a list only when inexact
             h1 = np.concatenate(eq_h1) if eq_h1 else np.zeros(0, np.uint64)
             h2 = np.concatenate(eq_h2) if eq_h2 else np.zeros(0, np.uint64)
             pos = np.concatenate(eq_pos) if eq_pos else _EMPTY

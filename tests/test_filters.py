@@ -340,6 +340,27 @@ def test_large_ints_compare_exactly_beyond_float_precision():
     assert hits({"v": {"$gt": 10**399}}, rows) == [3]
 
 
+def test_large_ints_compare_exactly_after_a_checkpoint_of_the_field_index():
+    """The same comparisons from the checkpointed arrays (to_arrays / load_arrays keep the
+    exact values of ints float64 cannot hold), with list values mixing them with floats."""
+    big = 2**53
+    rows = [{"v": big}, {"v": [big + 1, 0.5]}, {"v": float(big)}, {"v": 10**400}, {"v": 7}]
+    fresh = build(rows)
+    meta, arrays = fresh.to_arrays(len(rows), np.ones(len(rows), bool))
+    assert meta["inexact"]
+    loaded = FieldIndex()
+    loaded.load_arrays(meta, arrays, len(rows))
+    for where, want in (({"v": big + 1}, [1]), ({"v": {"$gt": big}}, [1, 3]),
+                        ({"v": {"$gte": big + 1}}, [1, 3]), ({"v": {"$lt": big + 1}}, [0, 1, 2, 4]),
+                        ({"v": {"$lte": float(big)}}, [0, 1, 2, 4]), ({"v": {"$gt": 10**399}}, [3]),
+                        ({"v": {"$lt": 1}}, [1])):
+        for index in (fresh, loaded):
+            got = np.flatnonzero(index.evaluate(compile_filter(where), len(rows))).tolist()
+            assert got == want, (where, got)
+    exact = build([{"v": 1}, {"v": 2.5}]).to_arrays(2, np.ones(2, bool))[0]
+    assert not exact["inexact"]
+
+
 def test_stored_nan_never_matches():
     rows = [{"v": float("nan")}, {"v": 1.0}]
     assert hits({"v": {"$gte": -(10**9)}}, rows) == [1]
