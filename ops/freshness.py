@@ -11,10 +11,11 @@ The per-row figures come from one scan of the version's records, cached per vers
 LSN. A scan reads every record (~2-4 s at 400k rows), so while writes continue its figures
 answer later calls at newer LSNs for up to ``RESCAN_FACTOR`` times the seconds it took:
 health checks, metric scrapes and ``freshness`` calls then spend at most about
-1 / RESCAN_FACTOR of the time rescanning, however often they come. A scan shorter than
-``RESCAN_MIN_S`` (a version of up to some tens of thousands of rows) is redone at every new
-LSN. Each report says which LSN its figures
-are of (``as_of_lsn``) and how old they are (``scan_age_s``).
+1 / RESCAN_FACTOR of the time rescanning, however often they come, and figures are never
+older than ``RESCAN_MAX_S``. A scan shorter than ``RESCAN_MIN_S`` (a version of up to
+some tens of thousands of rows) is redone at every new LSN. Each report says which LSN its
+figures are of (``as_of_lsn``) and how old they are (``scan_age_s``).
+
 The health report turns them into findings ``stale_model``, ``stale_age`` and
 ``source_drift``, ``freshness_backlog`` (the backlog's ETA) (graded by ops/thresholds.py,
 so the default alert rules watch them), plus ``budget``, ``cost_spike`` and the
@@ -38,8 +39,10 @@ _CACHE_LOCK = threading.Lock()
 
 #: a scan's figures serve newer LSNs for this many times the seconds the scan took ...
 RESCAN_FACTOR = 20.0
-#: ... when it took at least this long (a shorter scan is redone at every new LSN)
+#: ... when it took at least this long (a shorter scan is redone at every new LSN) ...
 RESCAN_MIN_S = 0.25
+#: ... and for at most this long (a 10M-row scan of ~a minute is redone every 5 minutes)
+RESCAN_MAX_S = 300.0
 
 
 @dataclass
@@ -78,7 +81,8 @@ class FreshnessReport:
 
 def _scan(db, name: str, version: int, lsn: int):
     """(figures, the LSN they are of, seconds since the scan) of one version; a cached
-    scan serves a newer LSN while it is younger than RESCAN_FACTOR x its own duration."""
+    scan serves a newer LSN while it is younger than RESCAN_FACTOR x its own duration (and
+    RESCAN_MAX_S)."""
     ns = db.engine.namespace(name, version)
     # version_id is never reused: a namespace dropped and created again inherits nothing
     key = (db.path, name, version, ns.version_id)
@@ -88,7 +92,7 @@ def _scan(db, name: str, version: int, lsn: int):
     if hit is not None:
         hit_lsn, figures, done_at, took = hit
         if hit_lsn == lsn or (hit_lsn < lsn and took >= RESCAN_MIN_S
-                              and now - done_at < RESCAN_FACTOR * took):
+                              and now - done_at < min(RESCAN_FACTOR * took, RESCAN_MAX_S)):
             return figures, hit_lsn, now - done_at
     t0 = time.monotonic()
     times, models, changed_ids = [], {}, 0
