@@ -96,6 +96,46 @@ def test_first_queries_of_a_process_are_exact_then_the_index_answers(tmp_path, m
     assert [h[0] for h in later[2]] == [h[0] for h in first[2]]
 
 
+_BUSY_CHILD = """
+import json, sys, time
+import numpy as np
+import simplevector as sv
+db = sv.open(sys.argv[1], readonly=True, checkpoint_interval=0)
+ns = db.namespace("w")
+Q = np.random.default_rng(0).standard_normal((500, int(sys.argv[2]))).astype(np.float32)
+t0 = time.perf_counter()
+plans, n = {}, 0
+while time.perf_counter() - t0 < 60:
+    _, plan = ns.query(Q[n % 500], k=10, include=(), explain=True)   # back to back
+    plans[plan.index] = plans.get(plan.index, 0) + 1
+    n += 1
+    if plan.index == "ivf":
+        break
+print(json.dumps({"plans": plans, "seconds": time.perf_counter() - t0}))
+"""
+
+
+def test_queries_back_to_back_do_not_keep_the_kernels_from_loading(tmp_path):
+    """A process queried without a pause from its first query on (a server restarted under
+    load): the background load steps aside for the queries only part of the time, so the
+    kernels load and the index answers; the numpy path does not stay on for good."""
+    rng = np.random.default_rng(4)
+    dim = 64
+    X = rng.standard_normal((60000, dim)).astype(np.float32)
+    path = tmp_path / "db"
+    with sv.open(path, checkpoint_interval=0, auto_index=False) as db:
+        ns = db.create_namespace("w", dim=dim, metric="l2", index="IVF256,PQ16x8")
+        ns.upsert(list(range(len(X))), X)
+        ns.build_index()
+    env = {k: v for k, v in os.environ.items() if k != "SIMPLEVECTOR_COLD_QUERIES"}
+    out = subprocess.run([sys.executable, "-c", _BUSY_CHILD, str(path), str(dim)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["plans"].get("ivf") == 1, got          # the kernels answered within 60 s
+    assert got["plans"].get("ivf-numpy", 0) >= 1, got  # and the first answers were numpy
+
+
 def test_cold_queries_can_be_turned_off_and_big_versions_wait_for_the_kernels(monkeypatch):
     monkeypatch.setenv("SIMPLEVECTOR_COLD_QUERIES", "0")
     assert warmup.loaded("ivfpq")           # off: every kind counts as loaded
