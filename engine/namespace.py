@@ -7,6 +7,7 @@ so a promotion takes effect for the next call and a call sees one version throug
 from __future__ import annotations
 
 import functools
+import threading
 import time
 
 import numpy as np
@@ -639,7 +640,11 @@ class Namespace:
             if positions is not None:
                 d, p = flat.search_subset(view.X, view.xnorm2, Q[0], code, k, positions)
             elif use_blas_scan(view.X.size):
-                d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
+                with _BIG_SCANS as running:
+                    if running == 1:        # alone: BLAS's threads have the cores
+                        d, p = flat.search_one_blas(view.X, view.xnorm2, Q[0], code, k, mask)
+                    else:
+                        d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)
             else:
                 d, p = flat.search_one(view.X, view.xnorm2, Q[0], code, k, mask)
             return _one(d, p)
@@ -680,6 +685,30 @@ class Namespace:
                 ctx.__exit__(None, None, None)
         return out
 
+
+class _Running:
+    """How many of a kind of call run now in this process (``with``: this one included)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> int:
+        with self._lock:
+            self.n += 1
+            return self.n
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.n -= 1
+
+
+#: exact single queries over BLAS-sized versions running now. One alone scores through
+#: BLAS (flat.search_one_blas); with others running each takes the numba scan on its own
+#: thread: BLAS runs every call on its own threads, and callers in several threads at once
+#: oversubscribe the cores (4 threads querying 20,000 x 64 rows: p99 52 ms against p50
+#: 0.12, 5.5k queries in 4 s where one thread alone ran 33k)
+_BIG_SCANS = _Running()
 
 #: reads that find LMDB already on a compaction's new layout wait this often for the swap
 _LAYOUT_RETRIES = 5000

@@ -74,3 +74,44 @@ def test_batch_distances_do_not_depend_on_where_a_row_sits(metric):
             if pos in single:
                 assert single[pos] == dist, (r, pos)
         assert len(set(I1[r].tolist()) & set(single)) >= 9
+
+
+def test_a_single_query_scans_through_blas_alone_and_by_numba_beside_others(
+        tmp_path, monkeypatch):
+    """A BLAS-sized exact single query uses search_one_blas when it is the only one running
+    and the numba scan while another runs (BLAS's threads under several callers at once
+    oversubscribe the cores); both answer the exact top k. Queries from 4 threads at once
+    all get the reference answer."""
+    import threading
+
+    import simplevector as sv
+    from simplevector.engine import namespace as nsmod
+    from simplevector.engine import planner
+    rng = np.random.default_rng(11)
+    n, dim = 20000, 64
+    assert planner.use_blas_scan(n * dim)
+    X = rng.standard_normal((n, dim)).astype(np.float32)
+    Q = rng.standard_normal((24, dim)).astype(np.float32)
+    with sv.open(tmp_path / "db", checkpoint_interval=0, auto_index=False) as db:
+        ns = db.create_namespace("b", dim=dim, metric="l2")
+        ns.upsert(list(range(n)), X)
+        want = [flat.search_one_ref(X, None, q, L2, 10)[1].tolist() for q in Q]
+        used = []
+        real_blas, real_numba = flat.search_one_blas, flat.search_one
+        monkeypatch.setattr(flat, "search_one_blas",
+                            lambda *a: used.append("blas") or real_blas(*a))
+        monkeypatch.setattr(flat, "search_one", lambda *a: used.append("numba") or real_numba(*a))
+        assert [h.id for h in ns.query(Q[0], k=10, include=())] == want[0]
+        assert used == ["blas"]
+        with nsmod._BIG_SCANS:                  # another scan is running
+            assert [h.id for h in ns.query(Q[1], k=10, include=())] == want[1]
+        assert used == ["blas", "numba"] and nsmod._BIG_SCANS.n == 0
+        got = {}
+
+        def run(j):
+            for i in range(j, len(Q), 4):
+                got[i] = [h.id for h in ns.query(Q[i], k=10, include=())]
+        threads = [threading.Thread(target=run, args=(j,)) for j in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert [got[i] for i in range(len(Q))] == want and nsmod._BIG_SCANS.n == 0
