@@ -21,7 +21,8 @@ RUNS = [f"{side}_{op}_{n}" for side in ("embedded", "server") for op in ("query"
 def test_bench_server_runs_small_and_reports_every_figure(tmp_path):
     out = tmp_path / "server.json"
     bench_server.main(["--clients", "2", "--seconds", "0.5", "--n", "300", "--dim", "8",
-                       "--calls", "12", "--batch", "4", "--no-chroma", "--dir", str(tmp_path),
+                       "--calls", "12", "--batch", "4", "--no-chroma", "--warm", "0.2",
+                       "--dir", str(tmp_path),
                        "--out", str(out)])
     data = json.loads(out.read_text())
     assert {"cpu_model", "cores", "loadavg_at_start"} <= set(data["machine"])
