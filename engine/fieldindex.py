@@ -277,9 +277,7 @@ class _Changes:
                 arr = np.union1d(arr, new)      # sorted, each position once
             else:
                 arr = np.concatenate([arr, new])
-        if arr is cached:
-            return cached
-        arr.setflags(write=False)
+        arr.setflags(write=False)               # a new array: there was a change
         return arr
 
 

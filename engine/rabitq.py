@@ -43,7 +43,7 @@ from .kernels.threads import one_blas_thread
 ROTATION_SEED = 3
 #: Rows of the held-out sample the training error is measured on.
 ERROR_SAMPLE = HELD_OUT_POINTS
-#: Masks whose list-order bits (kernels/rabitq.py ``list_bits``) an index keeps, most
+#: Masks whose list-order bits (kernels/bitset.py ``list_bits``) an index keeps, most
 #: recent first out last; a mask gets them the second time a widened scan sees it.
 LIST_BITS_ENTRIES = 4
 
@@ -197,7 +197,7 @@ class RaBitQIndex(IVFIndex):
         return dist, pos, scanned, reached
 
     def _list_bits(self, mask, sealed):
-        """The list-order bits of ``mask`` over ``sealed`` (kernels/rabitq.py ``list_bits``),
+        """The list-order bits of ``mask`` over ``sealed`` (kernels/bitset.py ``list_bits``),
         or None. A widened filtered scan visits many lists and looks every row's position
         up in the mask (~4 ns a row at 60k x 384); walking set bits skips that. Building them
         costs a pass over every sealed row, so a mask gets them on its second widened scan:

@@ -51,9 +51,10 @@ is the numpy reference of the whole search, :func:`estimate_ref` of the estimato
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
+from .bitset import NO_BITS, cttz as _cttz, list_bits, list_bits_ref, popcount
+from .bitset import word_of_list as _word_of_list
 from .distances import COSINE, IP, _dot, _l2sq, distance, distances_to_ref
 from .ivfscan import allowed, chunk_probes, probe, widen_target
 from .topk import heap_consider, heap_consider_payload, heap_sort
@@ -107,8 +108,6 @@ RERANK_BLOCK = 8
 #: Bits of the scalar-quantized query residual (B_q in the paper; 4 loses < 1% of recall).
 QUERY_BITS = 4
 _LEVELS = (1 << QUERY_BITS) - 1
-#: The ``lbits`` of a scan without them.
-NO_BITS = np.zeros(0, np.uint64)
 _NO_BITS = NO_BITS
 
 
@@ -216,39 +215,6 @@ def decode_ref(codes: np.ndarray, R: np.ndarray, dim: int) -> np.ndarray:
     xbar = (2.0 * bits - 1.0) / np.sqrt(dp)
     norm = np.sqrt(np.asarray(fac[:, dp // 32], np.float64))
     return (norm[:, None] * xbar) @ np.asarray(R, np.float64)[:, :dim]
-
-
-# --------------------------------------------------------------------------- popcount
-
-
-@intrinsic
-def _ctpop(typingctx, x):
-    """LLVM's ctpop on an integer (one popcnt instruction where the CPU has it)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = x(x)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-    return sig, codegen
-
-
-@intrinsic
-def _cttz(typingctx, x):
-    """LLVM's cttz on an integer: the index of the lowest set bit (x != 0)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = x(x)
-
-    def codegen(context, builder, signature, args):
-        return builder.cttz(args[0], context.get_constant(types.boolean, True))
-    return sig, codegen
-
-
-@njit(cache=True, nogil=True, inline="always")
-def popcount(x):
-    """Set bits of a uint64."""
-    return _ctpop(x)
 
 
 # --------------------------------------------------------------------------- query
@@ -510,46 +476,6 @@ def rotate(signs, q, out):
                 b = out[i + half]
                 out[i] = (a + b) * inv2
                 out[i + half] = (a - b) * inv2
-
-
-@njit(cache=True, nogil=True)
-def list_bits(pos, mask):
-    """The row mask in list order: uint64 (ceil(N / 64),), bit r of sealed code row r set
-    where its position passes ``mask`` (positions past the mask do not, as
-    :func:`.ivfscan.allowed`). A scan given it walks each list's set bits instead of
-    looking up every row's position (:func:`rabitq_scan`)."""
-    n = pos.shape[0]
-    bits = np.zeros((n + 63) >> 6, np.uint64)
-    m = mask.shape[0]
-    for r in range(n):
-        p = pos[r]
-        if p < m and mask[p] != 0:
-            bits[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
-    return bits
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _word_of_list(lbits, w, lo, hi):
-    """Word w of ``lbits`` cut to the rows lo..hi-1 of one list."""
-    x = lbits[w]
-    if w == lo >> 6:
-        x &= np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(lo & 63)
-    end = hi - (w << 6)
-    if end < 64:
-        x &= (np.uint64(1) << np.uint64(end)) - np.uint64(1)
-    return x
-
-
-def list_bits_ref(pos, mask):
-    """numpy reference of :func:`list_bits`."""
-    pos = np.asarray(pos, np.int64)
-    mask = np.asarray(mask)
-    ok = np.zeros(len(pos), bool)
-    inside = pos < len(mask)
-    ok[inside] = mask[pos[inside]] != 0
-    padded = np.zeros(((len(pos) + 63) // 64) * 64, bool)
-    padded[: len(pos)] = ok
-    return np.packbits(padded, bitorder="little").view(np.uint64)
 
 
 @njit(cache=True, nogil=True)
